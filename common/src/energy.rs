@@ -1,0 +1,816 @@
+//! Energy over a time window, from sampled power and the NVML energy counter, exact at the edges.
+//!
+//! Why this exists: a measurement window rarely starts or ends where a sensor happens to
+//! update. NVML's total-energy counter (millijoules since driver load) is exact but only
+//! changes every ~100 ms, so a raw counter delta can miss up to one step of energy at each
+//! edge (7% on a 0.5 s window on the lent H100). Sampled power (20 Hz) sees the edges but
+//! only approximates the area between samples. This module combines the two: the counter
+//! gives the energy at its update instants, and the power trace carries that value to the
+//! window edges. The power integral alone remains both the fallback (no counter) and the
+//! cross-check (their disagreement is reported and flagged).
+//!
+//! All times are `t_mono_ns`: nanoseconds on `CLOCK_MONOTONIC`, as the worker read them.
+//! Nothing here reads a clock or a device.
+//!
+//! # The power trace
+//!
+//! Power is treated as the piecewise-linear curve through the samples, and held flat at the
+//! first (last) value before the first (after the last) sample. A window that reaches past
+//! the samples is therefore still integrated, and the span that relied on a held value is
+//! reported as `extrapolated_ns` so the caller can decide whether it is acceptable.
+//!
+//! # Counter interpolation
+//!
+//! An *update* of the counter is a read whose value differs from the previous read. The
+//! true update happened somewhere between that previous read and this one; this module uses
+//! **the read time as the estimate of the update time**. The estimate is late by up to one
+//! counter-read interval, so the energy at an instant is underestimated by about
+//! `power x lateness`; in a window difference that error mostly cancels (the lateness is
+//! nearly the same at both edges when the counter is read at a steady rate), leaving about
+//! `(P(t1) - P(t0)) x lateness`. Read the counter often (10-20 Hz) so the lateness is small.
+//!
+//! The energy at an instant `t` is then `C(u) + integral of power from u to t`, where `u`
+//! is the last update at or before `t` (or, when there is none, the first update after `t`,
+//! integrating backwards). The window energy is `E(t1) - E(t0)`. When both edges fall in the
+//! same counter step the counter adds nothing and the result is the power integral.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// How often NVML publishes a new total-energy value (seen on the lent H100, driver 580).
+pub const COUNTER_STEP_NS: u64 = 100_000_000;
+
+/// Disagreement between the counter-interpolated energy and the power integral above
+/// which a window is flagged, in percent.
+pub const DISAGREEMENT_FLAG_PCT: f64 = 5.0;
+
+const NS_PER_S: f64 = 1e9;
+
+/// One power reading: the sensor's recent average power at `t_mono_ns`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PowerSample {
+    pub t_mono_ns: u64,
+    pub power_w: f64,
+}
+
+/// One read of NVML's total-energy counter (millijoules since driver load).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterSample {
+    pub t_mono_ns: u64,
+    pub energy_mj: u64,
+}
+
+/// Why an energy could not be computed.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum EnergyError {
+    #[error("no power samples (at least one is needed to integrate power over a window)")]
+    EmptySamples,
+    #[error("window end {t1_ns} ns is not after its start {t0_ns} ns")]
+    InvalidWindow { t0_ns: u64, t1_ns: u64 },
+    #[error(
+        "window [{t0_ns}, {t1_ns}] ns lies entirely outside the power samples \
+         [{first_ns}, {last_ns}] ns"
+    )]
+    WindowOutsideSamples {
+        t0_ns: u64,
+        t1_ns: u64,
+        first_ns: u64,
+        last_ns: u64,
+    },
+    #[error(
+        "power samples are not sorted by time (sample {index} is earlier than the one before)"
+    )]
+    Unsorted { index: usize },
+    #[error("power sample {index} is not a finite number of watts ({power_w})")]
+    NonFinitePower { index: usize, power_w: f64 },
+}
+
+/// Which method produced [`WindowEnergy::energy_j`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnergyMethod {
+    /// Energy counter at its update instants, carried to the window edges by the power trace.
+    CounterInterpolated,
+    /// Trapezoidal integral of the power trace alone.
+    PowerIntegral,
+}
+
+/// What became of the energy counter for a window (why the method is what it is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CounterStatus {
+    /// The counter was used: it updated between the window's edges.
+    Used,
+    /// No counter samples were given.
+    Absent,
+    /// The counter never changed across the samples given, so no update instant is known.
+    NoUpdate,
+    /// Both edges fall in the same counter step; the counter adds nothing to the integral.
+    SameStep,
+    /// The counter samples are unsorted or the value went down (driver reload): not used.
+    Invalid,
+    /// The counter-interpolated energy was not positive while the power integral was: not used.
+    Implausible,
+}
+
+/// The energy over one window, with everything needed to judge it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowEnergy {
+    /// The reported energy: see `method`.
+    pub energy_j: f64,
+    pub method: EnergyMethod,
+    pub counter_status: CounterStatus,
+    /// Last counter read at or before `t1` minus the last at or before `t0` (for comparison).
+    pub counter_delta_raw_j: Option<f64>,
+    /// Trapezoidal power integral over exactly the window.
+    pub integral_j: Option<f64>,
+    /// |counter-interpolated - integral| / max of the two x 100, when the counter was used.
+    pub disagreement_pct: Option<f64>,
+    /// `disagreement_pct` above [`DISAGREEMENT_FLAG_PCT`].
+    pub disagreement_flagged: bool,
+    /// Window shorter than one counter step, or fewer than 2 power samples inside it. The
+    /// energy is still positive when power is, but rests on few measurements.
+    pub short_window: bool,
+    /// Power samples with `t0 <= t_mono_ns <= t1`.
+    pub n_power_samples: usize,
+    pub duration_s: f64,
+    /// `energy_j / duration_s`.
+    pub mean_power_w: f64,
+    /// Nanoseconds of the integration behind `energy_j` that used a held first/last power
+    /// value instead of an interpolated one.
+    pub extrapolated_ns: u64,
+}
+
+/// The power integral over a window and how much of it was extrapolated.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PowerIntegral {
+    pub energy_j: f64,
+    /// Nanoseconds of the window before the first or after the last sample.
+    pub extrapolated_ns: u64,
+    /// Power samples with `t0 <= t_mono_ns <= t1`.
+    pub n_samples: usize,
+}
+
+/// Energy less the idle baseline.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Adjusted {
+    /// `baseline_power_w * duration_s`.
+    pub baseline_j: f64,
+    /// `max(0, raw_j - baseline_j)`.
+    pub adjusted_j: f64,
+    /// The subtraction went below zero and was clamped (the baseline is suspect).
+    pub clamped: bool,
+}
+
+fn check_window(t0: u64, t1: u64) -> Result<(), EnergyError> {
+    if t1 <= t0 {
+        return Err(EnergyError::InvalidWindow {
+            t0_ns: t0,
+            t1_ns: t1,
+        });
+    }
+    Ok(())
+}
+
+fn check_power(power: &[PowerSample]) -> Result<(), EnergyError> {
+    if power.is_empty() {
+        return Err(EnergyError::EmptySamples);
+    }
+    for (i, s) in power.iter().enumerate() {
+        if !s.power_w.is_finite() {
+            return Err(EnergyError::NonFinitePower {
+                index: i,
+                power_w: s.power_w,
+            });
+        }
+        if i > 0 && s.t_mono_ns < power[i - 1].t_mono_ns {
+            return Err(EnergyError::Unsorted { index: i });
+        }
+    }
+    Ok(())
+}
+
+fn secs(a: u64, b: u64) -> f64 {
+    (b - a) as f64 / NS_PER_S
+}
+
+/// Power on the segment `s0..s1` at `t` (`s0.t <= t <= s1.t`, `s0.t < s1.t`).
+fn on_segment(s0: &PowerSample, s1: &PowerSample, t: u64) -> f64 {
+    let frac = (t - s0.t_mono_ns) as f64 / (s1.t_mono_ns - s0.t_mono_ns) as f64;
+    s0.power_w + (s1.power_w - s0.power_w) * frac
+}
+
+/// Linearly interpolated power at `t`, held at the first/last value outside the samples.
+/// `power` must be non-empty and sorted.
+pub fn power_at_w(power: &[PowerSample], t: u64) -> Option<f64> {
+    let first = power.first()?;
+    let last = power.last()?;
+    if t <= first.t_mono_ns {
+        return Some(first.power_w);
+    }
+    if t >= last.t_mono_ns {
+        return Some(last.power_w);
+    }
+    let j = power.partition_point(|s| s.t_mono_ns <= t);
+    // first.t < t < last.t, so 1 <= j < len and power[j-1].t <= t < power[j].t.
+    Some(on_segment(&power[j - 1], &power[j], t))
+}
+
+/// Integral in joules of the clamped piecewise-linear power over `[a, b]` (`a <= b`), and
+/// the nanoseconds of it that used a held value. `power` must be non-empty and sorted.
+fn integrate(power: &[PowerSample], a: u64, b: u64) -> (f64, u64) {
+    let first = &power[0];
+    let last = &power[power.len() - 1];
+    let mut energy_j = 0.0;
+    let mut extrapolated_ns = 0;
+    if a < first.t_mono_ns {
+        let end = b.min(first.t_mono_ns);
+        energy_j += first.power_w * secs(a, end);
+        extrapolated_ns += end - a;
+    }
+    if b > last.t_mono_ns {
+        let start = a.max(last.t_mono_ns);
+        energy_j += last.power_w * secs(start, b);
+        extrapolated_ns += b - start;
+    }
+    let lo = a.max(first.t_mono_ns);
+    let hi = b.min(last.t_mono_ns);
+    if lo < hi {
+        // Index of the last sample at or before `lo` (exists: lo >= first.t).
+        let mut i = power.partition_point(|s| s.t_mono_ns <= lo) - 1;
+        while i + 1 < power.len() && power[i].t_mono_ns < hi {
+            let (s0, s1) = (&power[i], &power[i + 1]);
+            let seg_lo = s0.t_mono_ns.max(lo);
+            let seg_hi = s1.t_mono_ns.min(hi);
+            if seg_hi > seg_lo {
+                let p_lo = on_segment(s0, s1, seg_lo);
+                let p_hi = on_segment(s0, s1, seg_hi);
+                energy_j += 0.5 * (p_lo + p_hi) * secs(seg_lo, seg_hi);
+            }
+            i += 1;
+        }
+    }
+    (energy_j, extrapolated_ns)
+}
+
+/// Signed integral from `from` to `to` (negative when `to < from`).
+fn integrate_signed(power: &[PowerSample], from: u64, to: u64) -> (f64, u64) {
+    if from <= to {
+        integrate(power, from, to)
+    } else {
+        let (e, x) = integrate(power, to, from);
+        (-e, x)
+    }
+}
+
+/// The trapezoidal integral of linearly interpolated power over exactly `[t0, t1]`.
+///
+/// Power is interpolated at the edges; where the window reaches past the samples the
+/// first/last value is held and the span is reported in `extrapolated_ns`. A window that
+/// does not touch the samples' span at all is an error.
+pub fn power_integral(
+    power: &[PowerSample],
+    t0: u64,
+    t1: u64,
+) -> Result<PowerIntegral, EnergyError> {
+    check_window(t0, t1)?;
+    check_power(power)?;
+    let first_ns = power[0].t_mono_ns;
+    let last_ns = power[power.len() - 1].t_mono_ns;
+    if t1 < first_ns || t0 > last_ns {
+        return Err(EnergyError::WindowOutsideSamples {
+            t0_ns: t0,
+            t1_ns: t1,
+            first_ns,
+            last_ns,
+        });
+    }
+    let (energy_j, extrapolated_ns) = integrate(power, t0, t1);
+    Ok(PowerIntegral {
+        energy_j,
+        extrapolated_ns,
+        n_samples: samples_inside(power, t0, t1),
+    })
+}
+
+/// [`power_integral`]'s energy alone; `None` where it would be an error.
+pub fn trapezoid_energy_j(power: &[PowerSample], t0: u64, t1: u64) -> Option<f64> {
+    power_integral(power, t0, t1).ok().map(|i| i.energy_j)
+}
+
+fn samples_inside(power: &[PowerSample], t0: u64, t1: u64) -> usize {
+    let lo = power.partition_point(|s| s.t_mono_ns < t0);
+    let hi = power.partition_point(|s| s.t_mono_ns <= t1);
+    hi.saturating_sub(lo)
+}
+
+/// Whether counter samples are usable: sorted by time and never decreasing in value.
+fn counter_valid(counter: &[CounterSample]) -> bool {
+    counter
+        .windows(2)
+        .all(|w| w[1].t_mono_ns >= w[0].t_mono_ns && w[1].energy_mj >= w[0].energy_mj)
+}
+
+/// The counter's update instants: each read whose value differs from the read before it,
+/// stamped with that read's time (the estimate of the true update time; see the module
+/// docs). The first read is never an update: when its value was published is unknown.
+pub fn counter_updates(counter: &[CounterSample]) -> Vec<CounterSample> {
+    counter
+        .windows(2)
+        .filter(|w| w[1].energy_mj != w[0].energy_mj)
+        .map(|w| w[1])
+        .collect()
+}
+
+/// The raw counter delta over `[t0, t1]`: the last read at or before `t1` minus the last
+/// read at or before `t0`, in joules. `None` without a read at or before `t0`, or when the
+/// samples are unsorted or the value went down. Errs by up to one counter step per edge.
+pub fn raw_counter_delta_j(counter: &[CounterSample], t0: u64, t1: u64) -> Option<f64> {
+    if t1 <= t0 || !counter_valid(counter) {
+        return None;
+    }
+    let i0 = counter
+        .partition_point(|s| s.t_mono_ns <= t0)
+        .checked_sub(1)?;
+    let i1 = counter
+        .partition_point(|s| s.t_mono_ns <= t1)
+        .checked_sub(1)?;
+    Some((counter[i1].energy_mj - counter[i0].energy_mj) as f64 / 1000.0)
+}
+
+/// The counter update used to anchor the energy at `t`: the last at or before `t`, else the
+/// first after it. `updates` must be non-empty and sorted. Returns its index.
+fn anchor(updates: &[CounterSample], t: u64) -> usize {
+    updates
+        .partition_point(|u| u.t_mono_ns <= t)
+        .saturating_sub(1)
+}
+
+/// Energy at `t` on the counter's scale, in joules: counter at the anchor update plus the
+/// power integral from the anchor to `t`. Also the extrapolated nanoseconds.
+fn energy_at(power: &[PowerSample], updates: &[CounterSample], idx: usize, t: u64) -> (f64, u64) {
+    let u = &updates[idx];
+    let (e, x) = integrate_signed(power, u.t_mono_ns, t);
+    (u.energy_mj as f64 / 1000.0 + e, x)
+}
+
+struct CounterResult {
+    status: CounterStatus,
+    /// Energy and extrapolated ns, present when `status` is `Used`.
+    energy: Option<(f64, u64)>,
+}
+
+fn counter_interpolate(
+    power: &[PowerSample],
+    counter: &[CounterSample],
+    t0: u64,
+    t1: u64,
+) -> CounterResult {
+    let none = |status| CounterResult {
+        status,
+        energy: None,
+    };
+    if counter.is_empty() {
+        return none(CounterStatus::Absent);
+    }
+    if !counter_valid(counter) {
+        return none(CounterStatus::Invalid);
+    }
+    let updates = counter_updates(counter);
+    if updates.is_empty() {
+        return none(CounterStatus::NoUpdate);
+    }
+    let a0 = anchor(&updates, t0);
+    let a1 = anchor(&updates, t1);
+    if a0 == a1 {
+        return none(CounterStatus::SameStep);
+    }
+    let (e0, x0) = energy_at(power, &updates, a0, t0);
+    let (e1, x1) = energy_at(power, &updates, a1, t1);
+    CounterResult {
+        status: CounterStatus::Used,
+        energy: Some((e1 - e0, x0 + x1)),
+    }
+}
+
+/// The counter-interpolated energy over `[t0, t1]`, in joules: `E(t1) - E(t0)` with
+/// `E(t) = C(u) + integral of power from u to t` (see the module docs).
+///
+/// `Ok(None)` when the counter cannot contribute: no samples, no update seen, both edges
+/// in the same counter step (the answer would be the power integral), or samples unsorted
+/// or decreasing. Errors are those of [`power_integral`].
+pub fn counter_interpolated_energy_j(
+    power: &[PowerSample],
+    counter: &[CounterSample],
+    t0: u64,
+    t1: u64,
+) -> Result<Option<f64>, EnergyError> {
+    power_integral(power, t0, t1)?;
+    Ok(counter_interpolate(power, counter, t0, t1)
+        .energy
+        .map(|(e, _)| e))
+}
+
+/// The energy over `[t0, t1]` and how it was obtained.
+///
+/// `counter` may be empty (no counter on this device). The reported `energy_j` is the
+/// counter-interpolated energy when the counter updated between the edges, else the power
+/// integral. The counter result is also refused, in favour of the integral, when it is not
+/// positive while the integral is (this keeps a short window from ever reading 0 J).
+pub fn window_energy(
+    power: &[PowerSample],
+    counter: &[CounterSample],
+    t0: u64,
+    t1: u64,
+) -> Result<WindowEnergy, EnergyError> {
+    let integral = power_integral(power, t0, t1)?;
+    let duration_ns = t1 - t0;
+    let duration_s = duration_ns as f64 / NS_PER_S;
+    let counter_result = counter_interpolate(power, counter, t0, t1);
+    let mut status = counter_result.status;
+
+    let mut disagreement_pct = None;
+    let mut chosen = None;
+    if let Some((e, x)) = counter_result.energy {
+        let denom = e.abs().max(integral.energy_j.abs());
+        let pct = if denom > 0.0 {
+            (e - integral.energy_j).abs() / denom * 100.0
+        } else {
+            0.0
+        };
+        disagreement_pct = Some(pct);
+        if e.is_finite() && (e > 0.0 || integral.energy_j <= 0.0) {
+            chosen = Some((e, x));
+        } else {
+            status = CounterStatus::Implausible;
+        }
+    }
+    let (energy_j, method, extrapolated_ns) = match chosen {
+        Some((e, x)) => (e, EnergyMethod::CounterInterpolated, x),
+        None => (
+            integral.energy_j,
+            EnergyMethod::PowerIntegral,
+            integral.extrapolated_ns,
+        ),
+    };
+    Ok(WindowEnergy {
+        energy_j,
+        method,
+        counter_status: status,
+        counter_delta_raw_j: raw_counter_delta_j(counter, t0, t1),
+        integral_j: Some(integral.energy_j),
+        disagreement_pct,
+        disagreement_flagged: disagreement_pct.is_some_and(|p| p > DISAGREEMENT_FLAG_PCT),
+        short_window: duration_ns < COUNTER_STEP_NS || integral.n_samples < 2,
+        n_power_samples: integral.n_samples,
+        duration_s,
+        mean_power_w: energy_j / duration_s,
+        extrapolated_ns,
+    })
+}
+
+/// Subtracts an idle baseline: `max(0, raw_j - baseline_power_w * duration_s)`, flagging a
+/// clamp (a negative energy is never reported; a clamp means the baseline is suspect).
+pub fn adjusted_energy(raw_j: f64, baseline_power_w: f64, duration_s: f64) -> Adjusted {
+    let baseline_j = baseline_power_w * duration_s;
+    let diff = raw_j - baseline_j;
+    let clamped = diff < 0.0;
+    Adjusted {
+        baseline_j,
+        adjusted_j: if clamped { 0.0 } else { diff },
+        clamped,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+    const S: u64 = 1_000_000_000;
+
+    fn sampled(f: impl Fn(f64) -> f64, start: u64, step: u64, n: usize) -> Vec<PowerSample> {
+        (0..n)
+            .map(|k| {
+                let t = start + k as u64 * step;
+                PowerSample {
+                    t_mono_ns: t,
+                    power_w: f(t as f64 / 1e9),
+                }
+            })
+            .collect()
+    }
+
+    fn close(a: f64, b: f64, tol: f64) -> bool {
+        (a - b).abs() <= tol * b.abs().max(1.0)
+    }
+
+    /// Tiny deterministic xorshift64 for random windows.
+    struct XorShift(u64);
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            x
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    #[test]
+    fn constant_power_is_exact() {
+        let power = sampled(|_| 100.0, 0, 50 * MS, 201);
+        let (t0, t1) = (1_234_567_891, 3_500_000_017);
+        let e = trapezoid_energy_j(&power, t0, t1).unwrap();
+        assert!(close(e, 100.0 * (t1 - t0) as f64 / 1e9, 1e-12), "{e}");
+    }
+
+    #[test]
+    fn linear_ramp_is_exact() {
+        let f = |t: f64| 50.0 + 10.0 * t;
+        let power = sampled(f, 0, 50 * MS, 201);
+        let (t0, t1) = (123_456_789_u64, 4_567_891_011_u64);
+        let (a, b) = (t0 as f64 / 1e9, t1 as f64 / 1e9);
+        let exact = 50.0 * (b - a) + 5.0 * (b * b - a * a);
+        let e = trapezoid_energy_j(&power, t0, t1).unwrap();
+        assert!(close(e, exact, 1e-12), "{e} vs {exact}");
+        assert!(close(power_at_w(&power, t0).unwrap(), f(a), 1e-12));
+    }
+
+    #[test]
+    fn edges_past_the_samples_hold_and_report() {
+        let power = sampled(|t| 100.0 + 10.0 * t, S, 50 * MS, 21); // 1.0 s ..= 2.0 s
+        let inner = trapezoid_energy_j(&power, S, 2 * S).unwrap();
+        let p = power_integral(&power, S - 20 * MS, 2 * S + 30 * MS).unwrap();
+        let expected = inner + 110.0 * 0.020 + 120.0 * 0.030;
+        assert!(close(p.energy_j, expected, 1e-12));
+        assert_eq!(p.extrapolated_ns, 50 * MS);
+        assert_eq!(p.n_samples, 21);
+        let inside = power_integral(&power, S + 10 * MS, S + 500 * MS).unwrap();
+        assert_eq!(inside.extrapolated_ns, 0);
+    }
+
+    #[test]
+    fn single_sample_holds_its_value() {
+        let power = [PowerSample {
+            t_mono_ns: S,
+            power_w: 80.0,
+        }];
+        let p = power_integral(&power, S - 10 * MS, S + 40 * MS).unwrap();
+        assert!(close(p.energy_j, 80.0 * 0.05, 1e-12));
+        assert_eq!(p.extrapolated_ns, 50 * MS);
+    }
+
+    #[test]
+    fn errors() {
+        let power = sampled(|_| 100.0, S, 50 * MS, 21);
+        assert_eq!(power_integral(&[], 0, 1), Err(EnergyError::EmptySamples));
+        assert!(matches!(
+            power_integral(&power, 2 * S, 2 * S),
+            Err(EnergyError::InvalidWindow { .. })
+        ));
+        assert!(matches!(
+            power_integral(&power, 3 * S, 2 * S),
+            Err(EnergyError::InvalidWindow { .. })
+        ));
+        assert!(matches!(
+            power_integral(&power, 0, S - 1),
+            Err(EnergyError::WindowOutsideSamples { .. })
+        ));
+        assert!(matches!(
+            power_integral(&power, 2 * S + 1, 3 * S),
+            Err(EnergyError::WindowOutsideSamples { .. })
+        ));
+        let mut unsorted = power.clone();
+        unsorted.swap(3, 4);
+        assert_eq!(
+            power_integral(&unsorted, S, 2 * S),
+            Err(EnergyError::Unsorted { index: 4 })
+        );
+        let mut nan = power.clone();
+        nan[2].power_w = f64::NAN;
+        assert!(matches!(
+            power_integral(&nan, S, 2 * S),
+            Err(EnergyError::NonFinitePower { index: 2, .. })
+        ));
+        assert!(window_energy(&[], &[], 0, 1).is_err());
+        assert_eq!(trapezoid_energy_j(&power, 0, 10), None);
+    }
+
+    /// A smooth synthetic "true power" curve, its exact integral, a 20 Hz sensor that
+    /// reports the average of the last 25 ms, and a counter that publishes the exact
+    /// integral (floored to mJ) every 100 ms and is read with the power. Reads jitter by up
+    /// to +-2 ms, as a worker's sampling loop does.
+    struct Trace {
+        power: Vec<PowerSample>,
+        counter: Vec<CounterSample>,
+    }
+
+    const TAU: f64 = std::f64::consts::TAU;
+
+    fn true_energy_j(t: f64) -> f64 {
+        // P(t) = 200 + 20 sin(2 pi t / 2.3) + 8 sin(2 pi t / 0.9 + 0.7)
+        200.0 * t
+            - 20.0 * 2.3 / TAU * (TAU * t / 2.3).cos()
+            - 8.0 * 0.9 / TAU * (TAU * t / 0.9 + 0.7).cos()
+    }
+
+    fn trace() -> Trace {
+        let offset_mj = 123_456_789_u64;
+        let update_phase = 37 * MS;
+        let mut jitter = XorShift(0x2545_f491_4f6c_dd1d);
+        let mut power = Vec::new();
+        let mut counter = Vec::new();
+        let mut tick = S / 10;
+        while tick < 30 * S {
+            let t = tick + jitter.below(4 * MS);
+            let ts = t as f64 / 1e9;
+            let avg = (true_energy_j(ts) - true_energy_j(ts - 0.025)) / 0.025;
+            power.push(PowerSample {
+                t_mono_ns: t,
+                power_w: avg,
+            });
+            // The last publication at or before t.
+            let k = (t - update_phase) / COUNTER_STEP_NS;
+            let u = update_phase + k * COUNTER_STEP_NS;
+            let mj = (true_energy_j(u as f64 / 1e9) * 1000.0).floor() as u64;
+            counter.push(CounterSample {
+                t_mono_ns: t,
+                energy_mj: offset_mj + mj,
+            });
+            tick += 50 * MS;
+        }
+        Trace { power, counter }
+    }
+
+    /// Mean and max relative error (percent) of the raw delta and the interpolated energy.
+    fn errors_for(len: u64, n: usize, rng: &mut XorShift) -> ((f64, f64), (f64, f64)) {
+        let tr = trace();
+        let (mut raw_sum, mut raw_max, mut int_sum, mut int_max) = (0.0, 0.0f64, 0.0, 0.0f64);
+        for _ in 0..n {
+            // Nominal length +- 50 ms: real windows are not multiples of the counter step.
+            let t0 = S + rng.below(25 * S);
+            let t1 = t0 + len - 50 * MS + rng.below(100 * MS);
+            let truth = true_energy_j(t1 as f64 / 1e9) - true_energy_j(t0 as f64 / 1e9);
+            let w = window_energy(&tr.power, &tr.counter, t0, t1).unwrap();
+            assert_eq!(w.method, EnergyMethod::CounterInterpolated);
+            let raw_err = (w.counter_delta_raw_j.unwrap() - truth).abs() / truth * 100.0;
+            let int_err = (w.energy_j - truth).abs() / truth * 100.0;
+            raw_sum += raw_err;
+            raw_max = raw_max.max(raw_err);
+            int_sum += int_err;
+            int_max = int_max.max(int_err);
+            assert!(!w.disagreement_flagged, "{w:?}");
+        }
+        let n = n as f64;
+        ((raw_sum / n, raw_max), (int_sum / n, int_max))
+    }
+
+    #[test]
+    fn counter_interpolation_beats_raw_delta() {
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        for (len, n) in [(S / 2, 300), (2 * S, 300)] {
+            let ((raw_mean, raw_max), (int_mean, int_max)) = errors_for(len, n, &mut rng);
+            eprintln!(
+                "window {len} ns: raw mean {raw_mean:.3}% max {raw_max:.3}%, \
+                 interpolated mean {int_mean:.3}% max {int_max:.3}%"
+            );
+            assert!(int_mean < raw_mean / 4.0, "{int_mean} vs {raw_mean}");
+            if len == S / 2 {
+                assert!(
+                    raw_max > 5.0,
+                    "raw delta should err by up to a step: {raw_max}"
+                );
+                assert!(int_mean < 1.0, "{int_mean}");
+                // The residual is about (P(t1) - P(t0)) x the update-time lateness.
+                assert!(int_max < 1.5, "{int_max}");
+            }
+        }
+    }
+
+    #[test]
+    fn counter_updates_are_first_changed_reads() {
+        let c = |t, e| CounterSample {
+            t_mono_ns: t,
+            energy_mj: e,
+        };
+        let counter = [c(0, 10), c(50, 10), c(100, 30), c(150, 30), c(200, 50)];
+        assert_eq!(counter_updates(&counter), vec![c(100, 30), c(200, 50)]);
+        assert_eq!(raw_counter_delta_j(&counter, 60, 210), Some(0.040));
+        assert_eq!(raw_counter_delta_j(&counter[1..], 10, 210), None);
+        let reset = [c(0, 10), c(50, 5)];
+        assert_eq!(raw_counter_delta_j(&reset, 0, 60), None);
+    }
+
+    #[test]
+    fn constant_power_with_counter_is_exact() {
+        // 100 W; counter updates every 100 ms at the read instants, so interpolation is exact.
+        let power = sampled(|_| 100.0, 0, 50 * MS, 101);
+        let counter: Vec<CounterSample> = (0..=50)
+            .map(|k| {
+                let t = k * 100 * MS;
+                CounterSample {
+                    t_mono_ns: t,
+                    energy_mj: 5_000 + 10_000 * k, // 10 J per 100 ms
+                }
+            })
+            .collect();
+        let (t0, t1) = (1_234 * MS + 7, 3_456 * MS + 11);
+        let w = window_energy(&power, &counter, t0, t1).unwrap();
+        let exact = 100.0 * (t1 - t0) as f64 / 1e9;
+        assert_eq!(w.method, EnergyMethod::CounterInterpolated);
+        assert_eq!(w.counter_status, CounterStatus::Used);
+        assert!(close(w.energy_j, exact, 1e-9), "{} vs {exact}", w.energy_j);
+        assert!(close(w.mean_power_w, 100.0, 1e-9));
+        assert!(w.disagreement_pct.unwrap() < 1e-6);
+        assert!(!w.short_window);
+        assert_eq!(w.extrapolated_ns, 0);
+        // The raw delta sees only the reads at 1.2 s and 3.4 s: 22 steps of 10 J, not 222.2 J.
+        assert_eq!(w.counter_delta_raw_j, Some(220.0));
+    }
+
+    #[test]
+    fn no_counter_falls_back_to_the_integral() {
+        let power = sampled(|_| 100.0, 0, 50 * MS, 101);
+        let w = window_energy(&power, &[], S, 2 * S).unwrap();
+        assert_eq!(w.method, EnergyMethod::PowerIntegral);
+        assert_eq!(w.counter_status, CounterStatus::Absent);
+        assert!(close(w.energy_j, 100.0, 1e-12));
+        assert_eq!(w.disagreement_pct, None);
+        assert_eq!(w.counter_delta_raw_j, None);
+        assert_eq!(w.n_power_samples, 21);
+        // A counter that never moves is no counter.
+        let stuck: Vec<_> = (0..10)
+            .map(|k| CounterSample {
+                t_mono_ns: k * 500 * MS,
+                energy_mj: 7,
+            })
+            .collect();
+        let w = window_energy(&power, &stuck, S, 2 * S).unwrap();
+        assert_eq!(w.counter_status, CounterStatus::NoUpdate);
+        assert_eq!(w.method, EnergyMethod::PowerIntegral);
+        assert_eq!(w.counter_delta_raw_j, Some(0.0));
+    }
+
+    #[test]
+    fn short_windows_are_positive_and_flagged() {
+        let tr = trace();
+        for (t0, len) in [
+            (5 * S + 3 * MS, 20 * MS),
+            (7 * S + 61 * MS, 60 * MS),
+            (9 * S, MS),
+        ] {
+            let w = window_energy(&tr.power, &tr.counter, t0, t0 + len).unwrap();
+            assert!(w.short_window, "{w:?}");
+            assert!(w.energy_j > 0.0, "{w:?}");
+            let truth = true_energy_j((t0 + len) as f64 / 1e9) - true_energy_j(t0 as f64 / 1e9);
+            assert!(
+                (w.energy_j - truth).abs() / truth < 0.05,
+                "{w:?} vs {truth}"
+            );
+            assert!(w.mean_power_w > 150.0);
+        }
+        // A window between two samples: no sample inside, still positive.
+        let power = sampled(|_| 90.0, 0, 50 * MS, 3);
+        let w = window_energy(&power, &[], 10 * MS, 20 * MS).unwrap();
+        assert_eq!(w.n_power_samples, 0);
+        assert!(w.short_window);
+        assert!(close(w.energy_j, 0.9, 1e-12));
+        // Long enough but fewer than two samples inside (1 Hz power): flagged.
+        let sparse = sampled(|_| 90.0, 0, S, 3);
+        let w = window_energy(&sparse, &[], 100 * MS, 900 * MS).unwrap();
+        assert!(w.short_window);
+    }
+
+    #[test]
+    fn implausible_counter_is_refused() {
+        // Counter claims a large drop of energy relative to power: its anchors say the window
+        // consumed less than nothing. The integral is reported instead.
+        let power = sampled(|_| 100.0, 0, 50 * MS, 41);
+        let c = |t, e| CounterSample {
+            t_mono_ns: t,
+            energy_mj: e,
+        };
+        let counter = [c(0, 0), c(100 * MS, 1), c(900 * MS, 2)];
+        let w = window_energy(&power, &counter, 850 * MS, 950 * MS).unwrap();
+        assert_eq!(w.counter_status, CounterStatus::Implausible);
+        assert_eq!(w.method, EnergyMethod::PowerIntegral);
+        assert!(close(w.energy_j, 10.0, 1e-12));
+        assert!(w.disagreement_flagged);
+    }
+
+    #[test]
+    fn adjusted_clamps_at_zero_and_flags() {
+        let a = adjusted_energy(100.0, 70.0, 1.0);
+        assert!(close(a.adjusted_j, 30.0, 1e-12));
+        assert!(!a.clamped);
+        assert!(close(a.baseline_j, 70.0, 1e-12));
+        let a = adjusted_energy(100.0, 76.5, 2.0);
+        assert_eq!(a.adjusted_j, 0.0);
+        assert!(a.clamped);
+    }
+}

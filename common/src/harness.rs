@@ -1,0 +1,231 @@
+//! The harness protocol as the worker sees it: requests it sends, events it reads,
+//! and the transcript of one run folded from those events.
+//!
+//! The harness (Python, `docker/harness/`, protocol spec in its README) answers a run
+//! request with JSON lines, each an object with `event` and `t_mono_ns`
+//! (CLOCK_MONOTONIC nanoseconds, the clock the worker's telemetry samples use). This
+//! module parses lines leniently, keeping every field, and folds them into a
+//! [`RunTranscript`] with the window edges, the phases and the result; it does no IO.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::types::FailureClass;
+
+/// One event line from the harness.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HarnessEvent {
+    pub event: String,
+    #[serde(default)]
+    pub t_mono_ns: u64,
+    #[serde(flatten)]
+    pub body: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug, Error)]
+pub enum EventParseError {
+    #[error("harness sent a line that is not a JSON event object: {line:?} ({source})")]
+    NotJson {
+        line: String,
+        source: serde_json::Error,
+    },
+}
+
+impl HarnessEvent {
+    pub fn parse(line: &str) -> Result<HarnessEvent, EventParseError> {
+        serde_json::from_str(line).map_err(|source| EventParseError::NotJson {
+            line: line.chars().take(200).collect(),
+            source,
+        })
+    }
+
+    pub fn f64_field(&self, key: &str) -> Option<f64> {
+        self.body.get(key).and_then(|v| v.as_f64())
+    }
+
+    pub fn u64_field(&self, key: &str) -> Option<u64> {
+        self.body.get(key).and_then(|v| v.as_u64())
+    }
+
+    pub fn bool_field(&self, key: &str) -> Option<bool> {
+        self.body.get(key).and_then(|v| v.as_bool())
+    }
+
+    pub fn str_field(&self, key: &str) -> Option<&str> {
+        self.body.get(key).and_then(|v| v.as_str())
+    }
+}
+
+/// A run request to the harness.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunRequest {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub run_id: String,
+    pub config: serde_json::Value,
+    pub force_cold_start: bool,
+    pub dataset_path: Option<String>,
+}
+
+impl RunRequest {
+    pub fn new(run_id: String, config: serde_json::Value) -> Self {
+        RunRequest {
+            kind: "run".into(),
+            run_id,
+            config,
+            force_cold_start: false,
+            dataset_path: None,
+        }
+    }
+}
+
+/// A phase of the work inside the measured window, as the harness announced it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PhaseMark {
+    pub t_mono_ns: u64,
+    pub phase: String,
+    pub batch_size: u32,
+}
+
+/// How a run ended, as far as the harness is concerned.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RunOutcome {
+    Result {
+        metrics: serde_json::Value,
+        engine_version: Option<String>,
+    },
+    Error {
+        class: FailureClass,
+        message: String,
+    },
+}
+
+/// Everything one run's events said, folded in order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunTranscript {
+    pub loaded_at_ns: Option<u64>,
+    pub already_loaded: Option<bool>,
+    pub load_seconds: Option<f64>,
+    pub warmup: Option<serde_json::Value>,
+    pub measure_start_ns: Option<u64>,
+    pub measure_end_ns: Option<u64>,
+    pub phases: Vec<PhaseMark>,
+    pub n_first_tokens: u64,
+    pub n_requests_ended: u64,
+    pub outcome: Option<RunOutcome>,
+}
+
+impl RunTranscript {
+    /// Folds one event in. Unknown events are ignored so the harness can grow.
+    pub fn handle_event(&mut self, ev: &HarnessEvent) {
+        match ev.event.as_str() {
+            "loaded" => {
+                self.loaded_at_ns = Some(ev.t_mono_ns);
+                self.already_loaded = ev.bool_field("already_loaded");
+                self.load_seconds = ev.f64_field("load_seconds");
+            }
+            "warmup_done" => {
+                self.warmup = Some(serde_json::Value::Object(ev.body.clone()));
+            }
+            "measure_start" => self.measure_start_ns = Some(ev.t_mono_ns),
+            "measure_end" => self.measure_end_ns = Some(ev.t_mono_ns),
+            "phase" => self.phases.push(PhaseMark {
+                t_mono_ns: ev.t_mono_ns,
+                phase: ev.str_field("phase").unwrap_or("idle").to_string(),
+                batch_size: ev.u64_field("batch_size").unwrap_or(1) as u32,
+            }),
+            "first_token" => self.n_first_tokens += 1,
+            "request_end" => self.n_requests_ended += 1,
+            "result" => {
+                self.outcome = Some(RunOutcome::Result {
+                    metrics: ev
+                        .body
+                        .get("metrics")
+                        .cloned()
+                        .unwrap_or(serde_json::Value::Null),
+                    engine_version: ev.str_field("engine_version").map(str::to_string),
+                })
+            }
+            "error" => {
+                let class = match ev.str_field("class") {
+                    Some("configuration") => FailureClass::Configuration,
+                    _ => FailureClass::Infrastructure,
+                };
+                self.outcome = Some(RunOutcome::Error {
+                    class,
+                    message: ev
+                        .str_field("message")
+                        .unwrap_or("harness reported an error without a message")
+                        .to_string(),
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// The measured window, when both edges were seen in order.
+    pub fn window_ns(&self) -> Option<(u64, u64)> {
+        match (self.measure_start_ns, self.measure_end_ns) {
+            (Some(a), Some(b)) if b > a => Some((a, b)),
+            _ => None,
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.outcome.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transcript_folds_a_run() {
+        let lines = [
+            r#"{"event":"loaded","t_mono_ns":10,"already_loaded":true,"load_seconds":0.0,"model_key":"k"}"#,
+            r#"{"event":"measure_start","t_mono_ns":100}"#,
+            r#"{"event":"phase","phase":"prefill","batch_size":4,"t_mono_ns":101}"#,
+            r#"{"event":"first_token","request":0,"t_mono_ns":120}"#,
+            r#"{"event":"phase","phase":"decode","batch_size":4,"t_mono_ns":121}"#,
+            r#"{"event":"request_end","request":0,"t_mono_ns":190}"#,
+            r#"{"event":"some_future_event","t_mono_ns":195}"#,
+            r#"{"event":"measure_end","t_mono_ns":200}"#,
+            r#"{"event":"result","t_mono_ns":201,"metrics":{"output_tokens":8},"engine_version":"1.0"}"#,
+        ];
+        let mut t = RunTranscript::default();
+        for l in lines {
+            t.handle_event(&HarnessEvent::parse(l).unwrap());
+        }
+        assert_eq!(t.window_ns(), Some((100, 200)));
+        assert_eq!(t.already_loaded, Some(true));
+        assert_eq!(t.phases.len(), 2);
+        assert_eq!(t.phases[0].batch_size, 4);
+        assert_eq!(t.n_first_tokens, 1);
+        assert!(matches!(t.outcome, Some(RunOutcome::Result { .. })));
+    }
+
+    #[test]
+    fn error_event_keeps_class() {
+        let mut t = RunTranscript::default();
+        t.handle_event(
+            &HarnessEvent::parse(
+                r#"{"event":"error","class":"configuration","message":"bad dtype","t_mono_ns":5}"#,
+            )
+            .unwrap(),
+        );
+        assert_eq!(
+            t.outcome,
+            Some(RunOutcome::Error {
+                class: FailureClass::Configuration,
+                message: "bad dtype".into()
+            })
+        );
+    }
+
+    #[test]
+    fn garbage_line_is_a_clear_error() {
+        let e = HarnessEvent::parse("Traceback (most recent call last):").unwrap_err();
+        assert!(e.to_string().contains("not a JSON event object"));
+    }
+}

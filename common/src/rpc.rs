@@ -1,0 +1,240 @@
+//! The coordinator's RPC service (tarpc) and its wire types.
+//!
+//! Workers call `register`, then `lease` (a long poll), `renew` while a run goes on,
+//! and `complete` or `fail`. The CLI calls `submit` and the queries. The trait is the
+//! contract between `lem-coord` and `lem-worker`; only this module imports tarpc, and
+//! no transport is chosen here.
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{
+    CampaignId, EngineCapability, FailureClass, FencingToken, RunKey, RunResult, WorkerId,
+};
+
+/// An error returned over the wire: a kind the caller can branch on and a message
+/// that says what to fix.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct RpcError {
+    pub kind: RpcErrorKind,
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RpcErrorKind {
+    /// The study or request is invalid; the message says where.
+    InvalidInput,
+    NotFound,
+    /// The lease is stale, expired or not the caller's.
+    LeaseLost,
+    /// The worker's protocol version differs from the coordinator's.
+    VersionMismatch,
+    /// The worker never registered (or the coordinator forgot it).
+    NotRegistered,
+    /// The coordinator cannot write its store (disk full, read-only) or is stopping.
+    Unavailable,
+    Internal,
+}
+
+impl RpcError {
+    pub fn new(kind: RpcErrorKind, message: impl Into<String>) -> Self {
+        RpcError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// One GPU slot of a worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SlotInfo {
+    pub index: u32,
+    pub gpu_name: String,
+    pub simulated: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    pub worker: WorkerId,
+    pub host: String,
+    pub protocol_version: u32,
+    pub worker_version: String,
+    pub slots: Vec<SlotInfo>,
+    pub engines: Vec<EngineCapability>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegisterReply {
+    pub coordinator_version: String,
+    /// The lease TTL the coordinator applies; the worker renews well within it.
+    pub lease_ttl_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    pub worker: WorkerId,
+    pub slot: u32,
+    /// How long the coordinator may hold the call open waiting for work.
+    pub wait_ms: u64,
+    /// Models this slot has resident, as `(engine, model)`, for warm affinity.
+    pub warm: Vec<(String, String)>,
+}
+
+/// A lease on one run: what to run, under which token, until when.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LeaseGrant {
+    pub run: RunKey,
+    pub token: FencingToken,
+    pub ttl_ms: u64,
+    pub attempt: u32,
+    pub engine: String,
+    pub config_hash: String,
+    pub cycle: u32,
+    /// The full canonical experiment config, as Python-compatible JSON text.
+    pub config_json: String,
+    /// Pause the study asks for before this run (`experiment_gap_seconds` and
+    /// `cycle_gap_seconds`, FORMAT.md 7.10); the worker's thermal gate waits at least this.
+    pub gap_before_s: f64,
+    pub study_name: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RenewRequest {
+    pub worker: WorkerId,
+    pub run: RunKey,
+    pub token: FencingToken,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RenewReply {
+    pub expires_in_ms: u64,
+    /// The campaign was cancelled: stop the run.
+    pub cancelled: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CompleteRequest {
+    pub worker: WorkerId,
+    pub run: RunKey,
+    pub token: FencingToken,
+    pub result: RunResult,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompleteStatus {
+    /// This result is the run's accepted result.
+    Accepted,
+    /// The same result was accepted before (a retried call); nothing changed.
+    AlreadyAccepted,
+    /// Kept as a duplicate record; not counted.
+    Duplicate,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CompleteReply {
+    pub status: CompleteStatus,
+    pub detail: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FailRequest {
+    pub worker: WorkerId,
+    pub run: RunKey,
+    pub token: FencingToken,
+    pub class: FailureClass,
+    pub message: String,
+}
+
+/// A study as the client read it: the file's text, and its `base:` file if any, so
+/// the coordinator expands exactly what the user wrote.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SubmitRequest {
+    pub path: String,
+    pub text: String,
+    pub base: Option<(String, String)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SubmitReply {
+    pub campaign: CampaignId,
+    pub n_runs: u64,
+    pub n_configs: u64,
+    pub n_skipped: u64,
+    pub warnings: Vec<String>,
+}
+
+/// Progress of one campaign. `running` counts leased runs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CampaignStatus {
+    pub campaign: u64,
+    pub study_name: Option<String>,
+    pub study_design_hash: String,
+    pub submitted_at: String,
+    pub state: String,
+    pub total: u64,
+    pub pending: u64,
+    pub running: u64,
+    pub done: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+    pub duplicates: u64,
+    pub n_configs: u64,
+    pub n_skipped: u64,
+    /// Runs pending per engine, with the reason no registered worker can take them.
+    pub blocked: Vec<BlockedEngine>,
+    /// The last failure messages, newest first (at most a few).
+    pub recent_failures: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BlockedEngine {
+    pub engine: String,
+    pub pending: u64,
+    pub reason: String,
+}
+
+/// One run of a campaign with its result, for `results`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunRow {
+    pub run: RunKey,
+    pub config_hash: String,
+    pub cycle: u32,
+    pub engine: String,
+    pub state: String,
+    pub attempts: u32,
+    pub config_json: String,
+    pub result: Option<RunResult>,
+    pub last_failure: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub worker: WorkerId,
+    pub host: String,
+    pub worker_version: String,
+    pub slots: Vec<SlotInfo>,
+    pub engines: Vec<EngineCapability>,
+    pub registered_at: String,
+    pub last_seen: String,
+    pub last_seen_s_ago: f64,
+    pub leases_held: u64,
+    pub runs_done: u64,
+}
+
+#[tarpc::service]
+pub trait Coordinator {
+    async fn register(req: RegisterRequest) -> Result<RegisterReply, RpcError>;
+    /// Waits up to `req.wait_ms` for a run this worker can take; `None` when none came.
+    async fn lease(req: LeaseRequest) -> Result<Option<LeaseGrant>, RpcError>;
+    async fn renew(req: RenewRequest) -> Result<RenewReply, RpcError>;
+    async fn complete(req: CompleteRequest) -> Result<CompleteReply, RpcError>;
+    async fn fail(req: FailRequest) -> Result<(), RpcError>;
+    async fn submit(req: SubmitRequest) -> Result<SubmitReply, RpcError>;
+    async fn campaigns() -> Result<Vec<CampaignStatus>, RpcError>;
+    async fn status(campaign: CampaignId) -> Result<CampaignStatus, RpcError>;
+    async fn runs(campaign: CampaignId) -> Result<Vec<RunRow>, RpcError>;
+    async fn cancel(campaign: CampaignId) -> Result<CampaignStatus, RpcError>;
+    async fn workers() -> Result<Vec<WorkerInfo>, RpcError>;
+}

@@ -1,0 +1,207 @@
+//! Domain vocabulary shared by the coordinator, the worker and the CLI.
+//!
+//! Identifiers and units are newtypes or carry their unit in the field name
+//! (`energy_j`, `power_w`, `ttl_ms`), so a joule is never mistaken for a watt and a
+//! campaign id never for a run index.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A campaign: one submitted study, expanded into runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct CampaignId(pub u64);
+
+impl fmt::Display for CampaignId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// One run of a campaign: a (config, cycle) pair at a position of the execution order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RunKey {
+    pub campaign: CampaignId,
+    /// 0-based position in the campaign's execution order.
+    pub seq: u32,
+}
+
+impl fmt::Display for RunKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{:04}", self.campaign.0, self.seq + 1)
+    }
+}
+
+/// A monotonic token handed out with every lease; a result or renewal carrying an older
+/// token than the run's current lease is stale and is never counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct FencingToken(pub u64);
+
+impl fmt::Display for FencingToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A worker's identity as the coordinator knows it (chosen by the worker, unique per host).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct WorkerId(pub String);
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The engines the fleet knows. `synthetic` is fleet-only: an emulation for hosts
+/// without a GPU; the other three are llem's.
+pub const KNOWN_ENGINES: [&str; 4] = ["synthetic", "tensorrt", "transformers", "vllm"];
+
+/// What a worker reports about one engine it could run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EngineCapability {
+    pub engine: String,
+    pub available: bool,
+    /// Why not, when unavailable (e.g. "python module vllm is not installed").
+    pub reason: Option<String>,
+    pub version: Option<String>,
+}
+
+/// Why a run failed; decides whether the coordinator retries it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureClass {
+    /// The host, the network, a crash: another attempt may succeed.
+    Infrastructure,
+    /// The configuration itself cannot run (out of memory, an invalid parameter):
+    /// retrying would fail the same way.
+    Configuration,
+}
+
+impl fmt::Display for FailureClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FailureClass::Infrastructure => "infrastructure",
+            FailureClass::Configuration => "configuration",
+        })
+    }
+}
+
+/// An idle-power baseline as measured by a worker.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BaselineRecord {
+    /// `device` (no model of ours resident) or `resident` (harness and model loaded).
+    pub kind: String,
+    pub mean_power_w: f64,
+    pub std_power_w: f64,
+    pub n_samples: usize,
+    pub duration_s: f64,
+    /// Seconds spent waiting for power to settle before the window.
+    pub settle_s: f64,
+    pub temp_c: f64,
+    pub sm_clock_mhz: Option<u32>,
+    pub pstate: Option<u32>,
+    /// `fresh`, `cached` or `validated` (llem's strategies).
+    pub strategy: String,
+    /// Age of the measurement when this run used it.
+    pub cache_age_s: f64,
+    pub measured_at: String,
+}
+
+/// Everything a worker measured for one run; sent with `complete` and stored verbatim.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunResult {
+    pub worker: String,
+    pub host: String,
+    pub slot: u32,
+    pub gpu_name: String,
+    pub gpu_uuid: String,
+    /// True when the GPU was the labelled simulated GPU, not real hardware.
+    pub simulated: bool,
+    pub engine: String,
+    pub engine_version: Option<String>,
+    pub model_name: String,
+    pub started_at: String,
+    pub ended_at: String,
+    pub n_prompts: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Length of the measured window (harness `measure_start` to `measure_end`).
+    pub duration_s: f64,
+    /// Energy over the window, the figure llem calls `total_energy_j`.
+    pub total_energy_j: f64,
+    /// `counter_interpolated` or `power_integral`.
+    pub energy_method: String,
+    pub energy_integral_j: Option<f64>,
+    pub energy_counter_raw_j: Option<f64>,
+    pub energy_disagreement_pct: Option<f64>,
+    pub energy_disagreement_flagged: bool,
+    pub short_window: bool,
+    pub mean_power_w: f64,
+    pub n_power_samples: usize,
+    /// Adjusted with the device idle baseline: `max(0, raw - W x s)`.
+    pub energy_adjusted_j: Option<f64>,
+    pub energy_adjusted_clamped: bool,
+    pub baseline_power_w: Option<f64>,
+    pub baseline: Option<BaselineRecord>,
+    /// `(input + output) tokens / s`, as llem defines `avg_tokens_per_second`.
+    pub avg_tokens_per_second: f64,
+    pub output_tokens_per_second: f64,
+    /// `total_energy_j / output_tokens`, as llem defines it.
+    pub avg_energy_per_token_j: f64,
+    /// `energy_adjusted_j / output_tokens`.
+    pub energy_per_token_adjusted_j: Option<f64>,
+    pub start_temp_c: f64,
+    pub max_temp_c: f64,
+    pub end_temp_c: f64,
+    pub thermal_wait_s: f64,
+    /// Why the thermal gate opened: `cooled`, `timeout`, `no_gap`.
+    pub thermal_wait_reason: String,
+    pub throttle_thermal: bool,
+    pub model_load_seconds: Option<f64>,
+    pub model_already_loaded: bool,
+    /// Seconds from the lease being granted to the harness's `measure_start`.
+    pub lease_to_measure_s: f64,
+    /// The harness's own metrics (latency, token length distributions) as it sent them.
+    pub harness_metrics: serde_json::Value,
+    pub warmup: serde_json::Value,
+    pub warnings: Vec<String>,
+}
+
+/// Formats Unix milliseconds as ISO 8601 UTC with a `Z` (`2026-11-25T10:00:00.123Z`).
+pub fn format_utc_ms(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let ms = unix_ms % 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    // Civil-from-days (Howard Hinnant's algorithm), valid for the proleptic Gregorian calendar.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if mo <= 2 { y + 1 } else { y };
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}.{ms:03}Z")
+}
+
+#[cfg(test)]
+mod time_tests {
+    #[test]
+    fn formats_known_instants() {
+        assert_eq!(super::format_utc_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            super::format_utc_ms(1_736_935_200_123),
+            "2025-01-15T10:00:00.123Z"
+        );
+        assert_eq!(
+            super::format_utc_ms(951_782_400_000),
+            "2000-02-29T00:00:00.000Z"
+        );
+    }
+}

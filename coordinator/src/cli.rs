@@ -1,0 +1,743 @@
+//! The `lem-coord` command line: flags, one function per subcommand, exit codes.
+//!
+//! Exit codes (also in docs/cli.md): 0 success; 1 a failure while running (a run
+//! failed, an IO error); 2 invalid input (a study with errors, a bad flag value);
+//! 3 the coordinator could not be reached.
+
+use std::io::{IsTerminal, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _};
+use clap::{Parser, Subcommand, ValueEnum};
+use lem_common::lease::LeasePolicy;
+use lem_common::rpc::{CampaignStatus, CoordinatorClient, RunRow, SubmitRequest};
+use lem_common::study::{self, PlanOptions, StudyPlan, StudySource};
+use lem_common::types::CampaignId;
+use lem_worker::transport;
+
+use crate::export;
+use crate::server;
+use crate::service::Shared;
+use crate::store::Store;
+
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const FAILURE: u8 = 1;
+    pub const INVALID_INPUT: u8 = 2;
+    pub const UNREACHABLE: u8 = 3;
+}
+
+/// An error with the exit code it should produce.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: u8,
+    pub error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for CliError {
+    fn from(e: E) -> Self {
+        CliError {
+            code: exit::FAILURE,
+            error: e.into(),
+        }
+    }
+}
+
+fn invalid(e: impl Into<anyhow::Error>) -> CliError {
+    CliError {
+        code: exit::INVALID_INPUT,
+        error: e.into(),
+    }
+}
+
+fn unreachable_err(e: impl Into<anyhow::Error>) -> CliError {
+    CliError {
+        code: exit::UNREACHABLE,
+        error: e.into(),
+    }
+}
+
+/// lem fleet coordinator: holds campaigns and leases their runs to workers.
+#[derive(Parser, Debug)]
+#[command(name = "lem-coord", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConnectArgs {
+    /// Coordinator address (host:port).
+    #[arg(long, env = "LEM_COORDINATOR", default_value = "127.0.0.1:7700")]
+    pub coordinator: String,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ResultsFormat {
+    Jsonl,
+    Csv,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Start the coordinator: serve the RPC API and keep the manifest in DATA_DIR.
+    Start {
+        /// Address to listen on.
+        #[arg(long, env = "LEM_LISTEN", default_value = "127.0.0.1:7700")]
+        listen: String,
+        /// Directory for the manifest (created if missing).
+        #[arg(long, env = "LEM_DATA_DIR", default_value = "lem-data/coordinator")]
+        data_dir: PathBuf,
+        /// Lease time-to-live in seconds (workers renew within it).
+        #[arg(long, default_value_t = 30)]
+        lease_ttl_secs: u64,
+        /// Leases a run may use before it is marked failed.
+        #[arg(long, default_value_t = 3)]
+        max_attempts: u32,
+    },
+    /// Submit a study; prints the campaign id as the last line.
+    Submit {
+        study: PathBuf,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Show one campaign's progress, or all campaigns.
+    Status {
+        campaign: Option<u64>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Export a campaign's results, one row per run.
+    Results {
+        campaign: u64,
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: ResultsFormat,
+        /// Write to FILE instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Cancel a campaign: runs not yet finished are cancelled.
+    Cancel {
+        campaign: u64,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// List registered workers.
+    Workers {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Expand a study without a coordinator: counts, skipped combinations, ordered runs.
+    Grid {
+        study: PathBuf,
+        /// Print exactly what llem's expansion (expand_study.py) prints.
+        #[arg(long)]
+        json: bool,
+        /// Expand as llem's Python API does (1 cycle, sequential) instead of `llem run`.
+        #[arg(long)]
+        library_defaults: bool,
+    },
+    /// Run a study end to end here: an embedded coordinator and local workers.
+    Run {
+        study: PathBuf,
+        /// Local workers to start.
+        #[arg(long, default_value_t = 2)]
+        local_workers: u32,
+        /// Where the manifest, worker files and results go.
+        #[arg(long, env = "LEM_DATA_DIR", default_value = "lem-data")]
+        data_dir: PathBuf,
+        /// Use the labelled simulated GPU even if a GPU is present.
+        #[arg(long)]
+        simulate_gpu: bool,
+        /// Python interpreter for the harness.
+        #[arg(long, env = "LEM_PYTHON", default_value = "python3")]
+        python: String,
+    },
+}
+
+pub fn main_impl(cli: Cli) -> Result<(), CliError> {
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Start {
+                listen,
+                data_dir,
+                lease_ttl_secs,
+                max_attempts,
+            } => start(&listen, &data_dir, lease_ttl_secs, max_attempts).await,
+            Command::Submit { study, connect } => submit(&study, &connect.coordinator).await,
+            Command::Status {
+                campaign,
+                json,
+                connect,
+            } => status(campaign, json, &connect.coordinator).await,
+            Command::Results {
+                campaign,
+                format,
+                output,
+                connect,
+            } => results(campaign, format, output.as_deref(), &connect.coordinator).await,
+            Command::Cancel { campaign, connect } => cancel(campaign, &connect.coordinator).await,
+            Command::Workers { json, connect } => workers(json, &connect.coordinator).await,
+            Command::Grid {
+                study,
+                json,
+                library_defaults,
+            } => grid(&study, json, library_defaults),
+            Command::Run {
+                study,
+                local_workers,
+                data_dir,
+                simulate_gpu,
+                python,
+            } => run(&study, local_workers, &data_dir, simulate_gpu, &python).await,
+        }
+    })
+}
+
+fn ctx() -> tarpc::context::Context {
+    let mut c = tarpc::context::current();
+    c.deadline = std::time::Instant::now() + Duration::from_secs(60);
+    c
+}
+
+async fn connect(addr: &str) -> Result<CoordinatorClient, CliError> {
+    transport::connect(addr).await.map_err(unreachable_err)
+}
+
+/// Maps a failed call to an error naming the coordinator.
+fn rpc<T>(
+    addr: &str,
+    r: Result<Result<T, lem_common::rpc::RpcError>, tarpc::client::RpcError>,
+) -> Result<T, CliError> {
+    match r {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(match e.kind {
+            lem_common::rpc::RpcErrorKind::InvalidInput => invalid(anyhow!(e.message)),
+            _ => CliError::from(anyhow!(e.message)),
+        }),
+        Err(e) => Err(unreachable_err(anyhow!(
+            "the coordinator at {addr} did not answer: {e}"
+        ))),
+    }
+}
+
+fn read_study(path: &Path) -> Result<(StudySource, StudyPlan), CliError> {
+    let src = StudySource::read(path).map_err(invalid)?;
+    let plan = study::plan(&src, &PlanOptions::default()).map_err(invalid)?;
+    Ok((src, plan))
+}
+
+async fn start(
+    listen: &str,
+    data_dir: &Path,
+    lease_ttl_secs: u64,
+    max_attempts: u32,
+) -> Result<(), CliError> {
+    let store = Store::open(data_dir).map_err(|e| CliError {
+        code: exit::FAILURE,
+        error: e.into(),
+    })?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let policy = LeasePolicy {
+        ttl_ms: lease_ttl_secs.max(1) * 1000,
+        max_attempts: max_attempts.max(1),
+    };
+    let shared = Shared::new(store, policy)?;
+    // Tests and scripts read the bound address from here (useful with port 0).
+    std::fs::write(data_dir.join("coordinator.addr"), addr.to_string())?;
+    eprintln!(
+        "lem-coord listening on {addr} (data dir {})",
+        data_dir.display()
+    );
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("stopping: no new leases");
+    };
+    server::serve(listener, shared, shutdown).await?;
+    Ok(())
+}
+
+fn print_plan_summary(path: &Path, plan: &StudyPlan) {
+    eprintln!(
+        "{}: {} config(s), {} run(s), {} skipped",
+        path.display(),
+        plan.n_configs,
+        plan.runs.len(),
+        plan.skipped.len()
+    );
+    for w in &plan.warnings {
+        eprintln!("warning: {w}");
+    }
+    if plan.n_configs > 100 {
+        eprintln!(
+            "warning: {} configs is a large grid (more than 100)",
+            plan.n_configs
+        );
+    }
+}
+
+async fn submit(path: &Path, addr: &str) -> Result<(), CliError> {
+    let (src, plan) = read_study(path)?;
+    print_plan_summary(path, &plan);
+    let client = connect(addr).await?;
+    let reply = rpc(
+        addr,
+        client
+            .submit(
+                ctx(),
+                SubmitRequest {
+                    path: src.path.clone(),
+                    text: src.text.clone(),
+                    base: src.base.clone(),
+                },
+            )
+            .await,
+    )?;
+    println!("{}", reply.campaign);
+    Ok(())
+}
+
+fn status_line(s: &CampaignStatus) -> String {
+    format!(
+        "campaign {:<4} {:<24} {:<22} total {:>5}  pending {:>5}  running {:>3}  done {:>5}  failed {:>3}",
+        s.campaign,
+        s.study_name.as_deref().unwrap_or("-"),
+        s.state,
+        s.total,
+        s.pending,
+        s.running,
+        s.done,
+        s.failed
+    )
+}
+
+fn print_status_detail(s: &CampaignStatus) {
+    println!("{}", status_line(s));
+    if s.cancelled > 0 {
+        println!("  cancelled runs: {}", s.cancelled);
+    }
+    if s.duplicates > 0 {
+        println!("  duplicate results kept (not counted): {}", s.duplicates);
+    }
+    for b in &s.blocked {
+        println!(
+            "  blocked: {} pending {} run(s): {}",
+            b.engine, b.pending, b.reason
+        );
+    }
+    for f in &s.recent_failures {
+        println!("  failed: {f}");
+    }
+}
+
+async fn status(campaign: Option<u64>, json: bool, addr: &str) -> Result<(), CliError> {
+    let client = connect(addr).await?;
+    match campaign {
+        Some(id) => {
+            let s = rpc(addr, client.status(ctx(), CampaignId(id)).await)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print_status_detail(&s);
+            }
+        }
+        None => {
+            let all = rpc(addr, client.campaigns(ctx()).await)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else if all.is_empty() {
+                println!("no campaigns (submit one with `lem-coord submit STUDY`)");
+            } else {
+                for s in &all {
+                    println!("{}", status_line(s));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn render(rows: &[RunRow], format: ResultsFormat) -> String {
+    match format {
+        ResultsFormat::Jsonl => export::to_jsonl(rows),
+        ResultsFormat::Csv => export::to_csv(rows),
+    }
+}
+
+async fn results(
+    campaign: u64,
+    format: ResultsFormat,
+    output: Option<&Path>,
+    addr: &str,
+) -> Result<(), CliError> {
+    let client = connect(addr).await?;
+    let rows = rpc(addr, client.runs(ctx(), CampaignId(campaign)).await)?;
+    let text = render(&rows, format);
+    match output {
+        Some(p) => {
+            write_atomic(p, &text)?;
+            eprintln!("wrote {} run(s) to {}", rows.len(), p.display());
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes())?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes through a temporary file and a rename, so a reader never sees half a file.
+fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+async fn cancel(campaign: u64, addr: &str) -> Result<(), CliError> {
+    let client = connect(addr).await?;
+    let s = rpc(addr, client.cancel(ctx(), CampaignId(campaign)).await)?;
+    print_status_detail(&s);
+    Ok(())
+}
+
+async fn workers(json: bool, addr: &str) -> Result<(), CliError> {
+    let client = connect(addr).await?;
+    let ws = rpc(addr, client.workers(ctx()).await)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&ws)?);
+        return Ok(());
+    }
+    if ws.is_empty() {
+        println!("no workers registered");
+    }
+    for w in ws {
+        let engines: Vec<String> = w
+            .engines
+            .iter()
+            .map(|e| {
+                if e.available {
+                    e.engine.clone()
+                } else {
+                    format!("-{}", e.engine)
+                }
+            })
+            .collect();
+        let gpus: Vec<String> = w
+            .slots
+            .iter()
+            .map(|s| {
+                if s.simulated {
+                    format!("{}:simulated", s.index)
+                } else {
+                    format!("{}:{}", s.index, s.gpu_name)
+                }
+            })
+            .collect();
+        println!(
+            "{:<28} host {:<16} slots [{}] engines [{}] leases {} done {} last seen {:.0}s ago",
+            w.worker.0,
+            w.host,
+            gpus.join(", "),
+            engines.join(" "),
+            w.leases_held,
+            w.runs_done,
+            w.last_seen_s_ago
+        );
+    }
+    Ok(())
+}
+
+fn grid(path: &Path, json: bool, library_defaults: bool) -> Result<(), CliError> {
+    let src = StudySource::read(path).map_err(invalid)?;
+    let plan = study::plan(&src, &PlanOptions { library_defaults }).map_err(invalid)?;
+    if json {
+        let v = plan.to_oracle_json();
+        let text = lem_common::pyjson::dumps(
+            &v,
+            &lem_common::pyjson::DumpOptions {
+                indent: Some(1),
+                ..Default::default()
+            },
+        );
+        println!("{text}");
+        return Ok(());
+    }
+    let mut per_engine: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
+    let mut seen = std::collections::HashSet::new();
+    for r in &plan.runs {
+        let e = per_engine.entry(r.engine.as_str()).or_default();
+        e.1 += 1;
+        if seen.insert(&r.config_hash) {
+            e.0 += 1;
+        }
+    }
+    println!(
+        "{}: {} config(s), {} run(s), {} skipped",
+        path.display(),
+        plan.n_configs,
+        plan.runs.len(),
+        plan.skipped.len()
+    );
+    for (e, (c, r)) in &per_engine {
+        println!("  {e:<12} {c} config(s), {r} run(s)");
+    }
+    for w in &plan.warnings {
+        println!("warning: {w}");
+    }
+    if !plan.skipped.is_empty() {
+        println!("skipped:");
+        for s in &plan.skipped {
+            println!("  {}", s.reason);
+        }
+    }
+    println!("runs (execution order):");
+    for (i, r) in plan.runs.iter().enumerate() {
+        println!(
+            "  {:>4}  {}  cycle {}  {}{}",
+            i + 1,
+            r.config_hash,
+            r.cycle,
+            r.engine,
+            if r.gap_before_seconds > 0.0 {
+                format!("  (gap {:.0} s before)", r.gap_before_seconds)
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
+}
+
+/// Draws progress on stderr: a redrawn bar on a terminal, a line per change otherwise.
+struct Progress {
+    tty: bool,
+    last: Option<(u64, u64, u64)>,
+}
+
+impl Progress {
+    fn draw(&mut self, s: &CampaignStatus) {
+        let key = (s.done, s.failed, s.running);
+        if self.last == Some(key) {
+            return;
+        }
+        self.last = Some(key);
+        let width = 30usize;
+        let finished = (s.done + s.failed + s.cancelled) as usize;
+        let filled = if s.total == 0 {
+            width
+        } else {
+            finished * width / s.total as usize
+        };
+        let bar = format!("[{}{}]", "#".repeat(filled), ".".repeat(width - filled));
+        let line = format!(
+            "{bar} {finished}/{} done  running {}  failed {}",
+            s.total, s.running, s.failed
+        );
+        if self.tty {
+            eprint!("\r{line}   ");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+
+    fn finish(&self) {
+        if self.tty {
+            eprintln!();
+        }
+    }
+}
+
+async fn run(
+    path: &Path,
+    local_workers: u32,
+    data_dir: &Path,
+    simulate_gpu: bool,
+    python: &str,
+) -> Result<(), CliError> {
+    let (src, plan) = read_study(path)?;
+    print_plan_summary(path, &plan);
+    if local_workers == 0 {
+        return Err(invalid(anyhow!("--local-workers must be at least 1")));
+    }
+    let simulate = if simulate_gpu {
+        eprintln!("using the SIMULATED GPU (--simulate-gpu): results are labelled simulated: true");
+        true
+    } else if !lem_worker::nvidia_gpu_present() {
+        eprintln!("no NVIDIA GPU found on this machine: using the SIMULATED GPU; results are labelled simulated: true");
+        true
+    } else {
+        false
+    };
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    let store = Store::open(&data_dir.join("coordinator"))?;
+    let shared = Shared::new(store, LeasePolicy::default())?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let (stop_server_tx, stop_server_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(server::serve(listener, shared.clone(), async move {
+        let _ = stop_server_rx.await;
+    }));
+    let (stop_workers_tx, stop_workers_rx) = tokio::sync::watch::channel(false);
+    let mut workers = Vec::new();
+    for i in 0..local_workers {
+        let cfg = lem_worker::WorkerConfig {
+            coordinator: addr.clone(),
+            data_dir: data_dir.join(format!("worker-{i}")),
+            name: Some(format!("local-{i}")),
+            slots: 1,
+            simulate_gpu: simulate,
+            python: python.to_string(),
+        };
+        workers.push(tokio::spawn(lem_worker::run_worker(
+            cfg,
+            stop_workers_rx.clone(),
+        )));
+    }
+    let outcome = drive_local_run(&addr, &src, data_dir, &mut workers).await;
+    let _ = stop_workers_tx.send(true);
+    for w in workers {
+        let _ = tokio::time::timeout(Duration::from_secs(30), w).await;
+    }
+    let _ = stop_server_tx.send(());
+    let _ = server.await;
+    drop(shared);
+    outcome
+}
+
+async fn drive_local_run(
+    addr: &str,
+    src: &StudySource,
+    data_dir: &Path,
+    workers: &mut [tokio::task::JoinHandle<anyhow::Result<()>>],
+) -> Result<(), CliError> {
+    let client = connect(addr).await?;
+    let reply = rpc(
+        addr,
+        client
+            .submit(
+                ctx(),
+                SubmitRequest {
+                    path: src.path.clone(),
+                    text: src.text.clone(),
+                    base: src.base.clone(),
+                },
+            )
+            .await,
+    )?;
+    let id = reply.campaign;
+    eprintln!(
+        "campaign {id}: {} run(s) on {} local worker(s); data in {}",
+        reply.n_runs,
+        workers.len(),
+        data_dir.display()
+    );
+    let mut progress = Progress {
+        tty: std::io::stderr().is_terminal(),
+        last: None,
+    };
+    let mut blocked_since: Option<tokio::time::Instant> = None;
+    let status = loop {
+        // A worker that failed to start is fatal: say why instead of waiting forever.
+        for w in workers.iter_mut() {
+            if w.is_finished() {
+                let res = w.await;
+                let msg = match res {
+                    Ok(Ok(())) => "a local worker stopped unexpectedly".to_string(),
+                    Ok(Err(e)) => format!("a local worker failed: {e:#}"),
+                    Err(e) => format!("a local worker panicked: {e}"),
+                };
+                progress.finish();
+                return Err(CliError::from(anyhow!(msg)));
+            }
+        }
+        let s = rpc(addr, client.status(ctx(), id).await)?;
+        progress.draw(&s);
+        if s.pending + s.running == 0 {
+            break s;
+        }
+        if !s.blocked.is_empty() && s.running == 0 {
+            let since = *blocked_since.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() > Duration::from_secs(10) {
+                progress.finish();
+                let reasons: Vec<String> = s.blocked.iter().map(|b| b.reason.clone()).collect();
+                return Err(CliError::from(anyhow!(
+                    "campaign {id} cannot finish: {}",
+                    reasons.join("; ")
+                )));
+            }
+        } else {
+            blocked_since = None;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    progress.finish();
+    let rows = rpc(addr, client.runs(ctx(), id).await)?;
+    let out_dir = data_dir.join(format!("campaign-{id}"));
+    write_atomic(&out_dir.join("results.jsonl"), &export::to_jsonl(&rows))?;
+    write_atomic(&out_dir.join("results.csv"), &export::to_csv(&rows))?;
+    println!("{}", export::summary_table(&rows));
+    println!(
+        "campaign {id}: {} done, {} failed; results in {}",
+        status.done,
+        status.failed,
+        out_dir.display()
+    );
+    for f in &status.recent_failures {
+        println!("  failed: {f}");
+    }
+    if status.failed > 0 {
+        return Err(CliError::from(anyhow!(
+            "{} run(s) failed (see above)",
+            status.failed
+        )));
+    }
+    Ok(())
+}
+
+/// The whole binary: logging, flags, exit code.
+pub fn run_main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // A server logs what it does; the one-shot commands (and `run`, which draws a
+    // progress bar) only log warnings unless LEM_LOG asks for more.
+    let default_filter = match cli.command {
+        Command::Start { .. } => "warn,lem_coord=info,lem_worker=info",
+        _ => "warn",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LEM_LOG")
+                .unwrap_or_else(|_| default_filter.into()),
+        )
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+    match main_impl(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lem-coord: error: {:#}", e.error);
+            std::process::ExitCode::from(e.code)
+        }
+    }
+}

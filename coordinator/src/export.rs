@@ -1,0 +1,310 @@
+//! Results export: one flat row per run (JSON lines or CSV), and the per-config
+//! summary table that `lem-coord run` prints.
+//!
+//! Column names are llem's where llem has one (`total_energy_j`, `energy_adjusted_j`,
+//! `avg_tokens_per_second`, `avg_energy_per_token_j`, ...); the fleet's own columns
+//! (`worker`, `host`, `slot`, `attempts`, `simulated`, the counter-vs-integral
+//! disagreement) keep names llem never uses. The column set is documented in
+//! docs/results.md.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use lem_common::rpc::RunRow;
+use lem_common::stats;
+use serde_json::{json, Value as Json};
+
+/// The columns of a flat export row, in order.
+pub const COLUMNS: &[&str] = &[
+    "experiment_id",
+    "cycle",
+    "config_hash",
+    "engine",
+    "model_name",
+    "state",
+    "attempts",
+    "total_energy_j",
+    "energy_adjusted_j",
+    "baseline_power_w",
+    "avg_tokens_per_second",
+    "avg_energy_per_token_j",
+    "energy_per_token_adjusted_j",
+    "output_tokens_per_second",
+    "total_inference_time_sec",
+    "input_tokens",
+    "output_tokens",
+    "mean_power_w",
+    "energy_method",
+    "energy_integral_j",
+    "energy_disagreement_pct",
+    "energy_adjusted_clamped",
+    "max_temperature_c",
+    "thermal_wait_s",
+    "model_load_time_sec",
+    "model_already_loaded",
+    "simulated",
+    "gpu_name",
+    "worker",
+    "host",
+    "slot",
+    "started_at",
+    "ended_at",
+    "last_failure",
+];
+
+/// One flat row for a run (nulls where the run has no result).
+pub fn row(r: &RunRow) -> serde_json::Map<String, Json> {
+    let model = lem_common::pyjson::parse(&r.config_json)
+        .ok()
+        .and_then(|c| {
+            c.get_path("task.model")
+                .and_then(|v| v.as_str())
+                .map(String::from)
+        })
+        .unwrap_or_default();
+    let res = r.result.as_ref();
+    let f = |get: &dyn Fn(&lem_common::types::RunResult) -> Json| -> Json {
+        res.map(get).unwrap_or(Json::Null)
+    };
+    let mut m = serde_json::Map::new();
+    m.insert("experiment_id".into(), json!(r.run.to_string()));
+    m.insert("cycle".into(), json!(r.cycle));
+    m.insert("config_hash".into(), json!(r.config_hash));
+    m.insert("engine".into(), json!(r.engine));
+    m.insert("model_name".into(), json!(model));
+    m.insert("state".into(), json!(r.state));
+    m.insert("attempts".into(), json!(r.attempts));
+    m.insert("total_energy_j".into(), f(&|x| json!(x.total_energy_j)));
+    m.insert(
+        "energy_adjusted_j".into(),
+        f(&|x| json!(x.energy_adjusted_j)),
+    );
+    m.insert("baseline_power_w".into(), f(&|x| json!(x.baseline_power_w)));
+    m.insert(
+        "avg_tokens_per_second".into(),
+        f(&|x| json!(x.avg_tokens_per_second)),
+    );
+    m.insert(
+        "avg_energy_per_token_j".into(),
+        f(&|x| json!(x.avg_energy_per_token_j)),
+    );
+    m.insert(
+        "energy_per_token_adjusted_j".into(),
+        f(&|x| json!(x.energy_per_token_adjusted_j)),
+    );
+    m.insert(
+        "output_tokens_per_second".into(),
+        f(&|x| json!(x.output_tokens_per_second)),
+    );
+    m.insert(
+        "total_inference_time_sec".into(),
+        f(&|x| json!(x.duration_s)),
+    );
+    m.insert("input_tokens".into(), f(&|x| json!(x.input_tokens)));
+    m.insert("output_tokens".into(), f(&|x| json!(x.output_tokens)));
+    m.insert("mean_power_w".into(), f(&|x| json!(x.mean_power_w)));
+    m.insert("energy_method".into(), f(&|x| json!(x.energy_method)));
+    m.insert(
+        "energy_integral_j".into(),
+        f(&|x| json!(x.energy_integral_j)),
+    );
+    m.insert(
+        "energy_disagreement_pct".into(),
+        f(&|x| json!(x.energy_disagreement_pct)),
+    );
+    m.insert(
+        "energy_adjusted_clamped".into(),
+        f(&|x| json!(x.energy_adjusted_clamped)),
+    );
+    m.insert("max_temperature_c".into(), f(&|x| json!(x.max_temp_c)));
+    m.insert("thermal_wait_s".into(), f(&|x| json!(x.thermal_wait_s)));
+    m.insert(
+        "model_load_time_sec".into(),
+        f(&|x| json!(x.model_load_seconds)),
+    );
+    m.insert(
+        "model_already_loaded".into(),
+        f(&|x| json!(x.model_already_loaded)),
+    );
+    m.insert("simulated".into(), f(&|x| json!(x.simulated)));
+    m.insert("gpu_name".into(), f(&|x| json!(x.gpu_name)));
+    m.insert("worker".into(), f(&|x| json!(x.worker)));
+    m.insert("host".into(), f(&|x| json!(x.host)));
+    m.insert("slot".into(), f(&|x| json!(x.slot)));
+    m.insert("started_at".into(), f(&|x| json!(x.started_at)));
+    m.insert("ended_at".into(), f(&|x| json!(x.ended_at)));
+    m.insert("last_failure".into(), json!(r.last_failure));
+    debug_assert_eq!(m.len(), COLUMNS.len());
+    m
+}
+
+pub fn to_jsonl(rows: &[RunRow]) -> String {
+    let mut out = String::new();
+    for r in rows {
+        out.push_str(&Json::Object(row(r)).to_string());
+        out.push('\n');
+    }
+    out
+}
+
+fn csv_field(v: &Json) -> String {
+    let s = match v {
+        Json::Null => String::new(),
+        Json::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s
+    }
+}
+
+pub fn to_csv(rows: &[RunRow]) -> String {
+    let mut out = COLUMNS.join(",");
+    out.push('\n');
+    for r in rows {
+        let m = row(r);
+        let fields: Vec<String> = COLUMNS.iter().map(|c| csv_field(&m[*c])).collect();
+        out.push_str(&fields.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+/// The parameters that differ between a campaign's configs, per config hash, for a
+/// readable "config" column (`batch_size=4 dtype=float16`).
+fn varying_params(rows: &[RunRow]) -> BTreeMap<String, String> {
+    let mut flat: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for r in rows {
+        if flat.contains_key(&r.config_hash) {
+            continue;
+        }
+        let mut m = BTreeMap::new();
+        if let Ok(v) = lem_common::pyjson::parse(&r.config_json) {
+            flatten("", &v, &mut m);
+        }
+        flat.insert(r.config_hash.clone(), m);
+    }
+    let mut keys: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for m in flat.values() {
+        for (k, v) in m {
+            keys.entry(k.clone()).or_default().insert(v.clone());
+        }
+    }
+    let n = flat.len();
+    let varying: Vec<&String> = keys
+        .iter()
+        .filter(|(k, vals)| {
+            vals.len() > 1 || flat.values().filter(|m| m.contains_key(*k)).count() != n
+        })
+        .map(|(k, _)| k)
+        .collect();
+    flat.into_iter()
+        .map(|(h, m)| {
+            let parts: Vec<String> = varying
+                .iter()
+                .filter_map(|k| {
+                    m.get(*k).map(|v| {
+                        let short = k.rsplit('.').next().unwrap_or(k);
+                        format!("{short}={v}")
+                    })
+                })
+                .collect();
+            (h, parts.join(" "))
+        })
+        .collect()
+}
+
+fn flatten(prefix: &str, v: &lem_common::Value, out: &mut BTreeMap<String, String>) {
+    match v {
+        lem_common::Value::Map(m) => {
+            for (k, v) in m {
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&p, v, out);
+            }
+        }
+        lem_common::Value::Null => {}
+        other => {
+            out.insert(
+                prefix.to_string(),
+                lem_common::pyjson::dumps(other, &Default::default()),
+            );
+        }
+    }
+}
+
+/// The summary table: one line per config with cycles, tokens/s, adjusted J/token and
+/// the CV across cycles.
+pub fn summary_table(rows: &[RunRow]) -> String {
+    let labels = varying_params(rows);
+    let mut order: Vec<String> = Vec::new();
+    let mut by_hash: BTreeMap<String, Vec<&RunRow>> = BTreeMap::new();
+    for r in rows {
+        if !by_hash.contains_key(&r.config_hash) {
+            order.push(r.config_hash.clone());
+        }
+        by_hash.entry(r.config_hash.clone()).or_default().push(r);
+    }
+    let mut out = String::new();
+    let simulated = rows
+        .iter()
+        .any(|r| r.result.as_ref().is_some_and(|x| x.simulated));
+    writeln!(
+        out,
+        "{:<16} {:<12} {:<34} {:>6} {:>10} {:>14} {:>14} {:>7}",
+        "config_hash", "engine", "config", "cycles", "tok/s", "J/tok (raw)", "J/tok (adj)", "CV"
+    )
+    .unwrap();
+    for h in order {
+        let runs = &by_hash[&h];
+        let done: Vec<&lem_common::types::RunResult> =
+            runs.iter().filter_map(|r| r.result.as_ref()).collect();
+        let tps: Vec<f64> = done.iter().map(|x| x.avg_tokens_per_second).collect();
+        let raw: Vec<f64> = done.iter().map(|x| x.avg_energy_per_token_j).collect();
+        let adj: Vec<f64> = done
+            .iter()
+            .filter_map(|x| x.energy_per_token_adjusted_j)
+            .collect();
+        let cv = stats::cv(if adj.is_empty() { &raw } else { &adj });
+        let fmt_opt = |v: Option<f64>, prec: usize| {
+            v.map(|x| format!("{x:.prec$}"))
+                .unwrap_or_else(|| "-".into())
+        };
+        let mut label = labels.get(&h).cloned().unwrap_or_default();
+        if label.len() > 34 {
+            label.truncate(33);
+            label.push('~');
+        }
+        writeln!(
+            out,
+            "{:<16} {:<12} {:<34} {:>6} {:>10} {:>14} {:>14} {:>7}",
+            h,
+            runs[0].engine,
+            label,
+            format!("{}/{}", done.len(), runs.len()),
+            fmt_opt(stats::mean(&tps), 1),
+            fmt_opt(stats::mean(&raw), 6),
+            fmt_opt(stats::mean(&adj), 6),
+            cv.map(|c| format!(
+                "{:.1}%{}",
+                c * 100.0,
+                if stats::flag_high_cv(c) { "!" } else { "" }
+            ))
+            .unwrap_or_else(|| "-".into()),
+        )
+        .unwrap();
+    }
+    if simulated {
+        writeln!(
+            out,
+            "note: measured on a SIMULATED GPU (no NVIDIA GPU here): the joules come from a model, not hardware"
+        )
+        .unwrap();
+    }
+    out
+}

@@ -1,0 +1,568 @@
+//! The coordinator's RPC service: a thin driver of the store and the pure lease machine.
+//!
+//! Each call converts its request into one store operation (one redb write
+//! transaction for every lease transition), run on tokio's blocking pool, and maps
+//! store errors to [`RpcError`]s that say what to do. `lease` is a long poll: it
+//! waits on a [`Notify`] that fires whenever runs become pending (a submit, an
+//! expired lease, a failure that will be retried).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lem_common::lease::{CompleteOutcome, LeasePolicy, RunState};
+use lem_common::rpc::{
+    BlockedEngine, CampaignStatus, CompleteReply, CompleteRequest, CompleteStatus, Coordinator,
+    FailRequest, LeaseGrant, LeaseRequest, RegisterReply, RegisterRequest, RenewReply,
+    RenewRequest, RpcError, RpcErrorKind, RunRow, SubmitReply, SubmitRequest, WorkerInfo,
+};
+use lem_common::study::{self, PlanOptions, StudySource};
+use lem_common::types::{format_utc_ms, CampaignId, WorkerId};
+use lem_common::{pyjson, PROTOCOL_VERSION};
+use tarpc::context::Context;
+use tokio::sync::Notify;
+
+use crate::store::{CampaignRecord, NewRun, Store, StoreError, WorkerRecord};
+
+/// Largest study text accepted over the wire.
+pub const MAX_STUDY_BYTES: usize = 4 << 20;
+/// Largest number of runs one campaign may expand to.
+pub const MAX_RUNS_PER_CAMPAIGN: usize = 1_000_000;
+/// A worker not heard from for this long is not counted as able to run anything.
+const WORKER_STALE_MS: u64 = 120_000;
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// State shared by every connection's service instance.
+pub struct Shared {
+    pub store: Store,
+    pub policy: LeasePolicy,
+    /// Fires when runs may have become pending.
+    pub work_available: Notify,
+    /// Engines each registered worker can run (a cache of the `workers` table).
+    engines_by_worker: Mutex<HashMap<WorkerId, Vec<String>>>,
+    /// Set when the coordinator is shutting down: no new leases.
+    pub stopping: std::sync::atomic::AtomicBool,
+    /// When each worker last called in (memory only; the store keeps the
+    /// registration time, and a restarted coordinator learns this again within one
+    /// lease poll).
+    last_seen: Mutex<HashMap<WorkerId, u64>>,
+}
+
+impl Shared {
+    fn touch(&self, worker: &WorkerId) {
+        self.last_seen
+            .lock()
+            .expect("last_seen lock")
+            .insert(worker.clone(), now_ms());
+    }
+
+    fn last_seen_ms(&self, w: &WorkerRecord) -> u64 {
+        let mem = self
+            .last_seen
+            .lock()
+            .expect("last_seen lock")
+            .get(&w.worker)
+            .copied()
+            .unwrap_or(0);
+        mem.max(w.last_seen_ms)
+    }
+}
+
+impl Shared {
+    pub fn new(store: Store, policy: LeasePolicy) -> Result<Arc<Shared>, StoreError> {
+        let mut map = HashMap::new();
+        for w in store.workers()? {
+            map.insert(w.worker.clone(), available_engines(&w));
+        }
+        Ok(Arc::new(Shared {
+            store,
+            policy,
+            work_available: Notify::new(),
+            engines_by_worker: Mutex::new(map),
+            stopping: Default::default(),
+            last_seen: Default::default(),
+        }))
+    }
+}
+
+fn available_engines(w: &WorkerRecord) -> Vec<String> {
+    w.engines
+        .iter()
+        .filter(|e| e.available)
+        .map(|e| e.engine.clone())
+        .collect()
+}
+
+fn store_err(e: StoreError) -> RpcError {
+    match e {
+        StoreError::NoCampaign(_) | StoreError::NoRun(_) => {
+            RpcError::new(RpcErrorKind::NotFound, e.to_string())
+        }
+        StoreError::Lease(l) => RpcError::new(RpcErrorKind::LeaseLost, l.to_string()),
+        StoreError::Storage(s) => RpcError::new(
+            RpcErrorKind::Unavailable,
+            format!("coordinator cannot write its manifest: {s} (check free space and permissions of its data dir)"),
+        ),
+        other => RpcError::new(RpcErrorKind::Internal, other.to_string()),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, RpcError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(store_err),
+        Err(e) => Err(RpcError::new(
+            RpcErrorKind::Internal,
+            format!("store task failed: {e}"),
+        )),
+    }
+}
+
+/// One service instance per connection; all share [`Shared`].
+#[derive(Clone)]
+pub struct CoordService {
+    pub shared: Arc<Shared>,
+}
+
+impl CoordService {
+    fn campaign_status(shared: &Shared, id: CampaignId) -> Result<CampaignStatus, StoreError> {
+        let c = shared.store.campaign(id)?;
+        let counts = shared.store.counts(id)?;
+        let dups = shared.store.duplicate_count(id)?;
+        let mut blocked = Vec::new();
+        if counts.pending > 0 {
+            let workers = shared.store.workers()?;
+            let now = now_ms();
+            let live: Vec<&WorkerRecord> = workers
+                .iter()
+                .filter(|w| now.saturating_sub(shared.last_seen_ms(w)) < WORKER_STALE_MS)
+                .collect();
+            for (engine, n) in shared.store.pending_by_engine(id)? {
+                let able = live
+                    .iter()
+                    .any(|w| w.engines.iter().any(|e| e.engine == engine && e.available));
+                if able {
+                    continue;
+                }
+                let reason = if live.is_empty() {
+                    "no worker is connected".to_string()
+                } else {
+                    let why: Vec<String> = live
+                        .iter()
+                        .map(|w| {
+                            let r = w
+                                .engines
+                                .iter()
+                                .find(|e| e.engine == engine)
+                                .and_then(|e| e.reason.clone())
+                                .unwrap_or_else(|| format!("engine {engine} not offered"));
+                            format!("{}: {r}", w.worker)
+                        })
+                        .collect();
+                    format!("no connected worker can run {engine} ({})", why.join("; "))
+                };
+                blocked.push(BlockedEngine {
+                    engine,
+                    pending: n,
+                    reason,
+                });
+            }
+        }
+        let state = if c.cancelled {
+            "cancelled"
+        } else if counts.pending + counts.leased == 0 {
+            if counts.failed > 0 {
+                "finished_with_failures"
+            } else {
+                "done"
+            }
+        } else if !blocked.is_empty() && counts.leased == 0 {
+            "blocked"
+        } else {
+            "running"
+        };
+        let recent_failures = if counts.failed > 0 {
+            shared
+                .store
+                .runs(id)?
+                .into_iter()
+                .filter(|(r, _)| r.lease.state == RunState::Failed)
+                .filter_map(|(r, _)| {
+                    r.lease
+                        .last_failure
+                        .map(|f| format!("run {}: {} ({})", r.key, f.message, f.class))
+                })
+                .take(5)
+                .collect()
+        } else {
+            vec![]
+        };
+        Ok(CampaignStatus {
+            campaign: id.0,
+            study_name: c.study_name,
+            study_design_hash: c.study_design_hash,
+            submitted_at: c.submitted_at,
+            state: state.to_string(),
+            total: counts.total(),
+            pending: counts.pending,
+            running: counts.leased,
+            done: counts.done,
+            failed: counts.failed,
+            cancelled: counts.cancelled,
+            duplicates: dups,
+            n_configs: c.n_configs,
+            n_skipped: c.skipped.len() as u64,
+            blocked,
+            recent_failures,
+        })
+    }
+}
+
+impl Coordinator for CoordService {
+    async fn register(self, _: Context, req: RegisterRequest) -> Result<RegisterReply, RpcError> {
+        if req.protocol_version != PROTOCOL_VERSION {
+            return Err(RpcError::new(
+                RpcErrorKind::VersionMismatch,
+                format!(
+                    "worker {} speaks protocol {} (lem-worker {}), this coordinator speaks {} (lem-coord {}); install the same lem fleet version on both",
+                    req.worker, req.protocol_version, req.worker_version, PROTOCOL_VERSION,
+                    env!("CARGO_PKG_VERSION")
+                ),
+            ));
+        }
+        let now = now_ms();
+        let rec = WorkerRecord {
+            worker: req.worker.clone(),
+            host: req.host,
+            worker_version: req.worker_version,
+            slots: req.slots,
+            engines: req.engines,
+            registered_at: format_utc_ms(now),
+            last_seen_ms: now,
+            runs_done: 0,
+        };
+        let engines = available_engines(&rec);
+        let shared = self.shared.clone();
+        blocking(move || shared.store.upsert_worker(&rec)).await?;
+        self.shared
+            .engines_by_worker
+            .lock()
+            .expect("engines map lock")
+            .insert(req.worker.clone(), engines);
+        tracing::info!(worker = %req.worker, "worker registered");
+        Ok(RegisterReply {
+            coordinator_version: env!("CARGO_PKG_VERSION").to_string(),
+            lease_ttl_ms: self.shared.policy.ttl_ms,
+        })
+    }
+
+    async fn lease(self, _: Context, req: LeaseRequest) -> Result<Option<LeaseGrant>, RpcError> {
+        self.shared.touch(&req.worker);
+        let engines = self
+            .shared
+            .engines_by_worker
+            .lock()
+            .expect("engines map lock")
+            .get(&req.worker)
+            .cloned();
+        let Some(engines) = engines else {
+            return Err(RpcError::new(
+                RpcErrorKind::NotRegistered,
+                format!("worker {} is not registered; register first", req.worker),
+            ));
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(req.wait_ms.min(60_000));
+        loop {
+            if self
+                .shared
+                .stopping
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                return Ok(None);
+            }
+            // Register interest before looking, so a submit between the look and the
+            // wait is not missed.
+            let notified = self.shared.work_available.notified();
+            let shared = self.shared.clone();
+            let (w, slot, eng) = (req.worker.clone(), req.slot, engines.clone());
+            let got = blocking(move || {
+                let now = now_ms();
+                let r = shared
+                    .store
+                    .lease_next(&w, slot, &eng, now, &shared.policy)?;
+                Ok(r)
+            })
+            .await?;
+            if let Some(rec) = got {
+                let campaign = {
+                    let shared = self.shared.clone();
+                    let id = rec.key.campaign;
+                    blocking(move || shared.store.campaign(id)).await?
+                };
+                let lease = rec.lease.lease.as_ref().expect("granted lease");
+                tracing::info!(run = %rec.key, worker = %req.worker, token = lease.token.0, "lease granted");
+                return Ok(Some(LeaseGrant {
+                    run: rec.key,
+                    token: lease.token,
+                    ttl_ms: self.shared.policy.ttl_ms,
+                    attempt: rec.lease.attempts,
+                    engine: rec.engine.clone(),
+                    config_hash: rec.config_hash.clone(),
+                    cycle: rec.cycle,
+                    config_json: rec.config_json.clone(),
+                    gap_before_s: rec.gap_before_s,
+                    study_name: campaign.study_name,
+                }));
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(deadline) => return Ok(None),
+            }
+        }
+    }
+
+    async fn renew(self, _: Context, req: RenewRequest) -> Result<RenewReply, RpcError> {
+        self.shared.touch(&req.worker);
+        let shared = self.shared.clone();
+        let result = blocking(move || {
+            shared
+                .store
+                .renew(req.run, req.token, &req.worker, now_ms(), &shared.policy)
+        })
+        .await;
+        match result {
+            Ok(_) => Ok(RenewReply {
+                expires_in_ms: self.shared.policy.ttl_ms,
+                cancelled: false,
+            }),
+            Err(e) if e.kind == RpcErrorKind::LeaseLost && e.message.contains("cancelled") => {
+                Ok(RenewReply {
+                    expires_in_ms: 0,
+                    cancelled: true,
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn complete(self, _: Context, req: CompleteRequest) -> Result<CompleteReply, RpcError> {
+        let shared = self.shared.clone();
+        let key = req.run;
+        let outcome = blocking(move || {
+            let now = now_ms();
+            shared.store.complete(
+                req.run,
+                req.token,
+                &req.worker,
+                &req.result,
+                now,
+                &format_utc_ms(now),
+            )
+        })
+        .await?;
+        Ok(match outcome {
+            CompleteOutcome::Accepted(_) => {
+                tracing::info!(run = %key, "result accepted");
+                CompleteReply {
+                    status: CompleteStatus::Accepted,
+                    detail: None,
+                }
+            }
+            CompleteOutcome::AlreadyAccepted => CompleteReply {
+                status: CompleteStatus::AlreadyAccepted,
+                detail: None,
+            },
+            CompleteOutcome::Duplicate { reason } => {
+                tracing::warn!(run = %key, %reason, "duplicate result kept, not counted");
+                CompleteReply {
+                    status: CompleteStatus::Duplicate,
+                    detail: Some(reason),
+                }
+            }
+        })
+    }
+
+    async fn fail(self, _: Context, req: FailRequest) -> Result<(), RpcError> {
+        let shared = self.shared.clone();
+        let rec = blocking(move || {
+            shared.store.fail(
+                req.run,
+                req.token,
+                &req.worker,
+                req.class,
+                &req.message,
+                now_ms(),
+                &shared.policy,
+            )
+        })
+        .await?;
+        tracing::warn!(run = %rec.key, state = rec.lease.state.as_str(), "run failed");
+        if rec.lease.state == RunState::Pending {
+            self.shared.work_available.notify_waiters();
+        }
+        Ok(())
+    }
+
+    async fn submit(self, _: Context, req: SubmitRequest) -> Result<SubmitReply, RpcError> {
+        if req.text.len() > MAX_STUDY_BYTES {
+            return Err(RpcError::new(
+                RpcErrorKind::InvalidInput,
+                format!(
+                    "{}: study is {} bytes, the limit is {MAX_STUDY_BYTES}",
+                    req.path,
+                    req.text.len()
+                ),
+            ));
+        }
+        let src = StudySource {
+            path: req.path.clone(),
+            text: req.text.clone(),
+            base: req.base.clone(),
+        };
+        let plan = study::plan(&src, &PlanOptions::default())
+            .map_err(|e| RpcError::new(RpcErrorKind::InvalidInput, e.to_string()))?;
+        if plan.runs.len() > MAX_RUNS_PER_CAMPAIGN {
+            return Err(RpcError::new(
+                RpcErrorKind::InvalidInput,
+                format!(
+                    "{}: study expands to {} runs, the limit is {MAX_RUNS_PER_CAMPAIGN}",
+                    req.path,
+                    plan.runs.len()
+                ),
+            ));
+        }
+        let runs: Vec<NewRun> = plan
+            .runs
+            .iter()
+            .map(|r| NewRun {
+                config_hash: r.config_hash.clone(),
+                cycle: r.cycle,
+                engine: r.engine.clone(),
+                model: r
+                    .config
+                    .get_path("task.model")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("")
+                    .to_string(),
+                gap_before_s: r.gap_before_seconds,
+                config_json: pyjson::dumps(&r.config, &pyjson::DumpOptions::default()),
+            })
+            .collect();
+        let n_runs = runs.len() as u64;
+        let record = CampaignRecord {
+            id: CampaignId(0),
+            study_name: plan.study_name.clone(),
+            study_design_hash: plan.study_design_hash.clone(),
+            source_path: req.path,
+            study_text: req.text,
+            submitted_at: format_utc_ms(now_ms()),
+            cancelled: false,
+            n_runs,
+            n_configs: plan.n_configs as u64,
+            skipped: plan
+                .skipped
+                .iter()
+                .map(|s| serde_json::json!({"reason": s.reason, "rule_id": s.rule_id, "config": s.config.to_json()}))
+                .collect(),
+            warnings: plan.warnings.clone(),
+        };
+        let shared = self.shared.clone();
+        let id = blocking(move || shared.store.create_campaign(record, runs)).await?;
+        tracing::info!(campaign = id.0, n_runs, "campaign submitted");
+        self.shared.work_available.notify_waiters();
+        Ok(SubmitReply {
+            campaign: id,
+            n_runs,
+            n_configs: plan.n_configs as u64,
+            n_skipped: plan.skipped.len() as u64,
+            warnings: plan.warnings,
+        })
+    }
+
+    async fn campaigns(self, _: Context) -> Result<Vec<CampaignStatus>, RpcError> {
+        let shared = self.shared.clone();
+        blocking(move || {
+            shared
+                .store
+                .campaigns()?
+                .into_iter()
+                .map(|c| CoordService::campaign_status(&shared, c.id))
+                .collect()
+        })
+        .await
+    }
+
+    async fn status(self, _: Context, campaign: CampaignId) -> Result<CampaignStatus, RpcError> {
+        let shared = self.shared.clone();
+        blocking(move || CoordService::campaign_status(&shared, campaign)).await
+    }
+
+    async fn runs(self, _: Context, campaign: CampaignId) -> Result<Vec<RunRow>, RpcError> {
+        let shared = self.shared.clone();
+        blocking(move || {
+            Ok(shared
+                .store
+                .runs(campaign)?
+                .into_iter()
+                .map(|(r, res)| RunRow {
+                    run: r.key,
+                    config_hash: r.config_hash,
+                    cycle: r.cycle,
+                    engine: r.engine,
+                    state: r.lease.state.as_str().to_string(),
+                    attempts: r.lease.attempts,
+                    config_json: r.config_json,
+                    result: res,
+                    last_failure: r
+                        .lease
+                        .last_failure
+                        .map(|f| format!("{} ({})", f.message, f.class)),
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn cancel(self, _: Context, campaign: CampaignId) -> Result<CampaignStatus, RpcError> {
+        let shared = self.shared.clone();
+        blocking(move || {
+            shared.store.cancel(campaign)?;
+            CoordService::campaign_status(&shared, campaign)
+        })
+        .await
+    }
+
+    async fn workers(self, _: Context) -> Result<Vec<WorkerInfo>, RpcError> {
+        let shared = self.shared.clone();
+        blocking(move || {
+            let leases: HashMap<WorkerId, u64> =
+                shared.store.leases_by_worker()?.into_iter().collect();
+            let now = now_ms();
+            Ok(shared
+                .store
+                .workers()?
+                .into_iter()
+                .map(|w| WorkerInfo {
+                    leases_held: leases.get(&w.worker).copied().unwrap_or(0),
+                    last_seen: format_utc_ms(shared.last_seen_ms(&w)),
+                    last_seen_s_ago: now.saturating_sub(shared.last_seen_ms(&w)) as f64 / 1000.0,
+                    worker: w.worker,
+                    host: w.host,
+                    worker_version: w.worker_version,
+                    slots: w.slots,
+                    engines: w.engines,
+                    registered_at: w.registered_at,
+                    runs_done: w.runs_done,
+                })
+                .collect())
+        })
+        .await
+    }
+}

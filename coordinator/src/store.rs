@@ -1,0 +1,828 @@
+//! The campaign manifest: a redb file in the coordinator's data dir.
+//!
+//! Nothing the coordinator knows lives only in memory: campaigns, runs with their
+//! lease records, accepted results, duplicate results, workers and the counters are
+//! all here, and every lease transition is one write transaction that reads the
+//! record, hands it to the pure machine in `lem_common::lease`, writes what it
+//! returns and commits. A restarted coordinator reopens this file and carries on.
+//!
+//! Tables (keys are big-endian tuples, values JSON so the file is inspectable):
+//! * `meta`: counters (`next_campaign`, `next_token`) and the schema version;
+//! * `campaigns`: campaign id -> [`CampaignRecord`];
+//! * `runs`: (campaign, seq) -> [`RunRecord`];
+//! * `pending`: (engine, campaign, seq) -> () — the index a lease reads, O(log n);
+//! * `leased`: (campaign, seq) -> lease deadline (ms), what the sweeper scans;
+//! * `counts`: (campaign, state) -> number of runs, so status is O(1);
+//! * `results`: (campaign, seq) -> the accepted [`RunResult`];
+//! * `duplicates`: (campaign, seq, token) -> a result that was not counted;
+//! * `workers`: worker id -> [`WorkerRecord`].
+
+use std::path::Path;
+
+use lem_common::lease::{self, CompleteOutcome, LeasePolicy, LeaseRecord, RunState};
+use lem_common::types::{
+    CampaignId, EngineCapability, FailureClass, FencingToken, RunKey, RunResult, WorkerId,
+};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const CAMPAIGNS: TableDefinition<u64, &[u8]> = TableDefinition::new("campaigns");
+const RUNS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("runs");
+const PENDING: TableDefinition<(&str, u64, u32), ()> = TableDefinition::new("pending");
+const LEASED: TableDefinition<(u64, u32), u64> = TableDefinition::new("leased");
+const COUNTS: TableDefinition<(u64, &str), u64> = TableDefinition::new("counts");
+const RESULTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("results");
+const DUPLICATES: TableDefinition<(u64, u32, u64), &[u8]> = TableDefinition::new("duplicates");
+const WORKERS: TableDefinition<&str, &[u8]> = TableDefinition::new("workers");
+
+/// Bumped when the on-disk layout changes incompatibly.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// The name of the manifest file inside the data dir.
+pub const MANIFEST_FILE: &str = "manifest.redb";
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("another lem-coord already has the manifest {path} open (one coordinator per data dir; stop the other one or choose another --data-dir)")]
+    AlreadyOpen { path: String },
+    #[error("cannot open the manifest {path}: {source} (if the file is damaged, move it aside and start again; a copy of the data dir is the backup)")]
+    Open {
+        path: String,
+        #[source]
+        source: redb::DatabaseError,
+    },
+    #[error("manifest {path} has schema version {found}, this lem-coord understands {expected}")]
+    SchemaMismatch {
+        path: String,
+        found: u64,
+        expected: u64,
+    },
+    #[error("manifest storage error: {0}")]
+    Storage(String),
+    #[error("no campaign {0}")]
+    NoCampaign(CampaignId),
+    #[error("no run {0}")]
+    NoRun(RunKey),
+    #[error("corrupt record in table {table}: {detail}")]
+    Corrupt { table: &'static str, detail: String },
+    #[error(transparent)]
+    Lease(#[from] lease::LeaseError),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Storage(e.to_string())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// A submitted campaign.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CampaignRecord {
+    pub id: CampaignId,
+    pub study_name: Option<String>,
+    pub study_design_hash: String,
+    pub source_path: String,
+    pub study_text: String,
+    pub submitted_at: String,
+    pub cancelled: bool,
+    pub n_runs: u64,
+    pub n_configs: u64,
+    pub skipped: Vec<serde_json::Value>,
+    pub warnings: Vec<String>,
+}
+
+/// One run: its place in the plan and its lease record.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub key: RunKey,
+    pub config_hash: String,
+    pub cycle: u32,
+    pub engine: String,
+    pub model: String,
+    pub gap_before_s: f64,
+    pub config_json: String,
+    pub lease: LeaseRecord,
+}
+
+/// A result that arrived but was not counted.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DuplicateRecord {
+    pub worker: WorkerId,
+    pub token: FencingToken,
+    pub reason: String,
+    pub received_at: String,
+    pub result: RunResult,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WorkerRecord {
+    pub worker: WorkerId,
+    pub host: String,
+    pub worker_version: String,
+    pub slots: Vec<lem_common::rpc::SlotInfo>,
+    pub engines: Vec<EngineCapability>,
+    pub registered_at: String,
+    pub last_seen_ms: u64,
+    pub runs_done: u64,
+}
+
+/// A run planned for a new campaign.
+pub struct NewRun {
+    pub config_hash: String,
+    pub cycle: u32,
+    pub engine: String,
+    pub model: String,
+    pub gap_before_s: f64,
+    pub config_json: String,
+}
+
+/// Counts per state for one campaign.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StateCounts {
+    pub pending: u64,
+    pub leased: u64,
+    pub done: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
+impl StateCounts {
+    pub fn total(&self) -> u64 {
+        self.pending + self.leased + self.done + self.failed + self.cancelled
+    }
+}
+
+pub struct Store {
+    db: Database,
+}
+
+fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("store records serialise")
+}
+
+fn from_json<T: for<'de> Deserialize<'de>>(
+    table: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        table,
+        detail: e.to_string(),
+    })
+}
+
+fn bump_count(
+    txn: &WriteTransaction,
+    campaign: u64,
+    state: RunState,
+    delta: i64,
+) -> Result<(), StoreError> {
+    let mut t = txn.open_table(COUNTS)?;
+    let cur = t
+        .get((campaign, state.as_str()))?
+        .map(|g| g.value())
+        .unwrap_or(0);
+    let next = (cur as i64 + delta).max(0) as u64;
+    t.insert((campaign, state.as_str()), next)?;
+    Ok(())
+}
+
+/// Writes a run record whose state may have changed, keeping the indexes in step.
+fn put_run(
+    txn: &WriteTransaction,
+    old: Option<&RunRecord>,
+    new: &RunRecord,
+) -> Result<(), StoreError> {
+    let key = (new.key.campaign.0, new.key.seq);
+    let old_state = old.map(|o| o.lease.state);
+    let new_state = new.lease.state;
+    if old_state != Some(new_state) {
+        if let Some(s) = old_state {
+            bump_count(txn, key.0, s, -1)?;
+        }
+        bump_count(txn, key.0, new_state, 1)?;
+        let mut pending = txn.open_table(PENDING)?;
+        if old_state == Some(RunState::Pending) {
+            pending.remove((new.engine.as_str(), key.0, key.1))?;
+        }
+        if new_state == RunState::Pending {
+            pending.insert((new.engine.as_str(), key.0, key.1), ())?;
+        }
+    }
+    {
+        let mut leased = txn.open_table(LEASED)?;
+        match (&new.lease.state, &new.lease.lease) {
+            (RunState::Leased, Some(l)) => {
+                leased.insert(key, l.expires_at_ms)?;
+            }
+            _ => {
+                leased.remove(key)?;
+            }
+        }
+    }
+    txn.open_table(RUNS)?.insert(key, to_json(new).as_slice())?;
+    Ok(())
+}
+
+fn get_run(txn: &WriteTransaction, key: RunKey) -> Result<RunRecord, StoreError> {
+    let t = txn.open_table(RUNS)?;
+    let g = t
+        .get((key.campaign.0, key.seq))?
+        .ok_or(StoreError::NoRun(key))?;
+    from_json("runs", g.value())
+}
+
+fn next_counter(txn: &WriteTransaction, name: &str) -> Result<u64, StoreError> {
+    let mut meta = txn.open_table(META)?;
+    let cur = meta.get(name)?.map(|g| g.value()).unwrap_or(1);
+    meta.insert(name, cur + 1)?;
+    Ok(cur)
+}
+
+impl Store {
+    /// Opens (or creates) the manifest in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StoreError::Storage(format!(
+                "cannot create data dir {}: {e}",
+                data_dir.display()
+            ))
+        })?;
+        let path = data_dir.join(MANIFEST_FILE);
+        let display = path.display().to_string();
+        let db = Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::AlreadyOpen {
+                path: display.clone(),
+            },
+            other => StoreError::Open {
+                path: display.clone(),
+                source: other,
+            },
+        })?;
+        let txn = db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let found = meta.get("schema_version")?.map(|g| g.value());
+            match found {
+                None => {
+                    meta.insert("schema_version", SCHEMA_VERSION)?;
+                }
+                Some(v) if v != SCHEMA_VERSION => {
+                    return Err(StoreError::SchemaMismatch {
+                        path: display,
+                        found: v,
+                        expected: SCHEMA_VERSION,
+                    })
+                }
+                Some(_) => {}
+            }
+            // Create every table so readers never meet a missing one.
+            txn.open_table(CAMPAIGNS)?;
+            txn.open_table(RUNS)?;
+            txn.open_table(PENDING)?;
+            txn.open_table(LEASED)?;
+            txn.open_table(COUNTS)?;
+            txn.open_table(RESULTS)?;
+            txn.open_table(DUPLICATES)?;
+            txn.open_table(WORKERS)?;
+        }
+        txn.commit()?;
+        Ok(Store { db })
+    }
+
+    /// Stores a new campaign and all its runs in one transaction.
+    pub fn create_campaign(
+        &self,
+        mut campaign: CampaignRecord,
+        runs: Vec<NewRun>,
+    ) -> Result<CampaignId, StoreError> {
+        let txn = self.db.begin_write()?;
+        let id = CampaignId(next_counter(&txn, "next_campaign")?);
+        campaign.id = id;
+        campaign.n_runs = runs.len() as u64;
+        txn.open_table(CAMPAIGNS)?
+            .insert(id.0, to_json(&campaign).as_slice())?;
+        for (seq, r) in runs.into_iter().enumerate() {
+            let rec = RunRecord {
+                key: RunKey {
+                    campaign: id,
+                    seq: seq as u32,
+                },
+                config_hash: r.config_hash,
+                cycle: r.cycle,
+                engine: r.engine,
+                model: r.model,
+                gap_before_s: r.gap_before_s,
+                config_json: r.config_json,
+                lease: LeaseRecord::new_pending(),
+            };
+            put_run(&txn, None, &rec)?;
+        }
+        txn.commit()?;
+        Ok(id)
+    }
+
+    pub fn campaign(&self, id: CampaignId) -> Result<CampaignRecord, StoreError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| StoreError::Storage(e.to_string()))?;
+        let t = txn.open_table(CAMPAIGNS)?;
+        let g = t.get(id.0)?.ok_or(StoreError::NoCampaign(id))?;
+        from_json("campaigns", g.value())
+    }
+
+    pub fn campaigns(&self) -> Result<Vec<CampaignRecord>, StoreError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| StoreError::Storage(e.to_string()))?;
+        let t = txn.open_table(CAMPAIGNS)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (_, v) = item?;
+            out.push(from_json("campaigns", v.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn counts(&self, id: CampaignId) -> Result<StateCounts, StoreError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| StoreError::Storage(e.to_string()))?;
+        let t = txn.open_table(COUNTS)?;
+        let get = |s: RunState| -> Result<u64, StoreError> {
+            Ok(t.get((id.0, s.as_str()))?.map(|g| g.value()).unwrap_or(0))
+        };
+        Ok(StateCounts {
+            pending: get(RunState::Pending)?,
+            leased: get(RunState::Leased)?,
+            done: get(RunState::Done)?,
+            failed: get(RunState::Failed)?,
+            cancelled: get(RunState::Cancelled)?,
+        })
+    }
+
+    pub fn duplicate_count(&self, id: CampaignId) -> Result<u64, StoreError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| StoreError::Storage(e.to_string()))?;
+        let t = txn.open_table(DUPLICATES)?;
+        Ok(t.range((id.0, 0, 0)..=(id.0, u32::MAX, u64::MAX))?.count() as u64)
+    }
+
+    /// Runs of a campaign in execution order, with accepted results.
+    pub fn runs(&self, id: CampaignId) -> Result<Vec<(RunRecord, Option<RunResult>)>, StoreError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| StoreError::Storage(e.to_string()))?;
+        let runs = txn.open_table(RUNS)?;
+        let results = txn.open_table(RESULTS)?;
+        let mut out = Vec::new();
+        for item in runs.range((id.0, 0)..=(id.0, u32::MAX))? {
+            let (k, v) = item?;
+            let rec: RunRecord = from_json("runs", v.value())?;
+            let res = match results.get(k.value())? {
+                Some(g) => Some(from_json("results", g.value())?),
+                None => None,
+            };
+            out.push((rec, res));
+        }
+        Ok(out)
+    }
+
+    /// Pending runs per engine for a campaign (for the `blocked` report).
+    pub fn pending_by_engine(&self, id: CampaignId) -> Result<Vec<(String, u64)>, StoreError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| StoreError::Storage(e.to_string()))?;
+        let t = txn.open_table(PENDING)?;
+        let mut out: Vec<(String, u64)> = Vec::new();
+        for engine in lem_common::types::KNOWN_ENGINES {
+            let n = t
+                .range((engine, id.0, 0)..=(engine, id.0, u32::MAX))?
+                .count() as u64;
+            if n > 0 {
+                out.push((engine.to_string(), n));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Grants the next pending run of one of `engines` to `worker`, if any.
+    ///
+    /// Order: lowest campaign id first, then the campaign's execution order, so the
+    /// study's `experiment_order` (interleaving against drift) is what the fleet runs.
+    pub fn lease_next(
+        &self,
+        worker: &WorkerId,
+        slot: u32,
+        engines: &[String],
+        now_ms: u64,
+        policy: &LeasePolicy,
+    ) -> Result<Option<RunRecord>, StoreError> {
+        let txn = self.db.begin_write()?;
+        let mut best: Option<(u64, u32, String)> = None;
+        {
+            let pending = txn.open_table(PENDING)?;
+            for engine in engines {
+                let first = pending
+                    .range((engine.as_str(), 0, 0)..=(engine.as_str(), u64::MAX, u32::MAX))?
+                    .next();
+                if let Some(item) = first {
+                    let (k, _) = item?;
+                    let (_, c, s) = k.value();
+                    if best.as_ref().is_none_or(|b| (c, s) < (b.0, b.1)) {
+                        best = Some((c, s, engine.clone()));
+                    }
+                }
+            }
+        }
+        let Some((c, s, _)) = best else {
+            return Ok(None);
+        };
+        let key = RunKey {
+            campaign: CampaignId(c),
+            seq: s,
+        };
+        let old = get_run(&txn, key)?;
+        let token = FencingToken(next_counter(&txn, "next_token")?);
+        let mut new = old.clone();
+        new.lease = lease::handle_grant(&old.lease, worker, slot, token, now_ms, policy)?;
+        put_run(&txn, Some(&old), &new)?;
+        txn.commit()?;
+        Ok(Some(new))
+    }
+
+    pub fn renew(
+        &self,
+        key: RunKey,
+        token: FencingToken,
+        worker: &WorkerId,
+        now_ms: u64,
+        policy: &LeasePolicy,
+    ) -> Result<RunRecord, StoreError> {
+        let txn = self.db.begin_write()?;
+        let old = get_run(&txn, key)?;
+        let mut new = old.clone();
+        new.lease = lease::handle_renew(&old.lease, token, worker, now_ms, policy)?;
+        put_run(&txn, Some(&old), &new)?;
+        txn.commit()?;
+        Ok(new)
+    }
+
+    /// Records a result. Returns the outcome; an accepted result is stored with the
+    /// run's transition to done in the same transaction.
+    pub fn complete(
+        &self,
+        key: RunKey,
+        token: FencingToken,
+        worker: &WorkerId,
+        result: &RunResult,
+        now_ms: u64,
+        now_text: &str,
+    ) -> Result<CompleteOutcome, StoreError> {
+        let txn = self.db.begin_write()?;
+        let old = get_run(&txn, key)?;
+        let outcome = lease::handle_complete(&old.lease, token, worker, now_ms);
+        match &outcome {
+            CompleteOutcome::Accepted(new_lease) => {
+                let mut new = old.clone();
+                new.lease = new_lease.clone();
+                put_run(&txn, Some(&old), &new)?;
+                txn.open_table(RESULTS)?
+                    .insert((key.campaign.0, key.seq), to_json(result).as_slice())?;
+                let mut workers = txn.open_table(WORKERS)?;
+                let existing = workers.get(worker.0.as_str())?.map(|g| g.value().to_vec());
+                if let Some(bytes) = existing {
+                    let mut w: WorkerRecord = from_json("workers", &bytes)?;
+                    w.runs_done += 1;
+                    workers.insert(worker.0.as_str(), to_json(&w).as_slice())?;
+                }
+            }
+            CompleteOutcome::AlreadyAccepted => {}
+            CompleteOutcome::Duplicate { reason } => {
+                let dup = DuplicateRecord {
+                    worker: worker.clone(),
+                    token,
+                    reason: reason.clone(),
+                    received_at: now_text.to_string(),
+                    result: result.clone(),
+                };
+                txn.open_table(DUPLICATES)?
+                    .insert((key.campaign.0, key.seq, token.0), to_json(&dup).as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(outcome)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn fail(
+        &self,
+        key: RunKey,
+        token: FencingToken,
+        worker: &WorkerId,
+        class: FailureClass,
+        message: &str,
+        now_ms: u64,
+        policy: &LeasePolicy,
+    ) -> Result<RunRecord, StoreError> {
+        let txn = self.db.begin_write()?;
+        let old = get_run(&txn, key)?;
+        let mut new = old.clone();
+        new.lease = lease::handle_fail(&old.lease, token, worker, class, message, now_ms, policy)?;
+        put_run(&txn, Some(&old), &new)?;
+        txn.commit()?;
+        Ok(new)
+    }
+
+    /// Returns expired leases to pending. Returns how many runs changed.
+    pub fn expire_leases(&self, now_ms: u64, policy: &LeasePolicy) -> Result<usize, StoreError> {
+        let expired: Vec<(u64, u32)> = {
+            let txn = self
+                .db
+                .begin_read()
+                .map_err(|e| StoreError::Storage(e.to_string()))?;
+            let t = txn.open_table(LEASED)?;
+            let mut v = Vec::new();
+            for item in t.iter()? {
+                let (k, d) = item?;
+                if d.value() < now_ms {
+                    v.push(k.value());
+                }
+            }
+            v
+        };
+        if expired.is_empty() {
+            return Ok(0);
+        }
+        let txn = self.db.begin_write()?;
+        let mut n = 0;
+        for (c, s) in expired {
+            let key = RunKey {
+                campaign: CampaignId(c),
+                seq: s,
+            };
+            let old = get_run(&txn, key)?;
+            if let Some(l) = lease::handle_expiry(&old.lease, now_ms, policy) {
+                let mut new = old.clone();
+                new.lease = l;
+                put_run(&txn, Some(&old), &new)?;
+                n += 1;
+            }
+        }
+        txn.commit()?;
+        Ok(n)
+    }
+
+    pub fn cancel(&self, id: CampaignId) -> Result<usize, StoreError> {
+        let txn = self.db.begin_write()?;
+        let mut campaign: CampaignRecord = {
+            let t = txn.open_table(CAMPAIGNS)?;
+            let g = t.get(id.0)?.ok_or(StoreError::NoCampaign(id))?;
+            from_json("campaigns", g.value())?
+        };
+        campaign.cancelled = true;
+        txn.open_table(CAMPAIGNS)?
+            .insert(id.0, to_json(&campaign).as_slice())?;
+        let keys: Vec<u32> = {
+            let t = txn.open_table(RUNS)?;
+            let mut v = Vec::new();
+            for item in t.range((id.0, 0)..=(id.0, u32::MAX))? {
+                v.push(item?.0.value().1);
+            }
+            v
+        };
+        let mut n = 0;
+        for seq in keys {
+            let key = RunKey { campaign: id, seq };
+            let old = get_run(&txn, key)?;
+            if let Some(l) = lease::handle_cancel(&old.lease) {
+                let mut new = old.clone();
+                new.lease = l;
+                put_run(&txn, Some(&old), &new)?;
+                n += 1;
+            }
+        }
+        txn.commit()?;
+        Ok(n)
+    }
+
+    pub fn run_state(&self, key: RunKey) -> Result<RunRecord, StoreError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| StoreError::Storage(e.to_string()))?;
+        let t = txn.open_table(RUNS)?;
+        let g = t
+            .get((key.campaign.0, key.seq))?
+            .ok_or(StoreError::NoRun(key))?;
+        from_json("runs", g.value())
+    }
+
+    pub fn upsert_worker(&self, rec: &WorkerRecord) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut t = txn.open_table(WORKERS)?;
+            let runs_done = match t.get(rec.worker.0.as_str())? {
+                Some(g) => from_json::<WorkerRecord>("workers", g.value())?.runs_done,
+                None => 0,
+            };
+            let mut rec = rec.clone();
+            rec.runs_done = runs_done;
+            t.insert(rec.worker.0.as_str(), to_json(&rec).as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub fn workers(&self) -> Result<Vec<WorkerRecord>, StoreError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| StoreError::Storage(e.to_string()))?;
+        let t = txn.open_table(WORKERS)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            out.push(from_json("workers", item?.1.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Number of runs currently leased, per worker.
+    pub fn leases_by_worker(&self) -> Result<Vec<(WorkerId, u64)>, StoreError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| StoreError::Storage(e.to_string()))?;
+        let leased = txn.open_table(LEASED)?;
+        let runs = txn.open_table(RUNS)?;
+        let mut map: std::collections::BTreeMap<WorkerId, u64> = Default::default();
+        for item in leased.iter()? {
+            let (k, _) = item?;
+            if let Some(g) = runs.get(k.value())? {
+                let rec: RunRecord = from_json("runs", g.value())?;
+                if let Some(l) = rec.lease.lease {
+                    *map.entry(l.worker).or_default() += 1;
+                }
+            }
+        }
+        Ok(map.into_iter().collect())
+    }
+
+    pub fn n_leased(&self) -> Result<u64, StoreError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| StoreError::Storage(e.to_string()))?;
+        Ok(txn.open_table(LEASED)?.len()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn campaign() -> CampaignRecord {
+        CampaignRecord {
+            id: CampaignId(0),
+            study_name: Some("t".into()),
+            study_design_hash: "h".into(),
+            source_path: "s.yaml".into(),
+            study_text: String::new(),
+            submitted_at: "now".into(),
+            cancelled: false,
+            n_runs: 0,
+            n_configs: 1,
+            skipped: vec![],
+            warnings: vec![],
+        }
+    }
+
+    fn runs(engines: &[&str]) -> Vec<NewRun> {
+        engines
+            .iter()
+            .enumerate()
+            .map(|(i, e)| NewRun {
+                config_hash: format!("h{i}"),
+                cycle: 1,
+                engine: e.to_string(),
+                model: "m".into(),
+                gap_before_s: 0.0,
+                config_json: "{}".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn lease_follows_order_and_capabilities_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = LeasePolicy::default();
+        let w = WorkerId("w1".into());
+        let id;
+        {
+            let store = Store::open(dir.path()).unwrap();
+            id = store
+                .create_campaign(campaign(), runs(&["vllm", "synthetic", "synthetic"]))
+                .unwrap();
+            let counts = store.counts(id).unwrap();
+            assert_eq!(counts.pending, 3);
+            let only_synth = vec!["synthetic".to_string()];
+            let r = store
+                .lease_next(&w, 0, &only_synth, 1_000, &policy)
+                .unwrap()
+                .unwrap();
+            assert_eq!(r.key.seq, 1, "vllm run skipped: worker cannot run it");
+            assert_eq!(store.counts(id).unwrap().leased, 1);
+        }
+        // Reopen: the lease is still there, counts unchanged.
+        let store = Store::open(dir.path()).unwrap();
+        let c = store.counts(id).unwrap();
+        assert_eq!((c.pending, c.leased), (2, 1));
+        assert_eq!(
+            store.pending_by_engine(id).unwrap(),
+            vec![("synthetic".to_string(), 1), ("vllm".to_string(), 1)]
+        );
+        // Expiry returns it to pending.
+        assert_eq!(store.expire_leases(1_000 + 31_000, &policy).unwrap(), 1);
+        assert_eq!(store.counts(id).unwrap().pending, 3);
+    }
+
+    #[test]
+    fn second_open_of_same_manifest_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _a = Store::open(dir.path()).unwrap();
+        let err = Store::open(dir.path())
+            .err()
+            .expect("second open must fail");
+        assert!(
+            err.to_string().contains("already has the manifest"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn complete_counts_once_and_keeps_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let policy = LeasePolicy::default();
+        let id = store
+            .create_campaign(campaign(), runs(&["synthetic"]))
+            .unwrap();
+        let a = WorkerId("a".into());
+        let b = WorkerId("b".into());
+        let eng = vec!["synthetic".to_string()];
+        let r = store.lease_next(&a, 0, &eng, 0, &policy).unwrap().unwrap();
+        let t1 = r.lease.lease.as_ref().unwrap().token;
+        store.expire_leases(40_000, &policy).unwrap();
+        let r2 = store
+            .lease_next(&b, 0, &eng, 40_001, &policy)
+            .unwrap()
+            .unwrap();
+        let t2 = r2.lease.lease.as_ref().unwrap().token;
+        let res = RunResult::default();
+        assert!(matches!(
+            store.complete(r.key, t1, &a, &res, 40_002, "x").unwrap(),
+            CompleteOutcome::Duplicate { .. }
+        ));
+        assert!(matches!(
+            store.complete(r.key, t2, &b, &res, 40_003, "x").unwrap(),
+            CompleteOutcome::Accepted(_)
+        ));
+        assert!(matches!(
+            store.complete(r.key, t2, &b, &res, 40_004, "x").unwrap(),
+            CompleteOutcome::AlreadyAccepted
+        ));
+        let c = store.counts(id).unwrap();
+        assert_eq!((c.done, c.total()), (1, 1));
+        assert_eq!(store.duplicate_count(id).unwrap(), 1);
+        assert_eq!(
+            store
+                .runs(id)
+                .unwrap()
+                .iter()
+                .filter(|r| r.1.is_some())
+                .count(),
+            1
+        );
+    }
+}

@@ -1,0 +1,66 @@
+"""Engine registry.
+
+`synthetic` is always available. `transformers` is listed once
+engines/transformers.py exists and `import torch, transformers` works
+(checked once, lazily, then cached).
+"""
+
+import importlib
+import os
+
+from protocol import ConfigError, InfraError
+
+# name -> (module, class name)
+KNOWN_ENGINES = {
+    "synthetic": ("engines.synthetic", "SyntheticEngine"),
+    "transformers": ("engines.transformers", "TransformersEngine"),
+}
+
+# llem engines that this harness does not provide (served by other images).
+OTHER_LLEM_ENGINES = ("vllm", "tensorrt")
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_cache = {}
+
+
+def _load_class(name):
+    """The engine class, or an error string explaining why it is unavailable."""
+    if name in _cache:
+        return _cache[name]
+    module_name, class_name = KNOWN_ENGINES[name]
+    short = module_name.split(".", 1)[1]
+    if not os.path.exists(os.path.join(_HERE, short + ".py")):
+        result = "engine %r is not built into harness (no engines/%s.py)" % (name, short)
+    else:
+        try:
+            module = importlib.import_module(module_name)
+            cls = getattr(module, class_name)
+            reason = None if cls.available() else (cls.unavailable_reason() or "not available")
+            result = cls if reason is None else "engine %r unavailable here: %s" % (name, reason)
+        except Exception as exc:  # ImportError of torch, a broken install, ...
+            result = "engine %r unavailable here: %s: %s" % (name, type(exc).__name__, exc)
+    _cache[name] = result
+    return result
+
+
+def available_engines():
+    return [name for name in KNOWN_ENGINES if not isinstance(_load_class(name), str)]
+
+
+def engine_class(name):
+    """The class for `name`, or raise ConfigError (unknown) / InfraError (missing here)."""
+    if not isinstance(name, str):
+        raise ConfigError("config field `engine` must be a string, got %r" % (name,))
+    if name not in KNOWN_ENGINES:
+        if name in OTHER_LLEM_ENGINES:
+            raise ConfigError(
+                "engine %r is not provided by this harness (it runs %s); dispatch it to "
+                "the %s backend" % (name, ", ".join(available_engines()), name)
+            )
+        raise ConfigError(
+            "unknown engine %r; this harness knows %s" % (name, ", ".join(sorted(KNOWN_ENGINES)))
+        )
+    cls = _load_class(name)
+    if isinstance(cls, str):
+        raise InfraError(cls + "; run this engine on a host/image that has it installed")
+    return cls

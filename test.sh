@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: formatting, clippy, the Rust unit, integration and
+# end-to-end tests (real processes on loopback), the llem differential test against
+# llem's own code (installed into .venv-llem from PyPI on first use), and the Python
+# harness tests. Idempotent; CI runs exactly this (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+need() {
+    command -v "$1" >/dev/null 2>&1 || { echo "test: $1 is required ($2)" >&2; exit 1; }
+}
+need cargo "install Rust stable from https://rustup.rs"
+need python3 "the experiment harness and the llem oracle are Python 3.10+"
+
+# The llem oracle (shared/llem/README.md): pinned, without llem's heavy runtime deps.
+LLEM_SHARED="${LLEM_SHARED:-$(cd .. && pwd)/shared/llem}"
+export LLEM_SHARED
+if [ -d "$LLEM_SHARED" ]; then
+    if ! .venv-llem/bin/python -c 'import llenergymeasure' >/dev/null 2>&1; then
+        echo "==> installing the llem 0.7.0 oracle into .venv-llem"
+        python3 -m venv .venv-llem
+        .venv-llem/bin/pip install -q pydantic==2.14.4 PyYAML==6.0.4 platformdirs==4.14.8 numpy==2.4.6
+        .venv-llem/bin/pip install -q --no-deps llenergymeasure==0.7.0
+    fi
+    export LEM_ORACLE_PYTHON="$PWD/.venv-llem/bin/python"
+else
+    echo "test: llem reference not found at $LLEM_SHARED (set LLEM_SHARED); the llem tests will fail" >&2
+fi
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --locked --all-targets -- -D warnings
+echo "==> python harness tests"
+python3 -m unittest discover -s docker/harness/tests
+echo "==> cargo test"
+cargo test --locked --workspace

@@ -1,0 +1,120 @@
+//! Bad input: each case exits non-zero with a message that names the file, the key
+//! or the address to fix.
+
+use lem_tests::{describe, run};
+
+use crate::COORD;
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+const GOOD_HEAD: &str = "task:\n  model: m\nengine: synthetic\nserving_mode: offline\n";
+
+#[test]
+fn malformed_yaml_names_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = write(
+        tmp.path(),
+        "broken.yaml",
+        "task:\n  model: [unclosed\nsweep: {}\n",
+    );
+    let args = ["grid", p.as_str()];
+    let out = run(COORD, &args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&args, &out));
+    assert!(err.contains("broken.yaml"), "{}", describe(&args, &out));
+    assert!(
+        err.contains("broken.yaml:"),
+        "names a line: {}",
+        describe(&args, &out)
+    );
+}
+
+#[test]
+fn unknown_key_names_key_path_and_suggestion() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = write(
+        tmp.path(),
+        "typo.yaml",
+        "task:\n  model: m\n  max_output_token: 8\nengine: synthetic\nserving_mode: offline\nsweep: {}\n",
+    );
+    for args in [
+        vec!["grid", p.as_str()],
+        vec!["submit", p.as_str(), "--coordinator", "127.0.0.1:1"],
+    ] {
+        let out = run(COORD, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}", describe(&args, &out));
+        assert!(
+            err.contains("max_output_token"),
+            "{}",
+            describe(&args, &out)
+        );
+        assert!(
+            err.contains("max_output_tokens"),
+            "suggests the valid key: {}",
+            describe(&args, &out)
+        );
+        assert!(
+            err.contains("typo.yaml:3"),
+            "names file and line: {}",
+            describe(&args, &out)
+        );
+    }
+}
+
+#[test]
+fn empty_sweep_axis_is_an_error_naming_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = write(
+        tmp.path(),
+        "empty.yaml",
+        &format!("{GOOD_HEAD}sweep:\n  synthetic.engine_params.batch_size: []\n"),
+    );
+    let args = ["grid", p.as_str()];
+    let out = run(COORD, &args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&args, &out));
+    assert!(
+        err.contains("synthetic.engine_params.batch_size"),
+        "{}",
+        describe(&args, &out)
+    );
+}
+
+#[test]
+fn coordinator_not_running_names_the_address() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = write(tmp.path(), "ok.yaml", &format!("{GOOD_HEAD}sweep: {{}}\n"));
+    for args in [
+        vec!["status", "--coordinator", "127.0.0.1:1"],
+        vec!["submit", p.as_str(), "--coordinator", "127.0.0.1:1"],
+        vec!["workers", "--coordinator", "127.0.0.1:1"],
+    ] {
+        let out = run(COORD, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{}", describe(&args, &out));
+        assert!(err.contains("127.0.0.1:1"), "{}", describe(&args, &out));
+        assert!(
+            err.contains("lem-coord start"),
+            "says what to do: {}",
+            describe(&args, &out)
+        );
+    }
+}
+
+#[test]
+fn missing_study_file_names_it() {
+    let args = ["grid", "/nonexistent/study.yaml"];
+    let out = run(COORD, &args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&args, &out));
+    assert!(
+        err.contains("/nonexistent/study.yaml"),
+        "{}",
+        describe(&args, &out)
+    );
+}

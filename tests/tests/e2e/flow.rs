@@ -1,0 +1,205 @@
+//! The walking skeleton end to end: `lem-coord start`, two `lem-worker`s with the
+//! simulated GPU, a 12-run synthetic study, every run done exactly once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use lem_tests::{describe, repo_root, run, wait_for, Proc};
+use serde_json::Value;
+
+use crate::{COORD, WORKER};
+
+fn status_json(addr: &str, id: &str) -> Option<Value> {
+    let out = run(COORD, &["status", id, "--json", "--coordinator", addr]);
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+#[test]
+fn twelve_runs_two_workers_each_run_exactly_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let coord_dir = dir.join("coord");
+    let coord = Proc::spawn(
+        "coord",
+        COORD,
+        &[
+            "start",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            coord_dir.to_str().unwrap(),
+        ],
+        dir,
+    );
+    let addr = wait_for(
+        "coordinator address file",
+        Duration::from_secs(30),
+        &[&coord],
+        || std::fs::read_to_string(coord_dir.join("coordinator.addr")).ok(),
+    );
+    let workers: Vec<Proc> = (0..2)
+        .map(|i| {
+            let wdir = dir.join(format!("w{i}"));
+            Proc::spawn(
+                &format!("worker{i}"),
+                WORKER,
+                &[
+                    "--coordinator",
+                    &addr,
+                    "--data-dir",
+                    wdir.to_str().unwrap(),
+                    "--simulate-gpu",
+                    "--name",
+                    &format!("w{i}"),
+                ],
+                dir,
+            )
+        })
+        .collect();
+    let all: Vec<&Proc> = std::iter::once(&coord).chain(workers.iter()).collect();
+
+    let study = repo_root().join("tests/fixtures/e2e-12.yaml");
+    let args = ["submit", study.to_str().unwrap(), "--coordinator", &addr];
+    let out = run(COORD, &args);
+    assert!(out.status.success(), "{}", describe(&args, &out));
+    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
+    let id = stdout
+        .lines()
+        .last()
+        .expect("campaign id line")
+        .trim()
+        .to_string();
+    assert!(id.parse::<u64>().is_ok(), "last line is the id: {stdout:?}");
+
+    let status = wait_for(
+        "all 12 runs to finish",
+        Duration::from_secs(300),
+        &all,
+        || {
+            let s = status_json(&addr, &id)?;
+            let finished = s["done"].as_u64()? + s["failed"].as_u64()?;
+            (finished == 12).then_some(s)
+        },
+    );
+    assert_eq!(status["total"], 12, "{status}");
+    assert_eq!(status["done"], 12, "{status}");
+    assert_eq!(status["failed"], 0, "{status}");
+    assert_eq!(status["pending"], 0, "{status}");
+    assert_eq!(status["running"], 0, "{status}");
+    let sum: u64 = ["pending", "running", "done", "failed", "cancelled"]
+        .iter()
+        .map(|k| status[*k].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        sum,
+        status["total"].as_u64().unwrap(),
+        "counts add up: {status}"
+    );
+    assert_eq!(status["duplicates"], 0, "{status}");
+
+    // Results: one row per run, each (config, cycle) exactly once, energy present.
+    let args = ["results", &id, "--format", "jsonl", "--coordinator", &addr];
+    let out = run(COORD, &args);
+    assert!(out.status.success(), "{}", describe(&args, &out));
+    let rows: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 12);
+    let pairs: BTreeSet<(String, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["config_hash"].as_str().unwrap().to_string(),
+                r["cycle"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(pairs.len(), 12, "every (config, cycle) once");
+    let configs: BTreeSet<&str> = rows
+        .iter()
+        .map(|r| r["config_hash"].as_str().unwrap())
+        .collect();
+    assert_eq!(configs.len(), 6);
+    for r in &rows {
+        assert_eq!(r["state"], "done", "{r}");
+        assert_eq!(
+            r["simulated"], true,
+            "results from the simulated GPU say so: {r}"
+        );
+        let total = r["total_energy_j"].as_f64().unwrap();
+        let adjusted = r["energy_adjusted_j"].as_f64().unwrap();
+        let baseline = r["baseline_power_w"].as_f64().unwrap();
+        let seconds = r["total_inference_time_sec"].as_f64().unwrap();
+        assert!(total > 0.0 && adjusted >= 0.0 && adjusted <= total, "{r}");
+        assert!(
+            baseline > 30.0 && baseline < 200.0,
+            "idle power is plausible: {r}"
+        );
+        // Adjusted energy is raw minus baseline power over the window.
+        let expected = (total - baseline * seconds).max(0.0);
+        assert!((adjusted - expected).abs() < 1e-6 * total.max(1.0), "{r}");
+        assert!(r["avg_tokens_per_second"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["avg_energy_per_token_j"].as_f64().unwrap() > 0.0, "{r}");
+        assert_eq!(r["attempts"], 1, "{r}");
+    }
+    // Warm harness: on each worker, every run after its first found the model loaded.
+    let mut by_worker: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+    for r in &rows {
+        by_worker
+            .entry(r["worker"].as_str().unwrap().to_string())
+            .or_default()
+            .push(r);
+    }
+    let mut warm_runs = 0;
+    for (w, mut runs) in by_worker {
+        runs.sort_by_key(|r| r["started_at"].as_str().unwrap().to_string());
+        assert_eq!(
+            runs[0]["model_already_loaded"], false,
+            "first run on {w} loads the model"
+        );
+        for r in &runs[1..] {
+            assert_eq!(
+                r["model_already_loaded"], true,
+                "later runs on {w} reuse the model: {r}"
+            );
+            warm_runs += 1;
+        }
+    }
+    assert!(warm_runs >= 10, "12 runs on 2 workers: at least 10 warm");
+
+    // CSV has a header and 12 rows.
+    let csv_path = dir.join("out/results.csv");
+    let args = [
+        "results",
+        &id,
+        "--format",
+        "csv",
+        "--output",
+        csv_path.to_str().unwrap(),
+        "--coordinator",
+        &addr,
+    ];
+    let out = run(COORD, &args);
+    assert!(out.status.success(), "{}", describe(&args, &out));
+    let csv = std::fs::read_to_string(&csv_path).unwrap();
+    assert_eq!(csv.lines().count(), 13);
+    assert!(csv
+        .lines()
+        .next()
+        .unwrap()
+        .starts_with("experiment_id,cycle,config_hash,engine"));
+
+    // Workers are listed.
+    let args = ["workers", "--json", "--coordinator", &addr];
+    let out = run(COORD, &args);
+    assert!(out.status.success(), "{}", describe(&args, &out));
+    let ws: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ws.as_array().unwrap().len(), 2, "{ws}");
+    drop(workers);
+    drop(coord);
+}

@@ -1,0 +1,150 @@
+//! lem-worker: runs on each GPU host, leases runs from the coordinator and measures them.
+//!
+//! [`run_worker`] installs the embedded harness, starts one telemetry sampler and one
+//! resident harness per slot, registers with the coordinator and runs one lease loop
+//! per slot until told to stop. The binary's `main` only parses flags and calls it;
+//! `lem-coord run` calls it in-process for its local workers.
+
+pub mod cli;
+pub mod clock;
+pub mod runtime;
+pub mod slot;
+pub mod telemetry;
+pub mod transport;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use lem_common::rpc::{RegisterRequest, SlotInfo};
+use lem_common::types::{EngineCapability, WorkerId, KNOWN_ENGINES};
+use tokio::sync::watch;
+
+use crate::runtime::ProcessHarness;
+use crate::slot::Slot;
+use crate::telemetry::{LoadSink, Sampler, SimulatedGpu};
+
+/// Telemetry sampling interval (20 Hz, as the measurement methodology asks).
+pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(50);
+/// Samples kept per slot: 30 minutes at 20 Hz.
+const RING_CAPACITY: usize = 36_000;
+
+/// How a worker runs.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    pub coordinator: String,
+    pub data_dir: PathBuf,
+    /// Worker identity; default `<hostname>-<data dir name>`.
+    pub name: Option<String>,
+    pub slots: u32,
+    pub simulate_gpu: bool,
+    pub python: String,
+}
+
+/// Whether this machine has an NVIDIA GPU whose management library can be loaded.
+pub fn nvidia_gpu_present() -> bool {
+    std::path::Path::new("/dev/nvidiactl").exists() || std::path::Path::new("/dev/nvidia0").exists()
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// Runs the worker until `stop` turns true; each slot finishes its current run first.
+pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    if !cfg.simulate_gpu {
+        if nvidia_gpu_present() {
+            bail!("an NVIDIA GPU is present, but this lem-worker build has no NVML telemetry yet; run with --simulate-gpu for a labelled simulated GPU");
+        }
+        bail!("no NVIDIA GPU found on this host (no /dev/nvidiactl); run with --simulate-gpu for a labelled simulated GPU");
+    }
+    if cfg.slots == 0 {
+        bail!("--slots must be at least 1");
+    }
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+    let py_version = runtime::check_python(&cfg.python).await?;
+    let server_py = runtime::install_harness(&cfg.data_dir.join("harness"))?;
+    let host = hostname();
+    let worker = WorkerId(cfg.name.clone().unwrap_or_else(|| {
+        let dir = cfg
+            .data_dir
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_string()))
+            .unwrap_or_else(|| "worker".into());
+        format!("{host}-{dir}")
+    }));
+
+    let mut slots = Vec::new();
+    let mut slot_infos = Vec::new();
+    let mut engines: Option<Vec<String>> = None;
+    for index in 0..cfg.slots {
+        let dir = cfg.data_dir.join(format!("slot-{index}"));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let gpu = SimulatedGpu::new(index);
+        let load: Arc<dyn LoadSink> = Arc::new(gpu.clone());
+        let sampler = Sampler::start(Box::new(gpu), SAMPLE_INTERVAL, RING_CAPACITY);
+        let mut harness = ProcessHarness::new(&cfg.python, server_py.clone(), &dir, index);
+        harness.ensure_started().await.with_context(|| {
+            format!(
+                "slot {index}: harness did not start (log: {})",
+                harness.log_path().display()
+            )
+        })?;
+        engines.get_or_insert_with(|| harness.engines.clone());
+        slot_infos.push(SlotInfo {
+            index,
+            gpu_name: sampler.description.name.clone(),
+            simulated: sampler.description.simulated,
+        });
+        slots.push((index, harness, sampler, load, dir));
+    }
+    let offered = engines.unwrap_or_default();
+    let capabilities: Vec<EngineCapability> = KNOWN_ENGINES
+        .iter()
+        .map(|e| {
+            let available = offered.iter().any(|o| o == e);
+            EngineCapability {
+                engine: e.to_string(),
+                available,
+                reason: (!available).then(|| {
+                    format!("the harness on {host} cannot run {e} (its Python environment lacks the {e} engine's libraries)")
+                }),
+                version: None,
+            }
+        })
+        .collect();
+    let register = RegisterRequest {
+        worker: worker.clone(),
+        host: host.clone(),
+        protocol_version: lem_common::PROTOCOL_VERSION,
+        worker_version: env!("CARGO_PKG_VERSION").to_string(),
+        slots: slot_infos,
+        engines: capabilities,
+    };
+    tracing::info!(worker = %worker, slots = cfg.slots, python = %py_version, engines = ?offered, simulated = cfg.simulate_gpu, "worker starting");
+    let mut tasks = Vec::new();
+    for (index, harness, sampler, load, dir) in slots {
+        let slot = Slot::new(
+            index,
+            worker.clone(),
+            host.clone(),
+            cfg.coordinator.clone(),
+            register.clone(),
+            harness,
+            sampler,
+            load,
+            dir,
+        );
+        tasks.push(tokio::spawn(slot.lease_loop(stop.clone())));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(())
+}

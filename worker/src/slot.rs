@@ -1,0 +1,671 @@
+//! One GPU slot's lease loop and the measurement of one run.
+//!
+//! A slot leases a run, waits at the thermal gate, takes (or reuses) the idle
+//! baseline, sends the run to its resident harness while the sampler thread records
+//! the GPU, computes the energy of the harness's measured window, and reports the
+//! result exactly once (retrying `complete` until the coordinator answers). A
+//! heartbeat task renews the lease while the run goes on; if renewals fail for longer
+//! than the worker's own TTL (shorter than the coordinator's) the run is stopped.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use lem_common::energy::{adjusted_energy, window_energy, EnergyMethod};
+use lem_common::harness::{RunOutcome, RunTranscript};
+use lem_common::rpc::{
+    CompleteRequest, CompleteStatus, CoordinatorClient, FailRequest, LeaseGrant, LeaseRequest,
+    RegisterRequest, RenewRequest, RpcErrorKind,
+};
+use lem_common::stats;
+use lem_common::thermal::{self, GateDecision, GatePolicy, GateReason};
+use lem_common::types::{format_utc_ms, BaselineRecord, FailureClass, RunResult, WorkerId};
+use lem_common::Value;
+use tokio::sync::watch;
+
+use crate::clock::{mono_ns, unix_ms};
+use crate::runtime::{HarnessError, ProcessHarness};
+use crate::telemetry::{energy_inputs, LoadSink, Sampler};
+use crate::transport;
+
+/// How long one lease call may wait for work.
+const LEASE_WAIT_MS: u64 = 20_000;
+/// Power is "flat" for the baseline when the last two seconds vary less than this.
+const SETTLE_STD_W: f64 = 1.0;
+const SETTLE_MAX: Duration = Duration::from_secs(30);
+/// Default per-run timeout (llem's `experiment_timeout_seconds` default).
+const RUN_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Everything a slot needs; owned by its loop.
+pub struct Slot {
+    pub index: u32,
+    pub worker: WorkerId,
+    pub host: String,
+    pub coordinator: String,
+    pub register: RegisterRequest,
+    pub harness: ProcessHarness,
+    pub sampler: Sampler,
+    pub load: Arc<dyn LoadSink>,
+    pub dir: PathBuf,
+    baseline: Option<CachedBaseline>,
+    client: Option<CoordinatorClient>,
+    /// Runs since the last baseline check (for llem's `validated` strategy).
+    runs_since_check: u32,
+}
+
+struct CachedBaseline {
+    record: BaselineRecord,
+    measured_mono_ns: u64,
+}
+
+/// The llem `measurement.baseline` settings of a run.
+struct BaselineSettings {
+    enabled: bool,
+    duration_s: f64,
+    strategy: String,
+    cache_ttl_s: f64,
+    validation_interval: u32,
+    drift_threshold: f64,
+}
+
+impl BaselineSettings {
+    fn from_config(config: &Value) -> Self {
+        let g = |k: &str| config.get_path(&format!("measurement.baseline.{k}"));
+        BaselineSettings {
+            enabled: g("enabled").and_then(Value::as_bool).unwrap_or(true),
+            duration_s: g("duration_seconds")
+                .and_then(Value::as_f64)
+                .unwrap_or(30.0),
+            strategy: g("strategy")
+                .and_then(Value::as_str)
+                .unwrap_or("validated")
+                .to_string(),
+            cache_ttl_s: g("cache_ttl_seconds")
+                .and_then(Value::as_f64)
+                .unwrap_or(7200.0),
+            validation_interval: g("validation_interval")
+                .and_then(Value::as_i64)
+                .unwrap_or(5)
+                .max(1) as u32,
+            drift_threshold: g("drift_threshold").and_then(Value::as_f64).unwrap_or(0.1),
+        }
+    }
+}
+
+fn ctx_with(timeout: Duration) -> tarpc::context::Context {
+    let mut ctx = tarpc::context::current();
+    ctx.deadline = std::time::Instant::now() + timeout;
+    ctx
+}
+
+/// What the thermal gate did.
+struct GateOutcome {
+    waited_s: f64,
+    reason: GateReason,
+}
+
+impl Slot {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        index: u32,
+        worker: WorkerId,
+        host: String,
+        coordinator: String,
+        register: RegisterRequest,
+        harness: ProcessHarness,
+        sampler: Sampler,
+        load: Arc<dyn LoadSink>,
+        dir: PathBuf,
+    ) -> Slot {
+        Slot {
+            index,
+            worker,
+            host,
+            coordinator,
+            register,
+            harness,
+            sampler,
+            load,
+            dir,
+            baseline: None,
+            client: None,
+            runs_since_check: 0,
+        }
+    }
+
+    /// Connects and registers if not connected. Retries until it works or `stop` fires.
+    async fn client(&mut self, stop: &watch::Receiver<bool>) -> Option<CoordinatorClient> {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            if *stop.borrow() {
+                return None;
+            }
+            if let Some(c) = &self.client {
+                return Some(c.clone());
+            }
+            match self.connect_and_register().await {
+                Ok(c) => {
+                    self.client = Some(c.clone());
+                    return Some(c);
+                }
+                Err(e) => {
+                    tracing::warn!(slot = self.index, error = %e, "coordinator not reachable; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn connect_and_register(&self) -> anyhow::Result<CoordinatorClient> {
+        let c = transport::connect(&self.coordinator).await?;
+        c.register(ctx_with(Duration::from_secs(10)), self.register.clone())
+            .await
+            .map_err(|e| anyhow!("register: {e}"))?
+            .map_err(|e| anyhow!("coordinator refused registration: {e}"))?;
+        Ok(c)
+    }
+
+    /// The slot's lease loop: runs until `stop` becomes true (after the current run).
+    pub async fn lease_loop(mut self, mut stop: watch::Receiver<bool>) {
+        loop {
+            let Some(client) = self.client(&stop).await else {
+                break;
+            };
+            let req = LeaseRequest {
+                worker: self.worker.clone(),
+                slot: self.index,
+                wait_ms: LEASE_WAIT_MS,
+                warm: vec![],
+            };
+            let call = client.lease(ctx_with(Duration::from_millis(LEASE_WAIT_MS + 10_000)), req);
+            let reply = tokio::select! {
+                r = call => r,
+                _ = stop.changed() => break,
+            };
+            match reply {
+                Ok(Ok(Some(grant))) => self.handle_grant(&client, grant).await,
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) if e.kind == RpcErrorKind::NotRegistered => {
+                    self.client = None;
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(slot = self.index, error = %e, "lease refused");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(slot = self.index, error = %e, "lost the coordinator; reconnecting");
+                    self.client = None;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            if *stop.borrow() {
+                break;
+            }
+        }
+        self.harness.stop().await;
+    }
+
+    async fn handle_grant(&mut self, client: &CoordinatorClient, grant: LeaseGrant) {
+        let lease_mono = mono_ns();
+        tracing::info!(slot = self.index, run = %grant.run, token = grant.token.0, "run leased");
+        // Heartbeats: renew every third of the TTL; stop the run if the lease is lost
+        // or cannot be renewed for longer than our own TTL (two thirds of the
+        // coordinator's, so we stop before it re-leases the run).
+        let (cancel_tx, cancel_rx) = watch::channel(None::<String>);
+        let renewer = {
+            let client = client.clone();
+            let (worker, run, token) = (self.worker.clone(), grant.run, grant.token);
+            let ttl = Duration::from_millis(grant.ttl_ms);
+            tokio::spawn(async move {
+                let mut last_ok = tokio::time::Instant::now();
+                loop {
+                    tokio::time::sleep(ttl / 3).await;
+                    let r = client
+                        .renew(
+                            ctx_with(ttl / 3),
+                            RenewRequest {
+                                worker: worker.clone(),
+                                run,
+                                token,
+                            },
+                        )
+                        .await;
+                    match r {
+                        Ok(Ok(reply)) if reply.cancelled => {
+                            let _ = cancel_tx.send(Some("the campaign was cancelled".into()));
+                            return;
+                        }
+                        Ok(Ok(_)) => last_ok = tokio::time::Instant::now(),
+                        Ok(Err(e)) if e.kind == RpcErrorKind::LeaseLost => {
+                            let _ = cancel_tx.send(Some(format!("lease lost: {e}")));
+                            return;
+                        }
+                        _ => {
+                            if last_ok.elapsed() > ttl * 2 / 3 {
+                                let _ = cancel_tx.send(Some(
+                                    "could not renew the lease within the worker TTL".into(),
+                                ));
+                                return;
+                            }
+                        }
+                    }
+                }
+            })
+        };
+        let outcome = self.measure(&grant, lease_mono, cancel_rx).await;
+        renewer.abort();
+        match outcome {
+            Ok(result) => self.send_complete(client, &grant, result).await,
+            Err((class, message)) => {
+                tracing::warn!(slot = self.index, run = %grant.run, %class, %message, "run failed");
+                let req = FailRequest {
+                    worker: self.worker.clone(),
+                    run: grant.run,
+                    token: grant.token,
+                    class,
+                    message,
+                };
+                for _ in 0..5 {
+                    match client
+                        .fail(ctx_with(Duration::from_secs(10)), req.clone())
+                        .await
+                    {
+                        Ok(_) => break,
+                        Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the result until the coordinator acknowledges it (accepted, already
+    /// accepted, or recorded as a duplicate).
+    async fn send_complete(
+        &mut self,
+        client: &CoordinatorClient,
+        grant: &LeaseGrant,
+        result: RunResult,
+    ) {
+        let req = CompleteRequest {
+            worker: self.worker.clone(),
+            run: grant.run,
+            token: grant.token,
+            result,
+        };
+        let mut client = client.clone();
+        let mut backoff = Duration::from_millis(200);
+        for _attempt in 0..100 {
+            match client
+                .complete(ctx_with(Duration::from_secs(20)), req.clone())
+                .await
+            {
+                Ok(Ok(reply)) => {
+                    match reply.status {
+                        CompleteStatus::Accepted | CompleteStatus::AlreadyAccepted => {
+                            tracing::info!(slot = self.index, run = %grant.run, "result accepted")
+                        }
+                        CompleteStatus::Duplicate => tracing::warn!(
+                            slot = self.index, run = %grant.run,
+                            detail = reply.detail.as_deref().unwrap_or(""),
+                            "result kept as a duplicate, not counted"
+                        ),
+                    }
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(slot = self.index, run = %grant.run, error = %e, "complete refused");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(slot = self.index, error = %e, "complete not delivered; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    if let Ok(c) = self.connect_and_register().await {
+                        self.client = Some(c.clone());
+                        client = c;
+                    }
+                }
+            }
+        }
+        tracing::error!(slot = self.index, run = %grant.run, "gave up delivering the result");
+    }
+
+    /// Waits for the study's gap, then for the GPU to cool to near its idle
+    /// temperature or to stop cooling (`lem_common::thermal::decide`).
+    async fn thermal_gate(&self, gap_s: f64, idle_temp_c: Option<f64>) -> GateOutcome {
+        let start = tokio::time::Instant::now();
+        if gap_s > 0.0 {
+            tokio::time::sleep(Duration::from_secs_f64(gap_s)).await;
+        }
+        let policy = GatePolicy::default();
+        let started_ns = mono_ns();
+        loop {
+            let now = mono_ns();
+            let temps: Vec<(u64, f64)> = self
+                .sampler
+                .window(started_ns, now, 0)
+                .iter()
+                .map(|s| (s.t_mono_ns, s.temp_c))
+                .collect();
+            if let GateDecision::Open(reason) =
+                thermal::decide(&temps, idle_temp_c, started_ns, now, &policy)
+            {
+                return GateOutcome {
+                    waited_s: start.elapsed().as_secs_f64(),
+                    reason,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Measures idle power: waits until power is flat, then averages a window.
+    async fn measure_idle(&self, duration_s: f64, kind: &str, strategy: &str) -> BaselineRecord {
+        let settle_start = tokio::time::Instant::now();
+        loop {
+            let now = mono_ns();
+            let w = self
+                .sampler
+                .window(now.saturating_sub(2_000_000_000), now, 0);
+            let p: Vec<f64> = w.iter().map(|s| s.power_w).collect();
+            let flat =
+                p.len() >= 10 && stats::std_population(&p).unwrap_or(f64::MAX) < SETTLE_STD_W;
+            if flat || settle_start.elapsed() > SETTLE_MAX {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let settle_s = settle_start.elapsed().as_secs_f64();
+        let t0 = mono_ns();
+        tokio::time::sleep(Duration::from_secs_f64(duration_s)).await;
+        let t1 = mono_ns();
+        self.sampler.wait_past(t1).await;
+        let w = self.sampler.window(t0, t1, 0);
+        let p: Vec<f64> = w.iter().map(|s| s.power_w).collect();
+        let last = w.last().cloned().unwrap_or_default();
+        BaselineRecord {
+            kind: kind.to_string(),
+            mean_power_w: stats::mean(&p).unwrap_or(0.0),
+            std_power_w: stats::std_population(&p).unwrap_or(0.0),
+            n_samples: p.len(),
+            duration_s: (t1 - t0) as f64 / 1e9,
+            settle_s,
+            temp_c: last.temp_c,
+            sm_clock_mhz: Some(last.sm_clock_mhz),
+            pstate: Some(last.pstate),
+            strategy: strategy.to_string(),
+            cache_age_s: 0.0,
+            measured_at: format_utc_ms(unix_ms()),
+        }
+    }
+
+    /// The device-idle baseline for this run, per llem's strategy: measured with no
+    /// model of ours resident (the harness unloads first), then reused while fresh.
+    async fn baseline_for(&mut self, s: &BaselineSettings) -> anyhow::Result<BaselineRecord> {
+        let now = mono_ns();
+        let age_s = |b: &CachedBaseline| (now - b.measured_mono_ns) as f64 / 1e9;
+        let reuse = match (&self.baseline, s.strategy.as_str()) {
+            (Some(_), "fresh") | (None, _) => false,
+            (Some(b), _) => age_s(b) < s.cache_ttl_s,
+        };
+        if reuse && s.strategy == "validated" && self.runs_since_check >= s.validation_interval {
+            // Spot check: 5 s of device idle against the cached value.
+            self.unload_for_baseline().await?;
+            let spot = self.measure_idle(5.0, "device", "validated").await;
+            self.runs_since_check = 0;
+            let cached = self.baseline.as_ref().expect("reuse implies cached");
+            let drift = (spot.mean_power_w - cached.record.mean_power_w).abs()
+                / cached.record.mean_power_w.max(1e-9);
+            if drift > s.drift_threshold {
+                tracing::warn!(slot = self.index, drift, "baseline drifted; re-measuring");
+                let rec = self.measure_idle(s.duration_s, "device", &s.strategy).await;
+                self.baseline = Some(CachedBaseline {
+                    record: rec,
+                    measured_mono_ns: mono_ns(),
+                });
+            }
+        } else if !reuse {
+            self.unload_for_baseline().await?;
+            let rec = self.measure_idle(s.duration_s, "device", &s.strategy).await;
+            self.baseline = Some(CachedBaseline {
+                record: rec,
+                measured_mono_ns: mono_ns(),
+            });
+            self.runs_since_check = 0;
+        }
+        self.runs_since_check += 1;
+        let b = self.baseline.as_ref().expect("baseline set above");
+        let mut rec = b.record.clone();
+        rec.cache_age_s = (mono_ns() - b.measured_mono_ns) as f64 / 1e9;
+        rec.strategy = s.strategy.clone();
+        Ok(rec)
+    }
+
+    async fn unload_for_baseline(&mut self) -> anyhow::Result<()> {
+        self.harness
+            .unload()
+            .await
+            .map_err(|e| anyhow!("could not unload the model for the idle baseline: {e}"))?;
+        self.load.on_resident(false, mono_ns());
+        Ok(())
+    }
+
+    /// Runs one experiment and measures it. Errors carry the failure class.
+    async fn measure(
+        &mut self,
+        grant: &LeaseGrant,
+        lease_mono: u64,
+        mut cancel: watch::Receiver<Option<String>>,
+    ) -> Result<RunResult, (FailureClass, String)> {
+        let config = lem_common::pyjson::parse(&grant.config_json).map_err(|e| {
+            (
+                FailureClass::Configuration,
+                format!("the coordinator sent a config that is not JSON: {e}"),
+            )
+        })?;
+        let infra = |e: anyhow::Error| (FailureClass::Infrastructure, e.to_string());
+        let mut warnings = Vec::new();
+
+        // Baseline first (it may unload the model), then the thermal gate.
+        let bs = BaselineSettings::from_config(&config);
+        let baseline = if bs.enabled {
+            Some(self.baseline_for(&bs).await.map_err(infra)?)
+        } else {
+            warnings.push(
+                "measurement.baseline.enabled is false: energy_adjusted_j is not reported"
+                    .to_string(),
+            );
+            None
+        };
+        let idle_temp = self.baseline.as_ref().map(|b| b.record.temp_c);
+        let gate = self.thermal_gate(grant.gap_before_s, idle_temp).await;
+        if gate.reason == GateReason::Timeout {
+            warnings.push(format!(
+                "thermal gate timed out after {:.0} s: the GPU was still cooling",
+                gate.waited_s
+            ));
+        }
+
+        // The run itself.
+        let request = format!(
+            "{{\"type\": \"run\", \"run_id\": \"{}\", \"force_cold_start\": false, \"dataset_path\": null, \"config\": {}}}",
+            grant.run, grant.config_json
+        );
+        let started_ms = unix_ms();
+        let mut transcript = RunTranscript::default();
+        let load = self.load.clone();
+        let cancel_fut = async move {
+            loop {
+                if let Some(why) = cancel.borrow().clone() {
+                    return why;
+                }
+                if cancel.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        let res = self
+            .harness
+            .run(&request, RUN_TIMEOUT, cancel_fut, |ev| {
+                match ev.event.as_str() {
+                    "phase" => load.on_phase(
+                        ev.str_field("phase").unwrap_or("idle"),
+                        ev.u64_field("batch_size").unwrap_or(1) as u32,
+                        ev.t_mono_ns,
+                    ),
+                    "loaded" => load.on_resident(true, ev.t_mono_ns),
+                    "error" | "result" => load.on_phase("idle", 1, ev.t_mono_ns),
+                    _ => {}
+                }
+                transcript.handle_event(ev);
+            })
+            .await;
+        self.load.on_phase("idle", 1, mono_ns());
+        if let Err(e) = res {
+            let class = match e {
+                HarnessError::Cancelled(_) => FailureClass::Infrastructure,
+                _ => FailureClass::Infrastructure,
+            };
+            return Err((class, e.to_string()));
+        }
+        let ended_ms = unix_ms();
+        let (metrics, engine_version) = match transcript.outcome.clone() {
+            Some(RunOutcome::Result {
+                metrics,
+                engine_version,
+            }) => (metrics, engine_version),
+            Some(RunOutcome::Error { class, message }) => return Err((class, message)),
+            None => {
+                return Err((
+                    FailureClass::Infrastructure,
+                    "harness ended without a result".into(),
+                ))
+            }
+        };
+        let Some((t0, t1)) = transcript.window_ns() else {
+            return Err((
+                FailureClass::Infrastructure,
+                "harness result has no measure_start/measure_end window".into(),
+            ));
+        };
+
+        // Energy over the harness's window.
+        self.sampler
+            .wait_past(t1 + 2 * self.sampler.interval.as_nanos() as u64)
+            .await;
+        let margin = 2 * self.sampler.interval.as_nanos() as u64 + 200_000_000;
+        let samples = self.sampler.window(t0, t1, margin);
+        let (power, counter) = energy_inputs(&samples);
+        let we = window_energy(&power, &counter, t0, t1).map_err(|e| {
+            (
+                FailureClass::Infrastructure,
+                format!(
+                    "no usable GPU samples for the window ({e}); sampler: {}",
+                    self.sampler
+                        .last_error()
+                        .unwrap_or_else(|| "no error".into())
+                ),
+            )
+        })?;
+        if we.disagreement_flagged {
+            warnings.push(format!(
+                "energy counter and power integral disagree by {:.1}%",
+                we.disagreement_pct.unwrap_or(0.0)
+            ));
+        }
+        if we.short_window {
+            warnings.push("short window: fewer than one counter step or two power samples".into());
+        }
+        let in_window: Vec<_> = samples
+            .iter()
+            .filter(|s| s.t_mono_ns >= t0 && s.t_mono_ns <= t1)
+            .collect();
+        let temps: Vec<f64> = in_window.iter().map(|s| s.temp_c).collect();
+        let throttle = in_window.iter().any(|s| s.throttle_thermal);
+        if throttle {
+            warnings.push("thermal throttling seen during the window".into());
+        }
+        let input_tokens = metrics
+            .get("input_tokens")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+        let output_tokens = metrics
+            .get("output_tokens")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+        let n_prompts = metrics
+            .get("n_prompts")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+        let duration_s = we.duration_s;
+        let adjusted = baseline
+            .as_ref()
+            .map(|b| adjusted_energy(we.energy_j, b.mean_power_w, duration_s));
+        if adjusted.is_some_and(|a| a.clamped) {
+            warnings.push("baseline-adjusted energy was negative and was clamped to 0".into());
+        }
+        let per_token = |e: f64| {
+            if output_tokens > 0 {
+                e / output_tokens as f64
+            } else {
+                0.0
+            }
+        };
+        let desc = &self.sampler.description;
+        Ok(RunResult {
+            worker: self.worker.0.clone(),
+            host: self.host.clone(),
+            slot: self.index,
+            gpu_name: desc.name.clone(),
+            gpu_uuid: desc.uuid.clone(),
+            simulated: desc.simulated,
+            engine: grant.engine.clone(),
+            engine_version,
+            model_name: config
+                .get_path("task.model")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+            started_at: format_utc_ms(started_ms),
+            ended_at: format_utc_ms(ended_ms),
+            n_prompts,
+            input_tokens,
+            output_tokens,
+            duration_s,
+            total_energy_j: we.energy_j,
+            energy_method: match we.method {
+                EnergyMethod::CounterInterpolated => "counter_interpolated".into(),
+                EnergyMethod::PowerIntegral => "power_integral".into(),
+            },
+            energy_integral_j: we.integral_j,
+            energy_counter_raw_j: we.counter_delta_raw_j,
+            energy_disagreement_pct: we.disagreement_pct,
+            energy_disagreement_flagged: we.disagreement_flagged,
+            short_window: we.short_window,
+            mean_power_w: we.mean_power_w,
+            n_power_samples: we.n_power_samples,
+            energy_adjusted_j: adjusted.map(|a| a.adjusted_j),
+            energy_adjusted_clamped: adjusted.is_some_and(|a| a.clamped),
+            baseline_power_w: baseline.as_ref().map(|b| b.mean_power_w),
+            baseline,
+            avg_tokens_per_second: (input_tokens + output_tokens) as f64 / duration_s,
+            output_tokens_per_second: output_tokens as f64 / duration_s,
+            avg_energy_per_token_j: per_token(we.energy_j),
+            energy_per_token_adjusted_j: adjusted.map(|a| per_token(a.adjusted_j)),
+            start_temp_c: temps.first().copied().unwrap_or(0.0),
+            max_temp_c: temps.iter().copied().fold(f64::NAN, f64::max),
+            end_temp_c: temps.last().copied().unwrap_or(0.0),
+            thermal_wait_s: gate.waited_s,
+            thermal_wait_reason: gate.reason.as_str().to_string(),
+            throttle_thermal: throttle,
+            model_load_seconds: transcript.load_seconds,
+            model_already_loaded: transcript.already_loaded.unwrap_or(false),
+            lease_to_measure_s: (t0.saturating_sub(lease_mono)) as f64 / 1e9,
+            harness_metrics: metrics,
+            warmup: transcript.warmup.unwrap_or(serde_json::Value::Null),
+            warnings,
+        })
+    }
+}
