@@ -169,6 +169,67 @@ pub struct RunResult {
     pub warnings: Vec<String>,
 }
 
+impl RunResult {
+    /// Names of numeric fields that are NaN or infinite (JSON cannot carry them, and
+    /// a result holding one must not be published).
+    pub fn non_finite_fields(&self) -> Vec<&'static str> {
+        let opt = |v: Option<f64>| v.is_none_or(f64::is_finite);
+        let checks: [(&'static str, bool); 20] = [
+            ("duration_s", self.duration_s.is_finite()),
+            ("total_energy_j", self.total_energy_j.is_finite()),
+            ("energy_integral_j", opt(self.energy_integral_j)),
+            ("energy_counter_raw_j", opt(self.energy_counter_raw_j)),
+            ("energy_disagreement_pct", opt(self.energy_disagreement_pct)),
+            ("mean_power_w", self.mean_power_w.is_finite()),
+            ("energy_adjusted_j", opt(self.energy_adjusted_j)),
+            ("baseline_power_w", opt(self.baseline_power_w)),
+            (
+                "avg_tokens_per_second",
+                self.avg_tokens_per_second.is_finite(),
+            ),
+            (
+                "output_tokens_per_second",
+                self.output_tokens_per_second.is_finite(),
+            ),
+            (
+                "avg_energy_per_token_j",
+                self.avg_energy_per_token_j.is_finite(),
+            ),
+            (
+                "energy_per_token_adjusted_j",
+                opt(self.energy_per_token_adjusted_j),
+            ),
+            ("start_temp_c", self.start_temp_c.is_finite()),
+            ("max_temp_c", self.max_temp_c.is_finite()),
+            ("end_temp_c", self.end_temp_c.is_finite()),
+            ("thermal_wait_s", self.thermal_wait_s.is_finite()),
+            ("model_load_seconds", opt(self.model_load_seconds)),
+            ("lease_to_measure_s", self.lease_to_measure_s.is_finite()),
+            (
+                "baseline",
+                self.baseline.as_ref().is_none_or(|b| {
+                    b.mean_power_w.is_finite() && b.std_power_w.is_finite() && b.temp_c.is_finite()
+                }),
+            ),
+            ("harness_metrics", json_finite(&self.harness_metrics)),
+        ];
+        checks
+            .iter()
+            .filter(|(_, ok)| !ok)
+            .map(|(n, _)| *n)
+            .collect()
+    }
+}
+
+fn json_finite(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Number(n) => n.as_f64().is_none_or(f64::is_finite),
+        serde_json::Value::Array(a) => a.iter().all(json_finite),
+        serde_json::Value::Object(o) => o.values().all(json_finite),
+        _ => true,
+    }
+}
+
 /// Formats Unix milliseconds as ISO 8601 UTC with a `Z` (`2026-11-25T10:00:00.123Z`).
 pub fn format_utc_ms(unix_ms: u64) -> String {
     let secs = unix_ms / 1000;
@@ -203,5 +264,27 @@ mod time_tests {
             super::format_utc_ms(951_782_400_000),
             "2000-02-29T00:00:00.000Z"
         );
+    }
+}
+
+#[cfg(test)]
+mod result_tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_fields_are_named() {
+        let mut r = RunResult {
+            max_temp_c: f64::NAN,
+            energy_adjusted_j: Some(f64::INFINITY),
+            harness_metrics: serde_json::json!({"a": [1.0, 2.0]}),
+            ..Default::default()
+        };
+        assert_eq!(
+            r.non_finite_fields(),
+            vec!["energy_adjusted_j", "max_temp_c"]
+        );
+        r.max_temp_c = 50.0;
+        r.energy_adjusted_j = None;
+        assert!(r.non_finite_fields().is_empty());
     }
 }

@@ -578,10 +578,17 @@ impl Slot {
         if we.short_window {
             warnings.push("short window: fewer than one counter step or two power samples".into());
         }
-        let in_window: Vec<_> = samples
+        // Temperatures and throttling: the samples inside the window, or for a window
+        // shorter than the sampling interval, the samples nearest its edges.
+        let mut in_window: Vec<_> = samples
             .iter()
             .filter(|s| s.t_mono_ns >= t0 && s.t_mono_ns <= t1)
             .collect();
+        if in_window.is_empty() {
+            let before = samples.iter().rev().find(|s| s.t_mono_ns < t0);
+            let after = samples.iter().find(|s| s.t_mono_ns > t1);
+            in_window.extend(before.into_iter().chain(after));
+        }
         let temps: Vec<f64> = in_window.iter().map(|s| s.temp_c).collect();
         let throttle = in_window.iter().any(|s| s.throttle_thermal);
         if throttle {
@@ -614,7 +621,7 @@ impl Slot {
             }
         };
         let desc = &self.sampler.description;
-        Ok(RunResult {
+        let result = RunResult {
             worker: self.worker.0.clone(),
             host: self.host.clone(),
             slot: self.index,
@@ -655,7 +662,7 @@ impl Slot {
             avg_energy_per_token_j: per_token(we.energy_j),
             energy_per_token_adjusted_j: adjusted.map(|a| per_token(a.adjusted_j)),
             start_temp_c: temps.first().copied().unwrap_or(0.0),
-            max_temp_c: temps.iter().copied().fold(f64::NAN, f64::max),
+            max_temp_c: temps.iter().copied().fold(f64::MIN, f64::max).max(0.0),
             end_temp_c: temps.last().copied().unwrap_or(0.0),
             thermal_wait_s: gate.waited_s,
             thermal_wait_reason: gate.reason.as_str().to_string(),
@@ -666,6 +673,16 @@ impl Slot {
             harness_metrics: metrics,
             warmup: transcript.warmup.unwrap_or(serde_json::Value::Null),
             warnings,
-        })
+        };
+        // JSON has no NaN: a non-finite number would poison the connection, and a
+        // wrong number must never be published. Refuse the result instead.
+        let bad = result.non_finite_fields();
+        if !bad.is_empty() {
+            return Err((
+                FailureClass::Infrastructure,
+                format!("measurement produced non-finite values in {} (a worker bug; the run will be retried)", bad.join(", ")),
+            ));
+        }
+        Ok(result)
     }
 }

@@ -203,3 +203,109 @@ fn twelve_runs_two_workers_each_run_exactly_once() {
     drop(workers);
     drop(coord);
 }
+
+/// A worker without an engine never leases its runs; `status` says why, and `cancel`
+/// ends them.
+#[test]
+fn runs_of_an_engine_no_worker_has_are_blocked_with_a_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let coord_dir = dir.join("coord");
+    let coord = Proc::spawn(
+        "coord",
+        COORD,
+        &[
+            "start",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            coord_dir.to_str().unwrap(),
+        ],
+        dir,
+    );
+    let addr = wait_for(
+        "coordinator address file",
+        Duration::from_secs(30),
+        &[&coord],
+        || std::fs::read_to_string(coord_dir.join("coordinator.addr")).ok(),
+    );
+    let worker = Proc::spawn(
+        "worker",
+        WORKER,
+        &[
+            "--coordinator",
+            &addr,
+            "--data-dir",
+            dir.join("w").to_str().unwrap(),
+            "--simulate-gpu",
+            "--name",
+            "synthetic-only",
+        ],
+        dir,
+    );
+    wait_for(
+        "the worker to register",
+        Duration::from_secs(60),
+        &[&coord, &worker],
+        || {
+            let out = run(COORD, &["workers", "--json", "--coordinator", &addr]);
+            let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+            (v.as_array()?.len() == 1).then_some(())
+        },
+    );
+    let study = dir.join("vllm.yaml");
+    std::fs::write(
+        &study,
+        "task:\n  model: Qwen/Qwen2.5-0.5B\nengine: vllm\nserving_mode: offline\nsweep:\n  vllm.engine_params.max_num_seqs: [8, 16]\nstudy_execution:\n  n_cycles: 1\n",
+    )
+    .unwrap();
+    let args = ["submit", study.to_str().unwrap(), "--coordinator", &addr];
+    let out = run(COORD, &args);
+    assert!(out.status.success(), "{}", describe(&args, &out));
+    let id = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_string();
+    let s = wait_for(
+        "the vllm runs to be reported blocked",
+        Duration::from_secs(60),
+        &[&coord, &worker],
+        || {
+            let s = status_json(&addr, &id)?;
+            (!s["blocked"].as_array()?.is_empty()).then_some(s)
+        },
+    );
+    assert_eq!(s["pending"], 2, "{s}");
+    assert_eq!(s["running"], 0, "{s}");
+    assert_eq!(s["state"], "blocked", "{s}");
+    let b = &s["blocked"][0];
+    assert_eq!(b["engine"], "vllm", "{s}");
+    let reason = b["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("synthetic-only") && reason.contains("vllm"),
+        "{reason}"
+    );
+    // The human status says it too.
+    let args = ["status", &id, "--coordinator", &addr];
+    let out = run(COORD, &args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("blocked: vllm pending 2 run(s)"),
+        "{}",
+        describe(&args, &out)
+    );
+    // Cancel ends them.
+    let args = ["cancel", &id, "--coordinator", &addr];
+    let out = run(COORD, &args);
+    assert!(out.status.success(), "{}", describe(&args, &out));
+    let s = status_json(&addr, &id).unwrap();
+    assert_eq!(
+        (s["cancelled"].as_u64(), s["pending"].as_u64()),
+        (Some(2), Some(0)),
+        "{s}"
+    );
+    assert_eq!(s["state"], "cancelled", "{s}");
+}
