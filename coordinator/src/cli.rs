@@ -255,7 +255,7 @@ async fn start(
     };
     let shared = Shared::new(store, policy)?;
     // Tests and scripts read the bound address from here (useful with port 0).
-    std::fs::write(data_dir.join("coordinator.addr"), addr.to_string())?;
+    write_atomic(&data_dir.join("coordinator.addr"), &addr.to_string())?;
     eprintln!(
         "lem-coord listening on {addr} (data dir {})",
         data_dir.display()

@@ -7,7 +7,7 @@ use std::time::Duration;
 use lem_tests::{describe, repo_root, run, wait_for, Proc};
 use serde_json::Value;
 
-use crate::{COORD, WORKER};
+use crate::{start_coordinator, start_worker, COORD};
 
 fn status_json(addr: &str, id: &str) -> Option<Value> {
     let out = run(COORD, &["status", id, "--json", "--coordinator", addr]);
@@ -21,43 +21,9 @@ fn status_json(addr: &str, id: &str) -> Option<Value> {
 fn twelve_runs_two_workers_each_run_exactly_once() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let coord_dir = dir.join("coord");
-    let coord = Proc::spawn(
-        "coord",
-        COORD,
-        &[
-            "start",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            coord_dir.to_str().unwrap(),
-        ],
-        dir,
-    );
-    let addr = wait_for(
-        "coordinator address file",
-        Duration::from_secs(30),
-        &[&coord],
-        || std::fs::read_to_string(coord_dir.join("coordinator.addr")).ok(),
-    );
+    let (coord, addr) = start_coordinator(dir);
     let workers: Vec<Proc> = (0..2)
-        .map(|i| {
-            let wdir = dir.join(format!("w{i}"));
-            Proc::spawn(
-                &format!("worker{i}"),
-                WORKER,
-                &[
-                    "--coordinator",
-                    &addr,
-                    "--data-dir",
-                    wdir.to_str().unwrap(),
-                    "--simulate-gpu",
-                    "--name",
-                    &format!("w{i}"),
-                ],
-                dir,
-            )
-        })
+        .map(|i| start_worker(dir, &addr, &format!("w{i}")))
         .collect();
     let all: Vec<&Proc> = std::iter::once(&coord).chain(workers.iter()).collect();
 
@@ -210,39 +176,8 @@ fn twelve_runs_two_workers_each_run_exactly_once() {
 fn runs_of_an_engine_no_worker_has_are_blocked_with_a_reason() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let coord_dir = dir.join("coord");
-    let coord = Proc::spawn(
-        "coord",
-        COORD,
-        &[
-            "start",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            coord_dir.to_str().unwrap(),
-        ],
-        dir,
-    );
-    let addr = wait_for(
-        "coordinator address file",
-        Duration::from_secs(30),
-        &[&coord],
-        || std::fs::read_to_string(coord_dir.join("coordinator.addr")).ok(),
-    );
-    let worker = Proc::spawn(
-        "worker",
-        WORKER,
-        &[
-            "--coordinator",
-            &addr,
-            "--data-dir",
-            dir.join("w").to_str().unwrap(),
-            "--simulate-gpu",
-            "--name",
-            "synthetic-only",
-        ],
-        dir,
-    );
+    let (coord, addr) = start_coordinator(dir);
+    let worker = start_worker(dir, &addr, "synthetic-only");
     wait_for(
         "the worker to register",
         Duration::from_secs(60),

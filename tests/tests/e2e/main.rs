@@ -5,3 +5,55 @@ mod flow;
 
 pub const COORD: &str = env!("CARGO_BIN_EXE_lem-coord-shim");
 pub const WORKER: &str = env!("CARGO_BIN_EXE_lem-worker-shim");
+
+use std::path::Path;
+use std::time::Duration;
+
+use lem_tests::{wait_for, Proc};
+
+/// Starts `lem-coord start` on an ephemeral loopback port; returns it and its address.
+pub fn start_coordinator(dir: &Path) -> (Proc, String) {
+    let coord_dir = dir.join("coord");
+    let coord = Proc::spawn(
+        "coord",
+        COORD,
+        &[
+            "start",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            coord_dir.to_str().unwrap(),
+        ],
+        dir,
+    );
+    let addr = wait_for(
+        "coordinator address file",
+        Duration::from_secs(30),
+        &[&coord],
+        || {
+            std::fs::read_to_string(coord_dir.join("coordinator.addr"))
+                .ok()
+                .filter(|a| !a.is_empty())
+        },
+    );
+    (coord, addr)
+}
+
+/// Starts a `lem-worker` named `name` with the simulated GPU in `dir/name`.
+pub fn start_worker(dir: &Path, addr: &str, name: &str) -> Proc {
+    let wdir = dir.join(name);
+    Proc::spawn(
+        name,
+        WORKER,
+        &[
+            "--coordinator",
+            addr,
+            "--data-dir",
+            wdir.to_str().unwrap(),
+            "--simulate-gpu",
+            "--name",
+            name,
+        ],
+        dir,
+    )
+}
