@@ -311,13 +311,24 @@ fn counter_valid(counter: &[CounterSample]) -> bool {
         .all(|w| w[1].t_mono_ns >= w[0].t_mono_ns && w[1].energy_mj >= w[0].energy_mj)
 }
 
+/// A change of the counter counts as an update instant only when the read before it
+/// was at most this much earlier: then the true update time is known to within this
+/// bracket (a 20 Hz reader, with jitter, always qualifies; NVML edge bursts read every
+/// few milliseconds). A change seen after a longer gap (between two bursts of reads, say) says
+/// the value, not when it was published, so it anchors nothing.
+pub const MAX_UPDATE_BRACKET_NS: u64 = 60_000_000;
+
 /// The counter's update instants: each read whose value differs from the read before it,
-/// stamped with that read's time (the estimate of the true update time; see the module
-/// docs). The first read is never an update: when its value was published is unknown.
+/// taken at most [`MAX_UPDATE_BRACKET_NS`] earlier, stamped with that read's time (the
+/// estimate of the true update time; see the module docs). The first read is never an
+/// update: when its value was published is unknown.
 pub fn counter_updates(counter: &[CounterSample]) -> Vec<CounterSample> {
     counter
         .windows(2)
-        .filter(|w| w[1].energy_mj != w[0].energy_mj)
+        .filter(|w| {
+            w[1].energy_mj != w[0].energy_mj
+                && w[1].t_mono_ns - w[0].t_mono_ns <= MAX_UPDATE_BRACKET_NS
+        })
         .map(|w| w[1])
         .collect()
 }
@@ -338,20 +349,72 @@ pub fn raw_counter_delta_j(counter: &[CounterSample], t0: u64, t1: u64) -> Optio
     Some((counter[i1].energy_mj - counter[i0].energy_mj) as f64 / 1000.0)
 }
 
-/// The counter update used to anchor the energy at `t`: the last at or before `t`, else the
-/// first after it. `updates` must be non-empty and sorted. Returns its index.
+/// The counter update used to anchor the energy at `t`: the one nearest to `t`, before
+/// or after it, so the power integral that carries the counter to `t` is as short as
+/// possible. `updates` must be non-empty and sorted. Returns its index.
 fn anchor(updates: &[CounterSample], t: u64) -> usize {
-    updates
-        .partition_point(|u| u.t_mono_ns <= t)
-        .saturating_sub(1)
+    let after = updates.partition_point(|u| u.t_mono_ns <= t);
+    if after == 0 {
+        return 0;
+    }
+    if after == updates.len() {
+        return after - 1;
+    }
+    let before = after - 1;
+    if t - updates[before].t_mono_ns <= updates[after].t_mono_ns - t {
+        before
+    } else {
+        after
+    }
 }
 
-/// Energy at `t` on the counter's scale, in joules: counter at the anchor update plus the
-/// power integral from the anchor to `t`. Also the extrapolated nanoseconds.
+/// Mean power of the counter step between updates `i` and `i + 1`, in watts, when both
+/// exist and are at most [`MAX_STEP_NS`] apart (consecutive publications, no missed
+/// update in between).
+fn step_power_w(updates: &[CounterSample], i: usize) -> Option<f64> {
+    let (a, b) = (updates.get(i)?, updates.get(i + 1)?);
+    let dt = b.t_mono_ns.checked_sub(a.t_mono_ns)?;
+    if dt == 0 || dt > MAX_STEP_NS {
+        return None;
+    }
+    Some((b.energy_mj - a.energy_mj) as f64 / 1000.0 / (dt as f64 / NS_PER_S))
+}
+
+/// Two updates further apart than this are not consecutive publications.
+const MAX_STEP_NS: u64 = 2 * COUNTER_STEP_NS;
+
+/// Energy at `t` on the counter's scale, in joules, carried from the anchor update
+/// `idx` to `t`. Also the extrapolated nanoseconds of sampled power it used.
+///
+/// The power that carries the counter across the gap comes from the counter itself
+/// where it can: NVML's sampled power on the H100 is a moving average that lags real
+/// power by hundreds of milliseconds (see `tests/energy_h100_fixture.rs`), while the
+/// counter's steps are exact. So: between two bracketing updates, interpolate the
+/// counter linearly; before the first update of a run of reads (a burst that started
+/// at the window edge), use the power of the step that follows it; after the last,
+/// the power of the step that precedes it. Only when no neighbouring step is known
+/// does the sampled power carry the counter.
 fn energy_at(power: &[PowerSample], updates: &[CounterSample], idx: usize, t: u64) -> (f64, u64) {
     let u = &updates[idx];
+    let base = u.energy_mj as f64 / 1000.0;
+    let dt_s = |a: u64, b: u64| (b as f64 - a as f64) / NS_PER_S;
+    if u.t_mono_ns <= t {
+        if let Some(p) = step_power_w(updates, idx) {
+            return (base + p * dt_s(u.t_mono_ns, t), 0);
+        }
+        if let Some(p) = idx.checked_sub(1).and_then(|i| step_power_w(updates, i)) {
+            return (base + p * dt_s(u.t_mono_ns, t), 0);
+        }
+    } else {
+        if let Some(p) = idx.checked_sub(1).and_then(|i| step_power_w(updates, i)) {
+            return (base - p * dt_s(t, u.t_mono_ns), 0);
+        }
+        if let Some(p) = step_power_w(updates, idx) {
+            return (base - p * dt_s(t, u.t_mono_ns), 0);
+        }
+    }
     let (e, x) = integrate_signed(power, u.t_mono_ns, t);
-    (u.energy_mj as f64 / 1000.0 + e, x)
+    (base + e, x)
 }
 
 struct CounterResult {
@@ -382,7 +445,9 @@ fn counter_interpolate(
     }
     let a0 = anchor(&updates, t0);
     let a1 = anchor(&updates, t1);
-    if a0 == a1 {
+    // A window shorter than one counter step gains nothing from the counter: its two
+    // anchors' timing errors would dominate. The power integral is the answer.
+    if a0 == a1 || t1 - t0 < COUNTER_STEP_NS {
         return none(CounterStatus::SameStep);
     }
     let (e0, x0) = energy_at(power, &updates, a0, t0);
@@ -710,12 +775,13 @@ mod tests {
     fn constant_power_with_counter_is_exact() {
         // 100 W; counter updates every 100 ms at the read instants, so interpolation is exact.
         let power = sampled(|_| 100.0, 0, 50 * MS, 101);
-        let counter: Vec<CounterSample> = (0..=50)
-            .map(|k| {
-                let t = k * 100 * MS;
+        // Read every 20 ms; the value moves every 100 ms, exactly at a read.
+        let counter: Vec<CounterSample> = (0..=250)
+            .map(|i| {
+                let t = i * 20 * MS;
                 CounterSample {
                     t_mono_ns: t,
-                    energy_mj: 5_000 + 10_000 * k, // 10 J per 100 ms
+                    energy_mj: 5_000 + 10_000 * (i / 5), // 10 J per 100 ms
                 }
             })
             .collect();
@@ -795,11 +861,16 @@ mod tests {
             t_mono_ns: t,
             energy_mj: e,
         };
-        let counter = [c(0, 0), c(100 * MS, 1), c(900 * MS, 2)];
-        let w = window_energy(&power, &counter, 850 * MS, 950 * MS).unwrap();
+        let counter = [
+            c(90 * MS, 0),
+            c(100 * MS, 1),
+            c(890 * MS, 1),
+            c(900 * MS, 2),
+        ];
+        let w = window_energy(&power, &counter, 150 * MS, 850 * MS).unwrap();
         assert_eq!(w.counter_status, CounterStatus::Implausible);
         assert_eq!(w.method, EnergyMethod::PowerIntegral);
-        assert!(close(w.energy_j, 10.0, 1e-12));
+        assert!(close(w.energy_j, 70.0, 1e-12), "{w:?}");
         assert!(w.disagreement_flagged);
     }
 

@@ -137,12 +137,17 @@ impl RunTranscript {
             "first_token" => self.n_first_tokens += 1,
             "request_end" => self.n_requests_ended += 1,
             "result" => {
+                let mut metrics = ev
+                    .body
+                    .get("metrics")
+                    .cloned()
+                    .unwrap_or(serde_json::Value::Null);
+                // Library versions travel beside the metrics; keep them together.
+                if let (Some(m), Some(v)) = (metrics.as_object_mut(), ev.body.get("versions")) {
+                    m.insert("versions".into(), v.clone());
+                }
                 self.outcome = Some(RunOutcome::Result {
-                    metrics: ev
-                        .body
-                        .get("metrics")
-                        .cloned()
-                        .unwrap_or(serde_json::Value::Null),
+                    metrics,
                     engine_version: ev.str_field("engine_version").map(str::to_string),
                 })
             }

@@ -166,6 +166,19 @@ pub struct RunResult {
     /// The harness's own metrics (latency, token length distributions) as it sent them.
     pub harness_metrics: serde_json::Value,
     pub warmup: serde_json::Value,
+    /// Host, GPU and engine versions when the run was measured.
+    pub environment: serde_json::Value,
+    /// Stable hash of `environment`; cycles of one config with different hashes drifted.
+    pub environment_hash: String,
+    /// Max/min SM clock (MHz) and throttle reasons seen in the window.
+    pub sm_clock_min_mhz: u32,
+    pub sm_clock_max_mhz: u32,
+    pub throttle_power: bool,
+    pub hw_slowdown: bool,
+    /// Sampler timing: samples in the window and how late they were.
+    pub sample_interval_ms: f64,
+    pub sampler_mean_late_us: f64,
+    pub sampler_max_late_us: f64,
     pub warnings: Vec<String>,
 }
 

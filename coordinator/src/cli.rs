@@ -609,6 +609,8 @@ async fn run(
             slots: 1,
             simulate_gpu: simulate,
             python: python.to_string(),
+            sample_interval: lem_worker::SAMPLE_INTERVAL,
+            counter_interval: lem_worker::COUNTER_INTERVAL,
         };
         workers.push(tokio::spawn(lem_worker::run_worker(
             cfg,

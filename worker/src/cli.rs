@@ -26,6 +26,13 @@ pub struct Args {
     /// Worker name (default: hostname and data dir).
     #[arg(long, env = "LEM_WORKER_NAME")]
     pub name: Option<String>,
+    /// Power/temperature sampling interval in milliseconds (10 to 10000).
+    #[arg(long, default_value_t = 50)]
+    pub sample_interval_ms: u64,
+    /// Background energy-counter read interval in milliseconds (real GPUs; 0 = only
+    /// the bursts at each measured window's edges, the default).
+    #[arg(long, default_value_t = 0)]
+    pub counter_interval_ms: u64,
     /// Python interpreter for the harness.
     #[arg(long, env = "LEM_PYTHON", default_value = "python3")]
     pub python: String,
@@ -49,6 +56,8 @@ pub fn main_impl() -> std::process::ExitCode {
         slots: args.slots,
         simulate_gpu: args.simulate_gpu,
         python: args.python,
+        sample_interval: std::time::Duration::from_millis(args.sample_interval_ms),
+        counter_interval: std::time::Duration::from_millis(args.counter_interval_ms),
     };
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = rt.block_on(async {

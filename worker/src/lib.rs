@@ -7,6 +7,8 @@
 
 pub mod cli;
 pub mod clock;
+pub mod env;
+pub mod nvml;
 pub mod runtime;
 pub mod slot;
 pub mod telemetry;
@@ -25,8 +27,12 @@ use crate::runtime::ProcessHarness;
 use crate::slot::Slot;
 use crate::telemetry::{LoadSink, Sampler, SimulatedGpu};
 
-/// Telemetry sampling interval (20 Hz, as the measurement methodology asks).
+/// Default telemetry sampling interval (20 Hz, as the measurement methodology asks).
 pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(50);
+/// Default background energy-counter read interval: none. The counter is read in
+/// bursts at window edges; each read costs ~4 ms of CPU on an H100, so steady
+/// reading would cost more than the whole power sampler.
+pub const COUNTER_INTERVAL: Duration = Duration::ZERO;
 /// Samples kept per slot: 30 minutes at 20 Hz.
 const RING_CAPACITY: usize = 36_000;
 
@@ -40,6 +46,10 @@ pub struct WorkerConfig {
     pub slots: u32,
     pub simulate_gpu: bool,
     pub python: String,
+    /// Power/temperature sampling interval (10 ms to 10 s).
+    pub sample_interval: Duration,
+    /// Energy-counter read interval (real GPUs only).
+    pub counter_interval: Duration,
 }
 
 /// Whether this machine has an NVIDIA GPU whose management library can be loaded.
@@ -55,15 +65,32 @@ pub fn hostname() -> String {
 
 /// Runs the worker until `stop` turns true; each slot finishes its current run first.
 pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
-    if !cfg.simulate_gpu {
-        if nvidia_gpu_present() {
-            bail!("an NVIDIA GPU is present, but this lem-worker build has no NVML telemetry yet; run with --simulate-gpu for a labelled simulated GPU");
-        }
-        bail!("no NVIDIA GPU found on this host (no /dev/nvidiactl); run with --simulate-gpu for a labelled simulated GPU");
-    }
     if cfg.slots == 0 {
         bail!("--slots must be at least 1");
     }
+    if cfg.sample_interval < Duration::from_millis(10)
+        || cfg.sample_interval > Duration::from_secs(10)
+    {
+        bail!("--sample-interval-ms must be between 10 and 10000");
+    }
+    let nvml = if cfg.simulate_gpu {
+        None
+    } else {
+        if !nvidia_gpu_present() {
+            bail!("no NVIDIA GPU found on this host (no /dev/nvidiactl); run with --simulate-gpu for a labelled simulated GPU");
+        }
+        let nvml = nvml::init()?;
+        let visible = nvml::visible_gpus(&nvml)?;
+        if (visible.len() as u32) < cfg.slots {
+            bail!(
+                "--slots {} but only {} GPU(s) are visible (CUDA_VISIBLE_DEVICES={})",
+                cfg.slots,
+                visible.len(),
+                std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_else(|_| "unset".into())
+            );
+        }
+        Some((nvml, visible))
+    };
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
     let py_version = runtime::check_python(&cfg.python).await?;
@@ -86,10 +113,44 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
         let dir = cfg.data_dir.join(format!("slot-{index}"));
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
-        let gpu = SimulatedGpu::new(index);
-        let load: Arc<dyn LoadSink> = Arc::new(gpu.clone());
-        let sampler = Sampler::start(Box::new(gpu), SAMPLE_INTERVAL, RING_CAPACITY);
-        let mut harness = ProcessHarness::new(&cfg.python, server_py.clone(), &dir, index);
+        let (sampler, load, gpu_env, snapshot) = match &nvml {
+            None => {
+                let gpu = SimulatedGpu::new(index);
+                let load: Arc<dyn LoadSink> = Arc::new(gpu.clone());
+                let sampler =
+                    Sampler::start(Box::new(gpu), cfg.sample_interval, RING_CAPACITY, None);
+                let snapshot =
+                    serde_json::json!({"name": sampler.description.name, "simulated": true});
+                (sampler, load, vec![], snapshot)
+            }
+            Some((nvml, visible)) => {
+                let gpu_index = visible[index as usize];
+                let gpu = nvml::NvmlGpu::new(nvml.clone(), gpu_index)?;
+                let snapshot = gpu.snapshot();
+                let counter = gpu.counter().map(|c| {
+                    (
+                        Box::new(c) as Box<dyn telemetry::CounterSource>,
+                        cfg.counter_interval,
+                    )
+                });
+                if counter.is_none() {
+                    tracing::warn!(
+                        gpu = gpu_index,
+                        "this GPU has no energy counter: energy is the power integral alone"
+                    );
+                }
+                let sampler =
+                    Sampler::start(Box::new(gpu), cfg.sample_interval, RING_CAPACITY, counter);
+                let load: Arc<dyn LoadSink> = Arc::new(telemetry::NoLoadSink);
+                (
+                    sampler,
+                    load,
+                    vec![("CUDA_VISIBLE_DEVICES".to_string(), gpu_index.to_string())],
+                    snapshot,
+                )
+            }
+        };
+        let mut harness = ProcessHarness::new(&cfg.python, server_py.clone(), &dir, index, gpu_env);
         harness.ensure_started().await.with_context(|| {
             format!(
                 "slot {index}: harness did not start (log: {})",
@@ -102,7 +163,7 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
             gpu_name: sampler.description.name.clone(),
             simulated: sampler.description.simulated,
         });
-        slots.push((index, harness, sampler, load, dir));
+        slots.push((index, harness, sampler, load, dir, snapshot));
     }
     let offered = engines.unwrap_or_default();
     let capabilities: Vec<EngineCapability> = KNOWN_ENGINES
@@ -129,7 +190,9 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
     };
     tracing::info!(worker = %worker, slots = cfg.slots, python = %py_version, engines = ?offered, simulated = cfg.simulate_gpu, "worker starting");
     let mut tasks = Vec::new();
-    for (index, harness, sampler, load, dir) in slots {
+    let host_env = env::host_snapshot(&py_version);
+    for (index, harness, sampler, load, dir, gpu_snapshot) in slots {
+        let environment = env::Environment::new(host_env.clone(), gpu_snapshot);
         let slot = Slot::new(
             index,
             worker.clone(),
@@ -140,6 +203,7 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
             sampler,
             load,
             dir,
+            environment,
         );
         tasks.push(tokio::spawn(slot.lease_loop(stop.clone())));
     }

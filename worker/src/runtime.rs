@@ -67,12 +67,20 @@ pub struct ProcessHarness {
     log: PathBuf,
     slot: u32,
     child: Option<Child>,
+    /// Extra environment for the server (e.g. `CUDA_VISIBLE_DEVICES` of its slot).
+    env: Vec<(String, String)>,
     /// Engines the server reported as available in its last pong.
     pub engines: Vec<String>,
 }
 
 impl ProcessHarness {
-    pub fn new(python: &str, server_py: PathBuf, slot_dir: &Path, slot: u32) -> Self {
+    pub fn new(
+        python: &str,
+        server_py: PathBuf,
+        slot_dir: &Path,
+        slot: u32,
+        env: Vec<(String, String)>,
+    ) -> Self {
         ProcessHarness {
             python: python.to_string(),
             server_py,
@@ -80,6 +88,7 @@ impl ProcessHarness {
             log: slot_dir.join("harness.log"),
             slot,
             child: None,
+            env,
             engines: Vec::new(),
         }
     }
@@ -124,6 +133,7 @@ impl ProcessHarness {
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))
             .env("PYTHONUNBUFFERED", "1")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .process_group(0)
             .kill_on_drop(true);
         let child = cmd.spawn().map_err(|e| {

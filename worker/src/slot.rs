@@ -25,8 +25,9 @@ use lem_common::Value;
 use tokio::sync::watch;
 
 use crate::clock::{mono_ns, unix_ms};
+use crate::env::Environment;
 use crate::runtime::{HarnessError, ProcessHarness};
-use crate::telemetry::{energy_inputs, LoadSink, Sampler};
+use crate::telemetry::{power_samples, LoadSink, Sampler};
 use crate::transport;
 
 /// How long one lease call may wait for work.
@@ -34,6 +35,9 @@ const LEASE_WAIT_MS: u64 = 20_000;
 /// Power is "flat" for the baseline when the last two seconds vary less than this.
 const SETTLE_STD_W: f64 = 1.0;
 const SETTLE_MAX: Duration = Duration::from_secs(30);
+/// How long the energy counter is read back to back after each window edge: long
+/// enough to see two of its ~100 ms updates.
+const COUNTER_BURST: Duration = Duration::from_millis(300);
 /// Default per-run timeout (llem's `experiment_timeout_seconds` default).
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -48,6 +52,7 @@ pub struct Slot {
     pub sampler: Sampler,
     pub load: Arc<dyn LoadSink>,
     pub dir: PathBuf,
+    pub environment: Environment,
     baseline: Option<CachedBaseline>,
     client: Option<CoordinatorClient>,
     /// Runs since the last baseline check (for llem's `validated` strategy).
@@ -117,6 +122,7 @@ impl Slot {
         sampler: Sampler,
         load: Arc<dyn LoadSink>,
         dir: PathBuf,
+        environment: Environment,
     ) -> Slot {
         Slot {
             index,
@@ -128,6 +134,7 @@ impl Slot {
             sampler,
             load,
             dir,
+            environment,
             baseline: None,
             client: None,
             runs_since_check: 0,
@@ -496,6 +503,7 @@ impl Slot {
         let started_ms = unix_ms();
         let mut transcript = RunTranscript::default();
         let load = self.load.clone();
+        let sampler = &self.sampler;
         let cancel_fut = async move {
             loop {
                 if let Some(why) = cancel.borrow().clone() {
@@ -516,6 +524,10 @@ impl Slot {
                         ev.t_mono_ns,
                     ),
                     "loaded" => load.on_resident(true, ev.t_mono_ns),
+                    "measure_start"
+                    | "measure_end"
+                    | "prefill_window_start"
+                    | "prefill_window_end" => sampler.counter_burst(COUNTER_BURST),
                     "error" | "result" => load.on_phase("idle", 1, ev.t_mono_ns),
                     _ => {}
                 }
@@ -552,12 +564,14 @@ impl Slot {
         };
 
         // Energy over the harness's window.
+        self.sampler.wait_counter_burst().await;
         self.sampler
             .wait_past(t1 + 2 * self.sampler.interval.as_nanos() as u64)
             .await;
         let margin = 2 * self.sampler.interval.as_nanos() as u64 + 200_000_000;
         let samples = self.sampler.window(t0, t1, margin);
-        let (power, counter) = energy_inputs(&samples);
+        let power = power_samples(&samples);
+        let counter = self.sampler.counter_window(t0, t1, margin + 500_000_000);
         let we = window_energy(&power, &counter, t0, t1).map_err(|e| {
             (
                 FailureClass::Infrastructure,
@@ -594,6 +608,18 @@ impl Slot {
         if throttle {
             warnings.push("thermal throttling seen during the window".into());
         }
+        let throttle_power = in_window.iter().any(|s| s.throttle_power);
+        if throttle_power {
+            warnings.push("power-cap throttling seen during the window".into());
+        }
+        let hw_slowdown = in_window.iter().any(|s| s.hw_slowdown);
+        if hw_slowdown {
+            warnings.push("hardware slowdown seen during the window".into());
+        }
+        let clocks: Vec<u32> = in_window.iter().map(|s| s.sm_clock_mhz).collect();
+        let versions = metrics_versions(&metrics);
+        let (environment, environment_hash) = self.environment.with_engine(&versions);
+        let jitter = self.sampler.jitter();
         let input_tokens = metrics
             .get("input_tokens")
             .and_then(|v| v.as_u64())
@@ -672,6 +698,15 @@ impl Slot {
             lease_to_measure_s: (t0.saturating_sub(lease_mono)) as f64 / 1e9,
             harness_metrics: metrics,
             warmup: transcript.warmup.unwrap_or(serde_json::Value::Null),
+            environment,
+            environment_hash,
+            sm_clock_min_mhz: clocks.iter().copied().min().unwrap_or(0),
+            sm_clock_max_mhz: clocks.iter().copied().max().unwrap_or(0),
+            throttle_power,
+            hw_slowdown,
+            sample_interval_ms: self.sampler.interval.as_secs_f64() * 1000.0,
+            sampler_mean_late_us: jitter.mean_late_us,
+            sampler_max_late_us: jitter.max_late_us,
             warnings,
         };
         // JSON has no NaN: a non-finite number would poison the connection, and a
@@ -685,4 +720,13 @@ impl Slot {
         }
         Ok(result)
     }
+}
+
+/// The library versions a run's harness reported (`versions` in its result), kept in
+/// the environment snapshot.
+fn metrics_versions(metrics: &serde_json::Value) -> serde_json::Value {
+    metrics
+        .get("versions")
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
 }

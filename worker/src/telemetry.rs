@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use lem_common::energy::{CounterSample, PowerSample};
@@ -29,6 +29,11 @@ pub struct TelemetrySample {
     pub pstate: u32,
     pub util_pct: f64,
     pub throttle_thermal: bool,
+    /// Software power cap or hardware power brake.
+    pub throttle_power: bool,
+    /// Hardware slowdown (external power or thermal signal).
+    pub hw_slowdown: bool,
+    pub memory_used_mb: u64,
 }
 
 /// What a GPU is, for results and registration.
@@ -39,11 +44,15 @@ pub struct GpuDescription {
     pub simulated: bool,
 }
 
-/// A source of GPU readings. Implementations: [`SimulatedGpu`]; NVML comes with the
-/// real-GPU work.
+/// A source of GPU readings: [`SimulatedGpu`] or [`crate::nvml::NvmlGpu`].
 pub trait GpuTelemetry: Send {
     fn describe(&self) -> GpuDescription;
     fn read(&mut self, t_mono_ns: u64) -> anyhow::Result<TelemetrySample>;
+}
+
+/// A slow energy counter read on its own thread (NVML's costs milliseconds).
+pub trait CounterSource: Send {
+    fn read_mj(&mut self) -> anyhow::Result<u64>;
 }
 
 /// Receives what the harness says it is doing. A real GPU ignores it; the simulated
@@ -95,6 +104,9 @@ impl GpuTelemetry for SimulatedGpu {
             pstate: r.pstate,
             util_pct: r.utilisation_pct as f64,
             throttle_thermal: r.throttle_thermal,
+            throttle_power: false,
+            hw_slowdown: false,
+            memory_used_mb: 0,
         })
     }
 }
@@ -120,67 +132,169 @@ impl LoadSink for NoLoadSink {
     fn on_resident(&self, _: bool, _: u64) {}
 }
 
-/// Samples a telemetry source on its own thread into a bounded ring.
+/// How late samples were against their fixed-rate schedule.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct JitterStats {
+    pub n: u64,
+    pub mean_late_us: f64,
+    pub max_late_us: f64,
+}
+
+/// Samples a telemetry source on its own thread into a bounded ring, and an optional
+/// energy counter on a second thread into a second ring.
 pub struct Sampler {
     ring: Arc<Mutex<VecDeque<TelemetrySample>>>,
+    /// Until when (CLOCK_MONOTONIC ns) the counter thread reads back to back.
+    burst: Arc<(Mutex<u64>, Condvar)>,
+    counter_ring: Arc<Mutex<VecDeque<CounterSample>>>,
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
     pub interval: Duration,
     pub description: GpuDescription,
+    pub has_counter_thread: bool,
     errors: Arc<Mutex<Option<String>>>,
+    jitter: Arc<Mutex<JitterStats>>,
+}
+
+fn push_bounded<T>(ring: &Mutex<VecDeque<T>>, capacity: usize, item: T) {
+    let mut r = ring.lock().expect("ring lock");
+    if r.len() == capacity {
+        r.pop_front();
+    }
+    r.push_back(item);
+}
+
+/// Runs `f` on a fixed-rate schedule until `stop`; returns how late each call was.
+fn fixed_rate(
+    stop: &AtomicBool,
+    interval: Duration,
+    mut on_late: impl FnMut(u64),
+    mut f: impl FnMut(u64),
+) {
+    let step = interval.as_nanos() as u64;
+    let mut next = mono_ns();
+    while !stop.load(Ordering::Relaxed) {
+        let now = mono_ns();
+        on_late(now.saturating_sub(next));
+        f(now);
+        // Late samples do not push later ones back.
+        next += step;
+        let now = mono_ns();
+        if next > now {
+            std::thread::sleep(Duration::from_nanos(next - now));
+        } else {
+            next = now;
+        }
+    }
 }
 
 impl Sampler {
     /// Starts sampling `source` every `interval`, keeping at most `capacity` samples.
+    /// With `counter`, a second thread reads that counter in bursts asked for with
+    /// [`Sampler::counter_burst`] (back to back: each NVML read costs ~4 ms of CPU on
+    /// an H100) and, if `counter.1` is non-zero, also once every `counter.1`.
     pub fn start(
         mut source: Box<dyn GpuTelemetry>,
         interval: Duration,
         capacity: usize,
+        counter: Option<(Box<dyn CounterSource>, Duration)>,
     ) -> Sampler {
         let ring = Arc::new(Mutex::new(VecDeque::with_capacity(capacity)));
+        let counter_ring = Arc::new(Mutex::new(VecDeque::with_capacity(capacity)));
         let stop = Arc::new(AtomicBool::new(false));
         let errors = Arc::new(Mutex::new(None));
+        let jitter = Arc::new(Mutex::new(JitterStats::default()));
         let description = source.describe();
-        let thread = {
-            let (ring, stop, errors) = (ring.clone(), stop.clone(), errors.clone());
-            std::thread::Builder::new()
-                .name("lem-sampler".into())
-                .spawn(move || {
-                    let step = interval.as_nanos() as u64;
-                    let mut next = mono_ns();
-                    while !stop.load(Ordering::Relaxed) {
-                        let now = mono_ns();
-                        match source.read(now) {
-                            Ok(s) => {
-                                let mut r = ring.lock().expect("ring lock");
-                                if r.len() == capacity {
-                                    r.pop_front();
+        let mut threads = Vec::new();
+        {
+            let (ring, stop, errors, jitter) =
+                (ring.clone(), stop.clone(), errors.clone(), jitter.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name("lem-sampler".into())
+                    .spawn(move || {
+                        fixed_rate(
+                            &stop,
+                            interval,
+                            |late_ns| {
+                                let mut j = jitter.lock().expect("jitter lock");
+                                let late_us = late_ns as f64 / 1000.0;
+                                j.n += 1;
+                                j.mean_late_us += (late_us - j.mean_late_us) / j.n as f64;
+                                j.max_late_us = j.max_late_us.max(late_us);
+                            },
+                            |now| match source.read(now) {
+                                Ok(s) => push_bounded(&ring, capacity, s),
+                                Err(e) => {
+                                    *errors.lock().expect("errors lock") = Some(e.to_string())
                                 }
-                                r.push_back(s);
-                            }
-                            Err(e) => {
-                                *errors.lock().expect("errors lock") = Some(e.to_string());
-                            }
-                        }
-                        // Fixed-rate schedule: late samples do not push later ones back.
-                        next += step;
-                        let now = mono_ns();
-                        if next > now {
-                            std::thread::sleep(Duration::from_nanos(next - now));
+                            },
+                        )
+                    })
+                    .expect("spawn sampler thread"),
+            );
+        }
+        let has_counter_thread = counter.is_some();
+        let burst = Arc::new((Mutex::new(0u64), Condvar::new()));
+        if let Some((mut reader, every)) = counter {
+            let (counter_ring, stop, errors, burst) = (
+                counter_ring.clone(),
+                stop.clone(),
+                errors.clone(),
+                burst.clone(),
+            );
+            threads.push(
+                std::thread::Builder::new()
+                    .name("lem-counter".into())
+                    .spawn(move || {
+                        let mut read = || match reader.read_mj() {
+                            // Stamped with the time the read returned: the value is at
+                            // least as new as that instant.
+                            Ok(mj) => push_bounded(
+                                &counter_ring,
+                                capacity,
+                                CounterSample {
+                                    t_mono_ns: mono_ns(),
+                                    energy_mj: mj,
+                                },
+                            ),
+                            Err(e) => *errors.lock().expect("errors lock") = Some(e.to_string()),
+                        };
+                        let (lock, cv) = &*burst;
+                        let idle_wait = if every.is_zero() {
+                            Duration::from_millis(200)
                         } else {
-                            next = now;
+                            every
+                        };
+                        while !stop.load(Ordering::Relaxed) {
+                            let until = *lock.lock().expect("burst lock");
+                            if mono_ns() < until {
+                                read();
+                                continue;
+                            }
+                            let guard = lock.lock().expect("burst lock");
+                            let (guard, timeout) =
+                                cv.wait_timeout(guard, idle_wait).expect("burst wait");
+                            drop(guard);
+                            if timeout.timed_out() && !every.is_zero() {
+                                read();
+                            }
                         }
-                    }
-                })
-                .expect("spawn sampler thread")
-        };
+                    })
+                    .expect("spawn counter thread"),
+            );
+        }
         Sampler {
             ring,
+            burst,
+            counter_ring,
             stop,
-            thread: Some(thread),
+            threads,
             interval,
             description,
+            has_counter_thread,
             errors,
+            jitter,
         }
     }
 
@@ -193,6 +307,50 @@ impl Sampler {
             .collect()
     }
 
+    /// The energy counter over a window: the counter thread's reads, or the counter
+    /// values carried in the telemetry samples (the simulated GPU).
+    pub fn counter_window(&self, t0: u64, t1: u64, margin_ns: u64) -> Vec<CounterSample> {
+        if self.has_counter_thread {
+            let r = self.counter_ring.lock().expect("counter ring lock");
+            r.iter()
+                .filter(|s| s.t_mono_ns + margin_ns >= t0 && s.t_mono_ns <= t1 + margin_ns)
+                .cloned()
+                .collect()
+        } else {
+            self.window(t0, t1, margin_ns)
+                .iter()
+                .filter_map(|s| {
+                    s.energy_mj.map(|e| CounterSample {
+                        t_mono_ns: s.t_mono_ns,
+                        energy_mj: e,
+                    })
+                })
+                .collect()
+        }
+    }
+
+    /// Reads the energy counter back to back for `duration` from now (no-op without a
+    /// counter thread). The worker asks for one at each window edge, so the counter's
+    /// update instants right after the edge are known to within one read.
+    pub fn counter_burst(&self, duration: Duration) {
+        if !self.has_counter_thread {
+            return;
+        }
+        let (lock, cv) = &*self.burst;
+        let mut until = lock.lock().expect("burst lock");
+        *until = (*until).max(mono_ns() + duration.as_nanos() as u64);
+        cv.notify_all();
+    }
+
+    /// Waits until the current counter burst is over (bounded by the burst itself).
+    pub async fn wait_counter_burst(&self) {
+        let until = *self.burst.0.lock().expect("burst lock");
+        let now = mono_ns();
+        if until > now {
+            tokio::time::sleep(Duration::from_nanos(until - now + 10_000_000)).await;
+        }
+    }
+
     pub fn latest(&self) -> Option<TelemetrySample> {
         self.ring.lock().expect("ring lock").back().cloned()
     }
@@ -201,7 +359,11 @@ impl Sampler {
         self.errors.lock().expect("errors lock").clone()
     }
 
-    /// Waits until a sample newer than `t` exists (at most two intervals and a bit).
+    pub fn jitter(&self) -> JitterStats {
+        *self.jitter.lock().expect("jitter lock")
+    }
+
+    /// Waits until a sample newer than `t` exists (bounded).
     pub async fn wait_past(&self, t: u64) {
         for _ in 0..100 {
             if self.latest().is_some_and(|s| s.t_mono_ns >= t) {
@@ -215,29 +377,19 @@ impl Sampler {
 impl Drop for Sampler {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
 }
 
-/// Splits samples into the energy module's inputs.
-pub fn energy_inputs(samples: &[TelemetrySample]) -> (Vec<PowerSample>, Vec<CounterSample>) {
-    let power = samples
+/// The power samples of a window, for the energy module.
+pub fn power_samples(samples: &[TelemetrySample]) -> Vec<PowerSample> {
+    samples
         .iter()
         .map(|s| PowerSample {
             t_mono_ns: s.t_mono_ns,
             power_w: s.power_w,
         })
-        .collect();
-    let counter = samples
-        .iter()
-        .filter_map(|s| {
-            s.energy_mj.map(|e| CounterSample {
-                t_mono_ns: s.t_mono_ns,
-                energy_mj: e,
-            })
-        })
-        .collect();
-    (power, counter)
+        .collect()
 }
