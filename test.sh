@@ -23,6 +23,9 @@ if [ -d "$LLEM_SHARED" ]; then
         .venv-llem/bin/pip install -q --no-deps llenergymeasure==0.7.0
     fi
     export LEM_ORACLE_PYTHON="$PWD/.venv-llem/bin/python"
+    # pyarrow reads back the parquet export in the results-format test.
+    .venv-llem/bin/python -c 'import pyarrow' >/dev/null 2>&1 || .venv-llem/bin/pip install -q pyarrow==26.0.1
+    export LEM_PYARROW_PYTHON="$PWD/.venv-llem/bin/python"
 else
     echo "test: llem reference not found at $LLEM_SHARED (set LLEM_SHARED); the llem tests will fail" >&2
 fi

@@ -87,6 +87,18 @@ pub struct PhaseMark {
     pub batch_size: u32,
 }
 
+/// The harness's window of repeated prefill-only calls (same batches, one output
+/// token), from which the worker derives J per prefill.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PrefillWindow {
+    pub start_ns: u64,
+    pub end_ns: Option<u64>,
+    /// Prefill calls (one per batch) in the window.
+    pub calls: u64,
+    /// Whole passes over the measured run's batches.
+    pub passes: u64,
+}
+
 /// How a run ended, as far as the harness is concerned.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RunOutcome {
@@ -110,6 +122,8 @@ pub struct RunTranscript {
     pub measure_start_ns: Option<u64>,
     pub measure_end_ns: Option<u64>,
     pub phases: Vec<PhaseMark>,
+    /// The prefill-only differential window after the measured one, if the harness ran it.
+    pub prefill_window: Option<PrefillWindow>,
     pub n_first_tokens: u64,
     pub n_requests_ended: u64,
     pub outcome: Option<RunOutcome>,
@@ -134,6 +148,19 @@ impl RunTranscript {
                 phase: ev.str_field("phase").unwrap_or("idle").to_string(),
                 batch_size: ev.u64_field("batch_size").unwrap_or(1) as u32,
             }),
+            "prefill_window_start" => {
+                self.prefill_window = Some(PrefillWindow {
+                    start_ns: ev.t_mono_ns,
+                    ..Default::default()
+                })
+            }
+            "prefill_window_end" => {
+                if let Some(w) = self.prefill_window.as_mut() {
+                    w.end_ns = Some(ev.t_mono_ns);
+                    w.calls = ev.u64_field("calls").unwrap_or(0);
+                    w.passes = ev.u64_field("passes").unwrap_or(0);
+                }
+            }
             "first_token" => self.n_first_tokens += 1,
             "request_end" => self.n_requests_ended += 1,
             "result" => {

@@ -170,6 +170,22 @@ pub struct RunResult {
     pub environment: serde_json::Value,
     /// Stable hash of `environment`; cycles of one config with different hashes drifted.
     pub environment_hash: String,
+    /// The resident idle (harness and model loaded, CUDA context held), measured after
+    /// the run, and the energy adjusted with it: the dynamic energy of the work itself.
+    pub resident_baseline: Option<BaselineRecord>,
+    pub energy_adjusted_resident_j: Option<f64>,
+    /// The prefill-only differential window: its energy, calls and passes, J per
+    /// prefill call (one batch), and the measured run's prefill share (window energy /
+    /// passes) with decode = total - prefill; raw and device-idle adjusted.
+    pub prefill_window_energy_j: Option<f64>,
+    pub prefill_window_s: Option<f64>,
+    pub prefill_calls: u64,
+    pub prefill_passes: u64,
+    pub prefill_energy_per_call_j: Option<f64>,
+    pub prefill_energy_j: Option<f64>,
+    pub decode_energy_j: Option<f64>,
+    pub prefill_energy_adjusted_j: Option<f64>,
+    pub decode_energy_adjusted_j: Option<f64>,
     /// Max/min SM clock (MHz) and throttle reasons seen in the window.
     pub sm_clock_min_mhz: u32,
     pub sm_clock_max_mhz: u32,
@@ -187,7 +203,7 @@ impl RunResult {
     /// a result holding one must not be published).
     pub fn non_finite_fields(&self) -> Vec<&'static str> {
         let opt = |v: Option<f64>| v.is_none_or(f64::is_finite);
-        let checks: [(&'static str, bool); 20] = [
+        let checks: [(&'static str, bool); 26] = [
             ("duration_s", self.duration_s.is_finite()),
             ("total_energy_j", self.total_energy_j.is_finite()),
             ("energy_integral_j", opt(self.energy_integral_j)),
@@ -225,6 +241,21 @@ impl RunResult {
                 }),
             ),
             ("harness_metrics", json_finite(&self.harness_metrics)),
+            (
+                "energy_adjusted_resident_j",
+                opt(self.energy_adjusted_resident_j),
+            ),
+            ("prefill_window_energy_j", opt(self.prefill_window_energy_j)),
+            ("prefill_energy_j", opt(self.prefill_energy_j)),
+            ("decode_energy_j", opt(self.decode_energy_j)),
+            (
+                "prefill_energy_adjusted_j",
+                opt(self.prefill_energy_adjusted_j),
+            ),
+            (
+                "decode_energy_adjusted_j",
+                opt(self.decode_energy_adjusted_j),
+            ),
         ];
         checks
             .iter()

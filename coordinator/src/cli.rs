@@ -17,6 +17,8 @@ use lem_common::types::CampaignId;
 use lem_worker::transport;
 
 use crate::export;
+use crate::llem_export;
+use crate::parquet_export;
 use crate::server;
 use crate::service::Shared;
 use crate::store::Store;
@@ -75,8 +77,15 @@ pub struct ConnectArgs {
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum ResultsFormat {
+    /// One JSON object per run (docs/results.md).
     Jsonl,
+    /// The same columns as CSV.
     Csv,
+    /// The same columns as a typed Parquet file (needs --output FILE).
+    Parquet,
+    /// llem 0.7.0's study output layout in a directory (needs --output DIR; see
+    /// docs/llem-compat.md).
+    Llem,
 }
 
 #[derive(Subcommand, Debug)]
@@ -115,9 +124,13 @@ pub enum Command {
         campaign: u64,
         #[arg(long, value_enum, default_value = "jsonl")]
         format: ResultsFormat,
-        /// Write to FILE instead of standard output.
+        /// Write to FILE instead of standard output (a directory for --format llem).
         #[arg(long)]
         output: Option<PathBuf>,
+        /// The campaign's study file, copied to _study-artefacts/study_config.yaml
+        /// (--format llem only).
+        #[arg(long)]
+        study: Option<PathBuf>,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -143,6 +156,9 @@ pub enum Command {
         /// Expand as llem's Python API does (1 cycle, sequential) instead of `llem run`.
         #[arg(long)]
         library_defaults: bool,
+        /// Expand a grid of more than 10,000 configs anyway.
+        #[arg(long)]
+        allow_large_grid: bool,
     },
     /// Run a study end to end here: an embedded coordinator and local workers.
     Run {
@@ -182,15 +198,26 @@ pub fn main_impl(cli: Cli) -> Result<(), CliError> {
                 campaign,
                 format,
                 output,
+                study,
                 connect,
-            } => results(campaign, format, output.as_deref(), &connect.coordinator).await,
+            } => {
+                results(
+                    campaign,
+                    format,
+                    output.as_deref(),
+                    study.as_deref(),
+                    &connect.coordinator,
+                )
+                .await
+            }
             Command::Cancel { campaign, connect } => cancel(campaign, &connect.coordinator).await,
             Command::Workers { json, connect } => workers(json, &connect.coordinator).await,
             Command::Grid {
                 study,
                 json,
                 library_defaults,
-            } => grid(&study, json, library_defaults),
+                allow_large_grid,
+            } => grid(&study, json, library_defaults, allow_large_grid),
             Command::Run {
                 study,
                 local_workers,
@@ -373,10 +400,14 @@ async fn status(campaign: Option<u64>, json: bool, addr: &str) -> Result<(), Cli
     Ok(())
 }
 
-fn render(rows: &[RunRow], format: ResultsFormat) -> String {
+fn render(rows: &[RunRow], format: ResultsFormat) -> Result<Vec<u8>, CliError> {
     match format {
-        ResultsFormat::Jsonl => export::to_jsonl(rows),
-        ResultsFormat::Csv => export::to_csv(rows),
+        ResultsFormat::Jsonl => Ok(export::to_jsonl(rows).into_bytes()),
+        ResultsFormat::Csv => Ok(export::to_csv(rows).into_bytes()),
+        ResultsFormat::Parquet => Ok(parquet_export::to_parquet(rows)?),
+        ResultsFormat::Llem => Err(invalid(anyhow!(
+            "--format llem writes a directory, not one file: give --output DIR"
+        ))),
     }
 }
 
@@ -384,22 +415,113 @@ async fn results(
     campaign: u64,
     format: ResultsFormat,
     output: Option<&Path>,
+    study: Option<&Path>,
     addr: &str,
 ) -> Result<(), CliError> {
+    if study.is_some() && !matches!(format, ResultsFormat::Llem) {
+        return Err(invalid(anyhow!(
+            "--study is only used with --format llem (it is copied into the bundle's _study-artefacts)"
+        )));
+    }
+    if let ResultsFormat::Llem = format {
+        let Some(dir) = output else {
+            return Err(invalid(anyhow!(
+                "--format llem writes llem's study layout into a directory: give --output DIR"
+            )));
+        };
+        let study_text = match study {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read the study file {}", p.display()))
+                    .map_err(invalid)?,
+            ),
+            None => None,
+        };
+        let client = connect(addr).await?;
+        let status = rpc(addr, client.status(ctx(), CampaignId(campaign)).await)?;
+        let rows = rpc(addr, client.runs(ctx(), CampaignId(campaign)).await)?;
+        let info = llem_export::CampaignInfo {
+            campaign,
+            study_name: status.study_name.clone(),
+            study_design_hash: status.study_design_hash.clone(),
+            submitted_at: status.submitted_at.clone(),
+            state: status.state.clone(),
+            study_text,
+        };
+        let summary = llem_export::write_bundle(dir, &info, &rows)?;
+        eprintln!(
+            "wrote manifest.json and {} run bundle(s) to {}; {} run(s) without a result are listed in the manifest only",
+            summary.runs_written,
+            dir.display(),
+            summary.without_result
+        );
+        if !summary.wrote_study_config {
+            eprintln!("note: _study-artefacts/study_config.yaml not written (pass --study FILE to include the study file)");
+        }
+        return Ok(());
+    }
+    if matches!(format, ResultsFormat::Parquet)
+        && output.is_none()
+        && std::io::stdout().is_terminal()
+    {
+        return Err(invalid(anyhow!(
+            "parquet is a binary format: give --output FILE (or redirect standard output)"
+        )));
+    }
     let client = connect(addr).await?;
     let rows = rpc(addr, client.runs(ctx(), CampaignId(campaign)).await)?;
-    let text = render(&rows, format);
+    let bytes = render(&rows, format)?;
     match output {
         Some(p) => {
-            write_atomic(p, &text)?;
+            parquet_export::write_atomic_bytes(p, &bytes)?;
             eprintln!("wrote {} run(s) to {}", rows.len(), p.display());
         }
         None => {
             let mut out = std::io::stdout().lock();
-            out.write_all(text.as_bytes())?;
+            out.write_all(&bytes)?;
         }
     }
     Ok(())
+}
+
+/// Past this many configs, `grid` (and `submit`/`run`) warn that the grid is large.
+pub const GRID_WARN_CONFIGS: usize = 100;
+/// Past this many configs they refuse unless `--allow-large-grid` is given.
+pub const GRID_LIMIT_CONFIGS: usize = 10_000;
+
+/// Checks a grid's size (raw configs before validation) against the limits: `Err`
+/// with a message naming the count and `--allow-large-grid` past
+/// [`GRID_LIMIT_CONFIGS`] unless `allow`; a warning on stderr past
+/// [`GRID_WARN_CONFIGS`].
+pub fn check_grid_size(n_configs: usize, allow: bool) -> Result<(), String> {
+    if n_configs > GRID_LIMIT_CONFIGS && !allow {
+        return Err(format!(
+            "the grid expands to {n_configs} configs, more than the limit of {GRID_LIMIT_CONFIGS}; check the sweep for an unintended axis, or pass --allow-large-grid to go on"
+        ));
+    }
+    if n_configs > GRID_WARN_CONFIGS {
+        eprintln!(
+            "warning: the grid expands to {n_configs} configs (more than {GRID_WARN_CONFIGS}); each runs n_cycles times"
+        );
+    }
+    Ok(())
+}
+
+/// Prints a study's grid size, counted before expansion, and applies
+/// [`check_grid_size`]; returns the count.
+pub fn grid_size_preflight(
+    path: &Path,
+    src: &StudySource,
+    opts: &PlanOptions,
+    allow: bool,
+) -> Result<usize, CliError> {
+    let n = study::count_before_expansion(src, opts).map_err(invalid)?;
+    eprintln!(
+        "{}: grid of {n} config(s) before validation",
+        path.display()
+    );
+    check_grid_size(n, allow).map_err(|m| invalid(anyhow!(m)))?;
+    Ok(n)
 }
 
 /// Writes through a temporary file and a rename, so a reader never sees half a file.
@@ -468,9 +590,16 @@ async fn workers(json: bool, addr: &str) -> Result<(), CliError> {
     Ok(())
 }
 
-fn grid(path: &Path, json: bool, library_defaults: bool) -> Result<(), CliError> {
+fn grid(
+    path: &Path,
+    json: bool,
+    library_defaults: bool,
+    allow_large_grid: bool,
+) -> Result<(), CliError> {
     let src = StudySource::read(path).map_err(invalid)?;
-    let plan = study::plan(&src, &PlanOptions { library_defaults }).map_err(invalid)?;
+    let opts = PlanOptions { library_defaults };
+    grid_size_preflight(path, &src, &opts, allow_large_grid)?;
+    let plan = study::plan(&src, &opts).map_err(invalid)?;
     if json {
         let v = plan.to_oracle_json();
         let text = lem_common::pyjson::dumps(
@@ -611,6 +740,7 @@ async fn run(
             python: python.to_string(),
             sample_interval: lem_worker::SAMPLE_INTERVAL,
             counter_interval: lem_worker::COUNTER_INTERVAL,
+            prefill_window_s: 3.0,
         };
         workers.push(tokio::spawn(lem_worker::run_worker(
             cfg,

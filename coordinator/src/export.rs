@@ -42,6 +42,19 @@ pub const COLUMNS: &[&str] = &[
     "thermal_wait_s",
     "model_load_time_sec",
     "model_already_loaded",
+    "energy_adjusted_resident_j",
+    "resident_baseline_power_w",
+    "prefill_energy_per_call_j",
+    "prefill_energy_j",
+    "decode_energy_j",
+    "prefill_energy_adjusted_j",
+    "decode_energy_adjusted_j",
+    "prefill_calls",
+    "throttle_thermal",
+    "throttle_power",
+    "sm_clock_min_mhz",
+    "sm_clock_max_mhz",
+    "environment_hash",
     "simulated",
     "gpu_name",
     "worker",
@@ -126,6 +139,34 @@ pub fn row(r: &RunRow) -> serde_json::Map<String, Json> {
         "model_already_loaded".into(),
         f(&|x| json!(x.model_already_loaded)),
     );
+    m.insert(
+        "energy_adjusted_resident_j".into(),
+        f(&|x| json!(x.energy_adjusted_resident_j)),
+    );
+    m.insert(
+        "resident_baseline_power_w".into(),
+        f(&|x| json!(x.resident_baseline.as_ref().map(|b| b.mean_power_w))),
+    );
+    m.insert(
+        "prefill_energy_per_call_j".into(),
+        f(&|x| json!(x.prefill_energy_per_call_j)),
+    );
+    m.insert("prefill_energy_j".into(), f(&|x| json!(x.prefill_energy_j)));
+    m.insert("decode_energy_j".into(), f(&|x| json!(x.decode_energy_j)));
+    m.insert(
+        "prefill_energy_adjusted_j".into(),
+        f(&|x| json!(x.prefill_energy_adjusted_j)),
+    );
+    m.insert(
+        "decode_energy_adjusted_j".into(),
+        f(&|x| json!(x.decode_energy_adjusted_j)),
+    );
+    m.insert("prefill_calls".into(), f(&|x| json!(x.prefill_calls)));
+    m.insert("throttle_thermal".into(), f(&|x| json!(x.throttle_thermal)));
+    m.insert("throttle_power".into(), f(&|x| json!(x.throttle_power)));
+    m.insert("sm_clock_min_mhz".into(), f(&|x| json!(x.sm_clock_min_mhz)));
+    m.insert("sm_clock_max_mhz".into(), f(&|x| json!(x.sm_clock_max_mhz)));
+    m.insert("environment_hash".into(), f(&|x| json!(x.environment_hash)));
     m.insert("simulated".into(), f(&|x| json!(x.simulated)));
     m.insert("gpu_name".into(), f(&|x| json!(x.gpu_name)));
     m.insert("worker".into(), f(&|x| json!(x.worker)));

@@ -8,6 +8,8 @@
 
 pub mod cli;
 pub mod export;
+pub mod llem_export;
+pub mod parquet_export;
 pub mod server;
 pub mod service;
 pub mod store;

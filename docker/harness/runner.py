@@ -24,6 +24,11 @@ from protocol import (
 from stats import cv_population, cv_reported, latency_summary, length_summary
 
 
+DEFAULT_PREFILL_WINDOW_S = 3.0
+MAX_PREFILL_WINDOW_S = 3600.0
+MAX_PREFILL_CALLS = 100000  # checked after each pass: a guard against zero-cost prefills
+
+
 def log(message):
     print("[harness %s] %s" % (time.strftime("%Y-%m-%dT%H:%M:%S"), message), flush=True)
 
@@ -84,6 +89,7 @@ class _Recorder(BatchObserver):
         self.times = [[] for _ in range(k)]
         self.outputs = [None] * k
         self.decode_seen = False
+        self.estimated = False
 
     def _idx(self, i):
         if not isinstance(i, int) or not 0 <= i < self.k:
@@ -121,23 +127,113 @@ class _Recorder(BatchObserver):
         for i in indices:
             self.times[self._idx(i)].append(t)
 
+    def token_times(self, i, times_ns):
+        i = self._idx(i)
+        if self.first_ns[i] is None or self.outputs[i] is not None:
+            raise InfraError("engine reported token_times out of order (request %d)" % i)
+        times = [int(t) for t in times_ns]
+        if not times:
+            raise InfraError("engine reported no token times for request %d" % i)
+        self.times[i] = times
+        self.estimated = True
+
+    def first_time(self, i):
+        """Time of request i's first output token (estimated when not streamed)."""
+        return self.times[i][0] if self.times[i] else self.first_ns[i]
+
     def request_end(self, i, output_tokens):
         i = self._idx(i)
         if self.first_ns[i] is None or self.outputs[i] is not None:
             raise InfraError("engine reported request_end out of order (request %d)" % i)
         self.outputs[i] = int(output_tokens)
-        t0 = self.first_ns[i]
+        t0 = self.first_time(i)
         offsets = [round((t - t0) / 1e6, 3) for t in self.times[i]]
-        self.em.emit("request_end", {
+        fields = {
             "request": self.base + i, "batch_index": self.b,
             "input_tokens": self.inputs[i], "output_tokens": self.outputs[i],
             "token_times_ms": offsets,
-        })
+        }
+        if self.estimated:
+            fields["estimated"] = True
+            fields["ttft_ms"] = round((t0 - self.prefill_ns) / 1e6, 3)
+        self.em.emit("request_end", fields)
 
     def check_complete(self):
         if self.prefill_ns is None or not self.decode_seen or None in self.outputs:
             raise InfraError("engine returned from batch %d without reporting every phase "
                              "and request_end" % self.b)
+
+
+class _PrefillRecorder(BatchObserver):
+    """Observer of one prefill-only call in the prefill window: only prefill()."""
+
+    def __init__(self, emitter, batch_index, k, call):
+        self.em = emitter
+        self.b = batch_index
+        self.k = k
+        self.call = call
+        self.prefill_ns = None
+
+    def prefill(self, input_tokens):
+        if self.prefill_ns is not None:
+            raise InfraError("engine reported prefill twice in prefill call %d" % self.call)
+        if len(input_tokens) != self.k:
+            raise InfraError("engine reported %d prefill inputs for a batch of %d"
+                             % (len(input_tokens), self.k))
+        self.prefill_ns = now_ns()
+        self.em.emit("phase", {"phase": "prefill", "batch_index": self.b, "batch_size": self.k,
+                               "input_tokens": [int(x) for x in input_tokens],
+                               "prefill_call": self.call}, self.prefill_ns)
+
+    def _unexpected(self, *_args):
+        raise InfraError("engine reported decode progress in a prefill-only call")
+
+    first_token = decode = tokens = request_end = token_times = _unexpected
+
+
+def run_prefill_window(engine, config, batches, batch_size, target_s, em):
+    """The prefill-only differential window (README: "Prefill window").
+
+    Repeats every batch of the run as a prefill-only call (one new token), in order,
+    in whole passes, until at least `target_s` seconds have passed (or
+    MAX_PREFILL_CALLS calls). Returns the summary that `prefill_window_end` carries.
+    """
+    per_pass = sum(sum(inputs) for _, inputs, _ in batches)
+    start_ns = now_ns()
+    em.emit("prefill_window_start", {"target_seconds": target_s, "batches": len(batches),
+                                     "batch_size": batch_size,
+                                     "input_tokens_per_pass": per_pass}, start_ns)
+    deadline = start_ns + int(target_s * 1e9)
+    calls = passes = tokens = 0
+    call_ms = []
+    capped = False
+    while True:
+        for b, inputs, texts in batches:
+            rec = _PrefillRecorder(em, b, len(inputs), calls)
+            engine.run_prefill(config, b, inputs, texts, rec)
+            done = now_ns()
+            if rec.prefill_ns is None:
+                raise InfraError("engine returned from a prefill-only call without reporting "
+                                 "prefill")
+            call_ms.append((done - rec.prefill_ns) / 1e6)
+            calls += 1
+            tokens += sum(inputs)
+        passes += 1
+        if now_ns() >= deadline:
+            break
+        if calls >= MAX_PREFILL_CALLS:
+            capped = True
+            break
+    em.emit("phase", {"phase": "idle"})
+    end_ns = now_ns()
+    summary = {
+        "calls": calls, "passes": passes, "batches": len(batches), "batch_size": batch_size,
+        "input_tokens": tokens, "input_tokens_per_pass": per_pass,
+        "seconds": (end_ns - start_ns) / 1e9, "target_seconds": target_s,
+        "call_ms": latency_summary(call_ms), "capped": capped,
+    }
+    em.emit("prefill_window_end", summary, end_ns)
+    return summary
 
 
 def converged_window(latencies, window_size, min_prompts, cv_threshold):
@@ -203,8 +299,12 @@ def run_warmup(engine, config, ws, inputs, texts, em, max_floor):
     return latencies
 
 
-def execute_run(state, request, em, max_floor=None):
+def execute_run(state, request, em, max_floor=None,
+                prefill_window_s=DEFAULT_PREFILL_WINDOW_S):
     """Serve one run request. Emits the run's events, ending with result or error.
+
+    `prefill_window_s` is the server's --prefill-window-seconds; the request's
+    `prefill_window_seconds` overrides it (0 = no prefill window).
 
     Raises ClientGone / Terminate (BaseExceptions) through to the server.
     """
@@ -219,6 +319,14 @@ def execute_run(state, request, em, max_floor=None):
         dataset_path = request.get("dataset_path")
         if dataset_path is not None and not isinstance(dataset_path, str):
             raise InfraError("bad request: `dataset_path` must be a string or null")
+        window_s = request.get("prefill_window_seconds")
+        if window_s is None:
+            window_s = prefill_window_s
+        elif (isinstance(window_s, bool) or not isinstance(window_s, (int, float))
+              or not 0 <= window_s <= MAX_PREFILL_WINDOW_S):
+            raise InfraError("bad request: `prefill_window_seconds` must be a number in "
+                             "[0, %g] or null" % MAX_PREFILL_WINDOW_S)
+        window_s = float(window_s)
 
         # Everything that can be checked without the model, before touching it, so a
         # bad config never evicts a warm model.
@@ -278,15 +386,17 @@ def execute_run(state, request, em, max_floor=None):
         em.emit("measure_start", None, start_ns)
         ttft_ms, itl_ms, out_lens = [], [], []
         n_batches = 0
+        batches = []
         for b, first in enumerate(range(0, len(inputs), batch_size)):
             batch_inputs = inputs[first:first + batch_size]
             batch_texts = None if texts is None else texts[first:first + batch_size]
+            batches.append((b, batch_inputs, batch_texts))
             rec = _Recorder(em, b, first, len(batch_inputs))
             engine.run_batch(config, b, batch_inputs, batch_texts, rec)
             rec.check_complete()
             n_batches += 1
             for i in range(rec.k):
-                ttft_ms.append((rec.first_ns[i] - rec.prefill_ns) / 1e6)
+                ttft_ms.append((rec.first_time(i) - rec.prefill_ns) / 1e6)
                 ts_i = rec.times[i]
                 itl_ms.extend((ts_i[j + 1] - ts_i[j]) / 1e6 for j in range(len(ts_i) - 1))
                 out_lens.append(rec.outputs[i])
@@ -294,11 +404,17 @@ def execute_run(state, request, em, max_floor=None):
         end_ns = now_ns()
         em.emit("measure_end", None, end_ns)
 
+        # 5b. prefill-only differential window (outside the measured window)
+        window = None
+        if window_s > 0:
+            window = run_prefill_window(engine, config, batches, batch_size, window_s, em)
+
         # 6. result
         versions = {"python": platform.python_version(), "harness": HARNESS_VERSION,
                     "protocol": PROTOCOL_VERSION}
         versions.update(cls.versions())
         itl = latency_summary(itl_ms, with_min_max=False)
+        mode = engine.latency_mode(config)
         metrics = {
             "n_prompts": len(inputs),
             "input_tokens": sum(inputs),
@@ -310,11 +426,17 @@ def execute_run(state, request, em, max_floor=None):
             "output_token_lengths": length_summary(out_lens),
             "ttft_ms": latency_summary(ttft_ms),
             "itl_ms": itl,
-            "itl_measurement_mode": "true_streaming",
+            "itl_measurement_mode": mode["itl_measurement_mode"],
+            "latency_estimated": bool(mode["latency_estimated"]),
+            "prefill_window": None if window is None else {
+                k: window[k] for k in ("calls", "passes", "batches", "batch_size",
+                                       "input_tokens", "seconds", "target_seconds", "capped")},
         }
-        em.emit("result", {"metrics": metrics, "engine": engine_name,
-                           "engine_version": cls.version(), "model_key": key,
-                           "versions": versions})
+        fields = {"metrics": metrics, "engine": engine_name,
+                  "engine_version": cls.version(), "model_key": key, "versions": versions}
+        for name, value in engine.result_fields(config).items():
+            fields.setdefault(name, value)
+        em.emit("result", fields)
     except Exception as exc:
         error_class, message = classify(exc)
         if not isinstance(exc, HarnessError):

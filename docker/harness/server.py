@@ -2,6 +2,7 @@
 """Resident experiment harness server (one per backend and GPU slot).
 
     python3 server.py --socket PATH [--slot N] [--idle-exit-seconds S]
+                      [--prefill-window-seconds S]
                       [--parent-pid PID | --no-parent-watch]
                       [--max-thermal-floor-seconds S]
 
@@ -41,7 +42,7 @@ from protocol import (  # noqa: E402
     remove_quietly,
     socket_is_live,
 )
-from runner import EngineState, execute_run  # noqa: E402
+from runner import DEFAULT_PREFILL_WINDOW_S, MAX_PREFILL_WINDOW_S, EngineState, execute_run  # noqa: E402,E501
 
 REQUEST_READ_TIMEOUT_S = 10.0  # a connection must deliver its request line within this
 SEND_TIMEOUT_S = 120.0  # a client that stops reading for this long is dropped
@@ -70,6 +71,7 @@ class Server:
         self.slot = args.slot
         self.idle_exit_s = args.idle_exit_seconds
         self.max_floor = args.max_thermal_floor_seconds
+        self.prefill_window_s = args.prefill_window_seconds
         self.parent_watch = not args.no_parent_watch
         # Recorded as early as possible; --parent-pid closes the remaining race (a parent
         # that dies before this line runs).
@@ -223,7 +225,8 @@ class Server:
                 log("run %s: start" % run_id)
                 run_em = Emitter(conn, run_id=run_id)
                 try:
-                    execute_run(self.state, req, run_em, self.max_floor)
+                    execute_run(self.state, req, run_em, self.max_floor,
+                                self.prefill_window_s)
                 except Terminate:
                     try:
                         run_em.emit("error", {
@@ -289,11 +292,13 @@ class Server:
                     return EXIT_USAGE
             finally:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
-            log("harness %s (protocol %d) pid %d slot %s listening on %s; python %s; "
-                "engines %s" % (HARNESS_VERSION, PROTOCOL_VERSION, os.getpid(), self.slot,
-                                self.socket_path, platform.python_version(),
-                                ",".join(engines.available_engines())))
             self._start_parent_watch()
+            log("harness %s (protocol %d) pid %d slot %s listening on %s; python %s"
+                % (HARNESS_VERSION, PROTOCOL_VERSION, os.getpid(), self.slot,
+                   self.socket_path, platform.python_version()))
+            # Probing transformers imports torch (seconds): do it off the main thread so
+            # the accept loop, signals and the parent watch are live at once.
+            engines.probe_in_background(lambda names: log("engines %s" % ",".join(names)))
             while True:
                 try:
                     conn, _ = self.listener.accept()
@@ -326,6 +331,10 @@ def parse_args(argv):
     p.add_argument("--max-thermal-floor-seconds", type=float, default=None,
                    help="TEST ONLY: cap offline.warmup.thermal_floor_seconds (llem requires "
                         ">= 30 s); the cap is reported in warmup_done/thermal_floor events")
+    p.add_argument("--prefill-window-seconds", type=float, default=DEFAULT_PREFILL_WINDOW_S,
+                   help="length of the prefill-only differential window after each run's "
+                        "measured window (default %(default)s; 0 = off); a run request's "
+                        "prefill_window_seconds overrides it")
     p.add_argument("--parent-pid", type=int, default=None,
                    help="pid of the spawning process (default: the parent pid at start); the "
                         "server exits once its parent pid differs from this")
@@ -336,6 +345,10 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if not 0 <= args.prefill_window_seconds <= MAX_PREFILL_WINDOW_S:
+        print("--prefill-window-seconds must be in [0, %g]" % MAX_PREFILL_WINDOW_S,
+              file=sys.stderr)
+        return EXIT_USAGE
     return Server(args).serve()
 
 

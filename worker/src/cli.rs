@@ -33,6 +33,10 @@ pub struct Args {
     /// the bursts at each measured window's edges, the default).
     #[arg(long, default_value_t = 0)]
     pub counter_interval_ms: u64,
+    /// Seconds of repeated prefill-only calls after each run, for prefill energy by
+    /// the differential method (0 turns it off).
+    #[arg(long, default_value_t = 3.0)]
+    pub prefill_window_seconds: f64,
     /// Python interpreter for the harness.
     #[arg(long, env = "LEM_PYTHON", default_value = "python3")]
     pub python: String,
@@ -58,6 +62,7 @@ pub fn main_impl() -> std::process::ExitCode {
         python: args.python,
         sample_interval: std::time::Duration::from_millis(args.sample_interval_ms),
         counter_interval: std::time::Duration::from_millis(args.counter_interval_ms),
+        prefill_window_s: args.prefill_window_seconds,
     };
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = rt.block_on(async {

@@ -50,6 +50,8 @@ pub struct WorkerConfig {
     pub sample_interval: Duration,
     /// Energy-counter read interval (real GPUs only).
     pub counter_interval: Duration,
+    /// Length of the prefill-only differential window after each run (0 = none).
+    pub prefill_window_s: f64,
 }
 
 /// Whether this machine has an NVIDIA GPU whose management library can be loaded.
@@ -193,7 +195,7 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
     let host_env = env::host_snapshot(&py_version);
     for (index, harness, sampler, load, dir, gpu_snapshot) in slots {
         let environment = env::Environment::new(host_env.clone(), gpu_snapshot);
-        let slot = Slot::new(
+        let mut slot = Slot::new(
             index,
             worker.clone(),
             host.clone(),
@@ -205,6 +207,7 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
             dir,
             environment,
         );
+        slot.prefill_window_s = cfg.prefill_window_s;
         tasks.push(tokio::spawn(slot.lease_loop(stop.clone())));
     }
     for t in tasks {

@@ -97,6 +97,20 @@ impl ProcessHarness {
         &self.log
     }
 
+    /// The file a `task.dataset.source` names: the built-in alias `aienergyscore`
+    /// resolves to the copy shipped with the harness, anything else is a path (the
+    /// harness checks it exists and reports a configuration error if not).
+    pub fn dataset_path(&self, source: &str) -> PathBuf {
+        match source {
+            "aienergyscore" => self
+                .server_py
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("datasets/aienergyscore.jsonl"),
+            other => PathBuf::from(other),
+        }
+    }
+
     fn alive(&mut self) -> bool {
         match self.child.as_mut() {
             Some(c) => matches!(c.try_wait(), Ok(None)),

@@ -53,7 +53,11 @@ pub struct Slot {
     pub load: Arc<dyn LoadSink>,
     pub dir: PathBuf,
     pub environment: Environment,
+    /// Length of the prefill-only differential window the harness runs after each run.
+    pub prefill_window_s: f64,
     baseline: Option<CachedBaseline>,
+    /// Resident idle per model key, with the time it was measured.
+    resident: Option<(String, CachedBaseline)>,
     client: Option<CoordinatorClient>,
     /// Runs since the last baseline check (for llem's `validated` strategy).
     runs_since_check: u32,
@@ -135,7 +139,9 @@ impl Slot {
             load,
             dir,
             environment,
+            prefill_window_s: 3.0,
             baseline: None,
+            resident: None,
             client: None,
             runs_since_check: 0,
         }
@@ -450,11 +456,38 @@ impl Slot {
         Ok(rec)
     }
 
+    /// Device idle means no process of ours holds a CUDA context: unloading weights
+    /// is not enough (the context keeps the H100 at P0, ~118 W instead of ~72 W), so
+    /// the harness server is stopped; the next run starts it again.
+    /// The resident idle for `model`: measured now (model loaded, after a run) unless
+    /// a fresh enough value for the same model is cached.
+    async fn resident_baseline_for(&mut self, s: &BaselineSettings, model: &str) -> BaselineRecord {
+        let now = mono_ns();
+        let fresh_enough = self.resident.as_ref().is_some_and(|(m, b)| {
+            m == model
+                && s.strategy != "fresh"
+                && ((now - b.measured_mono_ns) as f64 / 1e9) < s.cache_ttl_s
+        });
+        if !fresh_enough {
+            let rec = self
+                .measure_idle(s.duration_s, "resident", &s.strategy)
+                .await;
+            self.resident = Some((
+                model.to_string(),
+                CachedBaseline {
+                    record: rec,
+                    measured_mono_ns: mono_ns(),
+                },
+            ));
+        }
+        let (_, b) = self.resident.as_ref().expect("set above");
+        let mut rec = b.record.clone();
+        rec.cache_age_s = (mono_ns() - b.measured_mono_ns) as f64 / 1e9;
+        rec
+    }
+
     async fn unload_for_baseline(&mut self) -> anyhow::Result<()> {
-        self.harness
-            .unload()
-            .await
-            .map_err(|e| anyhow!("could not unload the model for the idle baseline: {e}"))?;
+        self.harness.stop().await;
         self.load.on_resident(false, mono_ns());
         Ok(())
     }
@@ -496,9 +529,17 @@ impl Slot {
         }
 
         // The run itself.
+        let source = config
+            .get_path("task.dataset.source")
+            .and_then(Value::as_str)
+            .unwrap_or("aienergyscore");
+        let dataset_path = self.harness.dataset_path(source);
         let request = format!(
-            "{{\"type\": \"run\", \"run_id\": \"{}\", \"force_cold_start\": false, \"dataset_path\": null, \"config\": {}}}",
-            grant.run, grant.config_json
+            "{{\"type\": \"run\", \"run_id\": \"{}\", \"force_cold_start\": false, \"dataset_path\": {}, \"prefill_window_seconds\": {}, \"config\": {}}}",
+            grant.run,
+            serde_json::Value::String(dataset_path.to_string_lossy().to_string()),
+            self.prefill_window_s,
+            grant.config_json
         );
         let started_ms = unix_ms();
         let mut transcript = RunTranscript::default();
@@ -639,6 +680,33 @@ impl Slot {
         if adjusted.is_some_and(|a| a.clamped) {
             warnings.push("baseline-adjusted energy was negative and was clamped to 0".into());
         }
+        // Prefill energy by the differential method: the prefill-only window's energy
+        // per pass over the run's batches; decode is the rest of the run.
+        let mut prefill = None;
+        if let Some(pw) = transcript.prefill_window.clone() {
+            if let (Some(end), true) = (pw.end_ns, pw.passes > 0 && pw.calls > 0) {
+                let s = self.sampler.window(pw.start_ns, end, margin);
+                let c = self
+                    .sampler
+                    .counter_window(pw.start_ns, end, margin + 500_000_000);
+                match window_energy(&power_samples(&s), &c, pw.start_ns, end) {
+                    Ok(e) => prefill = Some((e, pw)),
+                    Err(e) => warnings.push(format!("prefill window energy unavailable: {e}")),
+                }
+            }
+        }
+        // Resident idle: the model stays loaded after the run; measure it (cached per
+        // model and strategy like the device idle) so the dynamic energy can be given.
+        let model_key = config
+            .get_path("task.model")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let resident = if bs.enabled {
+            Some(self.resident_baseline_for(&bs, &model_key).await)
+        } else {
+            None
+        };
         let per_token = |e: f64| {
             if output_tokens > 0 {
                 e / output_tokens as f64
@@ -682,7 +750,7 @@ impl Slot {
             energy_adjusted_j: adjusted.map(|a| a.adjusted_j),
             energy_adjusted_clamped: adjusted.is_some_and(|a| a.clamped),
             baseline_power_w: baseline.as_ref().map(|b| b.mean_power_w),
-            baseline,
+            baseline: baseline.clone(),
             avg_tokens_per_second: (input_tokens + output_tokens) as f64 / duration_s,
             output_tokens_per_second: output_tokens as f64 / duration_s,
             avg_energy_per_token_j: per_token(we.energy_j),
@@ -698,6 +766,32 @@ impl Slot {
             lease_to_measure_s: (t0.saturating_sub(lease_mono)) as f64 / 1e9,
             harness_metrics: metrics,
             warmup: transcript.warmup.unwrap_or(serde_json::Value::Null),
+            energy_adjusted_resident_j: resident
+                .as_ref()
+                .map(|r| adjusted_energy(we.energy_j, r.mean_power_w, duration_s).adjusted_j),
+            resident_baseline: resident,
+            prefill_window_energy_j: prefill.as_ref().map(|(e, _)| e.energy_j),
+            prefill_window_s: prefill.as_ref().map(|(e, _)| e.duration_s),
+            prefill_calls: prefill.as_ref().map(|(_, p)| p.calls).unwrap_or(0),
+            prefill_passes: prefill.as_ref().map(|(_, p)| p.passes).unwrap_or(0),
+            prefill_energy_per_call_j: prefill.as_ref().map(|(e, p)| e.energy_j / p.calls as f64),
+            prefill_energy_j: prefill.as_ref().map(|(e, p)| e.energy_j / p.passes as f64),
+            decode_energy_j: prefill
+                .as_ref()
+                .map(|(e, p)| (we.energy_j - e.energy_j / p.passes as f64).max(0.0)),
+            prefill_energy_adjusted_j: prefill.as_ref().and_then(|(e, p)| {
+                baseline.as_ref().map(|b| {
+                    adjusted_energy(e.energy_j, b.mean_power_w, e.duration_s).adjusted_j
+                        / p.passes as f64
+                })
+            }),
+            decode_energy_adjusted_j: prefill.as_ref().and_then(|(e, p)| {
+                let b = baseline.as_ref()?;
+                let run_adj = adjusted_energy(we.energy_j, b.mean_power_w, duration_s).adjusted_j;
+                let pre_adj = adjusted_energy(e.energy_j, b.mean_power_w, e.duration_s).adjusted_j
+                    / p.passes as f64;
+                Some((run_adj - pre_adj).max(0.0))
+            }),
             environment,
             environment_hash,
             sm_clock_min_mhz: clocks.iter().copied().min().unwrap_or(0),

@@ -316,26 +316,64 @@ struct Applying<'a> {
     section_fresh: bool,
 }
 
+/// `deep_merge(base, overlay)` in place, consuming the overlay.
+fn deep_merge_into(base: &mut Map, overlay: Map) {
+    for (k, v) in overlay {
+        match (base.get_mut(&k), v) {
+            (Some(Value::Map(b)), Value::Map(o)) => deep_merge_into(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// `*m = deep_merge(m, unflatten(path, value))` in place, without cloning `m`.
+fn merge_path(m: &mut Map, path: &str, value: &Value) {
+    let (head, rest) = match path.split_once('.') {
+        Some((h, r)) => (h, Some(r)),
+        None => (path, None),
+    };
+    match rest {
+        None => match (m.get_mut(head), value) {
+            (Some(Value::Map(b)), Value::Map(o)) => deep_merge_into(b, o.clone()),
+            _ => {
+                m.insert(head.to_string(), value.clone());
+            }
+        },
+        Some(rest) => {
+            if !matches!(m.get(head), Some(Value::Map(_))) {
+                m.insert(head.to_string(), Value::Map(Map::new()));
+            }
+            if let Some(Value::Map(sub)) = m.get_mut(head) {
+                merge_path(sub, rest, value);
+            }
+        }
+    }
+}
+
 fn route(cfg: &mut Map, key: &str, value: &Value, st: &mut Applying) -> Result<(), SweepError> {
     if let Some((prefix, rest)) = key.split_once('.') {
         if ENGINES.contains(&prefix) {
-            let current = match cfg.get(prefix) {
-                None => Map::new(),
-                Some(Value::Map(m)) => m.clone(),
+            match cfg.get_mut(prefix) {
+                None => {
+                    let mut section = Map::new();
+                    merge_path(&mut section, rest, value);
+                    cfg.insert(prefix.to_string(), Value::Map(section));
+                }
+                Some(Value::Map(section)) => merge_path(section, rest, value),
                 Some(_) => {
                     return Err(err(
                         key,
                         format!("the fixed '{prefix}:' section is not a mapping, so '{key}' cannot be set inside it (write '{prefix}: {{}}' or remove it)"),
                     ))
                 }
-            };
-            let merged = deep_merge(&current, &unflatten(rest, value));
-            cfg.insert(prefix.to_string(), Value::Map(merged));
+            }
             if prefix == st.engine {
                 st.section_fresh = true;
             }
         } else {
-            *cfg = deep_merge(cfg, &unflatten(key, value));
+            merge_path(cfg, key, value);
             st.section_fresh = true;
         }
     } else {
@@ -347,37 +385,34 @@ fn route(cfg: &mut Map, key: &str, value: &Value, st: &mut Applying) -> Result<(
     Ok(())
 }
 
-/// Expands the sweep over `merged_fixed` (7.3).
-pub fn expand_sweep(
-    sweep: &Map,
-    fixed: &Map,
-    synthesize: bool,
-) -> Result<Vec<RawConfig>, SweepError> {
-    let shared_of = |e: &str, fresh: bool| -> Option<String> {
-        (!fresh && matches!(fixed.get(e), Some(Value::Map(_)))).then(|| e.to_string())
-    };
-    if sweep.is_empty() {
-        if !synthesize {
-            return Ok(Vec::new());
-        }
-        let has_model = fixed
-            .get("task")
-            .and_then(|t| t.as_map())
-            .and_then(|t| t.get("model"))
-            .is_some_and(crate::study::py::truthy);
-        if !has_model {
-            return Ok(Vec::new());
-        }
-        let engine = fixed
-            .get("engine")
-            .and_then(Value::as_str)
-            .unwrap_or("transformers")
-            .to_string();
-        return Ok(vec![RawConfig {
-            map: strip_other_sections(fixed, &engine),
-            shared_section: shared_of(&engine, false),
-        }]);
+/// A sweep read into its axes, groups and engine list (7.3 steps 1-4).
+struct SweepDims {
+    universal_dims: Vec<(String, Vec<Value>)>,
+    scoped_dims: Vec<(String, String, Vec<Value>)>,
+    groups: Vec<(String, Vec<Map>)>,
+    engines: Vec<Value>,
+}
+
+impl SweepDims {
+    /// The number of configs engine `e` yields: the product of the sizes of the
+    /// groups and axes that apply to it (saturating).
+    fn count_for(&self, e: &str) -> usize {
+        let groups = self
+            .groups
+            .iter()
+            .filter(|(g, _)| engine_scope(g).is_none() || engine_scope(g) == Some(e))
+            .map(|(_, v)| v.len());
+        let axes = self.universal_dims.iter().map(|(_, v)| v.len()).chain(
+            self.scoped_dims
+                .iter()
+                .filter(|(se, _, _)| se == e)
+                .map(|(_, _, v)| v.len()),
+        );
+        groups.chain(axes).fold(1usize, usize::saturating_mul)
     }
+}
+
+fn sweep_dims(sweep: &Map, fixed: &Map) -> Result<SweepDims, SweepError> {
     let mut universal_dims: Vec<(String, Vec<Value>)> = Vec::new();
     let mut scoped_dims: Vec<(String, String, Vec<Value>)> = Vec::new();
     let mut groups: Vec<(String, Vec<Map>)> = Vec::new();
@@ -455,63 +490,253 @@ pub fn expand_sweep(
     } else {
         vec![fixed_engine.clone()]
     };
-    let mut out = Vec::new();
-    for engine_v in engines {
-        let e = engine_v.as_str().unwrap_or("").to_string();
-        let mut applicable_groups: Vec<&Vec<Map>> = groups
-            .iter()
-            .filter(|(g, _)| engine_scope(g).is_none())
-            .map(|(_, v)| v)
-            .collect();
-        applicable_groups.extend(
-            groups
-                .iter()
-                .filter(|(g, _)| engine_scope(g) == Some(e.as_str()))
-                .map(|(_, v)| v),
-        );
-        let mut dims: Vec<(&String, &Vec<Value>)> =
-            universal_dims.iter().map(|(k, v)| (k, v)).collect();
-        dims.extend(
-            scoped_dims
-                .iter()
-                .filter(|(se, _, _)| *se == e)
-                .map(|(_, k, v)| (k, v)),
-        );
-        let mut base = strip_other_sections(fixed, &e);
-        base.insert("engine".into(), engine_v.clone());
-        if dims.is_empty() && applicable_groups.is_empty() {
-            out.push(RawConfig {
-                map: base,
-                shared_section: shared_of(&e, false),
-            });
-            continue;
+    Ok(SweepDims {
+        universal_dims,
+        scoped_dims,
+        groups,
+        engines,
+    })
+}
+
+/// Whether an empty sweep yields its one synthesized config (7.3, "Empty sweep").
+fn synthesizes_one(fixed: &Map, synthesize: bool) -> bool {
+    synthesize
+        && fixed
+            .get("task")
+            .and_then(|t| t.as_map())
+            .and_then(|t| t.get("model"))
+            .is_some_and(crate::study::py::truthy)
+}
+
+/// How many raw configs [`expand_sweep`] would produce, without producing them
+/// (saturating at `usize::MAX`). Errors are the ones `expand_sweep` reports for a
+/// malformed sweep.
+pub fn count_sweep(sweep: &Map, fixed: &Map, synthesize: bool) -> Result<usize, SweepError> {
+    if sweep.is_empty() {
+        return Ok(usize::from(synthesizes_one(fixed, synthesize)));
+    }
+    let dims = sweep_dims(sweep, fixed)?;
+    let mut total: usize = 0;
+    for engine_v in &dims.engines {
+        total = total.saturating_add(dims.count_for(engine_v.as_str().unwrap_or("")));
+    }
+    Ok(total)
+}
+
+/// Advances a mixed-radix counter, last digit fastest; false when it wrapped.
+fn advance(idx: &mut [usize], radix: &[usize]) -> bool {
+    for i in (0..idx.len()).rev() {
+        idx[i] += 1;
+        if idx[i] < radix[i] {
+            return true;
         }
-        let group_lists: Vec<Vec<Map>> = applicable_groups.iter().map(|g| (*g).clone()).collect();
-        let axis_lists: Vec<Vec<Value>> = dims.iter().map(|(_, v)| (*v).clone()).collect();
-        for group_combo in product(&group_lists) {
-            for axis_combo in product(&axis_lists) {
-                let mut cfg = base.clone();
-                let mut st = Applying {
-                    engine: &e,
-                    section_fresh: false,
-                };
-                for ((k, _), v) in dims.iter().zip(&axis_combo) {
-                    route(&mut cfg, k, v, &mut st)?;
+        idx[i] = 0;
+    }
+    false
+}
+
+/// Which axis list a cursor reads: universal (index into `universal_dims`) or
+/// engine-scoped (index into `scoped_dims`).
+#[derive(Clone, Copy)]
+enum AxisRef {
+    Universal(usize),
+    Scoped(usize),
+}
+
+/// The position inside one engine's product of groups and axes.
+struct EngineCursor {
+    engine: String,
+    base: Map,
+    groups: Vec<usize>,
+    axes: Vec<AxisRef>,
+    group_radix: Vec<usize>,
+    axis_radix: Vec<usize>,
+    gi: Vec<usize>,
+    ai: Vec<usize>,
+    /// No group or axis applies: the engine yields `base` once.
+    plain: bool,
+    exhausted: bool,
+}
+
+/// The sweep's raw configs, one at a time, in llem's order (7.3). Each config is
+/// built when asked for, so a consumer that validates and drops them (as [`plan`]
+/// does) never holds the whole grid in memory.
+///
+/// [`plan`]: crate::study::plan
+pub struct SweepExpansion {
+    dims: SweepDims,
+    fixed: Map,
+    next_engine: usize,
+    cursor: Option<EngineCursor>,
+    single: Option<RawConfig>,
+    failed: bool,
+}
+
+impl SweepExpansion {
+    /// Reads the sweep (range shorthands, groups, engine list); an error here is a
+    /// malformed sweep.
+    pub fn new(sweep: &Map, fixed: &Map, synthesize: bool) -> Result<Self, SweepError> {
+        let empty = SweepDims {
+            universal_dims: Vec::new(),
+            scoped_dims: Vec::new(),
+            groups: Vec::new(),
+            engines: Vec::new(),
+        };
+        if sweep.is_empty() {
+            let single = synthesizes_one(fixed, synthesize).then(|| {
+                let engine = fixed
+                    .get("engine")
+                    .and_then(Value::as_str)
+                    .unwrap_or("transformers")
+                    .to_string();
+                RawConfig {
+                    map: strip_other_sections(fixed, &engine),
+                    shared_section: shared_of(fixed, &engine, false),
                 }
-                for variant in &group_combo {
-                    for (k, v) in variant {
-                        route(&mut cfg, k, v, &mut st)?;
-                    }
-                }
-                let shared = shared_of(&e, st.section_fresh);
-                out.push(RawConfig {
-                    map: cfg,
-                    shared_section: shared,
-                });
+            });
+            return Ok(SweepExpansion {
+                dims: empty,
+                fixed: Map::new(),
+                next_engine: 0,
+                cursor: None,
+                single,
+                failed: false,
+            });
+        }
+        Ok(SweepExpansion {
+            dims: sweep_dims(sweep, fixed)?,
+            fixed: fixed.clone(),
+            next_engine: 0,
+            cursor: None,
+            single: None,
+            failed: false,
+        })
+    }
+
+    fn open_engine(&mut self, engine_v: &Value) -> EngineCursor {
+        let e = engine_v.as_str().unwrap_or("").to_string();
+        let groups: Vec<usize> = (0..self.dims.groups.len())
+            .filter(|&i| engine_scope(&self.dims.groups[i].0).is_none())
+            .chain(
+                (0..self.dims.groups.len())
+                    .filter(|&i| engine_scope(&self.dims.groups[i].0) == Some(e.as_str())),
+            )
+            .collect();
+        let axes: Vec<AxisRef> = (0..self.dims.universal_dims.len())
+            .map(AxisRef::Universal)
+            .chain(
+                (0..self.dims.scoped_dims.len())
+                    .filter(|&i| self.dims.scoped_dims[i].0 == e)
+                    .map(AxisRef::Scoped),
+            )
+            .collect();
+        let group_radix: Vec<usize> = groups
+            .iter()
+            .map(|&i| self.dims.groups[i].1.len())
+            .collect();
+        let axis_radix: Vec<usize> = axes.iter().map(|a| self.axis(*a).1.len()).collect();
+        let mut base = strip_other_sections(&self.fixed, &e);
+        base.insert("engine".into(), engine_v.clone());
+        EngineCursor {
+            engine: e,
+            base,
+            gi: vec![0; groups.len()],
+            ai: vec![0; axes.len()],
+            plain: groups.is_empty() && axes.is_empty(),
+            exhausted: group_radix.contains(&0) || axis_radix.contains(&0),
+            groups,
+            axes,
+            group_radix,
+            axis_radix,
+        }
+    }
+
+    fn axis(&self, a: AxisRef) -> (&str, &Vec<Value>) {
+        match a {
+            AxisRef::Universal(i) => {
+                let (k, v) = &self.dims.universal_dims[i];
+                (k, v)
+            }
+            AxisRef::Scoped(i) => {
+                let (_, k, v) = &self.dims.scoped_dims[i];
+                (k, v)
             }
         }
     }
-    Ok(out)
+
+    /// Builds the config at the cursor and moves the cursor on.
+    fn build(&self, c: &mut EngineCursor) -> Result<RawConfig, SweepError> {
+        let mut cfg = c.base.clone();
+        if c.plain {
+            c.exhausted = true;
+            return Ok(RawConfig {
+                map: cfg,
+                shared_section: shared_of(&self.fixed, &c.engine, false),
+            });
+        }
+        let mut st = Applying {
+            engine: &c.engine,
+            section_fresh: false,
+        };
+        for (a, &i) in c.axes.iter().zip(&c.ai) {
+            let (k, values) = self.axis(*a);
+            route(&mut cfg, k, &values[i], &mut st)?;
+        }
+        for (&g, &i) in c.groups.iter().zip(&c.gi) {
+            for (k, v) in &self.dims.groups[g].1[i] {
+                route(&mut cfg, k, v, &mut st)?;
+            }
+        }
+        let shared = shared_of(&self.fixed, &c.engine, st.section_fresh);
+        // Group combinations outside, axis combinations inside, last varying fastest
+        // (the order of llem's nested itertools.product loops).
+        if !advance(&mut c.ai, &c.axis_radix) && !advance(&mut c.gi, &c.group_radix) {
+            c.exhausted = true;
+        }
+        Ok(RawConfig {
+            map: cfg,
+            shared_section: shared,
+        })
+    }
+}
+
+fn shared_of(fixed: &Map, e: &str, fresh: bool) -> Option<String> {
+    (!fresh && matches!(fixed.get(e), Some(Value::Map(_)))).then(|| e.to_string())
+}
+
+impl Iterator for SweepExpansion {
+    type Item = Result<RawConfig, SweepError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        if let Some(one) = self.single.take() {
+            return Some(Ok(one));
+        }
+        loop {
+            if let Some(mut c) = self.cursor.take() {
+                if !c.exhausted {
+                    let item = self.build(&mut c);
+                    self.failed = item.is_err();
+                    self.cursor = Some(c);
+                    return Some(item);
+                }
+            }
+            let engine_v = self.dims.engines.get(self.next_engine)?.clone();
+            self.next_engine += 1;
+            self.cursor = Some(self.open_engine(&engine_v));
+        }
+    }
+}
+
+/// Expands the sweep over `merged_fixed` (7.3) into a vector.
+pub fn expand_sweep(
+    sweep: &Map,
+    fixed: &Map,
+    synthesize: bool,
+) -> Result<Vec<RawConfig>, SweepError> {
+    SweepExpansion::new(sweep, fixed, synthesize)?.collect()
 }
 
 /// The `experiments:` entries merged over the fixed fields (7.4).

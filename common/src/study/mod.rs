@@ -314,9 +314,61 @@ pub struct StudyPlan {
     pub run_list: Vec<Value>,
 }
 
-/// The number of raw configs a study expands to before validation (for "large study" warnings).
+/// The number of raw configs a study expands to before validation (the grid size),
+/// computed from the sweep's axis lengths and group sizes without building a single
+/// config, so a runaway grid can be refused before it takes the memory to expand it.
+/// A single-experiment file counts 1.
 pub fn count_before_expansion(src: &StudySource, opts: &PlanOptions) -> Result<usize, StudyError> {
-    Ok(plan(src, opts)?.n_generated)
+    match prepare(src, opts)? {
+        Prepared::Single { .. } => Ok(1),
+        Prepared::Study(p) => {
+            let n = expand::count_sweep(&p.sweep, &p.merged_fixed, p.entries.is_empty())
+                .map_err(|e| p.sweep_error(e))?;
+            Ok(n.saturating_add(p.entries.len()))
+        }
+    }
+}
+
+/// The raw (unvalidated) configs of a study in llem's generation order: the sweep
+/// then the `experiments:` entries (FORMAT.md 7.3-7.4). A single-experiment file
+/// yields its one mapping. [`plan`] validates, canonicalises and orders these.
+pub fn expand_raw(
+    src: &StudySource,
+    opts: &PlanOptions,
+) -> Result<Vec<expand::RawConfig>, StudyError> {
+    match prepare(src, opts)? {
+        Prepared::Single { raw, .. } => Ok(vec![expand::RawConfig {
+            map: raw,
+            shared_section: None,
+        }]),
+        Prepared::Study(p) => p.expand(),
+    }
+}
+
+/// Streams the raw configs of a study to `f` in generation order, one at a time (the
+/// way [`plan`] consumes them), and returns how many there were.
+pub fn for_each_raw(
+    src: &StudySource,
+    opts: &PlanOptions,
+    mut f: impl FnMut(expand::RawConfig),
+) -> Result<usize, StudyError> {
+    match prepare(src, opts)? {
+        Prepared::Single { raw, .. } => {
+            f(expand::RawConfig {
+                map: raw,
+                shared_section: None,
+            });
+            Ok(1)
+        }
+        Prepared::Study(p) => {
+            let mut n = 0;
+            for rc in p.raw_configs()? {
+                f(rc?);
+                n += 1;
+            }
+            Ok(n)
+        }
+    }
 }
 
 const STUDY_ONLY: &[&str] = &[
@@ -331,21 +383,95 @@ const STUDY_ONLY: &[&str] = &[
     "output",
 ];
 
-/// Plans a study or single-experiment file.
-pub fn plan(src: &StudySource, opts: &PlanOptions) -> Result<StudyPlan, StudyError> {
+/// A study file read up to the point where expansion starts (FORMAT.md 7.1-7.2).
+struct StudyParts {
+    file: String,
+    spans: Spans,
+    study_name: Option<String>,
+    execution: StudyExecution,
+    merged_fixed: Map,
+    sweep: Map,
+    entries: Vec<Value>,
+}
+
+enum Prepared {
+    /// Not a study (2.2): the file's mapping, for the single-experiment path.
+    Single {
+        raw: Map,
+        spans: Spans,
+        file: String,
+    },
+    Study(Box<StudyParts>),
+}
+
+impl StudyParts {
+    fn sweep_error(&self, e: expand::SweepError) -> StudyError {
+        let (line, col) = self
+            .spans
+            .nearest(&["sweep", e.key.as_str()])
+            .unwrap_or((1, 1));
+        if e.empty_axis {
+            StudyError::EmptyAxis {
+                file: self.file.clone(),
+                line,
+                col,
+                key: e.key,
+                message: e.message,
+            }
+        } else {
+            StudyError::BadSweep {
+                file: self.file.clone(),
+                line,
+                col,
+                key: e.key,
+                message: e.message,
+            }
+        }
+    }
+
+    /// The raw configs (7.3, 7.4), sweep configs then experiment entries, built one
+    /// at a time.
+    fn raw_configs(
+        &self,
+    ) -> Result<impl Iterator<Item = Result<expand::RawConfig, StudyError>> + '_, StudyError> {
+        let sweep =
+            expand::SweepExpansion::new(&self.sweep, &self.merged_fixed, self.entries.is_empty())
+                .map_err(|e| self.sweep_error(e))?;
+        let experiments = expand::expand_experiments(&self.entries, &self.merged_fixed);
+        Ok(sweep
+            .map(|r| r.map_err(|e| self.sweep_error(e)))
+            .chain(experiments.into_iter().map(Ok)))
+    }
+
+    /// All raw configs in a vector; an empty expansion is an error.
+    fn expand(&self) -> Result<Vec<expand::RawConfig>, StudyError> {
+        let raws = self.raw_configs()?.collect::<Result<Vec<_>, _>>()?;
+        if raws.is_empty() {
+            return Err(StudyError::NoExperiments {
+                file: self.file.clone(),
+            });
+        }
+        Ok(raws)
+    }
+}
+
+/// Reads a study up to expansion: the unknown-key check, CLI defaults, `output` and
+/// `study_execution` validation, `base:` and the fixed fields.
+fn prepare(src: &StudySource, opts: &PlanOptions) -> Result<Prepared, StudyError> {
     let file = src.path.clone();
     let doc = parse_doc(&src.text, &file)?;
-    let Value::Map(mut raw) = doc.value.clone() else {
+    let yaml::Document { value, spans } = doc;
+    let Value::Map(mut raw) = value else {
         return Err(StudyError::NotAMapping {
             file,
-            found: doc.value.py_type_name().into(),
+            found: value.py_type_name().into(),
         });
     };
     let is_study = raw.contains_key("sweep") || raw.contains_key("experiments");
     if !opts.library_defaults && !is_study {
-        return plan_single(raw, &doc.spans, &file);
+        return Ok(Prepared::Single { raw, spans, file });
     }
-    check_study_keys(&raw, &doc.spans, &file)?;
+    check_study_keys(&raw, &spans, &file)?;
     if !opts.library_defaults {
         let exec = raw.get("study_execution").cloned().unwrap_or(Value::Null);
         let exec_map = exec.as_map().cloned().unwrap_or_default();
@@ -475,47 +601,40 @@ pub fn plan(src: &StudySource, opts: &PlanOptions) -> Result<StudyPlan, StudyErr
         Some(Value::Seq(v)) => v.clone(),
         _ => Vec::new(),
     };
-    let mut raws =
-        expand::expand_sweep(&sweep, &merged_fixed, entries.is_empty()).map_err(|e| {
-            let (line, col) = doc
-                .spans
-                .nearest(&["sweep", e.key.as_str()])
-                .unwrap_or((1, 1));
-            if e.empty_axis {
-                StudyError::EmptyAxis {
-                    file: file.clone(),
-                    line,
-                    col,
-                    key: e.key,
-                    message: e.message,
-                }
-            } else {
-                StudyError::BadSweep {
-                    file: file.clone(),
-                    line,
-                    col,
-                    key: e.key,
-                    message: e.message,
-                }
-            }
-        })?;
-    raws.extend(expand::expand_experiments(&entries, &merged_fixed));
-    if raws.is_empty() {
-        return Err(StudyError::NoExperiments { file });
-    }
-    let n_generated = raws.len();
+    Ok(Prepared::Study(Box::new(StudyParts {
+        file,
+        spans,
+        study_name,
+        execution,
+        merged_fixed,
+        sweep,
+        entries,
+    })))
+}
 
-    // Validation with the preset side effect (7.5).
+/// Plans a study or single-experiment file.
+pub fn plan(src: &StudySource, opts: &PlanOptions) -> Result<StudyPlan, StudyError> {
+    let parts = match prepare(src, opts)? {
+        Prepared::Single { raw, spans, file } => return plan_single(raw, &spans, &file),
+        Prepared::Study(p) => p,
+    };
+    let file = parts.file.clone();
+
+    // Validation with the preset side effect (7.5), config by config as the grid is
+    // generated, so the raw grid is never held whole.
     let mut shared: Map = Map::new();
     for e in schema::ENGINES {
-        if let Some(v @ Value::Map(_)) = merged_fixed.get(*e) {
+        if let Some(v @ Value::Map(_)) = parts.merged_fixed.get(*e) {
             shared.insert(e.to_string(), v.clone());
         }
     }
     let mut warnings = Vec::new();
     let mut valid: Vec<Value> = Vec::new();
     let mut skipped = Vec::new();
-    for (idx, rc) in raws.into_iter().enumerate() {
+    let mut n_generated = 0usize;
+    for (idx, rc) in parts.raw_configs()?.enumerate() {
+        let rc = rc?;
+        n_generated += 1;
         let mut map = rc.map;
         if let Some(e) = &rc.shared_section {
             let current = shared.get(e).cloned().unwrap_or(Value::Null);
@@ -539,6 +658,14 @@ pub fn plan(src: &StudySource, opts: &PlanOptions) -> Result<StudyPlan, StudyErr
             Err(errors) => skipped.push(skip_record(snapshot, errors)),
         }
     }
+    if n_generated == 0 {
+        return Err(StudyError::NoExperiments { file });
+    }
+    let StudyParts {
+        study_name,
+        execution,
+        ..
+    } = *parts;
     let total = valid.len() + skipped.len();
     if valid.is_empty() {
         let first = skipped
@@ -599,12 +726,10 @@ pub fn plan(src: &StudySource, opts: &PlanOptions) -> Result<StudyPlan, StudyErr
         }
     }
     let run_list: Vec<Value> = if execution.deduplicate_equivalent {
-        let mut seen: Vec<String> = Vec::new();
+        let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
         let mut out = Vec::new();
         for c in &canonical {
-            let h = hash::resolved_config_hash(c);
-            if !seen.contains(&h) {
-                seen.push(h);
+            if seen.insert(hash::resolved_config_hash(c)) {
                 out.push(c.clone());
             }
         }

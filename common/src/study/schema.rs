@@ -818,6 +818,26 @@ pub static EXECUTION: Model = Model {
     ],
 };
 
+/// The llem release whose study format and registry this is (FORMAT.md 1).
+pub const LLEM_VERSION: &str = "0.7.0";
+
+/// The engine versions llem 0.7.0's rule corpora are pinned to (FORMAT.md 1,
+/// corpus `schema_version 1.0.0`): the versions whose parameters the registry and
+/// the rules describe.
+pub const PINNED_ENGINE_VERSIONS: &[(&str, &str)] = &[
+    ("transformers", "5.14.1"),
+    ("vllm", "0.19.1"),
+    ("tensorrt", "1.2.1"),
+];
+
+/// The pinned version of an llem engine (`None` for `synthetic` and unknown names).
+pub fn pinned_engine_version(engine: &str) -> Option<&'static str> {
+    PINNED_ENGINE_VERSIONS
+        .iter()
+        .find(|(e, _)| *e == engine)
+        .map(|(_, v)| *v)
+}
+
 /// The experiment-config registry (the root model).
 pub fn registry() -> &'static Model {
     &EXPERIMENT
@@ -892,6 +912,176 @@ pub fn model_at(path: &[&str]) -> Option<&'static Model> {
         }
     }
     Some(m)
+}
+
+// ---- the generated config reference (docs/config-reference.md) ------------------
+
+fn md_escape(s: &str) -> String {
+    s.replace('|', "\\|")
+}
+
+fn py_num(x: f64) -> String {
+    crate::pyjson::float_repr(x)
+}
+
+/// A bound as pydantic prints it: integral bounds without a fraction.
+fn bound_num(x: f64) -> String {
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        format!("{}", x as i64)
+    } else {
+        py_num(x)
+    }
+}
+
+fn kind_text(f: &Field) -> String {
+    let base = match f.kind {
+        Kind::Int => "int".to_string(),
+        Kind::Float => "float".to_string(),
+        Kind::Bool => "bool".to_string(),
+        Kind::Str { min_len: 0 } => "string".to_string(),
+        Kind::Str { min_len } => format!("string (min length {min_len})"),
+        Kind::Any => "any".to_string(),
+        Kind::Choice(_) => "one of".to_string(),
+        Kind::Enum(_) => "enum".to_string(),
+        Kind::IntChoice(_) => "int, one of".to_string(),
+        Kind::BoolOrNever => "bool or \"never\"".to_string(),
+        Kind::FloatPair => "[float, float]".to_string(),
+        Kind::StrMap => "map string -> any".to_string(),
+        Kind::IntList => "list of int".to_string(),
+        Kind::Model(m) => format!(
+            "object `{}` (unknown keys: {})",
+            m.class_name,
+            match m.extra {
+                Extra::Forbid => "error",
+                Extra::Allow => "kept as passthrough",
+            }
+        ),
+    };
+    if f.nullable {
+        format!("{base}, or null")
+    } else {
+        base
+    }
+}
+
+fn default_text(f: &Field) -> String {
+    match f.default {
+        DefaultValue::Required => "**required**".into(),
+        DefaultValue::Null => "null".into(),
+        DefaultValue::Int(i) => format!("`{i}`"),
+        DefaultValue::Float(x) => format!("`{}`", py_num(x)),
+        DefaultValue::Bool(b) => format!("`{b}`"),
+        DefaultValue::Str(s) => format!("`\"{s}\"`"),
+        DefaultValue::EmptyList => "`[]`".into(),
+        DefaultValue::Model => "all defaults".into(),
+    }
+}
+
+fn allowed_text(f: &Field) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    match f.kind {
+        Kind::Choice(opts) | Kind::Enum(opts) => parts.push(
+            opts.iter()
+                .map(|o| format!("`{o}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        Kind::IntChoice(opts) => parts.push(
+            opts.iter()
+                .map(|o| format!("`{o}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        _ => {}
+    }
+    if let Some(x) = f.ge {
+        parts.push(format!(">= {}", bound_num(x)));
+    }
+    if let Some(x) = f.gt {
+        parts.push(format!("> {}", bound_num(x)));
+    }
+    if let Some(x) = f.le {
+        parts.push(format!("<= {}", bound_num(x)));
+    }
+    if let Some(x) = f.lt {
+        parts.push(format!("< {}", bound_num(x)));
+    }
+    parts.join("; ")
+}
+
+fn table(out: &mut String, rows: &[FieldInfo], prefix: &str) {
+    out.push_str("| path | type | default | allowed values / bounds | energy-relevant | doc |\n");
+    out.push_str("|---|---|---|---|---|---|\n");
+    for r in rows {
+        let f = r.field;
+        out.push_str(&format!(
+            "| `{}{}` | {} | {} | {} | {} | {} |\n",
+            prefix,
+            r.path,
+            md_escape(&kind_text(f)),
+            md_escape(&default_text(f)),
+            md_escape(&allowed_text(f)),
+            if f.energy_relevant { "yes" } else { "no" },
+            md_escape(f.doc),
+        ));
+    }
+    out.push('\n');
+}
+
+/// docs/config-reference.md, generated from the registry (one table per engine
+/// section, the shared fields, `study_execution` and `output`). The test
+/// `config_reference_is_up_to_date` (common/tests/config_reference.rs) fails when the
+/// committed file differs; `LEM_BLESS=1 cargo test -p lem-common config_reference`
+/// rewrites it.
+pub fn config_reference_markdown() -> String {
+    let all = walk(registry());
+    let mut out = String::new();
+    out.push_str(&format!(
+        "# Config reference\n\n\
+<!-- Generated from the parameter registry (common/src/study/schema.rs) by\n\
+     `LEM_BLESS=1 cargo test -p lem-common config_reference`. Do not edit by hand. -->\n\n\
+Every field of an experiment config as lem fleet validates it: llem {LLEM_VERSION}'s schema\n\
+(shared/llem/FORMAT.md section 3) plus the fleet-only `synthetic` engine. Paths are dotted\n\
+key paths inside one experiment config; in a study they can be written as fixed fields,\n\
+sweep keys or `experiments:` entries. **energy-relevant** says whether changing the\n\
+field changes what the GPU executes (no for measurement methodology, warmup protocol,\n\
+baselines, SLO bounds). Unknown keys are errors wherever the type column says so; inside\n\
+`engine_params` / `sampling_params` of the llem engines they are kept as passthrough\n\
+keys. The registry does not record the llem version that introduced each field: every\n\
+field here is as of llem {LLEM_VERSION}.\n\n\
+Engine versions the llem rule corpora are pinned to: {}.\n\n",
+        PINNED_ENGINE_VERSIONS
+            .iter()
+            .map(|(e, v)| format!("{e} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    out.push_str("## Shared fields (every engine)\n\n");
+    let shared: Vec<FieldInfo> = all.iter().filter(|r| r.engine.is_none()).cloned().collect();
+    table(&mut out, &shared, "");
+    for e in ENGINES {
+        let rows: Vec<FieldInfo> = all
+            .iter()
+            .filter(|r| r.engine == Some(*e))
+            .cloned()
+            .collect();
+        let title = match pinned_engine_version(e) {
+            Some(v) => format!("## Engine `{e}` (pinned {e} {v})\n\n"),
+            None => format!(
+                "## Engine `{e}` (fleet only: an emulated engine for hosts without a GPU; not an llem engine)\n\n"
+            ),
+        };
+        out.push_str(&title);
+        out.push_str(&format!(
+            "Only valid with `engine: {e}`; the section of any other engine must be absent or null.\n\n"
+        ));
+        table(&mut out, &rows, "");
+    }
+    out.push_str("## `study_execution` (study files only)\n\n");
+    table(&mut out, &walk(&EXECUTION), "study_execution.");
+    out.push_str("## `output` (study files only)\n\n");
+    table(&mut out, &walk(&OUTPUT), "output.");
+    out
 }
 
 #[cfg(test)]

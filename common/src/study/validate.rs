@@ -78,8 +78,10 @@ pub fn expand_sampling_preset(raw: &mut Map) -> bool {
     let engine_key = match raw.get("engine") {
         None => "transformers".to_string(),
         Some(Value::Str(e)) => e.clone(),
-        Some(Value::Null) => "None".to_string(),
-        Some(_) => return false,
+        // llem's `engine_str`: `str(engine)` for anything that is not an Engine, so
+        // a list-valued engine gets a section keyed by the list's repr (then rejected
+        // as an extra key, as llem does).
+        Some(other) => crate::study::py::to_str(other),
     };
     let before = raw.get(&engine_key).cloned();
     if !matches!(raw.get(&engine_key), Some(Value::Map(_))) {
@@ -304,10 +306,17 @@ pub fn validate_map(
         ));
         return None;
     }
-    let mut out = Map::new();
+    let mut out = Map::with_capacity(model.fields.len() + raw.len().min(8));
+    // One location buffer per model, its last segment rewritten per field (no
+    // allocation per field on the happy path).
+    let mut floc = Vec::with_capacity(loc.len() + 1);
+    floc.extend_from_slice(loc);
+    floc.push(String::with_capacity(32));
     for f in model.fields {
-        let mut floc = loc.to_vec();
-        floc.push(f.name.to_string());
+        if let Some(last) = floc.last_mut() {
+            last.clear();
+            last.push_str(f.name);
+        }
         match raw.get(f.name) {
             Some(v) => {
                 if let Some(v) = validate_field(v, f, &floc, errors) {

@@ -7,6 +7,7 @@ engines/transformers.py exists and `import torch, transformers` works
 
 import importlib
 import os
+import threading
 
 from protocol import ConfigError, InfraError
 
@@ -21,10 +22,18 @@ OTHER_LLEM_ENGINES = ("vllm", "tensorrt")
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _cache = {}
+# One lock per engine: probing transformers (importing torch, several seconds) must not
+# hold up a synthetic run or a signal (lock waits are interruptible by signals).
+_locks = {name: threading.Lock() for name in KNOWN_ENGINES}
 
 
 def _load_class(name):
     """The engine class, or an error string explaining why it is unavailable."""
+    with _locks[name]:
+        return _load_class_locked(name)
+
+
+def _load_class_locked(name):
     if name in _cache:
         return _cache[name]
     module_name, class_name = KNOWN_ENGINES[name]
@@ -45,6 +54,19 @@ def _load_class(name):
 
 def available_engines():
     return [name for name in KNOWN_ENGINES if not isinstance(_load_class(name), str)]
+
+
+def probe_in_background(callback=None):
+    """Run the availability checks in a daemon thread (the server starts serving at
+    once; a `ping` or run that needs an engine still being probed waits for it)."""
+    def work():
+        names = available_engines()
+        if callback is not None:
+            callback(names)
+
+    thread = threading.Thread(target=work, name="engine-probe", daemon=True)
+    thread.start()
+    return thread
 
 
 def engine_class(name):

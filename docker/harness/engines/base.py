@@ -39,6 +39,12 @@ class BatchObserver:
     def request_end(self, i, output_tokens):
         raise NotImplementedError
 
+    def token_times(self, i, times_ns):
+        """Replace request i's token times (CLOCK_MONOTONIC ns, one per output token) by
+        estimates, for engines that cannot stream (call between first_token and
+        request_end). TTFT, ITL and token_times_ms then come from these."""
+        raise NotImplementedError
+
 
 class Engine:
     """Base class. Class-level methods must work without a loaded model."""
@@ -108,3 +114,17 @@ class Engine:
     def run_batch(self, config, batch_index, input_tokens, texts, observer):
         """Run one batch to completion, reporting through `observer`."""
         raise NotImplementedError
+
+    def run_prefill(self, config, batch_index, input_tokens, texts, observer):
+        """One prefill-only call of a batch (the prefill window): call
+        observer.prefill(input_tokens) as the work starts and return once it has
+        completed (device synchronised). Nothing else is reported."""
+        raise NotImplementedError
+
+    def latency_mode(self, config):
+        """How token times are obtained: {"itl_measurement_mode", "latency_estimated"}."""
+        return {"itl_measurement_mode": "true_streaming", "latency_estimated": False}
+
+    def result_fields(self, config):
+        """Extra top-level fields for the `result` event (after the run)."""
+        return {}

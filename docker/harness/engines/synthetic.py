@@ -235,6 +235,15 @@ class SyntheticEngine(Engine):
         max_out = task_settings(config)["max_output_tokens"]
         return self._generate(params, [input_tokens], max_out, None)
 
+    def run_prefill(self, config, batch_index, input_tokens, texts, observer):
+        """Prefill-only call: the batch's prefill sleep, no decode."""
+        self._check_loaded()
+        params = resolve_params(config)
+        observer.prefill(list(input_tokens))
+        self._deadline = None
+        self._sleep_ms(params["prefill_ms_per_token"] * sum(input_tokens)
+                       * DTYPE_FACTOR[params["dtype"]] * self._factor(params["noise"]))
+
     def run_batch(self, config, batch_index, input_tokens, texts, observer):
         self._check_loaded()
         params = resolve_params(config)

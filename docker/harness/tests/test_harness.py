@@ -135,7 +135,8 @@ class SharedServerTests(unittest.TestCase):
         cls._tmp = tempfile.TemporaryDirectory(prefix="hns")
         cls.sock = os.path.join(cls._tmp.name, "h.sock")
         cls.proc = start_server(cls.sock, "--slot", "3",
-                                "--max-thermal-floor-seconds", str(FLOOR_CAP))
+                                "--max-thermal-floor-seconds", str(FLOOR_CAP),
+                                "--prefill-window-seconds", "0")
 
     @classmethod
     def tearDownClass(cls):
