@@ -658,6 +658,9 @@ impl Slot {
             warnings.push("hardware slowdown seen during the window".into());
         }
         let clocks: Vec<u32> = in_window.iter().map(|s| s.sm_clock_mhz).collect();
+        if let Some(w) = engine_version_warning(&grant.engine, engine_version.as_deref()) {
+            warnings.push(w);
+        }
         let versions = metrics_versions(&metrics);
         let (environment, environment_hash) = self.environment.with_engine(&versions);
         let jitter = self.sampler.jitter();
@@ -823,4 +826,33 @@ fn metrics_versions(metrics: &serde_json::Value) -> serde_json::Value {
         .get("versions")
         .cloned()
         .unwrap_or(serde_json::Value::Null)
+}
+
+/// A warning when the engine version a run saw differs from the version llem 0.7.0's
+/// parameter registry is pinned to (its parameters and defaults may differ).
+fn engine_version_warning(engine: &str, seen: Option<&str>) -> Option<String> {
+    let pinned = lem_common::study::schema::pinned_engine_version(engine)?;
+    match seen {
+        Some(v) if v == pinned => None,
+        Some(v) => Some(format!(
+            "engine {engine} {v} differs from the version the parameter registry is pinned to ({pinned}); parameters and defaults may differ"
+        )),
+        None => Some(format!(
+            "engine {engine} did not report its version (registry pinned to {pinned})"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::engine_version_warning;
+
+    #[test]
+    fn engine_version_mismatch_warns() {
+        assert_eq!(engine_version_warning("transformers", Some("5.14.1")), None);
+        let w = engine_version_warning("transformers", Some("5.17.0")).unwrap();
+        assert!(w.contains("5.17.0") && w.contains("5.14.1"), "{w}");
+        assert!(engine_version_warning("transformers", None).is_some());
+        assert_eq!(engine_version_warning("synthetic", Some("0.1.0")), None);
+    }
 }
