@@ -20,7 +20,8 @@
 //! * [`handle_complete`]: a result arrived; [`CompleteOutcome`] says whether it counts;
 //! * [`handle_fail`]: the worker reports a failure with its class;
 //! * [`handle_expiry`]: the sweeper found the lease past its deadline;
-//! * [`handle_cancel`]: the operator cancelled the campaign.
+//! * [`handle_cancel`]: the operator cancelled the campaign;
+//! * [`handle_retry`]: the operator puts a failed run back to pending.
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -371,6 +372,24 @@ pub fn handle_cancel(rec: &LeaseRecord) -> Option<LeaseRecord> {
     Some(next)
 }
 
+/// The operator asked to retry a failed run: it goes back to pending, keeping its
+/// attempts (so the audit trail says how many leases it used) and its last failure.
+/// Runs in any other state are left alone; cancelled runs stay cancelled. Returns
+/// `None` when nothing changes.
+///
+/// The run's `last_token` is kept, so a late result from its most recent lease still
+/// counts if it arrives before anybody else leases the run (as after an expiry).
+pub fn handle_retry(rec: &LeaseRecord) -> Option<LeaseRecord> {
+    if rec.state != RunState::Failed {
+        return None;
+    }
+    let mut next = rec.clone();
+    next.state = RunState::Pending;
+    next.lease = None;
+    next.done_by = None;
+    Some(next)
+}
+
 /// When the record next needs the sweeper (its lease deadline), if ever.
 pub fn poll_deadline(rec: &LeaseRecord) -> Option<u64> {
     match (&rec.state, &rec.lease) {
@@ -558,6 +577,51 @@ mod tests {
             handle_complete(&c, FencingToken(1), &w("a"), 1),
             CompleteOutcome::Duplicate { .. }
         ));
+    }
+
+    #[test]
+    fn retry_returns_failed_runs_to_pending_keeping_attempts() {
+        let rec = handle_grant(
+            &LeaseRecord::new_pending(),
+            &w("a"),
+            0,
+            FencingToken(1),
+            0,
+            &P,
+        )
+        .unwrap();
+        let failed = handle_fail(
+            &rec,
+            FencingToken(1),
+            &w("a"),
+            FailureClass::Configuration,
+            "out of memory",
+            5,
+            &P,
+        )
+        .unwrap();
+        assert_eq!(failed.state, RunState::Failed);
+        let retried = handle_retry(&failed).unwrap();
+        assert_eq!(retried.state, RunState::Pending);
+        assert_eq!(retried.attempts, 1, "attempts are kept");
+        assert_eq!(retried.lease, None);
+        assert_eq!(
+            retried.last_failure.as_ref().map(|f| f.message.as_str()),
+            Some("out of memory")
+        );
+        // It can be leased again; the new lease is attempt 2.
+        let again = handle_grant(&retried, &w("b"), 0, FencingToken(2), 10, &P).unwrap();
+        assert_eq!(again.attempts, 2);
+        // Nothing else is retried: pending, leased, done and cancelled runs stay.
+        assert_eq!(handle_retry(&LeaseRecord::new_pending()), None);
+        assert_eq!(handle_retry(&rec), None);
+        let CompleteOutcome::Accepted(done) = handle_complete(&again, FencingToken(2), &w("b"), 20)
+        else {
+            panic!("b holds the lease")
+        };
+        assert_eq!(handle_retry(&done), None);
+        let cancelled = handle_cancel(&rec).unwrap();
+        assert_eq!(handle_retry(&cancelled), None);
     }
 
     /// Two parties on a simulated clock, with heartbeats lost and results delivered

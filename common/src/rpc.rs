@@ -236,5 +236,8 @@ pub trait Coordinator {
     async fn status(campaign: CampaignId) -> Result<CampaignStatus, RpcError>;
     async fn runs(campaign: CampaignId) -> Result<Vec<RunRow>, RpcError>;
     async fn cancel(campaign: CampaignId) -> Result<CampaignStatus, RpcError>;
+    /// Puts the campaign's failed runs back to pending (attempts kept); cancelled runs
+    /// are not retried, and a cancelled campaign is refused.
+    async fn retry(campaign: CampaignId) -> Result<CampaignStatus, RpcError>;
     async fn workers() -> Result<Vec<WorkerInfo>, RpcError>;
 }

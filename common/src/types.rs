@@ -186,6 +186,10 @@ pub struct RunResult {
     pub decode_energy_j: Option<f64>,
     pub prefill_energy_adjusted_j: Option<f64>,
     pub decode_energy_adjusted_j: Option<f64>,
+    /// The window's power, temperature and SM clock, downsampled (bucket means, at most
+    /// 240 points; `t_s` from the window start). `lem-coord results --format timeseries`
+    /// exports it.
+    pub timeseries: serde_json::Value,
     /// Max/min SM clock (MHz) and throttle reasons seen in the window.
     pub sm_clock_min_mhz: u32,
     pub sm_clock_max_mhz: u32,
@@ -203,7 +207,7 @@ impl RunResult {
     /// a result holding one must not be published).
     pub fn non_finite_fields(&self) -> Vec<&'static str> {
         let opt = |v: Option<f64>| v.is_none_or(f64::is_finite);
-        let checks: [(&'static str, bool); 26] = [
+        let checks: [(&'static str, bool); 27] = [
             ("duration_s", self.duration_s.is_finite()),
             ("total_energy_j", self.total_energy_j.is_finite()),
             ("energy_integral_j", opt(self.energy_integral_j)),
@@ -241,6 +245,7 @@ impl RunResult {
                 }),
             ),
             ("harness_metrics", json_finite(&self.harness_metrics)),
+            ("timeseries", json_finite(&self.timeseries)),
             (
                 "energy_adjusted_resident_j",
                 opt(self.energy_adjusted_resident_j),

@@ -81,6 +81,8 @@ pub enum ResultsFormat {
     Jsonl,
     /// The same columns as CSV.
     Csv,
+    /// Each run's downsampled power/temperature/clock timeseries as JSON lines.
+    Timeseries,
     /// The same columns as a typed Parquet file (needs --output FILE).
     Parquet,
     /// llem 0.7.0's study output layout in a directory (needs --output DIR; see
@@ -137,6 +139,16 @@ pub enum Command {
     /// Cancel a campaign: runs not yet finished are cancelled.
     Cancel {
         campaign: u64,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Put a campaign's failed runs back to pending (attempts kept; cancelled runs
+    /// are not retried).
+    Retry {
+        campaign: u64,
+        /// Retry the failed runs (the default, and for now the only choice).
+        #[arg(long)]
+        failed: bool,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -211,6 +223,11 @@ pub fn main_impl(cli: Cli) -> Result<(), CliError> {
                 .await
             }
             Command::Cancel { campaign, connect } => cancel(campaign, &connect.coordinator).await,
+            Command::Retry {
+                campaign,
+                failed: _,
+                connect,
+            } => retry(campaign, &connect.coordinator).await,
             Command::Workers { json, connect } => workers(json, &connect.coordinator).await,
             Command::Grid {
                 study,
@@ -404,6 +421,7 @@ fn render(rows: &[RunRow], format: ResultsFormat) -> Result<Vec<u8>, CliError> {
     match format {
         ResultsFormat::Jsonl => Ok(export::to_jsonl(rows).into_bytes()),
         ResultsFormat::Csv => Ok(export::to_csv(rows).into_bytes()),
+        ResultsFormat::Timeseries => Ok(export::timeseries_jsonl(rows).into_bytes()),
         ResultsFormat::Parquet => Ok(parquet_export::to_parquet(rows)?),
         ResultsFormat::Llem => Err(invalid(anyhow!(
             "--format llem writes a directory, not one file: give --output DIR"
@@ -539,6 +557,13 @@ fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
 async fn cancel(campaign: u64, addr: &str) -> Result<(), CliError> {
     let client = connect(addr).await?;
     let s = rpc(addr, client.cancel(ctx(), CampaignId(campaign)).await)?;
+    print_status_detail(&s);
+    Ok(())
+}
+
+async fn retry(campaign: u64, addr: &str) -> Result<(), CliError> {
+    let client = connect(addr).await?;
+    let s = rpc(addr, client.retry(ctx(), CampaignId(campaign)).await)?;
     print_status_detail(&s);
     Ok(())
 }

@@ -349,3 +349,40 @@ pub fn summary_table(rows: &[RunRow]) -> String {
     }
     out
 }
+
+/// The timeseries of every run with a result, one JSON line per point:
+/// `{"experiment_id", "cycle", "config_hash", "t_s", "power_w", "temp_c", "sm_clock_mhz"}`.
+pub fn timeseries_jsonl(rows: &[RunRow]) -> String {
+    let mut out = String::new();
+    for r in rows {
+        let Some(ts) = r.result.as_ref().map(|x| &x.timeseries) else {
+            continue;
+        };
+        let col = |k: &str| {
+            ts.get(k)
+                .and_then(|v| v.as_array())
+                .cloned()
+                .unwrap_or_default()
+        };
+        let (t, p, c, k) = (
+            col("t_s"),
+            col("power_w"),
+            col("temp_c"),
+            col("sm_clock_mhz"),
+        );
+        for (i, t_s) in t.iter().enumerate() {
+            let line = json!({
+                "experiment_id": r.run.to_string(),
+                "cycle": r.cycle,
+                "config_hash": r.config_hash,
+                "t_s": t_s,
+                "power_w": p.get(i),
+                "temp_c": c.get(i),
+                "sm_clock_mhz": k.get(i),
+            });
+            out.push_str(&line.to_string());
+            out.push('\n');
+        }
+    }
+    out
+}

@@ -105,6 +105,9 @@ fn store_err(e: StoreError) -> RpcError {
             RpcError::new(RpcErrorKind::NotFound, e.to_string())
         }
         StoreError::Lease(l) => RpcError::new(RpcErrorKind::LeaseLost, l.to_string()),
+        StoreError::CampaignCancelled(_) => {
+            RpcError::new(RpcErrorKind::InvalidInput, e.to_string())
+        }
         StoreError::Storage(s) => RpcError::new(
             RpcErrorKind::Unavailable,
             format!("coordinator cannot write its manifest: {s} (check free space and permissions of its data dir)"),
@@ -537,6 +540,20 @@ impl Coordinator for CoordService {
             CoordService::campaign_status(&shared, campaign)
         })
         .await
+    }
+
+    async fn retry(self, _: Context, campaign: CampaignId) -> Result<CampaignStatus, RpcError> {
+        let shared = self.shared.clone();
+        let (n, status) = blocking(move || {
+            let n = shared.store.retry(campaign)?;
+            Ok((n, CoordService::campaign_status(&shared, campaign)?))
+        })
+        .await?;
+        tracing::info!(campaign = campaign.0, n, "failed runs returned to pending");
+        if n > 0 {
+            self.shared.work_available.notify_waiters();
+        }
+        Ok(status)
     }
 
     async fn workers(self, _: Context) -> Result<Vec<WorkerInfo>, RpcError> {

@@ -68,6 +68,8 @@ pub enum StoreError {
     NoCampaign(CampaignId),
     #[error("no run {0}")]
     NoRun(RunKey),
+    #[error("campaign {0} was cancelled; its runs are not retried (submit the study again)")]
+    CampaignCancelled(CampaignId),
     #[error("corrupt record in table {table}: {detail}")]
     Corrupt { table: &'static str, detail: String },
     #[error(transparent)]
@@ -627,6 +629,42 @@ impl Store {
         Ok(n)
     }
 
+    /// Puts every failed run of a campaign back to pending, attempts kept
+    /// (`lem_common::lease::handle_retry`), in one transaction. Cancelled runs are
+    /// not retried, and a cancelled campaign is refused. Returns how many runs changed.
+    pub fn retry(&self, id: CampaignId) -> Result<usize, StoreError> {
+        let txn = self.db.begin_write()?;
+        let campaign: CampaignRecord = {
+            let t = txn.open_table(CAMPAIGNS)?;
+            let g = t.get(id.0)?.ok_or(StoreError::NoCampaign(id))?;
+            from_json("campaigns", g.value())?
+        };
+        if campaign.cancelled {
+            return Err(StoreError::CampaignCancelled(id));
+        }
+        let keys: Vec<u32> = {
+            let t = txn.open_table(RUNS)?;
+            let mut v = Vec::new();
+            for item in t.range((id.0, 0)..=(id.0, u32::MAX))? {
+                v.push(item?.0.value().1);
+            }
+            v
+        };
+        let mut n = 0;
+        for seq in keys {
+            let key = RunKey { campaign: id, seq };
+            let old = get_run(&txn, key)?;
+            if let Some(l) = lease::handle_retry(&old.lease) {
+                let mut new = old.clone();
+                new.lease = l;
+                put_run(&txn, Some(&old), &new)?;
+                n += 1;
+            }
+        }
+        txn.commit()?;
+        Ok(n)
+    }
+
     pub fn run_state(&self, key: RunKey) -> Result<RunRecord, StoreError> {
         let txn = self
             .db
@@ -765,6 +803,68 @@ mod tests {
         // Expiry returns it to pending.
         assert_eq!(store.expire_leases(1_000 + 31_000, &policy).unwrap(), 1);
         assert_eq!(store.counts(id).unwrap().pending, 3);
+    }
+
+    #[test]
+    fn retry_puts_failed_runs_back_to_pending_with_attempts_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let policy = LeasePolicy {
+            ttl_ms: 1_000,
+            max_attempts: 1,
+        };
+        let id = store
+            .create_campaign(campaign(), runs(&["synthetic", "synthetic", "synthetic"]))
+            .unwrap();
+        let a = WorkerId("a".into());
+        let eng = vec!["synthetic".to_string()];
+        // Run 0 fails (configuration), run 1 expires past max_attempts, run 2 is done.
+        let r0 = store.lease_next(&a, 0, &eng, 0, &policy).unwrap().unwrap();
+        let t0 = r0.lease.lease.as_ref().unwrap().token;
+        store
+            .fail(
+                r0.key,
+                t0,
+                &a,
+                FailureClass::Configuration,
+                "oom",
+                1,
+                &policy,
+            )
+            .unwrap();
+        let r1 = store.lease_next(&a, 0, &eng, 2, &policy).unwrap().unwrap();
+        let r2 = store.lease_next(&a, 0, &eng, 3, &policy).unwrap().unwrap();
+        let t2 = r2.lease.lease.as_ref().unwrap().token;
+        store
+            .complete(r2.key, t2, &a, &RunResult::default(), 4, "x")
+            .unwrap();
+        assert_eq!(store.expire_leases(5_000, &policy).unwrap(), 1);
+        let c = store.counts(id).unwrap();
+        assert_eq!((c.failed, c.done, c.pending), (2, 1, 0));
+
+        assert_eq!(store.retry(id).unwrap(), 2);
+        let c = store.counts(id).unwrap();
+        assert_eq!((c.failed, c.done, c.pending, c.total()), (0, 1, 2, 3));
+        for key in [r0.key, r1.key] {
+            let rec = store.run_state(key).unwrap();
+            assert_eq!(rec.lease.state, RunState::Pending);
+            assert_eq!(rec.lease.attempts, 1, "attempts kept");
+        }
+        // Leasable again, in order; nothing left to retry.
+        let again = store.lease_next(&a, 0, &eng, 6, &policy).unwrap().unwrap();
+        assert_eq!((again.key, again.lease.attempts), (r0.key, 2));
+        assert_eq!(store.retry(id).unwrap(), 0);
+        // A cancelled campaign is refused; its cancelled runs stay cancelled.
+        store.cancel(id).unwrap();
+        assert!(matches!(
+            store.retry(id),
+            Err(StoreError::CampaignCancelled(_))
+        ));
+        assert_eq!(store.counts(id).unwrap().cancelled, 2);
+        assert!(matches!(
+            store.retry(CampaignId(99)),
+            Err(StoreError::NoCampaign(_))
+        ));
     }
 
     #[test]

@@ -2,39 +2,44 @@
 # The H100 validation run (docs/validation/h100.md): lem-coord and lem-worker on the GPU
 # machine, real NVML, the transformers engine, examples/h100-llama-1.1b.yaml.
 # Binaries in .carry/bin (built on the developer machine, carried). Writes to $OUT.
+#   h100_validation.sh start     starts both detached (setsid) and waits up to ~9 min
+#   h100_validation.sh collect   waits for the campaign and writes the results
 set -u
-B=.carry/bin
+B=$PWD/.carry/bin
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,driver_version,power.draw,temperature.gpu,clocks.sm,pstate --format=csv | tee "$OUT/smi.txt"
-rm -rf /tmp/lem && mkdir -p /tmp/lem
-$B/lem-coord start --listen 127.0.0.1:0 --data-dir /tmp/lem/coord > /tmp/lem/coord.log 2>&1 &
-sleep 1
-A=$(cat /tmp/lem/coord/coordinator.addr)
-$B/lem-worker --coordinator "$A" --data-dir /tmp/lem/w0 --name h100 --python python3 > /tmp/lem/w0.log 2>&1 &
-WP=$!
-T0=$(date +%s)
-ID=$($B/lem-coord submit examples/h100-llama-1.1b.yaml --coordinator "$A" | tail -1)
-for i in $(seq 1 500); do
+W=/tmp/lem
+phase=${1:-start}
+if [ "$phase" = start ]; then
+  nvidia-smi --query-gpu=name,driver_version,power.draw,temperature.gpu,clocks.sm,pstate --format=csv | tee "$OUT/smi.txt"
+  rm -rf $W && mkdir -p $W
+  setsid $B/lem-coord start --listen 127.0.0.1:0 --data-dir $W/coord > $W/coord.log 2>&1 < /dev/null &
+  sleep 1
+  A=$(cat $W/coord/coordinator.addr)
+  setsid $B/lem-worker --coordinator "$A" --data-dir $W/w0 --name h100 > $W/w0.log 2>&1 < /dev/null &
+  date +%s > $W/t0
+  $B/lem-coord submit examples/h100-llama-1.1b.yaml --coordinator "$A" | tail -1 > $W/id
+fi
+A=$(cat $W/coord/coordinator.addr); ID=$(cat $W/id)
+deadline=$(( $(date +%s) + ${WAIT_S:-540} ))
+while [ "$(date +%s)" -lt "$deadline" ]; do
   D=$($B/lem-coord status "$ID" --json --coordinator "$A" | python3 -c "import sys,json; s=json.load(sys.stdin); print(s['done']+s['failed'])")
-  [ "$D" = "9" ] && break; sleep 1
+  [ "$D" = "9" ] && break; sleep 2
 done
-echo "campaign wall: $(( $(date +%s) - T0 )) s"
 $B/lem-coord status "$ID" --coordinator "$A" | tee "$OUT/status.txt"
+echo "campaign wall so far: $(( $(date +%s) - $(cat $W/t0) )) s"
 $B/lem-coord results "$ID" --format jsonl --coordinator "$A" > "$OUT/results.jsonl"
-# Full records (all fields) straight from the manifest via the runs RPC is what results
-# exports; keep the worker log and harness log too.
-cp /tmp/lem/w0.log "$OUT/worker.log"; cp /tmp/lem/w0/slot-0/harness.log "$OUT/harness.log"
-# Worker CPU while idle between campaigns: sampler at 20 Hz + a lease long-poll.
-C0=$(awk '{print $14+$15}' /proc/$WP/stat); sleep 20; C1=$(awk '{print $14+$15}' /proc/$WP/stat)
-echo "worker idle cpu: $(( C1 - C0 )) ticks in 20 s (CLK_TCK=$(getconf CLK_TCK))" | tee "$OUT/idle_cpu.txt"
+$B/lem-coord results "$ID" --format timeseries --coordinator "$A" > "$OUT/timeseries.jsonl"
+cp $W/w0.log "$OUT/worker.log"; cp $W/w0/slot-0/harness.log "$OUT/harness.log"
+grep -c '"kind":"device"' "$OUT/results.jsonl" >/dev/null 2>&1
 python3 - "$OUT/results.jsonl" <<'PY'
 import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1])]
-for r in rows:
-    print(r["experiment_id"], r["cycle"], r["config_hash"], r["state"], "E=%.1f J adj=%.1f J base=%.1f W tok/s=%.1f J/tok=%.4f adjJ/tok=%.4f dis=%.2f%% T=%s load=%.2fs warm=%s" % (
-        r["total_energy_j"] or 0, r["energy_adjusted_j"] or 0, r["baseline_power_w"] or 0,
-        r["avg_tokens_per_second"] or 0, r["avg_energy_per_token_j"] or 0, r["energy_per_token_adjusted_j"] or 0,
-        r["energy_disagreement_pct"] or 0, r["max_temperature_c"], r["model_load_time_sec"] or 0, r["model_already_loaded"]))
+for l in open(sys.argv[1]):
+    r = json.loads(l)
+    f = lambda k: r.get(k) if r.get(k) is not None else float("nan")
+    print(r["experiment_id"], r["cycle"], r["state"], "win=%.1fs E=%.0fJ adj=%.0f adjres=%.0f base=%.2fW res=%.2fW tok/s=%.1f dis=%.2f%% pre/call=%.3fJ load=%.2f warm=%s gate=%.1fs T=%s" % (
+        f("total_inference_time_sec"), f("total_energy_j"), f("energy_adjusted_j"), f("energy_adjusted_resident_j"),
+        f("baseline_power_w"), f("resident_baseline_power_w"), f("avg_tokens_per_second"), f("energy_disagreement_pct"),
+        f("prefill_energy_per_call_j"), f("model_load_time_sec"), r.get("model_already_loaded"), f("thermal_wait_s"), r.get("max_temperature_c")))
 PY
-tail -5 /tmp/lem/w0.log
+grep -i "baseline\|warn" $W/w0.log | tail -5

@@ -60,12 +60,57 @@ impl Proc {
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+
+    /// SIGKILLs the process group and reaps the process.
+    pub fn kill(&mut self) {
+        if self.is_running() {
+            self.signal(libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+
+    /// Waits up to `timeout` for the process to exit; `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        self.signal(libc::SIGKILL);
+        // A process that was already reaped is not signalled: its id may be reused.
+        if self.is_running() {
+            self.signal(libc::SIGKILL);
+        }
         let _ = self.child.wait();
+    }
+}
+
+/// A tiny xorshift64 generator for seeded, reproducible fault schedules.
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0.max(1);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// A duration uniformly in `[lo, hi)`, in milliseconds.
+    pub fn between(&mut self, lo: Duration, hi: Duration) -> Duration {
+        let (lo, hi) = (lo.as_millis() as u64, hi.as_millis() as u64);
+        Duration::from_millis(lo + self.next_u64() % (hi - lo).max(1))
     }
 }
 

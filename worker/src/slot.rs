@@ -34,12 +34,28 @@ use crate::transport;
 const LEASE_WAIT_MS: u64 = 20_000;
 /// Power is "flat" for the baseline when the last two seconds vary less than this.
 const SETTLE_STD_W: f64 = 1.0;
-const SETTLE_MAX: Duration = Duration::from_secs(30);
+const SETTLE_DRIFT_W: f64 = 0.5;
+const SETTLE_MAX: Duration = Duration::from_secs(90);
 /// How long the energy counter is read back to back after each window edge: long
 /// enough to see two of its ~100 ms updates.
 const COUNTER_BURST: Duration = Duration::from_millis(300);
+/// Points kept in a result's timeseries (bucket means over the window).
+const TIMESERIES_POINTS: usize = 240;
 /// Default per-run timeout (llem's `experiment_timeout_seconds` default).
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Connects to the coordinator and registers.
+async fn connect_and_register(
+    addr: &str,
+    register: &RegisterRequest,
+) -> anyhow::Result<CoordinatorClient> {
+    let c = transport::connect(addr).await?;
+    c.register(ctx_with(Duration::from_secs(10)), register.clone())
+        .await
+        .map_err(|e| anyhow!("register: {e}"))?
+        .map_err(|e| anyhow!("coordinator refused registration: {e}"))?;
+    Ok(c)
+}
 
 /// Everything a slot needs; owned by its loop.
 pub struct Slot {
@@ -164,7 +180,12 @@ impl Slot {
                 }
                 Err(e) => {
                     tracing::warn!(slot = self.index, error = %e, "coordinator not reachable; retrying");
-                    tokio::time::sleep(backoff).await;
+                    // SIGTERM while the coordinator is away stops at once.
+                    let mut stopped = stop.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stopped.changed() => {}
+                    }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
@@ -172,12 +193,7 @@ impl Slot {
     }
 
     async fn connect_and_register(&self) -> anyhow::Result<CoordinatorClient> {
-        let c = transport::connect(&self.coordinator).await?;
-        c.register(ctx_with(Duration::from_secs(10)), self.register.clone())
-            .await
-            .map_err(|e| anyhow!("register: {e}"))?
-            .map_err(|e| anyhow!("coordinator refused registration: {e}"))?;
-        Ok(c)
+        connect_and_register(&self.coordinator, &self.register).await
     }
 
     /// The slot's lease loop: runs until `stop` becomes true (after the current run).
@@ -227,9 +243,13 @@ impl Slot {
         // or cannot be renewed for longer than our own TTL (two thirds of the
         // coordinator's, so we stop before it re-leases the run).
         let (cancel_tx, cancel_rx) = watch::channel(None::<String>);
+        // A coordinator that restarts (on the same address, with the manifest that
+        // still holds this lease) is reconnected to: a renewal that fails on the
+        // transport reconnects before the next one.
         let renewer = {
-            let client = client.clone();
+            let mut client = client.clone();
             let (worker, run, token) = (self.worker.clone(), grant.run, grant.token);
+            let (addr, register) = (self.coordinator.clone(), self.register.clone());
             let ttl = Duration::from_millis(grant.ttl_ms);
             tokio::spawn(async move {
                 let mut last_ok = tokio::time::Instant::now();
@@ -255,12 +275,22 @@ impl Slot {
                             let _ = cancel_tx.send(Some(format!("lease lost: {e}")));
                             return;
                         }
-                        _ => {
+                        other => {
                             if last_ok.elapsed() > ttl * 2 / 3 {
                                 let _ = cancel_tx.send(Some(
                                     "could not renew the lease within the worker TTL".into(),
                                 ));
                                 return;
+                            }
+                            if other.is_err() {
+                                if let Ok(Ok(c)) = tokio::time::timeout(
+                                    ttl / 3,
+                                    connect_and_register(&addr, &register),
+                                )
+                                .await
+                                {
+                                    client = c;
+                                }
                             }
                         }
                     }
@@ -280,13 +310,22 @@ impl Slot {
                     class,
                     message,
                 };
+                // Over a fresh connection if the coordinator restarted meanwhile; if
+                // it cannot be told, the lease expires and the run is retried anyway.
+                let mut client = client.clone();
                 for _ in 0..5 {
                     match client
                         .fail(ctx_with(Duration::from_secs(10)), req.clone())
                         .await
                     {
                         Ok(_) => break,
-                        Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                        Err(_) => {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            if let Ok(c) = self.connect_and_register().await {
+                                self.client = Some(c.clone());
+                                client = c;
+                            }
+                        }
                     }
                 }
             }
@@ -353,7 +392,9 @@ impl Slot {
             tokio::time::sleep(Duration::from_secs_f64(gap_s)).await;
         }
         let policy = GatePolicy::default();
-        let started_ns = mono_ns();
+        // The samples of the last plateau window count too: a GPU that has already
+        // settled (the harness idled through a baseline or the gap) opens the gate at once.
+        let started_ns = mono_ns().saturating_sub((policy.plateau_window_s * 1e9) as u64);
         loop {
             let now = mono_ns();
             let temps: Vec<(u64, f64)> = self
@@ -376,19 +417,37 @@ impl Slot {
 
     /// Measures idle power: waits until power is flat, then averages a window.
     async fn measure_idle(&self, duration_s: f64, kind: &str, strategy: &str) -> BaselineRecord {
+        // Settled = the last 3 s are flat (spread under SETTLE_STD_W) and no lower than
+        // the 3 s before them by more than SETTLE_DRIFT_W: NVML's power is a lagging
+        // average on the H100, and after a CUDA context goes away the card keeps
+        // stepping down for seconds, so "flat for 2 s" alone measured 73-86 W there.
         let settle_start = tokio::time::Instant::now();
         loop {
             let now = mono_ns();
-            let w = self
-                .sampler
-                .window(now.saturating_sub(2_000_000_000), now, 0);
-            let p: Vec<f64> = w.iter().map(|s| s.power_w).collect();
-            let flat =
-                p.len() >= 10 && stats::std_population(&p).unwrap_or(f64::MAX) < SETTLE_STD_W;
-            if flat || settle_start.elapsed() > SETTLE_MAX {
+            let stats_of = |from: u64, to: u64| {
+                let p: Vec<f64> = self
+                    .sampler
+                    .window(from, to, 0)
+                    .iter()
+                    .map(|s| s.power_w)
+                    .collect();
+                (stats::mean(&p), stats::std_population(&p), p.len())
+            };
+            let (recent, spread, n) = stats_of(now.saturating_sub(3_000_000_000), now);
+            let (earlier, _, m) = stats_of(
+                now.saturating_sub(6_000_000_000),
+                now.saturating_sub(3_000_000_000),
+            );
+            let settled = match (recent, spread, earlier) {
+                (Some(r), Some(sd), Some(e)) if n >= 10 && m >= 10 => {
+                    sd < SETTLE_STD_W && (e - r) < SETTLE_DRIFT_W
+                }
+                _ => false,
+            };
+            if settled || settle_start.elapsed() > SETTLE_MAX {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
         let settle_s = settle_start.elapsed().as_secs_f64();
         let t0 = mono_ns();
@@ -664,6 +723,7 @@ impl Slot {
         let versions = metrics_versions(&metrics);
         let (environment, environment_hash) = self.environment.with_engine(&versions);
         let jitter = self.sampler.jitter();
+        let timeseries = downsample(&samples, t0, t1, TIMESERIES_POINTS);
         let input_tokens = metrics
             .get("input_tokens")
             .and_then(|v| v.as_u64())
@@ -797,6 +857,7 @@ impl Slot {
             }),
             environment,
             environment_hash,
+            timeseries,
             sm_clock_min_mhz: clocks.iter().copied().min().unwrap_or(0),
             sm_clock_max_mhz: clocks.iter().copied().max().unwrap_or(0),
             throttle_power,
@@ -841,6 +902,65 @@ fn engine_version_warning(engine: &str, seen: Option<&str>) -> Option<String> {
             "engine {engine} did not report its version (registry pinned to {pinned})"
         )),
     }
+}
+
+/// The window's telemetry, downsampled for storage: at most `max_points` buckets of
+/// equal length over `[t0, t1]`, each the mean of the samples in it (empty buckets are
+/// skipped). Times are seconds from `t0`.
+fn downsample(
+    samples: &[crate::telemetry::TelemetrySample],
+    t0: u64,
+    t1: u64,
+    max_points: usize,
+) -> serde_json::Value {
+    let mut inside: Vec<crate::telemetry::TelemetrySample> = samples
+        .iter()
+        .filter(|s| s.t_mono_ns >= t0 && s.t_mono_ns <= t1)
+        .cloned()
+        .collect();
+    if inside.is_empty() {
+        // A window shorter than the sampling interval: the samples nearest its edges,
+        // placed at the edges.
+        let before = samples.iter().rev().find(|s| s.t_mono_ns < t0);
+        let after = samples.iter().find(|s| s.t_mono_ns > t1);
+        for (s, at) in before
+            .into_iter()
+            .map(|s| (s, t0))
+            .chain(after.map(|s| (s, t1)))
+        {
+            let mut s = s.clone();
+            s.t_mono_ns = at;
+            inside.push(s);
+        }
+    }
+    let buckets = max_points.clamp(1, inside.len().max(1));
+    let span = (t1 - t0).max(1) as f64;
+    /// Per bucket: samples, then sums of time, power, temperature, SM clock.
+    type Bucket = (usize, f64, f64, f64, f64);
+    let mut acc: Vec<Bucket> = vec![(0, 0.0, 0.0, 0.0, 0.0); buckets];
+    for s in &inside {
+        let i = (((s.t_mono_ns - t0) as f64 / span) * buckets as f64) as usize;
+        let b = &mut acc[i.min(buckets - 1)];
+        b.0 += 1;
+        b.1 += (s.t_mono_ns - t0) as f64 / 1e9;
+        b.2 += s.power_w;
+        b.3 += s.temp_c;
+        b.4 += s.sm_clock_mhz as f64;
+    }
+    let kept: Vec<_> = acc.into_iter().filter(|b| b.0 > 0).collect();
+    let col = |f: &dyn Fn(&Bucket) -> f64| -> Vec<f64> {
+        kept.iter()
+            .map(|b| (f(b) / b.0 as f64 * 1000.0).round() / 1000.0)
+            .collect()
+    };
+    serde_json::json!({
+        "n_raw_samples": inside.len(),
+        "downsampling": format!("bucket means, at most {max_points} points"),
+        "t_s": col(&|b| b.1),
+        "power_w": col(&|b| b.2),
+        "temp_c": col(&|b| b.3),
+        "sm_clock_mhz": col(&|b| b.4),
+    })
 }
 
 #[cfg(test)]

@@ -138,6 +138,32 @@ fn twelve_runs_two_workers_each_run_exactly_once() {
     }
     assert!(warm_runs >= 10, "12 runs on 2 workers: at least 10 warm");
 
+    // Every run keeps its window's timeseries, exportable as JSON lines.
+    let args = [
+        "results",
+        &id,
+        "--format",
+        "timeseries",
+        "--coordinator",
+        &addr,
+    ];
+    let out = run(COORD, &args);
+    assert!(out.status.success(), "{}", describe(&args, &out));
+    let points: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let runs_with_points: BTreeSet<&str> = points
+        .iter()
+        .map(|p| p["experiment_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(runs_with_points.len(), 12, "every run has a timeseries");
+    for p in &points {
+        assert!(p["power_w"].as_f64().unwrap() > 0.0, "{p}");
+        assert!(p["t_s"].as_f64().unwrap() >= 0.0, "{p}");
+    }
+
     // CSV has a header and 12 rows.
     let csv_path = dir.join("out/results.csv");
     let args = [

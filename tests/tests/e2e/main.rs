@@ -1,6 +1,7 @@
 //! End-to-end tests: real processes on loopback. One binary, one module per area.
 
 mod bad_input;
+mod faults;
 mod flow;
 
 pub const COORD: &str = env!("CARGO_BIN_EXE_lem-coord-shim");
