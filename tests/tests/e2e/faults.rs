@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use lem_tests::{describe, repo_root, run, wait_for, Proc, XorShift};
 use serde_json::Value;
 
-use crate::{start_coordinator, start_worker, COORD, WORKER};
+use crate::{campaign_id, start_coordinator, start_worker, wait_for_addr, COORD, WORKER};
 
 /// The coordinator's lease TTL in this test; workers renew every third of it.
 const TTL_SECS: u64 = 5;
@@ -51,16 +51,7 @@ impl Fleet {
     fn start(dir: &Path) -> Fleet {
         let coord_dir = dir.join("coord");
         let coord = spawn_coord(dir, &coord_dir, "coord-0", "127.0.0.1:0");
-        let addr = wait_for(
-            "coordinator address file",
-            Duration::from_secs(30),
-            &[&coord],
-            || {
-                std::fs::read_to_string(coord_dir.join("coordinator.addr"))
-                    .ok()
-                    .filter(|a| !a.is_empty())
-            },
-        );
+        let addr = wait_for_addr(&coord, &coord_dir);
         Fleet {
             dir: dir.to_path_buf(),
             coord_dir,
@@ -221,13 +212,7 @@ fn crashes_and_stalls_keep_every_run_exactly_once() {
     if !out.status.success() {
         fleet.fail(&describe(&args, &out));
     }
-    let id = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .to_string();
+    let id = campaign_id(&out.stdout);
 
     let plan = [
         Fault::KillCoordinator,
@@ -421,10 +406,7 @@ fn sigterm_finishes_the_current_run_then_exits() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let (coord, addr) = start_coordinator(dir);
-    let status_json = |id: &str| -> Option<Value> {
-        let out = run(COORD, &["status", id, "--json", "--coordinator", &addr]);
-        serde_json::from_slice(&out.stdout).ok()
-    };
+    let status_json = |id: &str| crate::status_json(&addr, id);
 
     // Idle: registered and waiting for work.
     let mut idle = start_worker(dir, &addr, "idle");
@@ -458,13 +440,7 @@ fn sigterm_finishes_the_current_run_then_exits() {
     let args = ["submit", study.to_str().unwrap(), "--coordinator", &addr];
     let out = run(COORD, &args);
     assert!(out.status.success(), "{}", describe(&args, &out));
-    let id = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .to_string();
+    let id = campaign_id(&out.stdout);
     wait_for(
         "the busy worker to lease a run",
         Duration::from_secs(60),

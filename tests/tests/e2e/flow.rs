@@ -7,15 +7,7 @@ use std::time::Duration;
 use lem_tests::{describe, repo_root, run, wait_for, Proc};
 use serde_json::Value;
 
-use crate::{start_coordinator, start_worker, COORD};
-
-fn status_json(addr: &str, id: &str) -> Option<Value> {
-    let out = run(COORD, &["status", id, "--json", "--coordinator", addr]);
-    if !out.status.success() {
-        return None;
-    }
-    serde_json::from_slice(&out.stdout).ok()
-}
+use crate::{campaign_id, start_coordinator, start_worker, status_json, COORD};
 
 #[test]
 fn twelve_runs_two_workers_each_run_exactly_once() {
@@ -223,13 +215,7 @@ fn runs_of_an_engine_no_worker_has_are_blocked_with_a_reason() {
     let args = ["submit", study.to_str().unwrap(), "--coordinator", &addr];
     let out = run(COORD, &args);
     assert!(out.status.success(), "{}", describe(&args, &out));
-    let id = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .to_string();
+    let id = campaign_id(&out.stdout);
     let s = wait_for(
         "the vllm runs to be reported blocked",
         Duration::from_secs(60),

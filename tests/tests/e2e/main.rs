@@ -27,17 +27,41 @@ pub fn start_coordinator(dir: &Path) -> (Proc, String) {
         ],
         dir,
     );
-    let addr = wait_for(
+    let addr = wait_for_addr(&coord, &coord_dir);
+    (coord, addr)
+}
+
+/// Waits for a coordinator started with `--data-dir coord_dir` to write its address.
+pub fn wait_for_addr(coord: &Proc, coord_dir: &Path) -> String {
+    wait_for(
         "coordinator address file",
         Duration::from_secs(30),
-        &[&coord],
+        &[coord],
         || {
             std::fs::read_to_string(coord_dir.join("coordinator.addr"))
                 .ok()
                 .filter(|a| !a.is_empty())
         },
-    );
-    (coord, addr)
+    )
+}
+
+/// The campaign id `lem-coord submit` prints as the last line of its stdout.
+pub fn campaign_id(stdout: &[u8]) -> String {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .last()
+        .expect("submit prints the campaign id")
+        .trim()
+        .to_string()
+}
+
+/// `lem-coord status ID --json`, parsed; `None` while the coordinator does not answer.
+pub fn status_json(addr: &str, id: &str) -> Option<serde_json::Value> {
+    let out = lem_tests::run(COORD, &["status", id, "--json", "--coordinator", addr]);
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
 }
 
 /// Starts a `lem-worker` named `name` with the simulated GPU in `dir/name`.
