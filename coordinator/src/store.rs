@@ -266,15 +266,20 @@ impl Store {
         })?;
         let path = data_dir.join(MANIFEST_FILE);
         let display = path.display().to_string();
-        let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::AlreadyOpen {
-                path: display.clone(),
-            },
-            other => StoreError::Open {
-                path: display.clone(),
-                source: other,
-            },
-        })?;
+        // Verify every page's checksum while opening: a damaged manifest is an error
+        // that names it, never a panic inside redb (a plain open may panic on one).
+        let db = Database::builder()
+            .set_check_integrity_on_open(true)
+            .create(&path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::AlreadyOpen {
+                    path: display.clone(),
+                },
+                other => StoreError::Open {
+                    path: display.clone(),
+                    source: other,
+                },
+            })?;
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
