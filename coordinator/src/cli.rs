@@ -110,6 +110,9 @@ pub enum Command {
     /// Submit a study; prints the campaign id as the last line.
     Submit {
         study: PathBuf,
+        /// Go on past the grid-size limit (10,000 configs).
+        #[arg(long)]
+        allow_large_grid: bool,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -187,6 +190,9 @@ pub enum Command {
         /// Python interpreter for the harness.
         #[arg(long, env = "LEM_PYTHON", default_value = "python3")]
         python: String,
+        /// Go on past the grid-size limit (10,000 configs).
+        #[arg(long)]
+        allow_large_grid: bool,
     },
 }
 
@@ -200,7 +206,11 @@ pub fn main_impl(cli: Cli) -> Result<(), CliError> {
                 lease_ttl_secs,
                 max_attempts,
             } => start(&listen, &data_dir, lease_ttl_secs, max_attempts).await,
-            Command::Submit { study, connect } => submit(&study, &connect.coordinator).await,
+            Command::Submit {
+                study,
+                allow_large_grid,
+                connect,
+            } => submit(&study, allow_large_grid, &connect.coordinator).await,
             Command::Status {
                 campaign,
                 json,
@@ -241,7 +251,18 @@ pub fn main_impl(cli: Cli) -> Result<(), CliError> {
                 data_dir,
                 simulate_gpu,
                 python,
-            } => run(&study, local_workers, &data_dir, simulate_gpu, &python).await,
+                allow_large_grid,
+            } => {
+                run(
+                    &study,
+                    local_workers,
+                    &data_dir,
+                    simulate_gpu,
+                    &python,
+                    allow_large_grid,
+                )
+                .await
+            }
         }
     })
 }
@@ -273,9 +294,13 @@ fn rpc<T>(
     }
 }
 
-fn read_study(path: &Path) -> Result<(StudySource, StudyPlan), CliError> {
+/// Reads and expands a study locally (errors name file, line and key), after printing
+/// and checking its grid size.
+fn read_study(path: &Path, allow_large_grid: bool) -> Result<(StudySource, StudyPlan), CliError> {
     let src = StudySource::read(path).map_err(invalid)?;
-    let plan = study::plan(&src, &PlanOptions::default()).map_err(invalid)?;
+    let opts = PlanOptions::default();
+    grid_size_preflight(path, &src, &opts, allow_large_grid)?;
+    let plan = study::plan(&src, &opts).map_err(invalid)?;
     Ok((src, plan))
 }
 
@@ -328,16 +353,10 @@ fn print_plan_summary(path: &Path, plan: &StudyPlan) {
     for w in &plan.warnings {
         eprintln!("warning: {w}");
     }
-    if plan.n_configs > 100 {
-        eprintln!(
-            "warning: {} configs is a large grid (more than 100)",
-            plan.n_configs
-        );
-    }
 }
 
-async fn submit(path: &Path, addr: &str) -> Result<(), CliError> {
-    let (src, plan) = read_study(path)?;
+async fn submit(path: &Path, allow_large_grid: bool, addr: &str) -> Result<(), CliError> {
+    let (src, plan) = read_study(path, allow_large_grid)?;
     print_plan_summary(path, &plan);
     let client = connect(addr).await?;
     let reply = rpc(
@@ -728,8 +747,9 @@ async fn run(
     data_dir: &Path,
     simulate_gpu: bool,
     python: &str,
+    allow_large_grid: bool,
 ) -> Result<(), CliError> {
-    let (src, plan) = read_study(path)?;
+    let (src, plan) = read_study(path, allow_large_grid)?;
     print_plan_summary(path, &plan);
     if local_workers == 0 {
         return Err(invalid(anyhow!("--local-workers must be at least 1")));

@@ -118,3 +118,48 @@ fn missing_study_file_names_it() {
         describe(&args, &out)
     );
 }
+
+#[test]
+fn oversized_grid_is_refused_unless_allowed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = write(
+        tmp.path(),
+        "huge.yaml",
+        &format!(
+            "{GOOD_HEAD}sweep:\n  task.max_input_tokens: {{min: 1, max: 30, num: 30}}\n  task.max_output_tokens: {{min: 1, max: 30, num: 30}}\n  synthetic.engine_params.batch_size: {{min: 1, max: 30, num: 30}}\n"
+        ),
+    );
+    for args in [
+        vec!["submit", p.as_str(), "--coordinator", "127.0.0.1:1"],
+        vec![
+            "run",
+            p.as_str(),
+            "--data-dir",
+            "/nonexistent-never-created",
+        ],
+    ] {
+        let out = run(COORD, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}", describe(&args, &out));
+        assert!(
+            err.contains("27000"),
+            "names the size: {}",
+            describe(&args, &out)
+        );
+        assert!(
+            err.contains("--allow-large-grid"),
+            "says how to go on: {}",
+            describe(&args, &out)
+        );
+    }
+    // With the flag, submit gets past the check (and then finds no coordinator).
+    let args = [
+        "submit",
+        p.as_str(),
+        "--allow-large-grid",
+        "--coordinator",
+        "127.0.0.1:1",
+    ];
+    let out = run(COORD, &args);
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&args, &out));
+}
