@@ -119,8 +119,13 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
             None => {
                 let gpu = SimulatedGpu::new(index);
                 let load: Arc<dyn LoadSink> = Arc::new(gpu.clone());
-                let sampler =
-                    Sampler::start(Box::new(gpu), cfg.sample_interval, RING_CAPACITY, None);
+                let counter: Box<dyn telemetry::CounterSource> = Box::new(gpu.clone());
+                let sampler = Sampler::start(
+                    Box::new(gpu),
+                    cfg.sample_interval,
+                    RING_CAPACITY,
+                    Some((counter, cfg.counter_interval)),
+                );
                 let snapshot =
                     serde_json::json!({"name": sampler.description.name, "simulated": true});
                 (sampler, load, vec![], snapshot)
