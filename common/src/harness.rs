@@ -56,27 +56,23 @@ impl HarnessEvent {
     }
 }
 
-/// A run request to the harness.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RunRequest {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub run_id: String,
-    pub config: serde_json::Value,
-    pub force_cold_start: bool,
-    pub dataset_path: Option<String>,
-}
-
-impl RunRequest {
-    pub fn new(run_id: String, config: serde_json::Value) -> Self {
-        RunRequest {
-            kind: "run".into(),
-            run_id,
-            config,
-            force_cold_start: false,
-            dataset_path: None,
-        }
-    }
+/// The JSON line of a run request. `config_json` is the canonical config as
+/// Python-compatible JSON text (it may hold `NaN`/`Infinity`, which Python's
+/// `json.loads` reads) and is embedded as is; everything else is escaped here.
+pub fn run_request_line(
+    run_id: &str,
+    config_json: &str,
+    dataset_path: &str,
+    prefill_window_seconds: f64,
+) -> String {
+    let s = |v: &str| serde_json::Value::String(v.to_string());
+    format!(
+        "{{\"type\": \"run\", \"run_id\": {}, \"force_cold_start\": false, \"dataset_path\": {}, \"prefill_window_seconds\": {}, \"config\": {}}}",
+        s(run_id),
+        s(dataset_path),
+        serde_json::json!(prefill_window_seconds),
+        config_json
+    )
 }
 
 /// A phase of the work inside the measured window, as the harness announced it.
@@ -253,6 +249,25 @@ mod tests {
                 message: "bad dtype".into()
             })
         );
+    }
+
+    #[test]
+    fn run_request_line_is_json_with_the_config_embedded() {
+        let line = run_request_line(
+            "1-0001",
+            r#"{"task": {"model": "m"}}"#,
+            "/d/a \"b\".jsonl",
+            3.0,
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["type"], "run");
+        assert_eq!(v["run_id"], "1-0001");
+        assert_eq!(v["dataset_path"], "/d/a \"b\".jsonl");
+        assert_eq!(v["prefill_window_seconds"], 3.0);
+        assert_eq!(v["config"]["task"]["model"], "m");
+        // A non-finite float in the config passes through for Python to read.
+        let line = run_request_line("x", r#"{"rate": Infinity}"#, "p", 0.0);
+        assert!(line.ends_with(r#""config": {"rate": Infinity}}"#), "{line}");
     }
 
     #[test]

@@ -406,6 +406,34 @@ mod tests {
         WorkerId(s.to_string())
     }
 
+    /// A fresh run leased to worker `a` under token 1 at t = 0.
+    fn granted_to_a() -> LeaseRecord {
+        handle_grant(
+            &LeaseRecord::new_pending(),
+            &w("a"),
+            0,
+            FencingToken(1),
+            0,
+            &P,
+        )
+        .unwrap()
+    }
+
+    /// [`granted_to_a`], then failed by `a` as a configuration error at t = 5.
+    fn failed_by_configuration() -> LeaseRecord {
+        let failure = FailureClass::Configuration;
+        handle_fail(
+            &granted_to_a(),
+            FencingToken(1),
+            &w("a"),
+            failure,
+            "out of memory",
+            5,
+            &P,
+        )
+        .unwrap()
+    }
+
     const P: LeasePolicy = LeasePolicy {
         ttl_ms: 1_000,
         max_attempts: 3,
@@ -537,39 +565,13 @@ mod tests {
 
     #[test]
     fn configuration_failure_is_not_retried() {
-        let rec = handle_grant(
-            &LeaseRecord::new_pending(),
-            &w("a"),
-            0,
-            FencingToken(1),
-            0,
-            &P,
-        )
-        .unwrap();
-        let rec = handle_fail(
-            &rec,
-            FencingToken(1),
-            &w("a"),
-            FailureClass::Configuration,
-            "out of memory",
-            5,
-            &P,
-        )
-        .unwrap();
+        let rec = failed_by_configuration();
         assert_eq!(rec.state, RunState::Failed);
     }
 
     #[test]
     fn cancel_ends_live_runs_only() {
-        let rec = handle_grant(
-            &LeaseRecord::new_pending(),
-            &w("a"),
-            0,
-            FencingToken(1),
-            0,
-            &P,
-        )
-        .unwrap();
+        let rec = granted_to_a();
         let c = handle_cancel(&rec).unwrap();
         assert_eq!(c.state, RunState::Cancelled);
         assert_eq!(handle_cancel(&c), None);
@@ -581,25 +583,7 @@ mod tests {
 
     #[test]
     fn retry_returns_failed_runs_to_pending_keeping_attempts() {
-        let rec = handle_grant(
-            &LeaseRecord::new_pending(),
-            &w("a"),
-            0,
-            FencingToken(1),
-            0,
-            &P,
-        )
-        .unwrap();
-        let failed = handle_fail(
-            &rec,
-            FencingToken(1),
-            &w("a"),
-            FailureClass::Configuration,
-            "out of memory",
-            5,
-            &P,
-        )
-        .unwrap();
+        let failed = failed_by_configuration();
         assert_eq!(failed.state, RunState::Failed);
         let retried = handle_retry(&failed).unwrap();
         assert_eq!(retried.state, RunState::Pending);
@@ -614,13 +598,13 @@ mod tests {
         assert_eq!(again.attempts, 2);
         // Nothing else is retried: pending, leased, done and cancelled runs stay.
         assert_eq!(handle_retry(&LeaseRecord::new_pending()), None);
-        assert_eq!(handle_retry(&rec), None);
+        assert_eq!(handle_retry(&granted_to_a()), None);
         let CompleteOutcome::Accepted(done) = handle_complete(&again, FencingToken(2), &w("b"), 20)
         else {
             panic!("b holds the lease")
         };
         assert_eq!(handle_retry(&done), None);
-        let cancelled = handle_cancel(&rec).unwrap();
+        let cancelled = handle_cancel(&granted_to_a()).unwrap();
         assert_eq!(handle_retry(&cancelled), None);
     }
 

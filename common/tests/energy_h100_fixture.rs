@@ -56,6 +56,17 @@ fn reference_at(updates: &[CounterSample], t: u64) -> f64 {
     (a.energy_mj as f64 + (b.energy_mj - a.energy_mj) as f64 * frac) / 1000.0
 }
 
+/// The counter reads a worker would have: 300 ms bursts starting at each window edge.
+fn edge_bursts(fx: &Fixture, t0: u64, t1: u64) -> Vec<CounterSample> {
+    let burst = |t: u64| {
+        fx.counter
+            .iter()
+            .filter(move |c| c.t_mono_ns >= t && c.t_mono_ns <= t + 300_000_000)
+            .copied()
+    };
+    burst(t0).chain(burst(t1)).collect()
+}
+
 struct Errors {
     raw: Vec<f64>,
     integral: Vec<f64>,
@@ -89,13 +100,7 @@ fn measure(fx: &Fixture, window_s: f64, n: usize, seed: u64) -> Errors {
         let t0 = lo + next() % (hi - len - lo);
         let t1 = t0 + len;
         let reference = reference_at(&updates, t1) - reference_at(&updates, t0);
-        let burst = |t: u64| {
-            fx.counter
-                .iter()
-                .filter(move |c| c.t_mono_ns >= t && c.t_mono_ns <= t + 300_000_000)
-                .copied()
-        };
-        let edges: Vec<CounterSample> = burst(t0).chain(burst(t1)).collect();
+        let edges = edge_bursts(fx, t0, t1);
         let w = window_energy(&fx.power, &edges, t0, t1).unwrap();
         assert_eq!(w.method, EnergyMethod::CounterInterpolated, "{w:?}");
         e.edge.push(pct(w.energy_j, reference));
@@ -163,13 +168,7 @@ fn aligned_load_windows_on_the_h100_trace() {
             continue;
         }
         let (t0, t1) = (m["t0_ns"].as_u64().unwrap(), m["t1_ns"].as_u64().unwrap());
-        let burst = |t: u64| {
-            fx.counter
-                .iter()
-                .filter(move |c| c.t_mono_ns >= t && c.t_mono_ns <= t + 300_000_000)
-                .copied()
-        };
-        let edges: Vec<CounterSample> = burst(t0).chain(burst(t1)).collect();
+        let edges = edge_bursts(&fx, t0, t1);
         let w = window_energy(&fx.power, &edges, t0, t1).unwrap();
         // Counter account with the full reads: edge step split by the neighbouring steps' power.
         let k1 = updates.partition_point(|u| u.t_mono_ns <= t1);

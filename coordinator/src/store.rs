@@ -248,6 +248,40 @@ fn get_run(txn: &WriteTransaction, key: RunKey) -> Result<RunRecord, StoreError>
     from_json("runs", g.value())
 }
 
+fn get_campaign(txn: &WriteTransaction, id: CampaignId) -> Result<CampaignRecord, StoreError> {
+    let t = txn.open_table(CAMPAIGNS)?;
+    let g = t.get(id.0)?.ok_or(StoreError::NoCampaign(id))?;
+    from_json("campaigns", g.value())
+}
+
+/// Applies a campaign-wide lease transition (cancel, retry) to every run it changes;
+/// returns how many changed.
+fn apply_to_campaign(
+    txn: &WriteTransaction,
+    id: CampaignId,
+    transition: fn(&LeaseRecord) -> Option<LeaseRecord>,
+) -> Result<usize, StoreError> {
+    let seqs: Vec<u32> = {
+        let t = txn.open_table(RUNS)?;
+        let mut v = Vec::new();
+        for item in t.range((id.0, 0)..=(id.0, u32::MAX))? {
+            v.push(item?.0.value().1);
+        }
+        v
+    };
+    let mut n = 0;
+    for seq in seqs {
+        let old = get_run(txn, RunKey { campaign: id, seq })?;
+        if let Some(l) = transition(&old.lease) {
+            let mut new = old.clone();
+            new.lease = l;
+            put_run(txn, Some(&old), &new)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 fn next_counter(txn: &WriteTransaction, name: &str) -> Result<u64, StoreError> {
     let mut meta = txn.open_table(META)?;
     let cur = meta.get(name)?.map(|g| g.value()).unwrap_or(1);
@@ -603,33 +637,11 @@ impl Store {
 
     pub fn cancel(&self, id: CampaignId) -> Result<usize, StoreError> {
         let txn = self.db.begin_write()?;
-        let mut campaign: CampaignRecord = {
-            let t = txn.open_table(CAMPAIGNS)?;
-            let g = t.get(id.0)?.ok_or(StoreError::NoCampaign(id))?;
-            from_json("campaigns", g.value())?
-        };
+        let mut campaign = get_campaign(&txn, id)?;
         campaign.cancelled = true;
         txn.open_table(CAMPAIGNS)?
             .insert(id.0, to_json(&campaign).as_slice())?;
-        let keys: Vec<u32> = {
-            let t = txn.open_table(RUNS)?;
-            let mut v = Vec::new();
-            for item in t.range((id.0, 0)..=(id.0, u32::MAX))? {
-                v.push(item?.0.value().1);
-            }
-            v
-        };
-        let mut n = 0;
-        for seq in keys {
-            let key = RunKey { campaign: id, seq };
-            let old = get_run(&txn, key)?;
-            if let Some(l) = lease::handle_cancel(&old.lease) {
-                let mut new = old.clone();
-                new.lease = l;
-                put_run(&txn, Some(&old), &new)?;
-                n += 1;
-            }
-        }
+        let n = apply_to_campaign(&txn, id, lease::handle_cancel)?;
         txn.commit()?;
         Ok(n)
     }
@@ -639,33 +651,10 @@ impl Store {
     /// not retried, and a cancelled campaign is refused. Returns how many runs changed.
     pub fn retry(&self, id: CampaignId) -> Result<usize, StoreError> {
         let txn = self.db.begin_write()?;
-        let campaign: CampaignRecord = {
-            let t = txn.open_table(CAMPAIGNS)?;
-            let g = t.get(id.0)?.ok_or(StoreError::NoCampaign(id))?;
-            from_json("campaigns", g.value())?
-        };
-        if campaign.cancelled {
+        if get_campaign(&txn, id)?.cancelled {
             return Err(StoreError::CampaignCancelled(id));
         }
-        let keys: Vec<u32> = {
-            let t = txn.open_table(RUNS)?;
-            let mut v = Vec::new();
-            for item in t.range((id.0, 0)..=(id.0, u32::MAX))? {
-                v.push(item?.0.value().1);
-            }
-            v
-        };
-        let mut n = 0;
-        for seq in keys {
-            let key = RunKey { campaign: id, seq };
-            let old = get_run(&txn, key)?;
-            if let Some(l) = lease::handle_retry(&old.lease) {
-                let mut new = old.clone();
-                new.lease = l;
-                put_run(&txn, Some(&old), &new)?;
-                n += 1;
-            }
-        }
+        let n = apply_to_campaign(&txn, id, lease::handle_retry)?;
         txn.commit()?;
         Ok(n)
     }

@@ -279,19 +279,6 @@ impl ProcessHarness {
         }
     }
 
-    /// Asks the server to drop its model (for a device-idle baseline).
-    pub async fn unload(&mut self) -> Result<(), HarnessError> {
-        if !self.alive() {
-            return Ok(());
-        }
-        self.request_raw(
-            r#"{"type":"unload"}"#,
-            Some(Duration::from_secs(60)),
-            |_| {},
-        )
-        .await
-    }
-
     /// Stops the server: SIGTERM to its process group, a grace period, then SIGKILL.
     pub async fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {

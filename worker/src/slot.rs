@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use lem_common::energy::{adjusted_energy, window_energy, EnergyMethod};
-use lem_common::harness::{RunOutcome, RunTranscript};
+use lem_common::harness::{run_request_line, RunOutcome, RunTranscript};
 use lem_common::rpc::{
     CompleteRequest, CompleteStatus, CoordinatorClient, FailRequest, LeaseGrant, LeaseRequest,
     RegisterRequest, RenewRequest, RpcErrorKind,
@@ -26,7 +26,7 @@ use tokio::sync::watch;
 
 use crate::clock::{mono_ns, unix_ms};
 use crate::env::Environment;
-use crate::runtime::{HarnessError, ProcessHarness};
+use crate::runtime::ProcessHarness;
 use crate::telemetry::{power_samples, LoadSink, Sampler};
 use crate::transport;
 
@@ -475,7 +475,7 @@ impl Slot {
 
     /// The device-idle baseline for this run, per llem's strategy: measured with no
     /// model of ours resident (the harness unloads first), then reused while fresh.
-    async fn baseline_for(&mut self, s: &BaselineSettings) -> anyhow::Result<BaselineRecord> {
+    async fn baseline_for(&mut self, s: &BaselineSettings) -> BaselineRecord {
         let now = mono_ns();
         let age_s = |b: &CachedBaseline| (now - b.measured_mono_ns) as f64 / 1e9;
         let reuse = match (&self.baseline, s.strategy.as_str()) {
@@ -484,7 +484,7 @@ impl Slot {
         };
         if reuse && s.strategy == "validated" && self.runs_since_check >= s.validation_interval {
             // Spot check: 5 s of device idle against the cached value.
-            self.unload_for_baseline().await?;
+            self.stop_harness_for_baseline().await;
             let spot = self.measure_idle(5.0, "device", "validated").await;
             self.runs_since_check = 0;
             let cached = self.baseline.as_ref().expect("reuse implies cached");
@@ -499,7 +499,7 @@ impl Slot {
                 });
             }
         } else if !reuse {
-            self.unload_for_baseline().await?;
+            self.stop_harness_for_baseline().await;
             let rec = self.measure_idle(s.duration_s, "device", &s.strategy).await;
             self.baseline = Some(CachedBaseline {
                 record: rec,
@@ -512,7 +512,7 @@ impl Slot {
         let mut rec = b.record.clone();
         rec.cache_age_s = (mono_ns() - b.measured_mono_ns) as f64 / 1e9;
         rec.strategy = s.strategy.clone();
-        Ok(rec)
+        rec
     }
 
     /// Device idle means no process of ours holds a CUDA context: unloading weights
@@ -545,10 +545,9 @@ impl Slot {
         rec
     }
 
-    async fn unload_for_baseline(&mut self) -> anyhow::Result<()> {
+    async fn stop_harness_for_baseline(&mut self) {
         self.harness.stop().await;
         self.load.on_resident(false, mono_ns());
-        Ok(())
     }
 
     /// Runs one experiment and measures it. Errors carry the failure class.
@@ -564,13 +563,12 @@ impl Slot {
                 format!("the coordinator sent a config that is not JSON: {e}"),
             )
         })?;
-        let infra = |e: anyhow::Error| (FailureClass::Infrastructure, e.to_string());
         let mut warnings = Vec::new();
 
         // Baseline first (it may unload the model), then the thermal gate.
         let bs = BaselineSettings::from_config(&config);
         let baseline = if bs.enabled {
-            Some(self.baseline_for(&bs).await.map_err(infra)?)
+            Some(self.baseline_for(&bs).await)
         } else {
             warnings.push(
                 "measurement.baseline.enabled is false: energy_adjusted_j is not reported"
@@ -593,12 +591,11 @@ impl Slot {
             .and_then(Value::as_str)
             .unwrap_or("aienergyscore");
         let dataset_path = self.harness.dataset_path(source);
-        let request = format!(
-            "{{\"type\": \"run\", \"run_id\": \"{}\", \"force_cold_start\": false, \"dataset_path\": {}, \"prefill_window_seconds\": {}, \"config\": {}}}",
-            grant.run,
-            serde_json::Value::String(dataset_path.to_string_lossy().to_string()),
+        let request = run_request_line(
+            &grant.run.to_string(),
+            &grant.config_json,
+            &dataset_path.to_string_lossy(),
             self.prefill_window_s,
-            grant.config_json
         );
         let started_ms = unix_ms();
         let mut transcript = RunTranscript::default();
@@ -636,11 +633,8 @@ impl Slot {
             .await;
         self.load.on_phase("idle", 1, mono_ns());
         if let Err(e) = res {
-            let class = match e {
-                HarnessError::Cancelled(_) => FailureClass::Infrastructure,
-                _ => FailureClass::Infrastructure,
-            };
-            return Err((class, e.to_string()));
+            // Every harness/transport failure is the host's, not the config's.
+            return Err((FailureClass::Infrastructure, e.to_string()));
         }
         let ended_ms = unix_ms();
         let (metrics, engine_version) = match transcript.outcome.clone() {

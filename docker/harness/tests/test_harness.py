@@ -57,6 +57,19 @@ def wait_socket(path, proc=None, timeout=10.0):
     raise AssertionError("server socket %s never came up" % path)
 
 
+def stop_server(sock, proc, timeout=10.0):
+    """Ask a server started by start_server to shut down; kill it if it won't."""
+    try:
+        send(sock, {"type": "shutdown"}, timeout=timeout / 2)
+    except OSError:
+        pass
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def send(sock_path, request, timeout=30.0):
     """Send one request (dict or raw bytes); return the list of events."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -140,15 +153,7 @@ class SharedServerTests(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        try:
-            send(cls.sock, {"type": "shutdown"}, timeout=5)
-        except OSError:
-            pass
-        try:
-            cls.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            cls.proc.kill()
-            cls.proc.wait()
+        stop_server(cls.sock, cls.proc)
         cls._tmp.cleanup()
 
     def assert_alive(self):

@@ -18,7 +18,7 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 sys.dont_write_bytecode = True
 
-from test_harness import send, start_server  # noqa: E402
+from test_harness import send, start_server, stop_server  # noqa: E402
 
 FLOOR_CAP = 0.05
 WINDOW_S = 0.5
@@ -98,15 +98,7 @@ class TransformersGpuTests(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        try:
-            send(cls.sock, {"type": "shutdown"}, timeout=30)
-        except OSError:
-            pass
-        try:
-            cls.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            cls.proc.kill()
-            cls.proc.wait()
+        stop_server(cls.sock, cls.proc, timeout=60)
         cls.log.close()
         if os.environ.get("LEM_KEEP_HARNESS_LOG"):
             with open(os.path.join(cls._tmp.name, "server.log")) as fh:

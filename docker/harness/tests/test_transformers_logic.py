@@ -21,7 +21,7 @@ sys.dont_write_bytecode = True
 from engines import hf_logic as L  # noqa: E402
 from engines.transformers import TransformersEngine  # noqa: E402
 from protocol import ConfigError  # noqa: E402
-from test_harness import config as synth_config, run_req, send, start_server  # noqa: E402
+from test_harness import config as synth_config, run_req, send, start_server, stop_server  # noqa: E402
 from test_transformers_gpu import llem_dump  # noqa: E402
 
 
@@ -238,15 +238,7 @@ class PrefillWindowTests(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        try:
-            send(cls.sock, {"type": "shutdown"}, timeout=5)
-        except OSError:
-            pass
-        try:
-            cls.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            cls.proc.kill()
-            cls.proc.wait()
+        stop_server(cls.sock, cls.proc)
         cls._tmp.cleanup()
 
     def test_window_events(self):
