@@ -31,11 +31,8 @@ use schema::{Extra, Kind, Model};
 /// Whole-study errors: the file cannot be planned at all.
 #[derive(Debug, thiserror::Error)]
 pub enum StudyError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot read {path}: {reason}")]
+    Read { path: String, reason: String },
     #[error(transparent)]
     Yaml(#[from] YamlError),
     #[error("{file}: invalid json: {message}")]
@@ -121,9 +118,11 @@ impl StudySource {
     /// Reads the study file and, if it names a `base:`, that file relative to it.
     pub fn read(path: &Path) -> Result<StudySource, StudyError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| StudyError::Read {
+        // The io error goes into the message (not as a source), so the chain that
+        // binaries print says it once.
+        let text = std::fs::read_to_string(path).map_err(|e| StudyError::Read {
             path: shown.clone(),
-            source,
+            reason: e.to_string(),
         })?;
         let mut src = StudySource {
             path: shown.clone(),
