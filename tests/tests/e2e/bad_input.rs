@@ -117,6 +117,11 @@ fn missing_study_file_names_it() {
         "{}",
         describe(&args, &out)
     );
+    assert_eq!(
+        err.matches("No such file").count(),
+        1,
+        "the reason once: {err}"
+    );
 }
 
 #[test]
