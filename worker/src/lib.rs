@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod clock;
 pub mod env;
+pub mod journal;
 pub mod nvml;
 pub mod runtime;
 pub mod slot;
@@ -95,6 +96,15 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
     };
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+    // The journal first: it also refuses a second worker on this data dir.
+    let (journal, interrupted) = journal::Journal::open(&cfg.data_dir, clock::unix_ms())?;
+    if interrupted > 0 {
+        tracing::warn!(
+            runs = interrupted,
+            "runs were going on when this worker last stopped; reporting them as interrupted (the coordinator retries them)"
+        );
+    }
+    let journal = Arc::new(journal);
     let py_version = runtime::check_python(&cfg.python).await?;
     let server_py = runtime::install_harness(&cfg.data_dir.join("harness"))?;
     let host = hostname();
@@ -211,6 +221,7 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
             load,
             dir,
             environment,
+            journal.clone(),
         );
         slot.prefill_window_s = cfg.prefill_window_s;
         tasks.push(tokio::spawn(slot.lease_loop(stop.clone())));

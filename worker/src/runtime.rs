@@ -126,6 +126,7 @@ impl ProcessHarness {
             }
             self.stop().await;
         }
+        self.stop_orphan().await;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -167,7 +168,15 @@ impl ProcessHarness {
                     tail(&self.log)
                 )));
             }
-            if let Ok(p) = self.ping().await {
+            // Only our own child's pong counts (an orphan that outlived a SIGKILLed
+            // worker could still answer on the socket for a moment).
+            let ours = self.child.as_ref().and_then(|c| c.id());
+            if let Some(p) = self
+                .ping()
+                .await
+                .ok()
+                .filter(|p| p.get("pid").and_then(|v| v.as_u64()) == ours.map(u64::from))
+            {
                 self.engines = p
                     .get("engines")
                     .and_then(|e| e.as_array())
@@ -187,6 +196,41 @@ impl ProcessHarness {
                     self.log.display(),
                     tail(&self.log)
                 )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A harness server left by an earlier worker process on this slot (the worker was
+    /// SIGKILLed; the server exits by itself within a second or so once it notices)
+    /// is stopped now, so the new server can bind the socket and no run is sent to a
+    /// server that is about to leave.
+    async fn stop_orphan(&mut self) {
+        let Ok(pong) = self.ping().await else {
+            return;
+        };
+        let Some(pid) = pong.get("pid").and_then(|v| v.as_u64()) else {
+            return;
+        };
+        let pid = pid as i32;
+        tracing::warn!(
+            slot = self.slot,
+            pid,
+            "stopping a harness server left by an earlier worker process"
+        );
+        // SAFETY: signalling the process group the earlier worker created for its
+        // harness (the server is its group leader), found on our slot's socket.
+        unsafe {
+            libc::kill(-pid, libc::SIGTERM);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.ping().await.is_ok() {
+            if tokio::time::Instant::now() > deadline {
+                // SAFETY: as above.
+                unsafe {
+                    libc::kill(-pid, libc::SIGKILL);
+                }
+                break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

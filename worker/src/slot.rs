@@ -16,7 +16,7 @@ use lem_common::energy::{adjusted_energy, window_energy, EnergyMethod};
 use lem_common::harness::{run_request_line, RunOutcome, RunTranscript};
 use lem_common::rpc::{
     CompleteRequest, CompleteStatus, CoordinatorClient, FailRequest, LeaseGrant, LeaseRequest,
-    RegisterRequest, RenewRequest, RpcErrorKind,
+    RegisterRequest, RenewRequest, RpcError, RpcErrorKind,
 };
 use lem_common::stats;
 use lem_common::thermal::{self, GateDecision, GatePolicy, GateReason};
@@ -26,6 +26,7 @@ use tokio::sync::watch;
 
 use crate::clock::{mono_ns, unix_ms};
 use crate::env::Environment;
+use crate::journal::{Journal, JournalLease, Report};
 use crate::runtime::ProcessHarness;
 use crate::telemetry::{power_samples, LoadSink, Sampler};
 use crate::transport;
@@ -41,6 +42,8 @@ const SETTLE_MAX: Duration = Duration::from_secs(90);
 const COUNTER_BURST: Duration = Duration::from_millis(300);
 /// Points kept in a result's timeseries (bucket means over the window).
 const TIMESERIES_POINTS: usize = 240;
+/// How often a slot whose journal failed tries writing it again.
+const JOURNAL_PROBE_INTERVAL: Duration = Duration::from_secs(10);
 /// Default per-run timeout (llem's `experiment_timeout_seconds` default).
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -77,6 +80,10 @@ pub struct Slot {
     client: Option<CoordinatorClient>,
     /// Runs since the last baseline check (for llem's `validated` strategy).
     runs_since_check: u32,
+    /// The worker's journal (shared by its slots).
+    journal: Arc<Journal>,
+    /// The last journal write failed: lease nothing until a probe write succeeds.
+    journal_broken: bool,
 }
 
 struct CachedBaseline {
@@ -143,6 +150,7 @@ impl Slot {
         load: Arc<dyn LoadSink>,
         dir: PathBuf,
         environment: Environment,
+        journal: Arc<Journal>,
     ) -> Slot {
         Slot {
             index,
@@ -160,6 +168,8 @@ impl Slot {
             resident: None,
             client: None,
             runs_since_check: 0,
+            journal,
+            journal_broken: false,
         }
     }
 
@@ -202,6 +212,31 @@ impl Slot {
             let Some(client) = self.client(&stop).await else {
                 break;
             };
+            // Slot 0 re-sends what the journal holds: results and failures of an
+            // earlier process, or reports the coordinator was away for.
+            if self.index == 0 {
+                self.flush_journal(&client).await;
+            }
+            if self.journal_broken {
+                match self.journal.probe() {
+                    Ok(()) => {
+                        tracing::info!(slot = self.index, "the journal is writable again; leasing");
+                        self.journal_broken = false;
+                    }
+                    Err(e) => {
+                        tracing::warn!(slot = self.index, error = %e, "not leasing: the journal cannot be written");
+                        let mut stopped = stop.clone();
+                        tokio::select! {
+                            _ = tokio::time::sleep(JOURNAL_PROBE_INTERVAL) => {}
+                            _ = stopped.changed() => {}
+                        }
+                        if *stop.borrow() {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            }
             let req = LeaseRequest {
                 worker: self.worker.clone(),
                 slot: self.index,
@@ -239,6 +274,27 @@ impl Slot {
     async fn handle_grant(&mut self, client: &CoordinatorClient, grant: LeaseGrant) {
         let lease_mono = mono_ns();
         tracing::info!(slot = self.index, run = %grant.run, token = grant.token.0, "run leased");
+        // Journal the lease before the run starts. Without a journal a crash would
+        // lose the run silently until the TTL, so the run is handed back instead and
+        // the slot waits for the journal to be writable again.
+        let lease = JournalLease {
+            worker: self.worker.clone(),
+            grant: grant.clone(),
+            leased_unix_ms: unix_ms(),
+        };
+        if let Err(e) = self.journal.record_lease(self.index, &lease) {
+            tracing::error!(slot = self.index, run = %grant.run, error = %e, "cannot journal the lease; handing the run back");
+            self.journal_broken = true;
+            let report = Report::Fail(FailRequest {
+                worker: self.worker.clone(),
+                run: grant.run,
+                token: grant.token,
+                class: FailureClass::Infrastructure,
+                message: format!("worker {} cannot write its journal: {e}", self.worker),
+            });
+            self.deliver(client, &report).await;
+            return;
+        }
         // Heartbeats: renew every third of the TTL; stop the run if the lease is lost
         // or cannot be renewed for longer than our own TTL (two thirds of the
         // coordinator's, so we stop before it re-leases the run).
@@ -299,89 +355,127 @@ impl Slot {
         };
         let outcome = self.measure(&grant, lease_mono, cancel_rx).await;
         renewer.abort();
-        match outcome {
-            Ok(result) => self.send_complete(client, &grant, result).await,
+        let report = match outcome {
+            Ok(result) => Report::Complete(Box::new(CompleteRequest {
+                worker: self.worker.clone(),
+                run: grant.run,
+                token: grant.token,
+                result,
+            })),
             Err((class, message)) => {
                 tracing::warn!(slot = self.index, run = %grant.run, %class, %message, "run failed");
-                let req = FailRequest {
+                Report::Fail(FailRequest {
                     worker: self.worker.clone(),
                     run: grant.run,
                     token: grant.token,
                     class,
                     message,
-                };
-                // Over a fresh connection if the coordinator restarted meanwhile; if
-                // it cannot be told, the lease expires and the run is retried anyway.
-                let mut client = client.clone();
-                for _ in 0..5 {
-                    match client
-                        .fail(ctx_with(Duration::from_secs(10)), req.clone())
-                        .await
-                    {
-                        Ok(_) => break,
-                        Err(_) => {
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                            if let Ok(c) = self.connect_and_register().await {
-                                self.client = Some(c.clone());
-                                client = c;
-                            }
-                        }
-                    }
-                }
+                })
             }
+        };
+        // The lease becomes the report on disk before anything is sent: a crash from
+        // here on re-sends it on restart. If the journal cannot be written the report
+        // is still delivered from memory.
+        if let Err(e) = self.journal.finish(self.index, &report) {
+            tracing::error!(slot = self.index, run = %grant.run, error = %e, "cannot journal the finished run; delivering it from memory");
+            self.journal_broken = true;
         }
+        self.deliver(client, &report).await;
     }
 
-    /// Sends the result until the coordinator acknowledges it (accepted, already
-    /// accepted, or recorded as a duplicate).
-    async fn send_complete(
-        &mut self,
-        client: &CoordinatorClient,
-        grant: &LeaseGrant,
-        result: RunResult,
-    ) {
-        let req = CompleteRequest {
-            worker: self.worker.clone(),
-            run: grant.run,
-            token: grant.token,
-            result,
-        };
+    /// Sends `report` until the coordinator answers it, then takes it out of the
+    /// journal (acknowledged) or moves it to the journal's rejected table (refused
+    /// outright). Gives up after a while if the coordinator stays away; the report
+    /// stays journaled and the lease loop sends it again later.
+    async fn deliver(&mut self, client: &CoordinatorClient, report: &Report) {
+        let run = report.run();
         let mut client = client.clone();
         let mut backoff = Duration::from_millis(200);
         for _attempt in 0..100 {
-            match client
-                .complete(ctx_with(Duration::from_secs(20)), req.clone())
-                .await
-            {
-                Ok(Ok(reply)) => {
-                    match reply.status {
-                        CompleteStatus::Accepted | CompleteStatus::AlreadyAccepted => {
-                            tracing::info!(slot = self.index, run = %grant.run, "result accepted")
+            let answer: Result<Result<(), RpcError>, tarpc::client::RpcError> = match report {
+                Report::Complete(req) => client
+                    .complete(ctx_with(Duration::from_secs(20)), (**req).clone())
+                    .await
+                    .map(|r| {
+                        r.map(|reply| match reply.status {
+                            CompleteStatus::Accepted | CompleteStatus::AlreadyAccepted => {
+                                tracing::info!(slot = self.index, run = %run, "result accepted")
+                            }
+                            CompleteStatus::Duplicate => tracing::warn!(
+                                slot = self.index, run = %run,
+                                detail = reply.detail.as_deref().unwrap_or(""),
+                                "result kept as a duplicate, not counted"
+                            ),
+                        })
+                    }),
+                Report::Fail(req) => client
+                    .fail(ctx_with(Duration::from_secs(10)), req.clone())
+                    .await
+                    .map(|r| match r {
+                        // The run already ended or went to someone else: nothing to tell.
+                        Err(e) if e.kind == RpcErrorKind::LeaseLost => {
+                            tracing::info!(slot = self.index, run = %run, reason = %e, "failure report not needed");
+                            Ok(())
                         }
-                        CompleteStatus::Duplicate => tracing::warn!(
-                            slot = self.index, run = %grant.run,
-                            detail = reply.detail.as_deref().unwrap_or(""),
-                            "result kept as a duplicate, not counted"
-                        ),
+                        other => other,
+                    }),
+            };
+            let retry = match answer {
+                Ok(Ok(())) => {
+                    if let Err(e) = self.journal.acknowledge(report) {
+                        tracing::error!(slot = self.index, run = %run, error = %e, "cannot clear the journaled report (it will be re-sent, and counted once)");
                     }
                     return;
                 }
+                // The coordinator cannot write now (disk full, stopping) or forgot
+                // us: try again.
+                Ok(Err(e))
+                    if matches!(
+                        e.kind,
+                        RpcErrorKind::Unavailable | RpcErrorKind::NotRegistered
+                    ) =>
+                {
+                    tracing::warn!(slot = self.index, run = %run, error = %e, "report not taken yet; retrying");
+                    true
+                }
                 Ok(Err(e)) => {
-                    tracing::error!(slot = self.index, run = %grant.run, error = %e, "complete refused");
+                    tracing::error!(slot = self.index, run = %run, error = %e, "report refused; kept in the journal's rejected table");
+                    if let Err(je) = self.journal.reject(report, &e.to_string(), unix_ms()) {
+                        tracing::error!(slot = self.index, run = %run, error = %je, "cannot move the refused report");
+                    }
                     return;
                 }
                 Err(e) => {
-                    tracing::warn!(slot = self.index, error = %e, "complete not delivered; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    if let Ok(c) = self.connect_and_register().await {
-                        self.client = Some(c.clone());
-                        client = c;
-                    }
+                    tracing::warn!(slot = self.index, error = %e, "report not delivered; retrying");
+                    true
+                }
+            };
+            if retry {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                if let Ok(c) = self.connect_and_register().await {
+                    self.client = Some(c.clone());
+                    client = c;
                 }
             }
         }
-        tracing::error!(slot = self.index, run = %grant.run, "gave up delivering the result");
+        tracing::error!(slot = self.index, run = %run, "coordinator unreachable; the report stays in the journal and is sent again later");
+    }
+
+    /// Sends every report the journal still holds (left by a crash, or not
+    /// delivered earlier).
+    async fn flush_journal(&mut self, client: &CoordinatorClient) {
+        let reports = match self.journal.reports() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(slot = self.index, error = %e, "cannot read the journal");
+                return;
+            }
+        };
+        for report in reports {
+            tracing::info!(slot = self.index, run = %report.run(), "re-sending a journaled report");
+            self.deliver(client, &report).await;
+        }
     }
 
     /// Waits for the study's gap, then for the GPU to cool to near its idle
