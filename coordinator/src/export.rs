@@ -44,6 +44,11 @@ pub const COLUMNS: &[&str] = &[
     "model_already_loaded",
     "energy_adjusted_resident_j",
     "resident_baseline_power_w",
+    "baseline_std_w",
+    "baseline_settle_s",
+    "resident_baseline_std_w",
+    "resident_baseline_settle_s",
+    "lease_to_measure_s",
     "prefill_energy_per_call_j",
     "prefill_energy_j",
     "decode_energy_j",
@@ -146,6 +151,26 @@ pub fn row(r: &RunRow) -> serde_json::Map<String, Json> {
     m.insert(
         "resident_baseline_power_w".into(),
         f(&|x| json!(x.resident_baseline.as_ref().map(|b| b.mean_power_w))),
+    );
+    m.insert(
+        "baseline_std_w".into(),
+        f(&|x| json!(x.baseline.as_ref().map(|b| b.std_power_w))),
+    );
+    m.insert(
+        "baseline_settle_s".into(),
+        f(&|x| json!(x.baseline.as_ref().map(|b| b.settle_s))),
+    );
+    m.insert(
+        "resident_baseline_std_w".into(),
+        f(&|x| json!(x.resident_baseline.as_ref().map(|b| b.std_power_w))),
+    );
+    m.insert(
+        "resident_baseline_settle_s".into(),
+        f(&|x| json!(x.resident_baseline.as_ref().map(|b| b.settle_s))),
+    );
+    m.insert(
+        "lease_to_measure_s".into(),
+        f(&|x| json!(x.lease_to_measure_s)),
     );
     m.insert(
         "prefill_energy_per_call_j".into(),

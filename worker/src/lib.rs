@@ -226,8 +226,14 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
         slot.prefill_window_s = cfg.prefill_window_s;
         tasks.push(tokio::spawn(slot.lease_loop(stop.clone())));
     }
+    let mut fatal = None;
     for t in tasks {
-        let _ = t.await;
+        if let Ok(Some(e)) = t.await {
+            fatal.get_or_insert(e);
+        }
     }
-    Ok(())
+    match fatal {
+        Some(e) => bail!("{e}"),
+        None => Ok(()),
+    }
 }

@@ -56,7 +56,7 @@ async fn connect_and_register(
     c.register(ctx_with(Duration::from_secs(10)), register.clone())
         .await
         .map_err(|e| anyhow!("register: {e}"))?
-        .map_err(|e| anyhow!("coordinator refused registration: {e}"))?;
+        .map_err(|e| anyhow::Error::new(e).context("coordinator refused registration"))?;
     Ok(c)
 }
 
@@ -84,6 +84,14 @@ pub struct Slot {
     journal: Arc<Journal>,
     /// The last journal write failed: lease nothing until a probe write succeeds.
     journal_broken: bool,
+    /// When this slot's last run ended and the gap its study asked for: the thermal
+    /// gate for the next run is waited out *before* leasing it, so a leased run's
+    /// measurement starts at once.
+    last_run: Option<(tokio::time::Instant, f64)>,
+    /// The gate waited before the current lease (if any), and when it opened.
+    pre_gate: Option<(GateOutcome, tokio::time::Instant)>,
+    /// Why the slot stopped on its own (a condition retrying cannot fix).
+    fatal: Option<String>,
 }
 
 struct CachedBaseline {
@@ -132,6 +140,7 @@ fn ctx_with(timeout: Duration) -> tarpc::context::Context {
 }
 
 /// What the thermal gate did.
+#[derive(Clone, Copy, Debug)]
 struct GateOutcome {
     waited_s: f64,
     reason: GateReason,
@@ -170,6 +179,9 @@ impl Slot {
             runs_since_check: 0,
             journal,
             journal_broken: false,
+            last_run: None,
+            pre_gate: None,
+            fatal: None,
         }
     }
 
@@ -187,6 +199,15 @@ impl Slot {
                 Ok(c) => {
                     self.client = Some(c.clone());
                     return Some(c);
+                }
+                Err(e)
+                    if e.downcast_ref::<RpcError>()
+                        .is_some_and(|r| r.kind == RpcErrorKind::VersionMismatch) =>
+                {
+                    // Retrying cannot help: the operator must install matching versions.
+                    tracing::error!(slot = self.index, error = %e, "not leasing");
+                    self.fatal = Some(format!("{e:#}"));
+                    return None;
                 }
                 Err(e) => {
                     tracing::warn!(slot = self.index, error = %e, "coordinator not reachable; retrying");
@@ -206,8 +227,9 @@ impl Slot {
         connect_and_register(&self.coordinator, &self.register).await
     }
 
-    /// The slot's lease loop: runs until `stop` becomes true (after the current run).
-    pub async fn lease_loop(mut self, mut stop: watch::Receiver<bool>) {
+    /// The slot's lease loop: runs until `stop` becomes true (after the current run),
+    /// or until the coordinator refuses this worker for good (the error is returned).
+    pub async fn lease_loop(mut self, mut stop: watch::Receiver<bool>) -> Option<String> {
         loop {
             let Some(client) = self.client(&stop).await else {
                 break;
@@ -236,6 +258,17 @@ impl Slot {
                         continue;
                     }
                 }
+            }
+            // Cool down after the last run before asking for the next one.
+            if let (Some((ended, gap_s)), None) = (self.last_run, &self.pre_gate) {
+                let remaining = gap_s - ended.elapsed().as_secs_f64();
+                let idle_temp = self.baseline.as_ref().map(|b| b.record.temp_c);
+                let mut stopped = stop.clone();
+                let gate = tokio::select! {
+                    g = self.thermal_gate(remaining.max(0.0), idle_temp) => g,
+                    _ = stopped.changed() => break,
+                };
+                self.pre_gate = Some((gate, tokio::time::Instant::now()));
             }
             let req = LeaseRequest {
                 worker: self.worker.clone(),
@@ -269,6 +302,7 @@ impl Slot {
             }
         }
         self.harness.stop().await;
+        self.fatal
     }
 
     async fn handle_grant(&mut self, client: &CoordinatorClient, grant: LeaseGrant) {
@@ -355,6 +389,8 @@ impl Slot {
         };
         let outcome = self.measure(&grant, lease_mono, cancel_rx).await;
         renewer.abort();
+        self.last_run = Some((tokio::time::Instant::now(), grant.gap_before_s));
+        self.pre_gate = None;
         let report = match outcome {
             Ok(result) => Report::Complete(Box::new(CompleteRequest {
                 worker: self.worker.clone(),
@@ -478,6 +514,30 @@ impl Slot {
         }
     }
 
+    /// The thermal gate for a leased run. Usually it was waited out before the lease
+    /// (the previous run's gap); then only what this run's own gap adds is waited, and
+    /// the temperature is checked once more (the gate opens at once on a GPU that
+    /// stayed settled). The recorded wait is the whole wait since the last run.
+    async fn gate_after_lease(&mut self, gap_s: f64, idle_temp_c: Option<f64>) -> GateOutcome {
+        let since_last = self
+            .last_run
+            .map(|(ended, _)| ended.elapsed().as_secs_f64());
+        let Some((pre, opened)) = self.pre_gate.take() else {
+            return self.thermal_gate(gap_s, idle_temp_c).await;
+        };
+        let remaining = gap_s - since_last.unwrap_or(0.0);
+        let post = self.thermal_gate(remaining.max(0.0), idle_temp_c).await;
+        GateOutcome {
+            waited_s: pre.waited_s + post.waited_s,
+            // The reason of whichever gate did the waiting.
+            reason: if post.waited_s > 0.5 || opened.elapsed().as_secs_f64() > 60.0 {
+                post.reason
+            } else {
+                pre.reason
+            },
+        }
+    }
+
     /// Waits for the study's gap, then for the GPU to cool to near its idle
     /// temperature or to stop cooling (`lem_common::thermal::decide`).
     async fn thermal_gate(&self, gap_s: f64, idle_temp_c: Option<f64>) -> GateOutcome {
@@ -515,9 +575,19 @@ impl Slot {
         // the 3 s before them by more than SETTLE_DRIFT_W: NVML's power is a lagging
         // average on the H100, and after a CUDA context goes away the card keeps
         // stepping down for seconds, so "flat for 2 s" alone measured 73-86 W there.
+        // Only samples taken after this call count: the power just before it (a model
+        // still resident, a run just ended) says nothing about the state being measured,
+        // and NVML's lagging average can look flat across the change (measured on the
+        // H100: a device baseline taken right after the harness stopped averaged 82-84 W
+        // with a 20 W spread while the card was still stepping down from 120 W to 71 W).
         let settle_start = tokio::time::Instant::now();
+        let settle_start_ns = mono_ns();
         loop {
             let now = mono_ns();
+            if now < settle_start_ns + 6_000_000_000 {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
             let stats_of = |from: u64, to: u64| {
                 let p: Vec<f64> = self
                     .sampler
@@ -671,7 +741,7 @@ impl Slot {
             None
         };
         let idle_temp = self.baseline.as_ref().map(|b| b.record.temp_c);
-        let gate = self.thermal_gate(grant.gap_before_s, idle_temp).await;
+        let gate = self.gate_after_lease(grant.gap_before_s, idle_temp).await;
         if gate.reason == GateReason::Timeout {
             warnings.push(format!(
                 "thermal gate timed out after {:.0} s: the GPU was still cooling",

@@ -168,3 +168,45 @@ fn oversized_grid_is_refused_unless_allowed() {
     let out = run(COORD, &args);
     assert_eq!(out.status.code(), Some(3), "{}", describe(&args, &out));
 }
+
+/// A worker of another protocol version is refused at registration with a message
+/// that names both versions (spoken over a real connection, as an old lem-worker
+/// would), and nothing about it is recorded.
+#[test]
+fn a_worker_of_another_protocol_version_is_refused() {
+    use lem_common::rpc::{RegisterRequest, RpcErrorKind};
+    use lem_common::types::WorkerId;
+    let tmp = tempfile::tempdir().unwrap();
+    let (coord, addr) = crate::start_coordinator(tmp.path());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let reply = rt.block_on(async {
+        let client = lem_worker::transport::connect(&addr).await.unwrap();
+        client
+            .register(
+                tarpc::context::current(),
+                RegisterRequest {
+                    worker: WorkerId("from-the-future".into()),
+                    host: "h".into(),
+                    protocol_version: lem_common::PROTOCOL_VERSION + 1,
+                    worker_version: "9.9.9".into(),
+                    slots: vec![],
+                    engines: vec![],
+                },
+            )
+            .await
+            .unwrap()
+    });
+    let err = reply.expect_err("refused");
+    assert_eq!(
+        err.kind,
+        RpcErrorKind::VersionMismatch,
+        "{err}\n{}",
+        coord.logs()
+    );
+    let want = format!("speaks protocol {}", lem_common::PROTOCOL_VERSION + 1);
+    assert!(err.message.contains(&want), "{err}");
+    assert!(err.message.contains("9.9.9"), "{err}");
+    let out = run(COORD, &["workers", "--json", "--coordinator", &addr]);
+    assert!(out.status.success(), "{}", describe(&["workers"], &out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+}

@@ -33,6 +33,11 @@ fn spawn_coord(dir: &Path, coord_dir: &Path, name: &str, listen: &str) -> Proc {
             coord_dir.to_str().unwrap(),
             "--lease-ttl-secs",
             &ttl,
+            // 20 kills in under a minute expire far more leases than a real head node
+            // would (a lease held through a 10 s baseline sees several): the invariant
+            // under test is exactly-once, so attempts must not run out first.
+            "--max-attempts",
+            "10",
         ],
         dir,
     )
