@@ -12,9 +12,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lem_common::lease::{CompleteOutcome, LeasePolicy, RunState};
 use lem_common::rpc::{
-    BlockedEngine, CampaignStatus, CompleteReply, CompleteRequest, CompleteStatus, Coordinator,
-    FailRequest, LeaseGrant, LeaseRequest, RegisterReply, RegisterRequest, RenewReply,
-    RenewRequest, RpcError, RpcErrorKind, RunRow, SubmitReply, SubmitRequest, WorkerInfo,
+    enrol_proof_message, BlockedEngine, CampaignStatus, CompleteReply, CompleteRequest,
+    CompleteStatus, Coordinator, EnrolReply, EnrolRequest, FailRequest, LeaseGrant, LeaseRequest,
+    RegisterReply, RegisterRequest, RenewReply, RenewRequest, RpcError, RpcErrorKind, RunRow,
+    SubmitReply, SubmitRequest, WorkerInfo,
 };
 use lem_common::study::{self, PlanOptions, StudySource};
 use lem_common::types::{format_utc_ms, CampaignId, WorkerId};
@@ -22,6 +23,7 @@ use lem_common::{pyjson, PROTOCOL_VERSION};
 use tarpc::context::Context;
 use tokio::sync::Notify;
 
+use crate::pki::Pki;
 use crate::store::{CampaignRecord, NewRun, Store, StoreError, WorkerRecord};
 
 /// Largest study text accepted over the wire.
@@ -42,6 +44,8 @@ pub fn now_ms() -> u64 {
 pub struct Shared {
     pub store: Store,
     pub policy: LeasePolicy,
+    /// The CA that enrols workers; none for `lem-coord run`'s plain loopback one.
+    pub pki: Option<Arc<Pki>>,
     /// Fires when runs may have become pending.
     pub work_available: Notify,
     /// Engines each registered worker can run (a cache of the `workers` table).
@@ -75,7 +79,11 @@ impl Shared {
 }
 
 impl Shared {
-    pub fn new(store: Store, policy: LeasePolicy) -> Result<Arc<Shared>, StoreError> {
+    pub fn new(
+        store: Store,
+        policy: LeasePolicy,
+        pki: Option<Arc<Pki>>,
+    ) -> Result<Arc<Shared>, StoreError> {
         let mut map = HashMap::new();
         for w in store.workers()? {
             map.insert(w.worker.clone(), available_engines(&w));
@@ -83,6 +91,7 @@ impl Shared {
         Ok(Arc::new(Shared {
             store,
             policy,
+            pki,
             work_available: Notify::new(),
             engines_by_worker: Mutex::new(map),
             stopping: Default::default(),
@@ -97,6 +106,25 @@ fn available_engines(w: &WorkerRecord) -> Vec<String> {
         .filter(|e| e.available)
         .map(|e| e.engine.clone())
         .collect()
+}
+
+/// Longest worker name; names go into certificates and log lines.
+pub const MAX_WORKER_NAME: usize = 64;
+
+/// A worker name that can be enrolled: 1 to 64 of `A-Z a-z 0-9 . _ -`, not
+/// starting with `.` or `-`.
+pub fn check_worker_name(name: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if name.is_empty()
+        || name.len() > MAX_WORKER_NAME
+        || !name.chars().all(ok_char)
+        || name.starts_with(['.', '-'])
+    {
+        return Err(format!(
+            "worker name `{name}` is not allowed: use 1 to {MAX_WORKER_NAME} of A-Z a-z 0-9 . _ -, not starting with . or - (pass --name)"
+        ));
+    }
+    Ok(())
 }
 
 fn store_err(e: StoreError) -> RpcError {
@@ -358,6 +386,7 @@ impl Coordinator for CoordService {
     async fn complete(self, _: Context, req: CompleteRequest) -> Result<CompleteReply, RpcError> {
         let shared = self.shared.clone();
         let key = req.run;
+        let worker = req.worker.clone();
         let outcome = blocking(move || {
             let now = now_ms();
             shared.store.complete(
@@ -388,6 +417,13 @@ impl Coordinator for CoordService {
                     status: CompleteStatus::Duplicate,
                     detail: Some(reason),
                 }
+            }
+            CompleteOutcome::NotHolder { reason } => {
+                tracing::warn!(run = %key, worker = %worker, %reason, "result for another worker's lease refused");
+                return Err(RpcError::new(
+                    RpcErrorKind::LeaseLost,
+                    format!("result for run {key} refused: {reason} (kept as a duplicate record, never counted)"),
+                ));
             }
         })
     }
@@ -554,6 +590,61 @@ impl Coordinator for CoordService {
             self.shared.work_available.notify_waiters();
         }
         Ok(status)
+    }
+
+    async fn enrol(self, _: Context, req: EnrolRequest) -> Result<EnrolReply, RpcError> {
+        let Some(pki) = self.shared.pki.clone() else {
+            return Err(RpcError::new(
+                RpcErrorKind::InvalidInput,
+                "this coordinator has no CA (it is `lem-coord run`'s embedded one, plain on loopback): its workers need no join",
+            ));
+        };
+        let unauthenticated = |m: String| RpcError::new(RpcErrorKind::Unauthenticated, m);
+        pki.verify_token(&req.token, now_ms() / 1000)
+            .map_err(|e| unauthenticated(e.to_string()))?;
+        check_worker_name(&req.worker.0)
+            .map_err(|m| RpcError::new(RpcErrorKind::InvalidInput, m))?;
+        if req.public_key.len() != 65 || req.public_key[0] != 4 {
+            return Err(RpcError::new(
+                RpcErrorKind::InvalidInput,
+                format!(
+                    "the public key is {} bytes; an uncompressed P-256 key has 65, starting with 0x04",
+                    req.public_key.len()
+                ),
+            ));
+        }
+        ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_ASN1,
+            &req.public_key,
+        )
+        .verify(&enrol_proof_message(&req.token, &req.worker), &req.proof)
+        .map_err(|_| {
+            unauthenticated(
+                "the enrolment proof does not verify with the public key sent (the worker must sign the token and its name with the key it enrols)".into(),
+            )
+        })?;
+        let (certificate_pem, digest) = pki
+            .issue_worker_certificate(&req.worker, &req.public_key)
+            .map_err(|e| RpcError::new(RpcErrorKind::Internal, e.to_string()))?;
+        let shared = self.shared.clone();
+        let worker = req.worker.clone();
+        let replaced = blocking(move || {
+            shared
+                .store
+                .enrol(&worker, &digest, &format_utc_ms(now_ms()))
+        })
+        .await?;
+        let fingerprint = lem_common::token::hex(&digest);
+        match replaced {
+            Some(old) => {
+                tracing::warn!(worker = %req.worker, %fingerprint, previous = %old.cert_sha256, "worker enrolled again; its previous certificate no longer works")
+            }
+            None => tracing::info!(worker = %req.worker, %fingerprint, "worker enrolled"),
+        }
+        Ok(EnrolReply {
+            certificate_pem,
+            ca_pem: pki.ca_pem.clone(),
+        })
     }
 
     async fn workers(self, _: Context) -> Result<Vec<WorkerInfo>, RpcError> {
