@@ -443,6 +443,7 @@ fn rpc<T>(
 /// and checking its grid size.
 fn read_study(path: &Path, allow_large_grid: bool) -> Result<(StudySource, StudyPlan), CliError> {
     let src = StudySource::read(path).map_err(invalid)?;
+    crate::service::check_study_size(&src).map_err(|m| invalid(anyhow!(m)))?;
     let opts = PlanOptions::default();
     grid_size_preflight(path, &src, &opts, allow_large_grid)?;
     let plan = study::plan(&src, &opts).map_err(invalid)?;

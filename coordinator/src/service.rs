@@ -26,10 +26,26 @@ use tokio::sync::Notify;
 use crate::pki::Pki;
 use crate::store::{CampaignRecord, NewRun, Store, StoreError, WorkerRecord};
 
-/// Largest study text accepted over the wire.
+/// Largest study accepted (its text and its `base:` file's together).
 pub const MAX_STUDY_BYTES: usize = 4 << 20;
+/// Largest grid (configs before validation) the coordinator expands, whatever the
+/// client's `--allow-large-grid` says: counted before expanding, so a runaway
+/// sweep costs nothing.
+pub const MAX_CONFIGS_PER_CAMPAIGN: usize = 100_000;
 /// Largest number of runs one campaign may expand to.
 pub const MAX_RUNS_PER_CAMPAIGN: usize = 1_000_000;
+
+/// Checks a study's size against [`MAX_STUDY_BYTES`]; the error names the file.
+pub fn check_study_size(src: &StudySource) -> Result<(), String> {
+    let bytes = src.text.len() + src.base.as_ref().map(|(_, t)| t.len()).unwrap_or(0);
+    if bytes > MAX_STUDY_BYTES {
+        return Err(format!(
+            "{}: the study is {bytes} bytes (with its base file), the limit is {MAX_STUDY_BYTES} (4 MiB); a study this large is almost certainly generated: sweep the values instead of listing them",
+            src.path
+        ));
+    }
+    Ok(())
+}
 /// A worker not heard from for this long is not counted as able to run anything.
 const WORKER_STALE_MS: u64 = 120_000;
 
@@ -450,21 +466,21 @@ impl Coordinator for CoordService {
     }
 
     async fn submit(self, _: Context, req: SubmitRequest) -> Result<SubmitReply, RpcError> {
-        if req.text.len() > MAX_STUDY_BYTES {
-            return Err(RpcError::new(
-                RpcErrorKind::InvalidInput,
-                format!(
-                    "{}: study is {} bytes, the limit is {MAX_STUDY_BYTES}",
-                    req.path,
-                    req.text.len()
-                ),
-            ));
-        }
         let src = StudySource {
             path: req.path.clone(),
             text: req.text.clone(),
             base: req.base.clone(),
         };
+        let invalid = |m: String| RpcError::new(RpcErrorKind::InvalidInput, m);
+        check_study_size(&src).map_err(invalid)?;
+        let n_configs = study::count_before_expansion(&src, &PlanOptions::default())
+            .map_err(|e| invalid(e.to_string()))?;
+        if n_configs > MAX_CONFIGS_PER_CAMPAIGN {
+            return Err(invalid(format!(
+                "{}: the grid expands to {n_configs} configs; this coordinator expands at most {MAX_CONFIGS_PER_CAMPAIGN} per campaign (split the study into several)",
+                req.path
+            )));
+        }
         let plan = study::plan(&src, &PlanOptions::default())
             .map_err(|e| RpcError::new(RpcErrorKind::InvalidInput, e.to_string()))?;
         if plan.runs.len() > MAX_RUNS_PER_CAMPAIGN {
@@ -672,5 +688,42 @@ impl Coordinator for CoordService {
                 .collect())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_names_are_plain_words() {
+        for ok in ["w1", "gpu-host-3.lab", "a_b", &"x".repeat(MAX_WORKER_NAME)] {
+            assert_eq!(check_worker_name(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "-rf",
+            ".hidden",
+            "a b",
+            "$(id)",
+            "a;b",
+            "é",
+            &"x".repeat(65),
+        ] {
+            let e = check_worker_name(bad).unwrap_err();
+            assert!(e.contains("--name"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_study_and_its_base_count_together_against_the_size_limit() {
+        let src = |text: usize, base: usize| StudySource {
+            path: "s.yaml".into(),
+            text: " ".repeat(text),
+            base: (base > 0).then(|| ("b.yaml".to_string(), " ".repeat(base))),
+        };
+        assert_eq!(check_study_size(&src(MAX_STUDY_BYTES, 0)), Ok(()));
+        let e = check_study_size(&src(MAX_STUDY_BYTES / 2 + 1, MAX_STUDY_BYTES / 2)).unwrap_err();
+        assert!(e.starts_with("s.yaml: the study is 4194305 bytes"), "{e}");
     }
 }

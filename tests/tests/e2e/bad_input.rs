@@ -168,3 +168,23 @@ fn oversized_grid_is_refused_unless_allowed() {
     let out = run(COORD, &args);
     assert_eq!(out.status.code(), Some(3), "{}", describe(&args, &out));
 }
+
+#[test]
+fn a_study_past_the_size_limit_is_refused_before_parsing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let padding = "# padding\n".repeat(500_000);
+    let p = write(
+        tmp.path(),
+        "huge.yaml",
+        &format!("{GOOD_HEAD}sweep: {{}}\n{padding}"),
+    );
+    let args = ["submit", p.as_str(), "--coordinator", "127.0.0.1:1"];
+    let out = run(COORD, &args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&args, &out));
+    assert!(
+        err.contains("huge.yaml: the study is") && err.contains("the limit is 4194304"),
+        "{}",
+        describe(&args, &out)
+    );
+}

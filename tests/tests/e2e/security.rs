@@ -636,5 +636,43 @@ fn garbage_and_slowloris_are_closed_and_service_goes_on() {
         rss_after < rss_before + 64 * 1024,
         "memory stays bounded: {rss_before} KiB before, {rss_after} KiB after"
     );
+
+    // A grid past the coordinator's own limit, sent straight to the RPC (no CLI
+    // preflight), is refused before it is expanded.
+    let list = |n: u32| {
+        (1..=n)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let text = format!(
+        "task:\n  model: m\nengine: synthetic\nserving_mode: offline\nsweep:\n  task.max_output_tokens: [{}]\n  synthetic.engine_params.batch_size: [{}]\n  task.max_input_tokens: [{}]\n",
+        list(100),
+        list(100),
+        list(20)
+    );
+    let creds = Credentials::load(&coord_dir.join("tls/admin.pem")).unwrap();
+    let refused = rt().block_on(async {
+        let admin = transport::connect(&Endpoint::with_credentials(&addr, &creds).unwrap())
+            .await
+            .unwrap();
+        admin
+            .submit(
+                ctx(),
+                lem_common::rpc::SubmitRequest {
+                    path: "huge-grid.yaml".into(),
+                    text,
+                    base: None,
+                },
+            )
+            .await
+    });
+    let (kind, msg) = refused_kind(refused);
+    assert_eq!(kind, RpcErrorKind::InvalidInput, "{msg}");
+    assert!(
+        msg.contains("200000 configs") && msg.contains("at most 100000"),
+        "{msg}"
+    );
+    assert!(coord.is_running(), "{}", coord.logs());
     coord.kill();
 }
