@@ -70,6 +70,8 @@ pub struct Pki {
     token_secret: Vec<u8>,
     /// SHA-256 of the admin credential's certificate.
     pub admin_sha256: [u8; 32],
+    /// Checks a client certificate against this CA (for [`Pki::classify`]).
+    client_verifier: Arc<dyn ClientCertVerifier>,
 }
 
 /// What the certificate a client presented makes it.
@@ -144,7 +146,10 @@ impl Pki {
         let admin = tls::Credentials::load(&dir.join(ADMIN_CREDENTIALS))
             .map_err(|e| invalid(ADMIN_CREDENTIALS, format!("{e:#}")))?;
         let ca_sha256 = tls::sha256(ca_der.as_ref());
+        let client_verifier =
+            client_verifier(&ca_der).map_err(|reason| invalid(CA_CERT, reason))?;
         Ok(Pki {
+            client_verifier,
             dir,
             ca_key,
             ca_pem,
@@ -198,7 +203,7 @@ impl Pki {
     /// client certificates asked for but not required (see [`AnyClientCert`]).
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, PkiError> {
         let verifier = Arc::new(AnyClientCert {
-            inner: self.client_verifier()?,
+            inner: self.client_verifier.clone(),
         });
         let config = ServerConfig::builder_with_provider(tls::provider())
             .with_safe_default_protocol_versions()
@@ -212,29 +217,14 @@ impl Pki {
         Ok(Arc::new(config))
     }
 
-    fn client_verifier(&self) -> Result<Arc<dyn ClientCertVerifier>, PkiError> {
-        let mut roots = RootCertStore::empty();
-        roots
-            .add(self.server_chain[1].clone())
-            .map_err(|e| PkiError::Invalid {
-                path: self.dir.join(CA_CERT).display().to_string(),
-                reason: e.to_string(),
-            })?;
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), tls::provider())
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| PkiError::Certificate(e.to_string()))
-    }
-
     /// Classifies the certificates a client presented in a finished handshake.
     pub fn classify(&self, peer: Option<&[CertificateDer<'static>]>) -> ClientCert {
         let Some((leaf, intermediates)) = peer.and_then(|c| c.split_first()) else {
             return ClientCert::None;
         };
-        let verdict = self.client_verifier().and_then(|v| {
-            v.verify_client_cert(leaf, intermediates, UnixTime::now())
-                .map_err(|e| PkiError::Certificate(e.to_string()))
-        });
+        let verdict = self
+            .client_verifier
+            .verify_client_cert(leaf, intermediates, UnixTime::now());
         if let Err(e) = verdict {
             return ClientCert::Refused(format!(
                 "the client certificate was not accepted ({e}); use a credential of this coordinator: a worker's DATA_DIR/credentials.pem from `lem-worker join`, or its admin.pem"
@@ -247,6 +237,16 @@ impl Pki {
             ClientCert::Issued(digest)
         }
     }
+}
+
+/// A verifier of client certificates issued by `ca` (none required).
+fn client_verifier(ca: &CertificateDer<'static>) -> Result<Arc<dyn ClientCertVerifier>, String> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.clone()).map_err(|e| e.to_string())?;
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), tls::provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 /// Makes `data_dir/tls` whole in a temporary directory, then renames it into place.
@@ -417,5 +417,70 @@ impl ClientCertVerifier for AnyClientCert {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.inner.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ca_is_made_once_and_judges_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pki, created) = Pki::load_or_create(dir.path()).unwrap();
+        assert!(created);
+        let (again, created) = Pki::load_or_create(dir.path()).unwrap();
+        assert!(!created);
+        assert_eq!(pki.ca_sha256, again.ca_sha256, "reused, not remade");
+        pki.server_config().unwrap();
+
+        // Tokens from this CA verify; the time is the caller's.
+        let token = pki.create_token(60, 1_000);
+        assert_eq!(
+            again.verify_token(&token, 1_059).unwrap().expires_at_s,
+            1_060
+        );
+        assert!(again.verify_token(&token, 1_060).is_err());
+
+        // A worker certificate issued to a fresh key is "issued", the admin's is
+        // "admin", and the same from another CA is refused.
+        let key = KeyPair::generate().unwrap();
+        let (pem, digest) = pki
+            .issue_worker_certificate(&WorkerId("w1".into()), key.public_key_raw())
+            .unwrap();
+        let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        assert_eq!(tls::sha256(der.as_ref()), digest);
+        assert_eq!(
+            again.classify(Some(std::slice::from_ref(&der))),
+            ClientCert::Issued(digest)
+        );
+        let admin = tls::Credentials::load(&Pki::admin_credentials_path(dir.path())).unwrap();
+        assert_eq!(
+            pki.classify(Some(std::slice::from_ref(&admin.certificate))),
+            ClientCert::Admin
+        );
+        assert_eq!(pki.classify(None), ClientCert::None);
+        let other_dir = tempfile::tempdir().unwrap();
+        let (other, _) = Pki::load_or_create(other_dir.path()).unwrap();
+        assert_ne!(other.ca_sha256, pki.ca_sha256);
+        let ClientCert::Refused(why) = other.classify(Some(std::slice::from_ref(&der))) else {
+            panic!("another CA's certificate must be refused")
+        };
+        assert!(why.contains("UnknownIssuer"), "{why}");
+    }
+
+    #[test]
+    fn a_missing_file_is_named_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Pki::load(dir.path()).err().unwrap().to_string();
+        assert!(e.starts_with("no CA in"), "{e}");
+        Pki::load_or_create(dir.path()).unwrap();
+        std::fs::remove_file(dir.path().join("tls/token.key")).unwrap();
+        let e = Pki::load_or_create(dir.path()).err().unwrap().to_string();
+        assert!(e.contains("token.key is missing"), "{e}");
+        assert!(e.contains("every worker must then join again"), "{e}");
+        std::fs::write(dir.path().join("tls/token.key"), "not hex\n").unwrap();
+        let e = Pki::load(dir.path()).err().unwrap().to_string();
+        assert!(e.contains("token.key: not 64 hex digits"), "{e}");
     }
 }

@@ -135,16 +135,10 @@ pub async fn connect(ep: &Endpoint) -> Result<CoordinatorClient, ConnectError> {
         Security::Tls(tls_config) => {
             let connector = tokio_rustls::TlsConnector::from(tls_config.clone());
             let name = ServerName::try_from(tls::SERVER_NAME).expect("a valid DNS name");
-            let hint = match &ep.credential {
-                Some(c) => format!(
-                    " (is {c} a credential of this coordinator? a coordinator listening on loopback without TLS answers plain clients: drop the credential there)"
-                ),
-                None => String::new(),
-            };
             let handshake = |reason: String| ConnectError::Handshake {
                 addr: addr.clone(),
+                hint: handshake_hint(&reason, ep.credential.as_deref()),
                 reason,
-                hint: hint.clone(),
             };
             let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, stream))
                 .await
@@ -156,6 +150,20 @@ pub async fn connect(ep: &Endpoint) -> Result<CoordinatorClient, ConnectError> {
             );
             Ok(CoordinatorClient::new(config, transport).spawn())
         }
+    }
+}
+
+/// What to check after a failed handshake, from its reason.
+fn handshake_hint(reason: &str, credential: Option<&str>) -> String {
+    let Some(c) = credential else {
+        return String::new();
+    };
+    if reason.contains("UnknownIssuer") || reason.contains("BadSignature") {
+        format!(" (the coordinator's certificate is not from the CA in {c}: that file is a credential of another coordinator)")
+    } else if reason.contains("eof") || reason.contains("reset") {
+        format!(" (the coordinator closed the connection: one without TLS, such as `lem-coord run`'s, answers only plain clients; drop {c} there)")
+    } else {
+        format!(" (is {c} a credential of this coordinator?)")
     }
 }
 

@@ -454,7 +454,28 @@ fn mutual_tls_campaign_with_each_stranger_refused() {
     let out = run(COORD, &args);
     assert_eq!(out.status.code(), Some(4), "{}", describe(&args, &out));
     assert!(
-        stderr(&out).contains("handshake") || stderr(&out).contains("not accepted"),
+        stderr(&out).contains("credential of another coordinator"),
+        "{}",
+        describe(&args, &out)
+    );
+    // A certificate from the other CA presented with this coordinator's CA (so the
+    // client trusts the server): the server refuses the certificate, and says so.
+    let other_text = std::fs::read_to_string(&other_admin).unwrap();
+    let our_ca = std::fs::read_to_string(coord_dir.join("tls/ca.pem")).unwrap();
+    let cut = other_text.rfind("-----BEGIN CERTIFICATE-----").unwrap();
+    let mixed = dir.join("mixed.pem");
+    std::fs::write(&mixed, format!("{}{our_ca}", &other_text[..cut])).unwrap();
+    let args = [
+        "status",
+        "--coordinator",
+        &addr,
+        "--credentials",
+        mixed.to_str().unwrap(),
+    ];
+    let out = run(COORD, &args);
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&args, &out));
+    assert!(
+        stderr(&out).contains("client certificate was not accepted"),
         "{}",
         describe(&args, &out)
     );
