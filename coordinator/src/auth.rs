@@ -154,7 +154,13 @@ where
 
     async fn serve(self, ctx: Context, req: CoordinatorRequest) -> Result<Self::Resp, ServerError> {
         if let Err(e) = authorize(&self.peer, &req) {
-            tracing::warn!(peer = %self.peer.describe(), method = method_name(&req), error = %e, "call refused");
+            let (peer, method) = (self.peer.describe(), method_name(&req));
+            // A known peer overstepping is news; strangers knocking are routine.
+            if self.peer.is_authenticated() {
+                tracing::warn!(%peer, method, error = %e, "call refused");
+            } else {
+                tracing::info!(%peer, method, error = %e, "call refused");
+            }
             return Ok(refusal(&req, e));
         }
         self.inner.serve(ctx, req).await
