@@ -87,6 +87,11 @@ pub struct LeaseRecord {
     /// The token of the most recent lease, kept after it ends so a late result from
     /// that holder can still be recognised.
     pub last_token: Option<FencingToken>,
+    /// The worker the most recent lease was granted to, kept with `last_token`: a
+    /// late result counts only from that worker. (Absent in manifests written before
+    /// it existed; such a late result is not counted.)
+    #[serde(default)]
+    pub last_holder: Option<WorkerId>,
     pub last_failure: Option<FailureRecord>,
     /// Worker whose result was accepted.
     pub done_by: Option<WorkerId>,
@@ -99,6 +104,7 @@ impl LeaseRecord {
             attempts: 0,
             lease: None,
             last_token: None,
+            last_holder: None,
             last_failure: None,
             done_by: None,
         }
@@ -152,6 +158,9 @@ pub enum CompleteOutcome {
     AlreadyAccepted,
     /// Not counted; keep it as a duplicate record for the audit trail.
     Duplicate { reason: String },
+    /// The result came from a worker that neither holds nor last held this lease
+    /// (another worker's lease): refused, kept as a duplicate record, never counted.
+    NotHolder { reason: String },
 }
 
 fn current_lease_desc(rec: &LeaseRecord) -> String {
@@ -186,6 +195,7 @@ pub fn handle_grant(
         expires_at_ms: now_ms + policy.ttl_ms,
     });
     next.last_token = Some(token);
+    next.last_holder = Some(worker.clone());
     Ok(next)
 }
 
@@ -255,6 +265,13 @@ pub fn handle_complete(
         RunState::Done => {
             if rec.last_token == Some(token) && rec.done_by.as_ref() == Some(worker) {
                 CompleteOutcome::AlreadyAccepted
+            } else if rec.last_token == Some(token) {
+                CompleteOutcome::NotHolder {
+                    reason: format!(
+                        "lease {token} belongs to worker {}, not {worker}; run already done",
+                        rec.done_by.as_ref().map(|w| w.0.as_str()).unwrap_or("?"),
+                    ),
+                }
             } else {
                 CompleteOutcome::Duplicate {
                     reason: format!(
@@ -273,13 +290,26 @@ pub fn handle_complete(
         },
         RunState::Leased => match check_holder(rec, token, worker) {
             Ok(()) => CompleteOutcome::Accepted(accept(rec, worker)),
+            Err(e @ LeaseError::WrongWorker { .. }) => CompleteOutcome::NotHolder {
+                reason: e.to_string(),
+            },
             Err(e) => CompleteOutcome::Duplicate {
                 reason: e.to_string(),
             },
         },
         RunState::Pending => {
             if rec.last_token == Some(token) {
-                CompleteOutcome::Accepted(accept(rec, worker))
+                match &rec.last_holder {
+                    Some(holder) if holder == worker => CompleteOutcome::Accepted(accept(rec, worker)),
+                    Some(holder) => CompleteOutcome::NotHolder {
+                        reason: format!("lease {token} belongs to worker {holder}, not {worker}"),
+                    },
+                    None => CompleteOutcome::Duplicate {
+                        reason: format!(
+                            "lease {token} expired and its holder is not recorded; result not counted"
+                        ),
+                    },
+                }
             } else {
                 CompleteOutcome::Duplicate {
                     reason: format!(
@@ -538,8 +568,43 @@ mod tests {
         ));
         assert!(matches!(
             handle_complete(&r1, FencingToken(3), &w("mallory"), 10),
+            CompleteOutcome::NotHolder { .. }
+        ));
+        // After the lease expired, its token still belongs to a alone.
+        let expired = handle_expiry(&r1, 5_000, &P).unwrap();
+        let CompleteOutcome::NotHolder { reason } =
+            handle_complete(&expired, FencingToken(3), &w("mallory"), 5_001)
+        else {
+            panic!("mallory's result for a's expired lease must be refused")
+        };
+        assert_eq!(reason, "lease 3 belongs to worker a, not mallory");
+        // And once a delivered, the same token from mallory is still refused.
+        let CompleteOutcome::Accepted(done) =
+            handle_complete(&expired, FencingToken(3), &w("a"), 5_002)
+        else {
+            panic!("a's late result counts")
+        };
+        assert!(matches!(
+            handle_complete(&done, FencingToken(3), &w("mallory"), 5_003),
+            CompleteOutcome::NotHolder { .. }
+        ));
+    }
+
+    #[test]
+    fn a_late_result_without_a_recorded_holder_is_not_counted() {
+        // A record written before `last_holder` existed.
+        let mut legacy = handle_expiry(&granted_to_a(), 5_000, &P).unwrap();
+        legacy.last_holder = None;
+        assert!(matches!(
+            handle_complete(&legacy, FencingToken(1), &w("a"), 5_001),
             CompleteOutcome::Duplicate { .. }
         ));
+        let json = serde_json::to_string(&legacy)
+            .unwrap()
+            .replace(",\"last_holder\":null", "");
+        assert!(!json.contains("last_holder"), "{json}");
+        let back: LeaseRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, legacy);
     }
 
     #[test]
@@ -651,8 +716,15 @@ mod tests {
                                     accepted += 1;
                                 }
                                 CompleteOutcome::AlreadyAccepted
-                                | CompleteOutcome::Duplicate { .. } => {}
+                                | CompleteOutcome::Duplicate { .. }
+                                | CompleteOutcome::NotHolder { .. } => {}
                             }
+                            // A third worker replays the same token: never counted.
+                            let replay = handle_complete(&rec, t, &w("mallory"), now);
+                            assert!(
+                                !matches!(replay, CompleteOutcome::Accepted(_)),
+                                "another worker's token was counted"
+                            );
                         }
                     }
                     _ => {

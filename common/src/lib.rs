@@ -16,6 +16,7 @@ pub mod simgpu;
 pub mod stats;
 pub mod study;
 pub mod thermal;
+pub mod token;
 pub mod types;
 pub mod value;
 pub mod yaml;
@@ -24,4 +25,4 @@ pub use value::{Map, Value};
 
 /// The version of the wire protocol between `lem-coord` and `lem-worker`; a worker
 /// whose protocol differs is refused at registration with a message naming both.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;

@@ -1,7 +1,9 @@
 //! The coordinator's RPC service (tarpc) and its wire types.
 //!
-//! Workers call `register`, then `lease` (a long poll), `renew` while a run goes on,
-//! and `complete` or `fail`. The CLI calls `submit` and the queries. The trait is the
+//! Workers call `enrol` once (with a join token, to get their certificate), then
+//! `register`, `lease` (a long poll), `renew` while a run goes on, and `complete` or
+//! `fail`. The CLI calls `submit` and the queries. Who may call what is decided per
+//! connection by the coordinator (docs/security.md). The trait is the
 //! contract between `lem-coord` and `lem-worker`; only this module imports tarpc, and
 //! no transport is chosen here.
 
@@ -35,6 +37,12 @@ pub enum RpcErrorKind {
     /// The coordinator cannot write its store (disk full, read-only) or is stopping.
     Unavailable,
     Internal,
+    /// The connection carries no credential this call needs (plain TCP where TLS is
+    /// required, no client certificate, a certificate the coordinator does not know).
+    Unauthenticated,
+    /// The caller is known but may not do this (a worker calling an admin method, or
+    /// speaking for another worker).
+    PermissionDenied,
 }
 
 impl RpcError {
@@ -223,6 +231,38 @@ pub struct WorkerInfo {
     pub runs_done: u64,
 }
 
+/// A new worker asks for its client certificate (`lem-worker join`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EnrolRequest {
+    /// The join token `lem-coord token create` printed.
+    pub token: String,
+    /// The name the worker will have; its certificate is bound to it.
+    pub worker: WorkerId,
+    /// The worker's ECDSA P-256 public key, uncompressed (65 bytes, `0x04 || x || y`).
+    pub public_key: Vec<u8>,
+    /// Proof that the worker holds the private key: an ASN.1 ECDSA-P256-SHA256
+    /// signature over [`enrol_proof_message`].
+    pub proof: Vec<u8>,
+}
+
+/// What an enrolment proof signs: the token and the name, so a proof cannot be
+/// replayed for another name or token.
+pub fn enrol_proof_message(token: &str, worker: &WorkerId) -> Vec<u8> {
+    let mut m = b"lem-fleet enrol v1\0".to_vec();
+    m.extend_from_slice(token.trim().as_bytes());
+    m.push(0);
+    m.extend_from_slice(worker.0.as_bytes());
+    m
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EnrolReply {
+    /// The worker's client certificate (PEM).
+    pub certificate_pem: String,
+    /// The coordinator's CA certificate (PEM).
+    pub ca_pem: String,
+}
+
 #[tarpc::service]
 pub trait Coordinator {
     async fn register(req: RegisterRequest) -> Result<RegisterReply, RpcError>;
@@ -240,4 +280,6 @@ pub trait Coordinator {
     /// are not retried, and a cancelled campaign is refused.
     async fn retry(campaign: CampaignId) -> Result<CampaignStatus, RpcError>;
     async fn workers() -> Result<Vec<WorkerInfo>, RpcError>;
+    /// Issues a client certificate to a worker that presents a valid join token.
+    async fn enrol(req: EnrolRequest) -> Result<EnrolReply, RpcError>;
 }

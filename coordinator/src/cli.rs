@@ -2,7 +2,8 @@
 //!
 //! Exit codes (also in docs/cli.md): 0 success; 1 a failure while running (a run
 //! failed, an IO error); 2 invalid input (a study with errors, a bad flag value);
-//! 3 the coordinator could not be reached.
+//! 3 the coordinator could not be reached; 4 the coordinator refused the caller
+//! (no credential, or one it does not accept).
 
 use std::io::{IsTerminal, Write as _};
 use std::path::{Path, PathBuf};
@@ -13,14 +14,15 @@ use clap::{Parser, Subcommand, ValueEnum};
 use lem_common::lease::LeasePolicy;
 use lem_common::rpc::{CampaignStatus, CoordinatorClient, RunRow, SubmitRequest};
 use lem_common::study::{self, PlanOptions, StudyPlan, StudySource};
-use lem_common::types::CampaignId;
-use lem_worker::transport;
+use lem_common::types::{format_utc_ms, CampaignId};
+use lem_worker::transport::{self, Endpoint};
 
 use crate::export;
 use crate::llem_export;
 use crate::parquet_export;
+use crate::pki::Pki;
 use crate::server;
-use crate::service::Shared;
+use crate::service::{now_ms, Shared};
 use crate::store::Store;
 
 pub mod exit {
@@ -28,6 +30,7 @@ pub mod exit {
     pub const FAILURE: u8 = 1;
     pub const INVALID_INPUT: u8 = 2;
     pub const UNREACHABLE: u8 = 3;
+    pub const DENIED: u8 = 4;
 }
 
 /// An error with the exit code it should produce.
@@ -70,9 +73,89 @@ pub struct Cli {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ConnectArgs {
-    /// Coordinator address (host:port).
-    #[arg(long, env = "LEM_COORDINATOR", default_value = "127.0.0.1:7700")]
-    pub coordinator: String,
+    /// Coordinator address (host:port). Default: the address in DATA_DIR/coordinator.addr
+    /// with --data-dir, else 127.0.0.1:7700.
+    #[arg(long, env = "LEM_COORDINATOR")]
+    pub coordinator: Option<String>,
+    /// On the head node: the coordinator's data dir; its admin credential
+    /// (DATA_DIR/tls/admin.pem) and address are used.
+    #[arg(long, conflicts_with = "credentials")]
+    pub data_dir: Option<PathBuf>,
+    /// Elsewhere: a copy of the coordinator's DATA_DIR/tls/admin.pem. Without this
+    /// or --data-dir the CLI speaks plain TCP, which only a coordinator listening on
+    /// loopback (or started with --insecure) answers.
+    #[arg(long, env = "LEM_CREDENTIALS")]
+    pub credentials: Option<PathBuf>,
+}
+
+/// The address in a coordinator's data dir, with an unspecified listen address
+/// (0.0.0.0, ::) turned into loopback on the same port.
+fn address_in(data_dir: &Path) -> Result<String, CliError> {
+    let path = data_dir.join("coordinator.addr");
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        invalid(anyhow!(
+            "cannot read {}: {e} (is {} the data dir of a started coordinator? or pass --coordinator)",
+            path.display(),
+            data_dir.display()
+        ))
+    })?;
+    let addr: std::net::SocketAddr = text.trim().parse().map_err(|e| {
+        invalid(anyhow!(
+            "{}: `{}` is not an address: {e}",
+            path.display(),
+            text.trim()
+        ))
+    })?;
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    Ok(std::net::SocketAddr::new(ip, addr.port()).to_string())
+}
+
+impl ConnectArgs {
+    /// Where the coordinator is and with which credential to speak to it.
+    pub fn endpoint(&self) -> Result<Endpoint, CliError> {
+        let addr = match (&self.coordinator, &self.data_dir) {
+            (Some(a), _) => a.clone(),
+            (None, Some(dir)) => address_in(dir)?,
+            (None, None) => "127.0.0.1:7700".to_string(),
+        };
+        let path = match (&self.data_dir, &self.credentials) {
+            (Some(dir), _) => {
+                let p = Pki::admin_credentials_path(dir);
+                if !p.exists() {
+                    return Err(invalid(anyhow!(
+                        "{} not found: is {} the coordinator's data dir (the --data-dir of `lem-coord start`)? It is made on the coordinator's first start",
+                        p.display(),
+                        dir.display()
+                    )));
+                }
+                p
+            }
+            (None, Some(file)) => file.clone(),
+            (None, None) => return Ok(Endpoint::plain(&addr)),
+        };
+        warn_if_readable_by_others(&path);
+        let creds = lem_worker::tls::Credentials::load(&path).map_err(invalid)?;
+        Endpoint::with_credentials(&addr, &creds).map_err(invalid)
+    }
+}
+
+/// A credential others can read is a credential others can use: say so.
+fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            eprintln!(
+                "warning: {} is readable by others (mode {:o}); anyone who can read it can administer the coordinator (chmod 600 it)",
+                path.display(),
+                mode & 0o777
+            );
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -91,6 +174,19 @@ pub enum ResultsFormat {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum TokenAction {
+    /// Print a join token for `lem-worker join`; works while the coordinator runs.
+    Create {
+        /// The coordinator's data dir (its CA and token key are in DATA_DIR/tls).
+        #[arg(long, env = "LEM_DATA_DIR", default_value = "lem-data/coordinator")]
+        data_dir: PathBuf,
+        /// How long the token is valid: a number with s, m, h or d (up to 30d).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum Command {
     /// Start the coordinator: serve the RPC API and keep the manifest in DATA_DIR.
     Start {
@@ -106,6 +202,18 @@ pub enum Command {
         /// Leases a run may use before it is marked failed.
         #[arg(long, default_value_t = 3)]
         max_attempts: u32,
+        /// Also serve plain TCP on a listen address that is not loopback: anyone who
+        /// can reach the port can then submit work and read results.
+        #[arg(long)]
+        insecure: bool,
+        /// Open connections at most (workers hold one per slot; CLI calls one each).
+        #[arg(long, default_value_t = 1024)]
+        max_connections: usize,
+    },
+    /// Join tokens for new workers.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
     },
     /// Submit a study; prints the campaign id as the last line.
     Submit {
@@ -205,17 +313,30 @@ pub fn main_impl(cli: Cli) -> Result<(), CliError> {
                 data_dir,
                 lease_ttl_secs,
                 max_attempts,
-            } => start(&listen, &data_dir, lease_ttl_secs, max_attempts).await,
+                insecure,
+                max_connections,
+            } => {
+                let opts = StartOptions {
+                    lease_ttl_secs,
+                    max_attempts,
+                    insecure,
+                    max_connections,
+                };
+                start(&listen, &data_dir, &opts).await
+            }
+            Command::Token {
+                action: TokenAction::Create { data_dir, ttl },
+            } => token_create(&data_dir, &ttl),
             Command::Submit {
                 study,
                 allow_large_grid,
                 connect,
-            } => submit(&study, allow_large_grid, &connect.coordinator).await,
+            } => submit(&study, allow_large_grid, &connect.endpoint()?).await,
             Command::Status {
                 campaign,
                 json,
                 connect,
-            } => status(campaign, json, &connect.coordinator).await,
+            } => status(campaign, json, &connect.endpoint()?).await,
             Command::Results {
                 campaign,
                 format,
@@ -228,17 +349,17 @@ pub fn main_impl(cli: Cli) -> Result<(), CliError> {
                     format,
                     output.as_deref(),
                     study.as_deref(),
-                    &connect.coordinator,
+                    &connect.endpoint()?,
                 )
                 .await
             }
-            Command::Cancel { campaign, connect } => cancel(campaign, &connect.coordinator).await,
+            Command::Cancel { campaign, connect } => cancel(campaign, &connect.endpoint()?).await,
             Command::Retry {
                 campaign,
                 failed: _,
                 connect,
-            } => retry(campaign, &connect.coordinator).await,
-            Command::Workers { json, connect } => workers(json, &connect.coordinator).await,
+            } => retry(campaign, &connect.endpoint()?).await,
+            Command::Workers { json, connect } => workers(json, &connect.endpoint()?).await,
             Command::Grid {
                 study,
                 json,
@@ -273,24 +394,48 @@ fn ctx() -> tarpc::context::Context {
     c
 }
 
-async fn connect(addr: &str) -> Result<CoordinatorClient, CliError> {
-    transport::connect(addr).await.map_err(unreachable_err)
+async fn connect(ep: &Endpoint) -> Result<CoordinatorClient, CliError> {
+    transport::connect(ep).await.map_err(|e| {
+        if e.is_unreachable() {
+            unreachable_err(e)
+        } else {
+            CliError {
+                code: exit::DENIED,
+                error: e.into(),
+            }
+        }
+    })
 }
 
 /// Maps a failed call to an error naming the coordinator.
 fn rpc<T>(
-    addr: &str,
+    ep: &Endpoint,
     r: Result<Result<T, lem_common::rpc::RpcError>, tarpc::client::RpcError>,
 ) -> Result<T, CliError> {
+    use lem_common::rpc::RpcErrorKind;
     match r {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(match e.kind {
-            lem_common::rpc::RpcErrorKind::InvalidInput => invalid(anyhow!(e.message)),
+            RpcErrorKind::InvalidInput => invalid(anyhow!(e.message)),
+            RpcErrorKind::Unauthenticated | RpcErrorKind::PermissionDenied => CliError {
+                code: exit::DENIED,
+                error: anyhow!("the coordinator at {} refused: {}", ep.addr, e.message),
+            },
             _ => CliError::from(anyhow!(e.message)),
         }),
-        Err(e) => Err(unreachable_err(anyhow!(
-            "the coordinator at {addr} did not answer: {e}"
-        ))),
+        Err(e) => {
+            // A plain client whose connection is dropped may be talking to a
+            // coordinator that wants TLS and closed it; say what to try.
+            let hint = if matches!(ep.security, transport::Security::Plain) {
+                " (if the coordinator requires TLS, pass --credentials FILE or --data-dir DIR)"
+            } else {
+                ""
+            };
+            Err(unreachable_err(anyhow!(
+                "the coordinator at {} did not answer: {e}{hint}",
+                ep.addr
+            )))
+        }
     }
 }
 
@@ -298,35 +443,76 @@ fn rpc<T>(
 /// and checking its grid size.
 fn read_study(path: &Path, allow_large_grid: bool) -> Result<(StudySource, StudyPlan), CliError> {
     let src = StudySource::read(path).map_err(invalid)?;
+    crate::service::check_study_size(&src).map_err(|m| invalid(anyhow!(m)))?;
     let opts = PlanOptions::default();
     grid_size_preflight(path, &src, &opts, allow_large_grid)?;
     let plan = study::plan(&src, &opts).map_err(invalid)?;
     Ok((src, plan))
 }
 
-async fn start(
-    listen: &str,
-    data_dir: &Path,
-    lease_ttl_secs: u64,
-    max_attempts: u32,
-) -> Result<(), CliError> {
+/// `lem-coord start`'s settings beyond where it listens and keeps its data.
+pub struct StartOptions {
+    pub lease_ttl_secs: u64,
+    pub max_attempts: u32,
+    pub insecure: bool,
+    pub max_connections: usize,
+}
+
+async fn start(listen: &str, data_dir: &Path, opts: &StartOptions) -> Result<(), CliError> {
     let store = Store::open(data_dir).map_err(|e| CliError {
         code: exit::FAILURE,
         error: e.into(),
     })?;
+    let (pki, created) = Pki::load_or_create(data_dir)?;
+    if created {
+        eprintln!(
+            "made this coordinator's CA, its certificate and the admin credential in {} (keep that directory private)",
+            pki.dir.display()
+        );
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     let policy = LeasePolicy {
-        ttl_ms: lease_ttl_secs.max(1) * 1000,
-        max_attempts: max_attempts.max(1),
+        ttl_ms: opts.lease_ttl_secs.max(1) * 1000,
+        max_attempts: opts.max_attempts.max(1),
     };
-    let shared = Shared::new(store, policy)?;
+    if opts.max_connections < 2 {
+        return Err(invalid(anyhow!("--max-connections must be at least 2")));
+    }
+    let plain_refused = if addr.ip().is_loopback() {
+        None
+    } else if opts.insecure {
+        eprintln!(
+            "WARNING: --insecure: plain TCP is served on {addr}, which is not loopback; anyone who can reach this port can submit work that GPU hosts run and read every result. Use it only on a network you trust completely."
+        );
+        None
+    } else {
+        Some(format!(
+            "this coordinator requires TLS on {addr} (it does not listen on loopback): pass --credentials FILE (a copy of its DATA_DIR/tls/admin.pem) or, on the head node, --data-dir DATA_DIR; a worker joins first with `lem-worker join --token TOKEN`"
+        ))
+    };
+    let mut limits = server::Limits {
+        max_connections: opts.max_connections,
+        ..Default::default()
+    };
+    limits.max_unauthenticated = limits.max_unauthenticated.min(opts.max_connections / 2);
+    let wire = server::Wire {
+        tls: Some(pki.server_config()?),
+        plain_refused,
+        limits,
+    };
+    let plain_note = if wire.plain_refused.is_some() {
+        "TLS only"
+    } else {
+        "TLS, and plain TCP"
+    };
+    let shared = Shared::new(store, policy, Some(std::sync::Arc::new(pki)))?;
     // Tests and scripts read the bound address from here (useful with port 0).
     write_atomic(&data_dir.join("coordinator.addr"), &addr.to_string())?;
     eprintln!(
-        "lem-coord listening on {addr} (data dir {})",
+        "lem-coord listening on {addr}, {plain_note} (data dir {})",
         data_dir.display()
     );
     let shutdown = async {
@@ -338,7 +524,20 @@ async fn start(
         }
         tracing::info!("stopping: no new leases");
     };
-    server::serve(listener, shared, shutdown).await?;
+    server::serve(listener, shared, wire, shutdown).await?;
+    Ok(())
+}
+
+fn token_create(data_dir: &Path, ttl: &str) -> Result<(), CliError> {
+    let ttl_s = lem_common::token::parse_ttl(ttl).map_err(|m| invalid(anyhow!(m)))?;
+    let pki = Pki::load(data_dir).map_err(invalid)?;
+    let now_s = now_ms() / 1000;
+    let token = pki.create_token(ttl_s, now_s);
+    println!("{token}");
+    eprintln!(
+        "join token valid for {ttl}, until {}; on each GPU host: lem-worker join --coordinator HEAD:PORT --token TOKEN --data-dir DIR",
+        format_utc_ms((now_s + ttl_s) * 1000)
+    );
     Ok(())
 }
 
@@ -355,7 +554,7 @@ fn print_plan_summary(path: &Path, plan: &StudyPlan) {
     }
 }
 
-async fn submit(path: &Path, allow_large_grid: bool, addr: &str) -> Result<(), CliError> {
+async fn submit(path: &Path, allow_large_grid: bool, addr: &Endpoint) -> Result<(), CliError> {
     let (src, plan) = read_study(path, allow_large_grid)?;
     print_plan_summary(path, &plan);
     let client = connect(addr).await?;
@@ -409,7 +608,7 @@ fn print_status_detail(s: &CampaignStatus) {
     }
 }
 
-async fn status(campaign: Option<u64>, json: bool, addr: &str) -> Result<(), CliError> {
+async fn status(campaign: Option<u64>, json: bool, addr: &Endpoint) -> Result<(), CliError> {
     let client = connect(addr).await?;
     match campaign {
         Some(id) => {
@@ -453,7 +652,7 @@ async fn results(
     format: ResultsFormat,
     output: Option<&Path>,
     study: Option<&Path>,
-    addr: &str,
+    addr: &Endpoint,
 ) -> Result<(), CliError> {
     if study.is_some() && !matches!(format, ResultsFormat::Llem) {
         return Err(invalid(anyhow!(
@@ -573,21 +772,21 @@ fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn cancel(campaign: u64, addr: &str) -> Result<(), CliError> {
+async fn cancel(campaign: u64, addr: &Endpoint) -> Result<(), CliError> {
     let client = connect(addr).await?;
     let s = rpc(addr, client.cancel(ctx(), CampaignId(campaign)).await)?;
     print_status_detail(&s);
     Ok(())
 }
 
-async fn retry(campaign: u64, addr: &str) -> Result<(), CliError> {
+async fn retry(campaign: u64, addr: &Endpoint) -> Result<(), CliError> {
     let client = connect(addr).await?;
     let s = rpc(addr, client.retry(ctx(), CampaignId(campaign)).await)?;
     print_status_detail(&s);
     Ok(())
 }
 
-async fn workers(json: bool, addr: &str) -> Result<(), CliError> {
+async fn workers(json: bool, addr: &Endpoint) -> Result<(), CliError> {
     let client = connect(addr).await?;
     let ws = rpc(addr, client.workers(ctx()).await)?;
     if json {
@@ -766,13 +965,18 @@ async fn run(
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
     let store = Store::open(&data_dir.join("coordinator"))?;
-    let shared = Shared::new(store, LeasePolicy::default())?;
+    let shared = Shared::new(store, LeasePolicy::default(), None)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
     let (stop_server_tx, stop_server_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(server::serve(listener, shared.clone(), async move {
-        let _ = stop_server_rx.await;
-    }));
+    let server = tokio::spawn(server::serve(
+        listener,
+        shared.clone(),
+        server::Wire::plain_only(),
+        async move {
+            let _ = stop_server_rx.await;
+        },
+    ));
     let (stop_workers_tx, stop_workers_rx) = tokio::sync::watch::channel(false);
     let mut workers = Vec::new();
     for i in 0..local_workers {
@@ -792,7 +996,7 @@ async fn run(
             stop_workers_rx.clone(),
         )));
     }
-    let outcome = drive_local_run(&addr, &src, data_dir, &mut workers).await;
+    let outcome = drive_local_run(&Endpoint::plain(&addr), &src, data_dir, &mut workers).await;
     let _ = stop_workers_tx.send(true);
     for w in workers {
         let _ = tokio::time::timeout(Duration::from_secs(30), w).await;
@@ -804,7 +1008,7 @@ async fn run(
 }
 
 async fn drive_local_run(
-    addr: &str,
+    addr: &Endpoint,
     src: &StudySource,
     data_dir: &Path,
     workers: &mut [tokio::task::JoinHandle<anyhow::Result<()>>],

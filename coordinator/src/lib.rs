@@ -6,10 +6,12 @@
 //! embedded coordinator and local workers for a whole campaign on one machine.
 //! The lease rules themselves are pure and live in `lem_common::lease`.
 
+pub mod auth;
 pub mod cli;
 pub mod export;
 pub mod llem_export;
 pub mod parquet_export;
+pub mod pki;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -1,11 +1,22 @@
-//! The coordinator's server loop: accepts connections on a bound listener, serves
-//! the RPC service on each, and sweeps expired leases, until the shutdown future
-//! resolves.
+//! The coordinator's server loop: accepts connections on a bound listener, decides
+//! who each one is, serves the RPC service on it within limits, and sweeps expired
+//! leases, until the shutdown future resolves.
 //!
 //! The listener is bound by the caller so tests can bind port 0 and read the port
 //! back; the loop itself never binds or picks addresses.
+//!
+//! One port speaks both plain TCP and TLS: the first byte of a TLS connection is
+//! 0x16 (a handshake record), which as the first byte of a plain frame's 4-byte
+//! length would announce a frame of at least 352 MiB, far past the frame limit, so
+//! peeking at one byte tells them apart. Plain TCP is served only where [`Wire`]
+//! allows it (a loopback listener, or `--insecure`); elsewhere a plain connection
+//! gets a reply saying TLS is required. Everything an unauthenticated peer can
+//! make the server hold is bounded (docs/security.md): the number of such
+//! connections, their lifetime, their frame size, the time to finish a handshake,
+//! and, for every connection, the time a frame may take to arrive once begun.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,24 +24,87 @@ use std::time::Duration;
 use futures::StreamExt;
 use lem_common::rpc::Coordinator;
 use tarpc::server::{BaseChannel, Channel};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::auth::{Guarded, Peer};
+use crate::pki::ClientCert;
 use crate::service::{now_ms, CoordService, Shared};
-use lem_worker::transport;
+use lem_worker::transport::{self, FrameDeadline, MAX_FRAME_BYTES};
 
 /// How often the sweeper looks for expired leases.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+/// The first byte of a TLS connection (a handshake record).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Limits on what a connection can make the server hold.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Open connections at most; past it new ones are closed at once.
+    pub max_connections: usize,
+    /// Connections not yet authenticated (handshaking, TLS without a certificate,
+    /// refused) at most, so they cannot crowd out workers.
+    pub max_unauthenticated: usize,
+    /// Time from accept to the first byte, and again to a finished TLS handshake.
+    pub handshake: Duration,
+    /// Time a frame may take to arrive once its first byte did.
+    pub frame: Duration,
+    /// Lifetime of an unauthenticated connection (enough to enrol).
+    pub unauthenticated_lifetime: Duration,
+    /// Largest frame an unauthenticated peer may send (an enrolment is ~1 KiB).
+    pub unauthenticated_frame: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            max_unauthenticated: 128,
+            handshake: Duration::from_secs(10),
+            frame: Duration::from_secs(30),
+            unauthenticated_lifetime: Duration::from_secs(60),
+            unauthenticated_frame: 64 << 10,
+        }
+    }
+}
+
+/// What a listener speaks.
+pub struct Wire {
+    /// TLS for this listener; `None` serves plain TCP only (`lem-coord run`).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// `None`: plain TCP is served. `Some(reason)`: plain connections are answered
+    /// with this reason and nothing else.
+    pub plain_refused: Option<String>,
+    pub limits: Limits,
+}
+
+impl Wire {
+    /// Plain TCP only, for an embedded coordinator on loopback.
+    pub fn plain_only() -> Wire {
+        Wire {
+            tls: None,
+            plain_refused: None,
+            limits: Limits::default(),
+        }
+    }
+}
 
 /// Serves until `shutdown` resolves; then stops granting leases and returns.
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
+    wire: Wire,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let sweeper = {
         let shared = shared.clone();
         tokio::spawn(async move { sweep_loop(shared).await })
     };
+    let wire = Arc::new(wire);
+    let all = Arc::new(Semaphore::new(wire.limits.max_connections));
+    let unauthenticated = Arc::new(Semaphore::new(wire.limits.max_unauthenticated));
+    let mut last_full_warning: Option<tokio::time::Instant> = None;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -44,18 +118,28 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let _ = stream.set_nodelay(true);
-                let transport = transport::server_transport(stream);
-                let service = CoordService { shared: shared.clone() };
+                let permits = all
+                    .clone()
+                    .try_acquire_owned()
+                    .ok()
+                    .zip(unauthenticated.clone().try_acquire_owned().ok());
+                let Some((permit, pre_auth)) = permits else {
+                    // Closing at once keeps the kernel's backlog from filling too.
+                    if last_full_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                        last_full_warning = Some(tokio::time::Instant::now());
+                        tracing::warn!(
+                            %peer,
+                            open = wire.limits.max_connections - all.available_permits(),
+                            unauthenticated = wire.limits.max_unauthenticated - unauthenticated.available_permits(),
+                            "connection limit reached; closing new connections"
+                        );
+                    }
+                    continue;
+                };
+                let (shared, wire) = (shared.clone(), wire.clone());
                 tokio::spawn(async move {
-                    tracing::debug!(%peer, "connection opened");
-                    BaseChannel::with_defaults(transport)
-                        .execute(service.serve())
-                        .for_each(|fut| async move {
-                            tokio::spawn(fut);
-                        })
-                        .await;
-                    tracing::debug!(%peer, "connection closed");
+                    handle_connection(stream, peer, shared, wire, pre_auth).await;
+                    drop(permit);
                 });
             }
         }
@@ -64,6 +148,128 @@ pub async fn serve(
     shared.work_available.notify_waiters();
     sweeper.abort();
     Ok(())
+}
+
+/// Tells plain from TLS, finds out who the peer is, and serves it.
+async fn handle_connection(
+    stream: TcpStream,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    wire: Arc<Wire>,
+    pre_auth: OwnedSemaphorePermit,
+) {
+    let _ = stream.set_nodelay(true);
+    let limits = &wire.limits;
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(limits.handshake, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => {}
+        Ok(Ok(_)) => return,
+        Ok(Err(e)) => {
+            tracing::debug!(%addr, error = %e, "connection failed before its first byte");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%addr, "no first byte in time; closed");
+            return;
+        }
+    }
+    if first[0] != TLS_HANDSHAKE_RECORD {
+        let peer = match &wire.plain_refused {
+            None => Peer::Plain,
+            Some(reason) => Peer::Refused(reason.clone()),
+        };
+        serve_connection(stream, addr, peer, shared, limits, pre_auth).await;
+        return;
+    }
+    let Some(tls) = &wire.tls else {
+        tracing::warn!(%addr, "a TLS client on a plain-only listener; closed");
+        return;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
+    let stream = match tokio::time::timeout(limits.handshake, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::warn!(%addr, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%addr, "TLS handshake not finished in time; closed");
+            return;
+        }
+    };
+    let peer = identify(&shared, stream.get_ref().1.peer_certificates()).await;
+    serve_connection(stream, addr, peer, shared, limits, pre_auth).await;
+}
+
+/// Who a TLS peer is, from the certificate it presented.
+async fn identify(
+    shared: &Arc<Shared>,
+    certs: Option<&[rustls::pki_types::CertificateDer<'static>]>,
+) -> Peer {
+    let Some(pki) = &shared.pki else {
+        return Peer::Refused("this coordinator has no CA".into());
+    };
+    match pki.classify(certs) {
+        ClientCert::None => Peer::Anonymous,
+        ClientCert::Admin => Peer::Admin,
+        ClientCert::Refused(reason) => Peer::Refused(reason),
+        ClientCert::Issued(digest) => {
+            let s = shared.clone();
+            let found = tokio::task::spawn_blocking(move || s.store.enrolled_worker(&digest)).await;
+            match found {
+                Ok(Ok(Some(worker))) => Peer::Worker(worker),
+                Ok(Ok(None)) => Peer::Refused(
+                    "this client certificate is not enrolled here any more (its worker joined again and got a new one): join again with `lem-worker join`, or use the data dir that joined last".into(),
+                ),
+                Ok(Err(e)) => Peer::Refused(format!("cannot look up the certificate: {e}")),
+                Err(e) => Peer::Refused(format!("cannot look up the certificate: {e}")),
+            }
+        }
+    }
+}
+
+/// Serves the RPC service to `peer` over `stream` until it closes (or, for an
+/// unauthenticated peer, until its lifetime ends).
+async fn serve_connection<S>(
+    stream: S,
+    addr: SocketAddr,
+    peer: Peer,
+    shared: Arc<Shared>,
+    limits: &Limits,
+    pre_auth: OwnedSemaphorePermit,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let authenticated = peer.is_authenticated();
+    // An authenticated connection no longer counts against the unauthenticated limit.
+    let pre_auth = (!authenticated).then_some(pre_auth);
+    let max_frame = if authenticated {
+        MAX_FRAME_BYTES
+    } else {
+        limits.unauthenticated_frame
+    };
+    tracing::debug!(%addr, peer = %peer.describe(), "connection opened");
+    let transport =
+        transport::server_transport(FrameDeadline::new(stream, limits.frame), max_frame);
+    let service = Guarded {
+        inner: CoordService { shared }.serve(),
+        peer: Arc::new(peer),
+    };
+    let channel = BaseChannel::with_defaults(transport)
+        .execute(service)
+        .for_each(|fut| async move {
+            tokio::spawn(fut);
+        });
+    if authenticated {
+        channel.await;
+    } else if tokio::time::timeout(limits.unauthenticated_lifetime, channel)
+        .await
+        .is_err()
+    {
+        tracing::debug!(%addr, "unauthenticated connection reached its lifetime; closed");
+    }
+    drop(pre_auth);
+    tracing::debug!(%addr, "connection closed");
 }
 
 async fn sweep_loop(shared: Arc<Shared>) {

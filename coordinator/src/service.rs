@@ -12,9 +12,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lem_common::lease::{CompleteOutcome, LeasePolicy, RunState};
 use lem_common::rpc::{
-    BlockedEngine, CampaignStatus, CompleteReply, CompleteRequest, CompleteStatus, Coordinator,
-    FailRequest, LeaseGrant, LeaseRequest, RegisterReply, RegisterRequest, RenewReply,
-    RenewRequest, RpcError, RpcErrorKind, RunRow, SubmitReply, SubmitRequest, WorkerInfo,
+    enrol_proof_message, BlockedEngine, CampaignStatus, CompleteReply, CompleteRequest,
+    CompleteStatus, Coordinator, EnrolReply, EnrolRequest, FailRequest, LeaseGrant, LeaseRequest,
+    RegisterReply, RegisterRequest, RenewReply, RenewRequest, RpcError, RpcErrorKind, RunRow,
+    SubmitReply, SubmitRequest, WorkerInfo,
 };
 use lem_common::study::{self, PlanOptions, StudySource};
 use lem_common::types::{format_utc_ms, CampaignId, WorkerId};
@@ -22,12 +23,29 @@ use lem_common::{pyjson, PROTOCOL_VERSION};
 use tarpc::context::Context;
 use tokio::sync::Notify;
 
+use crate::pki::Pki;
 use crate::store::{CampaignRecord, NewRun, Store, StoreError, WorkerRecord};
 
-/// Largest study text accepted over the wire.
+/// Largest study accepted (its text and its `base:` file's together).
 pub const MAX_STUDY_BYTES: usize = 4 << 20;
+/// Largest grid (configs before validation) the coordinator expands, whatever the
+/// client's `--allow-large-grid` says: counted before expanding, so a runaway
+/// sweep costs nothing.
+pub const MAX_CONFIGS_PER_CAMPAIGN: usize = 100_000;
 /// Largest number of runs one campaign may expand to.
 pub const MAX_RUNS_PER_CAMPAIGN: usize = 1_000_000;
+
+/// Checks a study's size against [`MAX_STUDY_BYTES`]; the error names the file.
+pub fn check_study_size(src: &StudySource) -> Result<(), String> {
+    let bytes = src.text.len() + src.base.as_ref().map(|(_, t)| t.len()).unwrap_or(0);
+    if bytes > MAX_STUDY_BYTES {
+        return Err(format!(
+            "{}: the study is {bytes} bytes (with its base file), the limit is {MAX_STUDY_BYTES} (4 MiB); a study this large is almost certainly generated: sweep the values instead of listing them",
+            src.path
+        ));
+    }
+    Ok(())
+}
 /// A worker not heard from for this long is not counted as able to run anything.
 const WORKER_STALE_MS: u64 = 120_000;
 
@@ -42,6 +60,8 @@ pub fn now_ms() -> u64 {
 pub struct Shared {
     pub store: Store,
     pub policy: LeasePolicy,
+    /// The CA that enrols workers; none for `lem-coord run`'s plain loopback one.
+    pub pki: Option<Arc<Pki>>,
     /// Fires when runs may have become pending.
     pub work_available: Notify,
     /// Engines each registered worker can run (a cache of the `workers` table).
@@ -75,7 +95,11 @@ impl Shared {
 }
 
 impl Shared {
-    pub fn new(store: Store, policy: LeasePolicy) -> Result<Arc<Shared>, StoreError> {
+    pub fn new(
+        store: Store,
+        policy: LeasePolicy,
+        pki: Option<Arc<Pki>>,
+    ) -> Result<Arc<Shared>, StoreError> {
         let mut map = HashMap::new();
         for w in store.workers()? {
             map.insert(w.worker.clone(), available_engines(&w));
@@ -83,6 +107,7 @@ impl Shared {
         Ok(Arc::new(Shared {
             store,
             policy,
+            pki,
             work_available: Notify::new(),
             engines_by_worker: Mutex::new(map),
             stopping: Default::default(),
@@ -97,6 +122,25 @@ fn available_engines(w: &WorkerRecord) -> Vec<String> {
         .filter(|e| e.available)
         .map(|e| e.engine.clone())
         .collect()
+}
+
+/// Longest worker name; names go into certificates and log lines.
+pub const MAX_WORKER_NAME: usize = 64;
+
+/// A worker name that can be enrolled: 1 to 64 of `A-Z a-z 0-9 . _ -`, not
+/// starting with `.` or `-`.
+pub fn check_worker_name(name: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if name.is_empty()
+        || name.len() > MAX_WORKER_NAME
+        || !name.chars().all(ok_char)
+        || name.starts_with(['.', '-'])
+    {
+        return Err(format!(
+            "worker name `{name}` is not allowed: use 1 to {MAX_WORKER_NAME} of A-Z a-z 0-9 . _ -, not starting with . or - (pass --name)"
+        ));
+    }
+    Ok(())
 }
 
 fn store_err(e: StoreError) -> RpcError {
@@ -358,6 +402,7 @@ impl Coordinator for CoordService {
     async fn complete(self, _: Context, req: CompleteRequest) -> Result<CompleteReply, RpcError> {
         let shared = self.shared.clone();
         let key = req.run;
+        let worker = req.worker.clone();
         let outcome = blocking(move || {
             let now = now_ms();
             shared.store.complete(
@@ -389,6 +434,13 @@ impl Coordinator for CoordService {
                     detail: Some(reason),
                 }
             }
+            CompleteOutcome::NotHolder { reason } => {
+                tracing::warn!(run = %key, worker = %worker, %reason, "result for another worker's lease refused");
+                return Err(RpcError::new(
+                    RpcErrorKind::LeaseLost,
+                    format!("result for run {key} refused: {reason} (kept as a duplicate record, never counted)"),
+                ));
+            }
         })
     }
 
@@ -414,21 +466,21 @@ impl Coordinator for CoordService {
     }
 
     async fn submit(self, _: Context, req: SubmitRequest) -> Result<SubmitReply, RpcError> {
-        if req.text.len() > MAX_STUDY_BYTES {
-            return Err(RpcError::new(
-                RpcErrorKind::InvalidInput,
-                format!(
-                    "{}: study is {} bytes, the limit is {MAX_STUDY_BYTES}",
-                    req.path,
-                    req.text.len()
-                ),
-            ));
-        }
         let src = StudySource {
             path: req.path.clone(),
             text: req.text.clone(),
             base: req.base.clone(),
         };
+        let invalid = |m: String| RpcError::new(RpcErrorKind::InvalidInput, m);
+        check_study_size(&src).map_err(invalid)?;
+        let n_configs = study::count_before_expansion(&src, &PlanOptions::default())
+            .map_err(|e| invalid(e.to_string()))?;
+        if n_configs > MAX_CONFIGS_PER_CAMPAIGN {
+            return Err(invalid(format!(
+                "{}: the grid expands to {n_configs} configs; this coordinator expands at most {MAX_CONFIGS_PER_CAMPAIGN} per campaign (split the study into several)",
+                req.path
+            )));
+        }
         let plan = study::plan(&src, &PlanOptions::default())
             .map_err(|e| RpcError::new(RpcErrorKind::InvalidInput, e.to_string()))?;
         if plan.runs.len() > MAX_RUNS_PER_CAMPAIGN {
@@ -556,6 +608,61 @@ impl Coordinator for CoordService {
         Ok(status)
     }
 
+    async fn enrol(self, _: Context, req: EnrolRequest) -> Result<EnrolReply, RpcError> {
+        let Some(pki) = self.shared.pki.clone() else {
+            return Err(RpcError::new(
+                RpcErrorKind::InvalidInput,
+                "this coordinator has no CA (it is `lem-coord run`'s embedded one, plain on loopback): its workers need no join",
+            ));
+        };
+        let unauthenticated = |m: String| RpcError::new(RpcErrorKind::Unauthenticated, m);
+        pki.verify_token(&req.token, now_ms() / 1000)
+            .map_err(|e| unauthenticated(e.to_string()))?;
+        check_worker_name(&req.worker.0)
+            .map_err(|m| RpcError::new(RpcErrorKind::InvalidInput, m))?;
+        if req.public_key.len() != 65 || req.public_key[0] != 4 {
+            return Err(RpcError::new(
+                RpcErrorKind::InvalidInput,
+                format!(
+                    "the public key is {} bytes; an uncompressed P-256 key has 65, starting with 0x04",
+                    req.public_key.len()
+                ),
+            ));
+        }
+        ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_ASN1,
+            &req.public_key,
+        )
+        .verify(&enrol_proof_message(&req.token, &req.worker), &req.proof)
+        .map_err(|_| {
+            unauthenticated(
+                "the enrolment proof does not verify with the public key sent (the worker must sign the token and its name with the key it enrols)".into(),
+            )
+        })?;
+        let (certificate_pem, digest) = pki
+            .issue_worker_certificate(&req.worker, &req.public_key)
+            .map_err(|e| RpcError::new(RpcErrorKind::Internal, e.to_string()))?;
+        let shared = self.shared.clone();
+        let worker = req.worker.clone();
+        let replaced = blocking(move || {
+            shared
+                .store
+                .enrol(&worker, &digest, &format_utc_ms(now_ms()))
+        })
+        .await?;
+        let fingerprint = lem_common::token::hex(&digest);
+        match replaced {
+            Some(old) => {
+                tracing::warn!(worker = %req.worker, %fingerprint, previous = %old.cert_sha256, "worker enrolled again; its previous certificate no longer works")
+            }
+            None => tracing::info!(worker = %req.worker, %fingerprint, "worker enrolled"),
+        }
+        Ok(EnrolReply {
+            certificate_pem,
+            ca_pem: pki.ca_pem.clone(),
+        })
+    }
+
     async fn workers(self, _: Context) -> Result<Vec<WorkerInfo>, RpcError> {
         let shared = self.shared.clone();
         blocking(move || {
@@ -581,5 +688,42 @@ impl Coordinator for CoordService {
                 .collect())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_names_are_plain_words() {
+        for ok in ["w1", "gpu-host-3.lab", "a_b", &"x".repeat(MAX_WORKER_NAME)] {
+            assert_eq!(check_worker_name(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "-rf",
+            ".hidden",
+            "a b",
+            "$(id)",
+            "a;b",
+            "é",
+            &"x".repeat(65),
+        ] {
+            let e = check_worker_name(bad).unwrap_err();
+            assert!(e.contains("--name"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_study_and_its_base_count_together_against_the_size_limit() {
+        let src = |text: usize, base: usize| StudySource {
+            path: "s.yaml".into(),
+            text: " ".repeat(text),
+            base: (base > 0).then(|| ("b.yaml".to_string(), " ".repeat(base))),
+        };
+        assert_eq!(check_study_size(&src(MAX_STUDY_BYTES, 0)), Ok(()));
+        let e = check_study_size(&src(MAX_STUDY_BYTES / 2 + 1, MAX_STUDY_BYTES / 2)).unwrap_err();
+        assert!(e.starts_with("s.yaml: the study is 4194305 bytes"), "{e}");
     }
 }

@@ -15,7 +15,10 @@
 //! * `counts`: (campaign, state) -> number of runs, so status is O(1);
 //! * `results`: (campaign, seq) -> the accepted [`RunResult`];
 //! * `duplicates`: (campaign, seq, token) -> a result that was not counted;
-//! * `workers`: worker id -> [`WorkerRecord`].
+//! * `workers`: worker id -> [`WorkerRecord`];
+//! * `enrolments`: worker id -> [`Enrolment`] (the client certificate it joined with);
+//! * `client_certs`: SHA-256 of a worker's certificate -> worker id, how a mutual-TLS
+//!   connection learns who it is (docs/security.md).
 
 use std::path::Path;
 
@@ -39,6 +42,8 @@ const COUNTS: TableDefinition<(u64, &str), u64> = TableDefinition::new("counts")
 const RESULTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("results");
 const DUPLICATES: TableDefinition<(u64, u32, u64), &[u8]> = TableDefinition::new("duplicates");
 const WORKERS: TableDefinition<&str, &[u8]> = TableDefinition::new("workers");
+const ENROLMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("enrolments");
+const CLIENT_CERTS: TableDefinition<&[u8], &str> = TableDefinition::new("client_certs");
 
 /// Bumped when the on-disk layout changes incompatibly.
 pub const SCHEMA_VERSION: u64 = 1;
@@ -141,6 +146,16 @@ pub struct WorkerRecord {
     pub registered_at: String,
     pub last_seen_ms: u64,
     pub runs_done: u64,
+}
+
+/// A worker's enrolment: the certificate it was issued when it joined. A later
+/// enrolment under the same name replaces it, and the old certificate stops working.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enrolment {
+    pub worker: WorkerId,
+    /// SHA-256 of the certificate (DER), lower-case hex.
+    pub cert_sha256: String,
+    pub enrolled_at: String,
 }
 
 /// A run planned for a new campaign.
@@ -340,6 +355,8 @@ impl Store {
             txn.open_table(RESULTS)?;
             txn.open_table(DUPLICATES)?;
             txn.open_table(WORKERS)?;
+            txn.open_table(ENROLMENTS)?;
+            txn.open_table(CLIENT_CERTS)?;
         }
         txn.commit()?;
         Ok(Store { db })
@@ -560,7 +577,7 @@ impl Store {
                 }
             }
             CompleteOutcome::AlreadyAccepted => {}
-            CompleteOutcome::Duplicate { reason } => {
+            CompleteOutcome::Duplicate { reason } | CompleteOutcome::NotHolder { reason } => {
                 let dup = DuplicateRecord {
                     worker: worker.clone(),
                     token,
@@ -685,6 +702,53 @@ impl Store {
         }
         txn.commit()?;
         Ok(())
+    }
+
+    /// Records a worker's enrolment with the certificate `cert_sha256` (raw
+    /// digest); returns the enrolment it replaced, whose certificate is forgotten.
+    pub fn enrol(
+        &self,
+        worker: &WorkerId,
+        cert_sha256: &[u8; 32],
+        enrolled_at: &str,
+    ) -> Result<Option<Enrolment>, StoreError> {
+        let rec = Enrolment {
+            worker: worker.clone(),
+            cert_sha256: lem_common::token::hex(cert_sha256),
+            enrolled_at: enrolled_at.to_string(),
+        };
+        let txn = self.db.begin_write()?;
+        let replaced = {
+            let mut enrolments = txn.open_table(ENROLMENTS)?;
+            let mut certs = txn.open_table(CLIENT_CERTS)?;
+            let old = enrolments
+                .get(worker.0.as_str())?
+                .map(|g| from_json::<Enrolment>("enrolments", g.value()))
+                .transpose()?;
+            if let Some(old) = &old {
+                if let Some(digest) = lem_common::token::unhex(&old.cert_sha256) {
+                    certs.remove(digest.as_slice())?;
+                }
+            }
+            enrolments.insert(worker.0.as_str(), to_json(&rec).as_slice())?;
+            certs.insert(cert_sha256.as_slice(), worker.0.as_str())?;
+            old
+        };
+        txn.commit()?;
+        Ok(replaced)
+    }
+
+    /// The worker whose current enrolment is the certificate with this SHA-256.
+    pub fn enrolled_worker(&self, cert_sha256: &[u8; 32]) -> Result<Option<WorkerId>, StoreError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| StoreError::Storage(e.to_string()))?;
+        let certs = txn.open_table(CLIENT_CERTS)?;
+        let found = certs
+            .get(cert_sha256.as_slice())?
+            .map(|g| WorkerId(g.value().to_string()));
+        Ok(found)
     }
 
     pub fn workers(&self) -> Result<Vec<WorkerRecord>, StoreError> {
@@ -906,9 +970,17 @@ mod tests {
             store.complete(r.key, t2, &b, &res, 40_004, "x").unwrap(),
             CompleteOutcome::AlreadyAccepted
         ));
+        // Another worker replaying b's token is refused and recorded, not counted.
+        let mallory = WorkerId("mallory".into());
+        assert!(matches!(
+            store
+                .complete(r.key, t2, &mallory, &res, 40_005, "x")
+                .unwrap(),
+            CompleteOutcome::NotHolder { .. }
+        ));
         let c = store.counts(id).unwrap();
         assert_eq!((c.done, c.total()), (1, 1));
-        assert_eq!(store.duplicate_count(id).unwrap(), 1);
+        assert_eq!(store.duplicate_count(id).unwrap(), 2);
         assert_eq!(
             store
                 .runs(id)
@@ -918,5 +990,26 @@ mod tests {
                 .count(),
             1
         );
+    }
+
+    #[test]
+    fn a_new_enrolment_replaces_the_old_certificate_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = WorkerId("gpu-1".into());
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert_eq!(store.enrol(&w, &[1; 32], "t1").unwrap(), None);
+            assert_eq!(store.enrolled_worker(&[1; 32]).unwrap(), Some(w.clone()));
+            let replaced = store.enrol(&w, &[2; 32], "t2").unwrap().unwrap();
+            assert_eq!(replaced.cert_sha256, "01".repeat(32));
+            assert_eq!(
+                store.enrolled_worker(&[1; 32]).unwrap(),
+                None,
+                "old cert forgotten"
+            );
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.enrolled_worker(&[2; 32]).unwrap(), Some(w));
+        assert_eq!(store.enrolled_worker(&[3; 32]).unwrap(), None);
     }
 }

@@ -2,12 +2,18 @@
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 /// Runs lem fleet experiments on this host's GPUs, leased from a coordinator.
+///
+/// With `DATA_DIR/credentials.pem` (written by `lem-worker join`) the worker speaks
+/// mutual TLS as the worker it joined as; without, plain TCP, which only a
+/// coordinator listening on loopback (or started with --insecure) answers.
 #[derive(Parser, Debug)]
-#[command(name = "lem-worker", version)]
+#[command(name = "lem-worker", version, args_conflicts_with_subcommands = true)]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<WorkerCommand>,
     /// Coordinator address (host:port).
     #[arg(long, env = "LEM_COORDINATOR", default_value = "127.0.0.1:7700")]
     pub coordinator: String,
@@ -42,6 +48,56 @@ pub struct Args {
     pub python: String,
 }
 
+#[derive(Subcommand, Debug)]
+pub enum WorkerCommand {
+    /// Enrol with a coordinator using a join token (`lem-coord token create`) and
+    /// store this worker's client certificate in DATA_DIR/credentials.pem.
+    Join {
+        /// Coordinator address (host:port).
+        #[arg(long, env = "LEM_COORDINATOR", default_value = "127.0.0.1:7700")]
+        coordinator: String,
+        /// The join token `lem-coord token create` printed.
+        #[arg(long, env = "LEM_JOIN_TOKEN")]
+        token: String,
+        /// The worker's data dir (the one later runs use).
+        #[arg(long, env = "LEM_WORKER_DATA_DIR", default_value = "lem-data/worker")]
+        data_dir: PathBuf,
+        /// Worker name, bound into the certificate (default: hostname and data dir).
+        #[arg(long, env = "LEM_WORKER_NAME")]
+        name: Option<String>,
+    },
+}
+
+fn join_main(
+    coordinator: &str,
+    token: &str,
+    data_dir: &std::path::Path,
+    name: Option<&str>,
+) -> std::process::ExitCode {
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match rt.block_on(crate::join::join(coordinator, token, data_dir, name)) {
+        Ok(j) => {
+            if let Some(before) = j.replaced {
+                eprintln!(
+                    "replaced the earlier credential (worker {}); the coordinator forgets that certificate when the same name joins again",
+                    before.map(|w| w.0).unwrap_or_else(|| "unknown".into())
+                );
+            }
+            eprintln!(
+                "joined as worker {}; credential in {} (keep it private). Start the worker with: lem-worker --coordinator {coordinator} --data-dir {}",
+                j.worker,
+                j.credentials.display(),
+                data_dir.display()
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("lem-worker: error: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
 /// Parses the flags, runs the worker until SIGTERM/SIGINT, returns the exit code.
 pub fn main_impl() -> std::process::ExitCode {
     tracing_subscriber::fmt()
@@ -53,6 +109,15 @@ pub fn main_impl() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if let Some(WorkerCommand::Join {
+        coordinator,
+        token,
+        data_dir,
+        name,
+    }) = &args.command
+    {
+        return join_main(coordinator, token, data_dir, name.as_deref());
+    }
     let cfg = crate::WorkerConfig {
         coordinator: args.coordinator,
         data_dir: args.data_dir,

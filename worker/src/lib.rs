@@ -3,16 +3,21 @@
 //! [`run_worker`] installs the embedded harness, starts one telemetry sampler and one
 //! resident harness per slot, registers with the coordinator and runs one lease loop
 //! per slot until told to stop. The binary's `main` only parses flags and calls it;
-//! `lem-coord run` calls it in-process for its local workers.
+//! `lem-coord run` calls it in-process for its local workers. A worker whose data
+//! dir holds `credentials.pem` (written by `lem-worker join`, [`join`]) speaks
+//! mutual TLS as the worker named there; one without speaks plain TCP, which only
+//! a coordinator on loopback (or started with `--insecure`) answers.
 
 pub mod cli;
 pub mod clock;
 pub mod env;
+pub mod join;
 pub mod journal;
 pub mod nvml;
 pub mod runtime;
 pub mod slot;
 pub mod telemetry;
+pub mod tls;
 pub mod transport;
 
 use std::path::PathBuf;
@@ -20,13 +25,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use lem_common::rpc::{RegisterRequest, SlotInfo};
+use lem_common::rpc::{RegisterRequest, RpcErrorKind, SlotInfo};
 use lem_common::types::{EngineCapability, WorkerId, KNOWN_ENGINES};
 use tokio::sync::watch;
 
 use crate::runtime::ProcessHarness;
 use crate::slot::Slot;
 use crate::telemetry::{LoadSink, Sampler, SimulatedGpu};
+use crate::transport::Endpoint;
 
 /// Default telemetry sampling interval (20 Hz, as the measurement methodology asks).
 pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(50);
@@ -40,9 +46,11 @@ const RING_CAPACITY: usize = 36_000;
 /// How a worker runs.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
+    /// The coordinator's address; how to speak to it comes from the data dir.
     pub coordinator: String,
     pub data_dir: PathBuf,
-    /// Worker identity; default `<hostname>-<data dir name>`.
+    /// Worker identity; default `<hostname>-<data dir name>`, or the name the data
+    /// dir joined as.
     pub name: Option<String>,
     pub slots: u32,
     pub simulate_gpu: bool,
@@ -64,6 +72,81 @@ pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())
+}
+
+/// The name a worker gets when none is given: `<hostname>-<data dir name>`.
+pub fn default_worker_name(data_dir: &std::path::Path) -> String {
+    let dir = data_dir
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_string()))
+        .unwrap_or_else(|| "worker".into());
+    format!("{}-{dir}", hostname())
+}
+
+/// How this worker speaks to the coordinator, and as whom: mutual TLS as the worker
+/// its data dir joined as, or plain TCP under its `--name` (or the default name).
+pub fn endpoint_and_name(cfg: &WorkerConfig) -> anyhow::Result<(Endpoint, WorkerId)> {
+    let path = cfg.data_dir.join(tls::CREDENTIALS_FILE);
+    if !path.exists() {
+        let name = cfg
+            .name
+            .clone()
+            .unwrap_or_else(|| default_worker_name(&cfg.data_dir));
+        return Ok((Endpoint::plain(&cfg.coordinator), WorkerId(name)));
+    }
+    let creds = tls::Credentials::load(&path)?;
+    let Some(joined_as) = creds.worker.clone() else {
+        bail!(
+            "{}: no `# worker:` line, so it is not a worker credential (join again with `lem-worker join`)",
+            path.display()
+        );
+    };
+    if let Some(name) = &cfg.name {
+        if name != &joined_as.0 {
+            bail!(
+                "{} joined as worker {joined_as}, but --name is {name}: drop --name, or join again with --name {name}",
+                cfg.data_dir.display()
+            );
+        }
+    }
+    Ok((
+        Endpoint::with_credentials(&cfg.coordinator, &creds)?,
+        joined_as,
+    ))
+}
+
+/// Registers once before the slots start, so a coordinator that will never take
+/// this worker (it requires TLS, does not know the certificate, speaks another
+/// protocol) is a clear error now instead of retries forever. A coordinator that
+/// is not up yet is fine: the slots keep trying.
+async fn check_admission(endpoint: &Endpoint, register: &RegisterRequest) -> anyhow::Result<()> {
+    let client = match transport::connect(endpoint).await {
+        Ok(c) => c,
+        Err(e) if e.is_unreachable() => {
+            tracing::warn!(error = %e, "coordinator not reachable yet; the slots keep trying");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut ctx = tarpc::context::current();
+    ctx.deadline = std::time::Instant::now() + Duration::from_secs(10);
+    if let Ok(Err(e)) = client.register(ctx, register.clone()).await {
+        if matches!(
+            e.kind,
+            RpcErrorKind::Unauthenticated
+                | RpcErrorKind::PermissionDenied
+                | RpcErrorKind::VersionMismatch
+                | RpcErrorKind::InvalidInput
+        ) {
+            bail!(
+                "the coordinator at {} refused worker {}: {e}",
+                endpoint.addr,
+                register.worker
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Runs the worker until `stop` turns true; each slot finishes its current run first.
@@ -105,18 +188,10 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
         );
     }
     let journal = Arc::new(journal);
+    let (endpoint, worker) = endpoint_and_name(&cfg)?;
     let py_version = runtime::check_python(&cfg.python).await?;
     let server_py = runtime::install_harness(&cfg.data_dir.join("harness"))?;
     let host = hostname();
-    let worker = WorkerId(cfg.name.clone().unwrap_or_else(|| {
-        let dir = cfg
-            .data_dir
-            .canonicalize()
-            .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_string()))
-            .unwrap_or_else(|| "worker".into());
-        format!("{host}-{dir}")
-    }));
 
     let mut slots = Vec::new();
     let mut slot_infos = Vec::new();
@@ -205,7 +280,9 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
         slots: slot_infos,
         engines: capabilities,
     };
-    tracing::info!(worker = %worker, slots = cfg.slots, python = %py_version, engines = ?offered, simulated = cfg.simulate_gpu, "worker starting");
+    check_admission(&endpoint, &register).await?;
+    let tls = matches!(endpoint.security, transport::Security::Tls(_));
+    tracing::info!(worker = %worker, slots = cfg.slots, python = %py_version, engines = ?offered, simulated = cfg.simulate_gpu, tls, "worker starting");
     let mut tasks = Vec::new();
     let host_env = env::host_snapshot(&py_version);
     for (index, harness, sampler, load, dir, gpu_snapshot) in slots {
@@ -214,7 +291,7 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
             index,
             worker.clone(),
             host.clone(),
-            cfg.coordinator.clone(),
+            endpoint.clone(),
             register.clone(),
             harness,
             sampler,

@@ -49,10 +49,10 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Connects to the coordinator and registers.
 async fn connect_and_register(
-    addr: &str,
+    coordinator: &transport::Endpoint,
     register: &RegisterRequest,
 ) -> anyhow::Result<CoordinatorClient> {
-    let c = transport::connect(addr).await?;
+    let c = transport::connect(coordinator).await?;
     c.register(ctx_with(Duration::from_secs(10)), register.clone())
         .await
         .map_err(|e| anyhow!("register: {e}"))?
@@ -65,7 +65,7 @@ pub struct Slot {
     pub index: u32,
     pub worker: WorkerId,
     pub host: String,
-    pub coordinator: String,
+    pub coordinator: transport::Endpoint,
     pub register: RegisterRequest,
     pub harness: ProcessHarness,
     pub sampler: Sampler,
@@ -152,7 +152,7 @@ impl Slot {
         index: u32,
         worker: WorkerId,
         host: String,
-        coordinator: String,
+        coordinator: transport::Endpoint,
         register: RegisterRequest,
         harness: ProcessHarness,
         sampler: Sampler,

@@ -180,7 +180,9 @@ fn a_worker_of_another_protocol_version_is_refused() {
     let (coord, addr) = crate::start_coordinator(tmp.path());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let reply = rt.block_on(async {
-        let client = lem_worker::transport::connect(&addr).await.unwrap();
+        let client = lem_worker::transport::connect(&lem_worker::transport::Endpoint::plain(&addr))
+            .await
+            .unwrap();
         client
             .register(
                 tarpc::context::current(),
@@ -209,4 +211,24 @@ fn a_worker_of_another_protocol_version_is_refused() {
     let out = run(COORD, &["workers", "--json", "--coordinator", &addr]);
     assert!(out.status.success(), "{}", describe(&["workers"], &out));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+}
+
+#[test]
+fn a_study_past_the_size_limit_is_refused_before_parsing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let padding = "# padding\n".repeat(500_000);
+    let p = write(
+        tmp.path(),
+        "huge.yaml",
+        &format!("{GOOD_HEAD}sweep: {{}}\n{padding}"),
+    );
+    let args = ["submit", p.as_str(), "--coordinator", "127.0.0.1:1"];
+    let out = run(COORD, &args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&args, &out));
+    assert!(
+        err.contains("huge.yaml: the study is") && err.contains("the limit is 4194304"),
+        "{}",
+        describe(&args, &out)
+    );
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use lem_tests::{describe, repo_root, run, wait_for, Proc};
 use serde_json::Value;
 
-use crate::{campaign_id, start_coordinator, start_worker, status_json, COORD};
+use crate::{campaign_id, results_jsonl, start_coordinator, start_worker, status_json, COORD};
 
 #[test]
 fn twelve_runs_two_workers_each_run_exactly_once() {
@@ -59,14 +59,7 @@ fn twelve_runs_two_workers_each_run_exactly_once() {
     assert_eq!(status["duplicates"], 0, "{status}");
 
     // Results: one row per run, each (config, cycle) exactly once, energy present.
-    let args = ["results", &id, "--format", "jsonl", "--coordinator", &addr];
-    let out = run(COORD, &args);
-    assert!(out.status.success(), "{}", describe(&args, &out));
-    let rows: Vec<Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rows = results_jsonl(&id, &["--coordinator", &addr]);
     assert_eq!(rows.len(), 12);
     let pairs: BTreeSet<(String, u64)> = rows
         .iter()

@@ -3,6 +3,7 @@
 mod bad_input;
 mod faults;
 mod flow;
+mod security;
 
 pub const COORD: &str = env!("CARGO_BIN_EXE_lem-coord-shim");
 pub const WORKER: &str = env!("CARGO_BIN_EXE_lem-worker-shim");
@@ -62,6 +63,20 @@ pub fn status_json(addr: &str, id: &str) -> Option<serde_json::Value> {
         return None;
     }
     serde_json::from_slice(&out.stdout).ok()
+}
+
+/// `lem-coord results ID --format jsonl` with `connect` (the address and any
+/// credential flags), parsed; panics with the command's output if it fails.
+pub fn results_jsonl(id: &str, connect: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = vec!["results", id, "--format", "jsonl"];
+    args.extend_from_slice(connect);
+    let out = lem_tests::run(COORD, &args);
+    assert!(out.status.success(), "{}", lem_tests::describe(&args, &out));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// Starts a `lem-worker` named `name` with the simulated GPU in `dir/name`.
