@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: formatting, clippy, the Rust unit, integration and
-# end-to-end tests (real processes on loopback), the llem differential test against
-# llem's own code (installed into .venv-llem from PyPI on first use), and the Python
-# harness tests. Idempotent; CI runs exactly this (.ci/run).
+# end-to-end tests (real processes on loopback), the across-hosts test (containers on
+# a private Docker network, on the base image docker/base-image.sh builds without a
+# registry), the llem differential test against llem's own code (installed into
+# .venv-llem from PyPI on first use), and the Python harness tests. Idempotent; CI
+# runs exactly this (.ci/run). LEM_SKIP_DOCKER=1 skips the across-hosts test on a
+# machine without Docker (never in CI). See docs/testing.md.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -30,6 +33,20 @@ else
     echo "test: llem reference not found at $LLEM_SHARED (set LLEM_SHARED); the llem tests will fail" >&2
 fi
 
+# The across-hosts test's base image: cached, so a no-op once built (docs/testing.md).
+skip_docker=()
+if [ "${LEM_SKIP_DOCKER:-}" = 1 ]; then
+    echo "test: ************************************************************************" >&2
+    echo "test: LEM_SKIP_DOCKER=1: SKIPPING the across-hosts test (containers on a Docker" >&2
+    echo "test: network). CI never sets this; run it before you push Docker-facing changes." >&2
+    echo "test: ************************************************************************" >&2
+    skip_docker=(-- --skip containers_across_hosts)
+else
+    need docker "the across-hosts test runs containers; install Docker Engine, or set LEM_SKIP_DOCKER=1 to skip that test on this machine"
+    echo "==> docker/base-image.sh"
+    docker/base-image.sh
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
@@ -37,4 +54,4 @@ cargo clippy --locked --all-targets -- -D warnings
 echo "==> python harness tests"
 python3 -m unittest discover -s docker/harness/tests
 echo "==> cargo test"
-cargo test --locked --workspace
+cargo test --locked --workspace "${skip_docker[@]}"

@@ -5,9 +5,12 @@
 //! Waiting is always deadline-bound (`wait_for`), never a bare sleep, and a failed
 //! wait prints the logs of every process the test started.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 /// A started process whose output goes to files.
 pub struct Proc {
@@ -114,29 +117,153 @@ impl XorShift {
     }
 }
 
+/// The fault tests' seeded generator: `LEM_FAULT_SEED` (decimal) if set, else
+/// `default_seed`; returns the seed used (to print) and the generator.
+pub fn fault_rng(default_seed: u64) -> (u64, XorShift) {
+    let seed = std::env::var("LEM_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default_seed);
+    (seed, XorShift(seed))
+}
+
+/// Polls `f` every 200 ms until it returns `Some` or `timeout` passes (`None`).
+pub fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Polls `f` until it returns `Some` or the deadline passes; on timeout panics with
 /// `what` and the logs of `procs`.
 pub fn wait_for<T>(
     what: &str,
     timeout: Duration,
     procs: &[&Proc],
-    mut f: impl FnMut() -> Option<T>,
+    f: impl FnMut() -> Option<T>,
 ) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            let logs: Vec<String> = procs.iter().map(|p| p.logs()).collect();
-            panic!(
-                "timed out after {:?} waiting for {what}\n{}",
-                timeout,
-                logs.join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
+    poll_until(timeout, f).unwrap_or_else(|| {
+        let logs: Vec<String> = procs.iter().map(|p| p.logs()).collect();
+        panic!(
+            "timed out after {:?} waiting for {what}\n{}",
+            timeout,
+            logs.join("\n")
+        )
+    })
+}
+
+/// The campaign id `lem-coord submit` prints as the last line of its stdout.
+pub fn campaign_id(stdout: &[u8]) -> String {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .last()
+        .expect("submit prints the campaign id")
+        .trim()
+        .to_string()
+}
+
+/// The leases `worker` holds, from `lem-coord workers --json`; `None` if not listed.
+pub fn leases_held(workers: &Value, worker: &str) -> Option<u64> {
+    workers
+        .as_array()?
+        .iter()
+        .find(|w| w["worker"] == worker)
+        .and_then(|w| w["leases_held"].as_u64())
+}
+
+/// The rows of `lem-coord results --format jsonl`.
+pub fn parse_jsonl(stdout: &[u8]) -> Result<Vec<Value>, String> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).map_err(|e| format!("a results line is not JSON ({e}): {l}"))
+        })
+        .collect()
+}
+
+/// What [`check_exactly_once`] counted.
+#[derive(Debug)]
+pub struct ExactlyOnce {
+    /// Results recorded as duplicates (late or repeated), never counted.
+    pub duplicates: u64,
+    /// Runs that were leased more than once (a lease expired or was given up).
+    pub retried: usize,
+}
+
+/// The fault tests' invariants, from a finished campaign's `status --json` and its
+/// `results --format jsonl` rows: every one of the `total` runs is done with exactly
+/// one accepted result (one row per (config, cycle), each with its result and
+/// attempts recorded); none is lost, failed, pending or stuck leased; duplicates
+/// are counted apart. Returns what it counted, or what is wrong.
+pub fn check_exactly_once(
+    status: &Value,
+    rows: &[Value],
+    total: u64,
+) -> Result<ExactlyOnce, String> {
+    let n = |k: &str| status[k].as_u64().unwrap_or(u64::MAX);
+    let counts = (
+        n("total"),
+        n("done"),
+        n("failed"),
+        n("pending"),
+        n("running"),
+        n("cancelled"),
+    );
+    if counts != (total, total, 0, 0, 0, 0) {
+        return Err(format!(
+            "every run done exactly once: (total, done, failed, pending, running, cancelled) = {counts:?}, want ({total}, {total}, 0, 0, 0, 0): {status}"
+        ));
     }
+    let duplicates = status["duplicates"]
+        .as_u64()
+        .ok_or_else(|| format!("duplicates are counted: {status}"))?;
+    let pairs: BTreeSet<(&str, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["config_hash"].as_str().unwrap_or(""),
+                r["cycle"].as_u64().unwrap_or(u64::MAX),
+            )
+        })
+        .collect();
+    if rows.len() as u64 != total || pairs.len() as u64 != total {
+        return Err(format!(
+            "one row per run, each (config, cycle) once: {} rows, {} distinct, want {total}",
+            rows.len(),
+            pairs.len()
+        ));
+    }
+    let configs: BTreeSet<&str> = pairs.iter().map(|(c, _)| *c).collect();
+    if Some(configs.len() as u64) != status["n_configs"].as_u64() {
+        return Err(format!(
+            "{} distinct configs in the rows, the campaign has {}",
+            configs.len(),
+            status["n_configs"]
+        ));
+    }
+    for r in rows {
+        let has_result = r["worker"].as_str().is_some_and(|w| !w.is_empty());
+        if r["state"] != "done" || r["attempts"].as_u64().unwrap_or(0) < 1 || !has_result {
+            return Err(format!(
+                "a done run with its result and attempts recorded: {r}"
+            ));
+        }
+    }
+    let retried = rows
+        .iter()
+        .filter(|r| r["attempts"].as_u64().unwrap_or(0) >= 2)
+        .count();
+    Ok(ExactlyOnce {
+        duplicates,
+        retried,
+    })
 }
 
 /// Runs a command to completion and returns its output.

@@ -3,14 +3,17 @@
 //! moments, two workers SIGKILLed mid-run and restarted, and a worker SIGSTOPped past
 //! the lease TTL; every run still ends with exactly one accepted result. Also: a
 //! worker's journal keeps a result finished while the coordinator was down through
-//! the worker's own SIGKILL, and a restarted worker reports the run it was killed in. Also: a second coordinator on a data dir in use is
-//! refused, and SIGTERM lets a worker finish its current run before it exits.
+//! the worker's own SIGKILL, and a restarted worker reports the run it was killed in;
+//! a second coordinator on a data dir in use is refused, and SIGTERM lets a worker
+//! finish its current run before it exits.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use lem_tests::{describe, repo_root, run, wait_for, Proc, XorShift};
+use lem_tests::{
+    check_exactly_once, describe, fault_rng, leases_held, parse_jsonl, repo_root, run, wait_for,
+    ExactlyOnce, Proc,
+};
 use serde_json::Value;
 
 use crate::{campaign_id, start_coordinator, start_worker, wait_for_addr, COORD, WORKER};
@@ -163,11 +166,7 @@ impl Fleet {
     }
 
     fn leases_held(&self, worker: &str) -> Option<u64> {
-        let ws = self.query(&["workers", "--json"])?;
-        ws.as_array()?
-            .iter()
-            .find(|w| w["worker"] == worker)
-            .and_then(|w| w["leases_held"].as_u64())
+        leases_held(&self.query(&["workers", "--json"])?, worker)
     }
 
     /// Waits until `worker` holds a lease (it is mid-run).
@@ -229,11 +228,7 @@ fn crashes_and_stalls_keep_every_run_exactly_once() {
     }
     let id = fleet.submit("faults-200.yaml");
 
-    let seed = std::env::var("LEM_FAULT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(SEED);
-    let mut rng = XorShift(seed);
+    let (seed, mut rng) = fault_rng(SEED);
     // 20 coordinator kills, two worker kills and one stall, in a seeded order.
     let mut plan = vec![Fault::KillCoordinator; 20];
     plan.extend([
@@ -327,24 +322,6 @@ fn crashes_and_stalls_keep_every_run_exactly_once() {
             (finished == s["total"].as_u64()?).then_some(s)
         },
     );
-    let fail = |msg: String| -> ! { fleet.fail(&msg) };
-    let n = |k: &str| status[k].as_u64().unwrap_or(u64::MAX);
-    if (
-        n("total"),
-        n("done"),
-        n("failed"),
-        n("pending"),
-        n("running"),
-        n("cancelled"),
-    ) != (FAULT_RUNS, FAULT_RUNS, 0, 0, 0, 0)
-    {
-        fail(format!("every run done exactly once: {status}"));
-    }
-    let duplicates = n("duplicates");
-    if duplicates == u64::MAX {
-        fail(format!("duplicates are counted: {status}"));
-    }
-
     let out = run(
         COORD,
         &[
@@ -357,47 +334,17 @@ fn crashes_and_stalls_keep_every_run_exactly_once() {
         ],
     );
     if !out.status.success() {
-        fail(describe(&["results"], &out));
+        fleet.fail(&describe(&["results"], &out));
     }
-    let rows: Vec<Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let pairs: BTreeSet<(String, u64)> = rows
-        .iter()
-        .map(|r| {
-            (
-                r["config_hash"].as_str().unwrap_or("").to_string(),
-                r["cycle"].as_u64().unwrap_or(0),
-            )
-        })
-        .collect();
-    if rows.len() as u64 != FAULT_RUNS || pairs.len() as u64 != FAULT_RUNS {
-        fail(format!(
-            "one row per run, each (config, cycle) once: {} rows, {} distinct",
-            rows.len(),
-            pairs.len()
-        ));
-    }
-    let configs: BTreeSet<&str> = rows
-        .iter()
-        .filter_map(|r| r["config_hash"].as_str())
-        .collect();
-    assert_eq!(configs.len(), 20);
-    for r in &rows {
-        if r["state"] != "done" || r["attempts"].as_u64().unwrap_or(0) < 1 {
-            fail(format!("a done run with its attempts recorded: {r}"));
-        }
-    }
+    let rows = parse_jsonl(&out.stdout).unwrap_or_else(|e| fleet.fail(&e));
+    let ExactlyOnce {
+        duplicates,
+        retried,
+    } = check_exactly_once(&status, &rows, FAULT_RUNS).unwrap_or_else(|e| fleet.fail(&e));
     // The stopped worker's lease (and the killed worker's) expired: that run was
     // leased again, and its attempts say so.
-    let retried = rows
-        .iter()
-        .filter(|r| r["attempts"].as_u64().unwrap_or(0) >= 2)
-        .count();
     if retried == 0 {
-        fail("no run has attempts >= 2 although leases expired".into());
+        fleet.fail("no run has attempts >= 2 although leases expired");
     }
     // The fleet survived: every current worker is still running.
     for i in 0..fleet.workers.len() {

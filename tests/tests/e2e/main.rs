@@ -11,6 +11,7 @@ pub const WORKER: &str = env!("CARGO_BIN_EXE_lem-worker-shim");
 use std::path::Path;
 use std::time::Duration;
 
+pub use lem_tests::campaign_id;
 use lem_tests::{wait_for, Proc};
 
 /// Starts `lem-coord start` on an ephemeral loopback port; returns it and its address.
@@ -44,16 +45,6 @@ pub fn wait_for_addr(coord: &Proc, coord_dir: &Path) -> String {
                 .filter(|a| !a.is_empty())
         },
     )
-}
-
-/// The campaign id `lem-coord submit` prints as the last line of its stdout.
-pub fn campaign_id(stdout: &[u8]) -> String {
-    String::from_utf8_lossy(stdout)
-        .lines()
-        .last()
-        .expect("submit prints the campaign id")
-        .trim()
-        .to_string()
 }
 
 /// `lem-coord status ID --json`, parsed; `None` while the coordinator does not answer.
