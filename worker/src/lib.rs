@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod clock;
 pub mod env;
+pub mod frame;
 pub mod nvml;
 pub mod runtime;
 pub mod slot;

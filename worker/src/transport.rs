@@ -6,27 +6,20 @@ use lem_common::rpc::{CoordinatorClient, CoordinatorRequest, CoordinatorResponse
 use tarpc::serde_transport::Transport;
 use tarpc::{ClientMessage, Response};
 use tokio::net::TcpStream;
-use tokio_serde::formats::Json;
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::codec::Framed;
 
-/// Largest frame either side accepts (a study text or a result with its metrics).
-pub const MAX_FRAME_BYTES: usize = 16 << 20;
-
-fn codec() -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .max_frame_length(MAX_FRAME_BYTES)
-        .new_codec()
-}
+pub use crate::frame::MAX_FRAME_BYTES;
+use crate::frame::{length_codec as codec, ClientFormat, ServerFormat};
 
 pub type ServerTransport = Transport<
     TcpStream,
     ClientMessage<CoordinatorRequest>,
     Response<CoordinatorResponse>,
-    Json<ClientMessage<CoordinatorRequest>, Response<CoordinatorResponse>>,
+    ServerFormat,
 >;
 
 pub fn server_transport(stream: TcpStream) -> ServerTransport {
-    tarpc::serde_transport::new(Framed::new(stream, codec()), Json::default())
+    tarpc::serde_transport::new(Framed::new(stream, codec()), ServerFormat::default())
 }
 
 /// Connects to a coordinator; the error says which address failed and what to check.
@@ -36,6 +29,7 @@ pub async fn connect(addr: &str) -> anyhow::Result<CoordinatorClient> {
         .map_err(|_| anyhow::anyhow!("cannot reach the coordinator at {addr}: connection timed out (is `lem-coord start` running there? set --coordinator or LEM_COORDINATOR)"))?
         .map_err(|e| anyhow::anyhow!("cannot reach the coordinator at {addr}: {e} (is `lem-coord start` running there? set --coordinator or LEM_COORDINATOR)"))?;
     let _ = stream.set_nodelay(true);
-    let transport = tarpc::serde_transport::new(Framed::new(stream, codec()), Json::default());
+    let transport =
+        tarpc::serde_transport::new(Framed::new(stream, codec()), ClientFormat::default());
     Ok(CoordinatorClient::new(tarpc::client::Config::default(), transport).spawn())
 }
