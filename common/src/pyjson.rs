@@ -274,10 +274,18 @@ struct JsonParser<'a> {
 }
 
 impl JsonParser<'_> {
+    /// `what` at the current position, with the column in characters as Python
+    /// counts it. After a bad escape the position can sit inside a multi-byte
+    /// character; it is taken back to that character's start.
     fn err(&self, what: &str) -> String {
-        let before = &self.text[..self.i.min(self.text.len())];
+        let mut end = self.i.min(self.text.len());
+        while !self.text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let before = &self.text[..end];
         let line = before.matches('\n').count() + 1;
-        let col = before.rfind('\n').map(|p| self.i - p).unwrap_or(self.i + 1);
+        let line_start = before.rfind('\n').map_or(0, |p| p + 1);
+        let col = before[line_start..].chars().count() + 1;
         format!("{what} at line {line} column {col}")
     }
 
@@ -428,9 +436,11 @@ impl JsonParser<'_> {
     }
 
     fn hex4(&mut self) -> Result<u32, String> {
+        // Exactly four hex digits: `from_str_radix` alone would take "+abc".
         let h = self
             .text
             .get(self.i..self.i + 4)
+            .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
             .ok_or_else(|| self.err("invalid \\uXXXX escape"))?;
         let v = u32::from_str_radix(h, 16).map_err(|_| self.err("invalid \\uXXXX escape"))?;
         self.i += 4;
@@ -552,6 +562,25 @@ mod tests {
         assert_eq!(
             dumps_resolved(&v),
             r#"{"a":[1,2.0],"b":{},"c":[],"d":{"e":null}}"#
+        );
+    }
+
+    // Found by libFuzzer (`cargo fuzz run study_parser`): a backslash before a
+    // multi-byte character left the error position inside it, and the message
+    // sliced the text there.
+    #[test]
+    fn errors_inside_multibyte_text_name_the_character_column() {
+        assert_eq!(
+            parse("{\"a\": \"\\\u{e9}\"}").unwrap_err(),
+            "invalid \\escape at line 1 column 9"
+        );
+        assert_eq!(
+            parse("[\"\u{e9}\u{e9}\",\n \"\u{e9}\", x]").unwrap_err(),
+            "expecting value at line 2 column 7"
+        );
+        assert_eq!(
+            parse("\"\\u+abc\"").unwrap_err(),
+            "invalid \\uXXXX escape at line 1 column 4"
         );
     }
 

@@ -6,6 +6,12 @@
 //! with PyYAML's implicit resolvers, applies explicit `!!` tags, anchors, aliases and
 //! `<<` merge keys, and records where every key was written so that errors can say
 //! `study.yaml:12:5`.
+//!
+//! Two limits keep hostile input from exhausting the stack or memory, where PyYAML
+//! would hit Python's recursion limit or share aliased objects: nesting deeper than
+//! [`MAX_DEPTH`] and aliases that copy more than [`MAX_ALIAS_NODES`] nodes in all
+//! (an alias of a list of aliases multiplies) are errors. Events are pulled from the
+//! parser one at a time here, because yaml-rust2's own `load` recurses once per level.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -15,6 +21,13 @@ use yaml_rust2::scanner::{Marker, TScalarStyle};
 
 use crate::pyjson::float_repr;
 use crate::value::{Map, Value};
+
+/// Deepest nesting of mappings and sequences a document may have; a study needs a
+/// handful of levels.
+pub const MAX_DEPTH: usize = 64;
+
+/// Most nodes that aliases may copy into a document, counted over every alias.
+pub const MAX_ALIAS_NODES: usize = 100_000;
 
 /// A YAML file that could not be read as PyYAML would read it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -73,14 +86,24 @@ pub fn load(text: &str, file: &str) -> Result<Document, YamlError> {
         ..Builder::default()
     };
     let mut parser = Parser::new_from_str(text);
-    if let Err(e) = parser.load(&mut b, true) {
-        let m = e.marker();
-        return Err(YamlError {
-            file: file.to_string(),
-            line: m.line(),
-            col: m.col() + 1,
-            message: e.info().to_string(),
-        });
+    // The whole stream is scanned even after the builder has failed, so that a syntax
+    // error anywhere wins over a construction error, as in PyYAML (which composes the
+    // document before constructing it); a failed builder ignores the events.
+    loop {
+        let (ev, mark) = parser.next_token().map_err(|e| {
+            let m = e.marker();
+            YamlError {
+                file: file.to_string(),
+                line: m.line(),
+                col: m.col() + 1,
+                message: e.info().to_string(),
+            }
+        })?;
+        let end = ev == Event::StreamEnd;
+        b.on_event(ev, mark);
+        if end {
+            break;
+        }
     }
     if let Some(err) = b.error {
         return Err(err);
@@ -127,11 +150,42 @@ enum Frame {
     },
 }
 
+/// The number of nodes in a value and how many levels of nesting it has.
+#[derive(Clone, Copy, Debug, Default)]
+struct Extent {
+    nodes: usize,
+    levels: usize,
+}
+
+impl Extent {
+    fn of(v: &Value) -> Extent {
+        let mut e = Extent::default();
+        let mut todo = vec![(v, 0usize)];
+        while let Some((v, level)) = todo.pop() {
+            e.nodes += 1;
+            match v {
+                Value::Seq(items) => {
+                    e.levels = e.levels.max(level + 1);
+                    todo.extend(items.iter().map(|i| (i, level + 1)));
+                }
+                Value::Map(m) => {
+                    e.levels = e.levels.max(level + 1);
+                    todo.extend(m.values().map(|i| (i, level + 1)));
+                }
+                _ => {}
+            }
+        }
+        e
+    }
+}
+
 #[derive(Default)]
 struct Builder {
     file: String,
     stack: Vec<Frame>,
-    anchors: HashMap<usize, Value>,
+    anchors: HashMap<usize, (Value, Extent)>,
+    /// Nodes copied by aliases so far.
+    alias_nodes: usize,
     docs: Vec<Value>,
     spans: Spans,
     error: Option<YamlError>,
@@ -148,6 +202,25 @@ impl Builder {
                 message,
             });
         }
+    }
+
+    /// Stores an anchored value with its extent, for the aliases that copy it.
+    fn anchor(&mut self, anchor: usize, v: &Value) {
+        if anchor > 0 {
+            self.anchors.insert(anchor, (v.clone(), Extent::of(v)));
+        }
+    }
+
+    /// Refuses a collection that would nest deeper than [`MAX_DEPTH`].
+    fn check_depth(&mut self, mark: &Marker, levels: usize) -> bool {
+        if self.stack.len() + levels > MAX_DEPTH {
+            self.fail(
+                mark,
+                format!("mappings and sequences nest deeper than {MAX_DEPTH} levels here (a study needs only a few; look for an unclosed bracket or a runaway alias)"),
+            );
+            return false;
+        }
+        true
     }
 
     fn path(&self) -> Vec<String> {
@@ -243,9 +316,7 @@ impl Builder {
         } else {
             self.next_seg(mark);
         }
-        if anchor > 0 {
-            self.anchors.insert(anchor, v.clone());
-        }
+        self.anchor(anchor, &v);
         self.push_value(v, mark);
     }
 }
@@ -263,10 +334,22 @@ impl MarkedEventReceiver for Builder {
             }
             Event::Scalar(text, style, anchor, tag) => self.scalar(text, style, anchor, tag, &mark),
             Event::Alias(id) => {
-                let Some(v) = self.anchors.get(&id).cloned() else {
+                let Some(&(_, extent)) = self.anchors.get(&id) else {
                     self.fail(&mark, "found undefined alias".into());
                     return;
                 };
+                self.alias_nodes = self.alias_nodes.saturating_add(extent.nodes);
+                if self.alias_nodes > MAX_ALIAS_NODES {
+                    self.fail(
+                        &mark,
+                        format!("aliases copy more than {MAX_ALIAS_NODES} nodes into the document (an alias of a list of aliases multiplies; write the values out or use fewer levels of aliases)"),
+                    );
+                    return;
+                }
+                if !self.check_depth(&mark, extent.levels) {
+                    return;
+                }
+                let v = self.anchors[&id].0.clone();
                 if !self.expecting_key() {
                     self.next_seg(&mark);
                 }
@@ -291,6 +374,9 @@ impl MarkedEventReceiver for Builder {
                         );
                         return;
                     }
+                }
+                if !self.check_depth(&mark, 1) {
+                    return;
                 }
                 let seg = self.next_seg(&mark);
                 self.stack.push(Frame::Seq {
@@ -319,6 +405,9 @@ impl MarkedEventReceiver for Builder {
                         return;
                     }
                 }
+                if !self.check_depth(&mark, 1) {
+                    return;
+                }
                 let seg = self.next_seg(&mark);
                 self.stack.push(Frame::Map {
                     entries: Vec::new(),
@@ -330,9 +419,7 @@ impl MarkedEventReceiver for Builder {
             Event::SequenceEnd => {
                 if let Some(Frame::Seq { items, anchor, .. }) = self.stack.pop() {
                     let v = Value::Seq(items);
-                    if anchor > 0 {
-                        self.anchors.insert(anchor, v.clone());
-                    }
+                    self.anchor(anchor, &v);
                     self.push_value(v, &mark);
                 }
             }
@@ -348,9 +435,7 @@ impl MarkedEventReceiver for Builder {
                             return;
                         }
                     };
-                    if anchor > 0 {
-                        self.anchors.insert(anchor, v.clone());
-                    }
+                    self.anchor(anchor, &v);
                     self.push_value(v, &mark);
                 }
             }
@@ -707,9 +792,14 @@ fn timestamp_text(s: &str) -> Option<String> {
     } else if tz == "Z" {
         "+00:00".to_string()
     } else {
-        let (sign, body) = tz.split_at(1);
+        // The first character, not the first byte: `10:00:00 é` is a string.
+        let (sign, body) = match tz.strip_prefix('+') {
+            Some(body) => ("+", body),
+            None => ("-", tz.strip_prefix('-')?),
+        };
         let (hh, mm) = body.split_once(':').unwrap_or((body, "00"));
-        if !matches!(sign, "+" | "-") || !(1..=2).contains(&hh.len()) || mm.len() != 2 {
+        let digits = |p: &str| all_in(p, |c| c.is_ascii_digit());
+        if !(1..=2).contains(&hh.len()) || mm.len() != 2 || !digits(hh) || !digits(mm) {
             return None;
         }
         format!("{sign}{:0>2}:{mm}", hh)
@@ -776,6 +866,20 @@ mod tests {
             Value::Str("2024-01-01 10:00:00".into())
         );
         assert_eq!(one("+12"), Value::Int(12));
+        // Found by the bounded fuzz pass: a non-ASCII character where the time zone
+        // goes was sliced through the middle.
+        assert_eq!(
+            one("2024-01-01 10:00:00 \u{e9}"),
+            Value::Str("2024-01-01 10:00:00 \u{e9}".into())
+        );
+        assert_eq!(
+            one("2024-01-01 10:00:00 +ab:cd"),
+            Value::Str("2024-01-01 10:00:00 +ab:cd".into())
+        );
+        assert_eq!(
+            one("2024-1-1 1:00:00 -5"),
+            Value::Str("2024-01-01 01:00:00-05:00".into())
+        );
         assert_eq!(one("-.inf"), Value::Float(f64::NEG_INFINITY));
         assert!(matches!(one(".NaN"), Value::Float(f) if f.is_nan()));
         assert_eq!(one("'yes'"), Value::Str("yes".into()));
@@ -816,6 +920,53 @@ mod tests {
         );
         assert_eq!(d.spans.get(&["experiments", "0", "engine"]), Some((6, 5)));
         assert_eq!(d.spans.nearest(&["task", "model", "zzz"]), Some((2, 3)));
+    }
+
+    // Found by the bounded fuzz pass (fuzz/): ten levels of ten aliases each made
+    // 10^10 copies and never returned.
+    #[test]
+    fn alias_bombs_are_refused_with_the_limit() {
+        let mut text = String::from("a0: &a0 [x, x]\n");
+        for l in 1..10 {
+            let items = vec![format!("*a{}", l - 1); 10].join(", ");
+            text.push_str(&format!("a{l}: &a{l} [{items}]\n"));
+        }
+        let err = load(&text, "bomb.yaml").unwrap_err();
+        assert!(err.message.contains("more than 100000 nodes"), "{err}");
+        assert!(err.to_string().starts_with("bomb.yaml:"), "{err}");
+        // Below the limit, aliases copy as before.
+        let v = load("a: &a [1, 2]\nb: [*a, *a]\n", "ok.yaml")
+            .unwrap()
+            .value;
+        assert_eq!(
+            v.get_path("b"),
+            Some(&Value::Seq(vec![v.as_map().unwrap()["a"].clone(); 2]))
+        );
+    }
+
+    // Found reading yaml-rust2 while writing the fuzz targets: 10,000 nested block
+    // sequences (`- - - ... x`) overflowed the stack in its recursive `load`.
+    #[test]
+    fn deep_nesting_is_refused_with_the_limit() {
+        let block = format!("{}x\n", "- ".repeat(100_000));
+        let err = load(&block, "deep.yaml").unwrap_err();
+        assert!(err.message.contains("deeper than 64 levels"), "{err}");
+        let flow = format!("k: {}1{}\n", "[".repeat(80), "]".repeat(80));
+        let err = load(&flow, "deep.yaml").unwrap_err();
+        assert!(err.message.contains("deeper than 64 levels"), "{err}");
+        // An alias counts the levels it brings with it.
+        let aliased = format!("a: &a {}1{}\nb: [[[*a]]]\n", "[".repeat(62), "]".repeat(62));
+        let err = load(&aliased, "deep.yaml").unwrap_err();
+        assert!(err.message.contains("deeper than 64 levels"), "{err}");
+        assert_eq!(err.line, 2, "{err}");
+        let ok = format!("k: {}1{}\n", "[".repeat(63), "]".repeat(63));
+        assert!(load(&ok, "ok.yaml").is_ok());
+    }
+
+    #[test]
+    fn a_syntax_error_wins_over_an_earlier_construction_error() {
+        let err = load("a: !!int x\nb: [1\n", "t.yaml").unwrap_err();
+        assert!(!err.message.contains("int()"), "{err}");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 pub mod cli;
 pub mod clock;
 pub mod env;
+pub mod frame;
 pub mod join;
 pub mod journal;
 pub mod nvml;

@@ -20,36 +20,32 @@ use tarpc::serde_transport::Transport;
 use tarpc::{ClientMessage, Response};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_serde::formats::Json;
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::codec::Framed;
 
 use crate::tls;
 
-/// Largest frame either side accepts (a study text or a result with its metrics).
-pub const MAX_FRAME_BYTES: usize = 16 << 20;
+pub use crate::frame::MAX_FRAME_BYTES;
+use crate::frame::{ClientFormat, ServerFormat};
 /// How long a client waits for TCP, then for the TLS handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn codec(max_frame: usize) -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .max_frame_length(max_frame)
-        .new_codec()
+fn codec(max_frame: usize) -> tokio_util::codec::LengthDelimitedCodec {
+    crate::frame::length_codec_with(max_frame)
 }
 
-pub type ServerTransport<S> = Transport<
-    S,
-    ClientMessage<CoordinatorRequest>,
-    Response<CoordinatorResponse>,
-    Json<ClientMessage<CoordinatorRequest>, Response<CoordinatorResponse>>,
->;
+pub type ServerTransport<S> =
+    Transport<S, ClientMessage<CoordinatorRequest>, Response<CoordinatorResponse>, ServerFormat>;
 
 /// The server's side of one connection, with frames of at most `max_frame` bytes.
 pub fn server_transport<S: AsyncRead + AsyncWrite>(
     stream: S,
     max_frame: usize,
 ) -> ServerTransport<S> {
-    tarpc::serde_transport::new(Framed::new(stream, codec(max_frame)), Json::default())
+    tarpc::serde_transport::new(
+        Framed::new(stream, codec(max_frame)),
+        ServerFormat::default(),
+    )
 }
 
 /// How a client reaches the coordinator.
@@ -128,7 +124,7 @@ pub async fn connect(ep: &Endpoint) -> Result<CoordinatorClient, ConnectError> {
         Security::Plain => {
             let transport = tarpc::serde_transport::new(
                 Framed::new(stream, codec(MAX_FRAME_BYTES)),
-                Json::default(),
+                ClientFormat::default(),
             );
             Ok(CoordinatorClient::new(config, transport).spawn())
         }
@@ -146,7 +142,7 @@ pub async fn connect(ep: &Endpoint) -> Result<CoordinatorClient, ConnectError> {
                 .map_err(|e| handshake(e.to_string()))?;
             let transport = tarpc::serde_transport::new(
                 Framed::new(stream, codec(MAX_FRAME_BYTES)),
-                Json::default(),
+                ClientFormat::default(),
             );
             Ok(CoordinatorClient::new(config, transport).spawn())
         }

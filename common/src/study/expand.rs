@@ -178,8 +178,15 @@ fn bounds(idiom: &str, m: &Map) -> Result<(Value, Value), String> {
     Ok((lo, hi))
 }
 
+/// Most values a range shorthand may expand to: a longer axis could never plan
+/// ([`crate::study::MAX_PLANNED_RUNS`]), and building it would take the memory first.
+pub const MAX_RANGE_VALUES: i64 = crate::study::MAX_PLANNED_RUNS as i64;
+
 fn num(idiom: &str, v: Option<&Value>) -> Result<i64, String> {
     match v {
+        Some(Value::Int(n)) if *n > MAX_RANGE_VALUES => Err(format!(
+            "{idiom} range shorthand: 'num' is {n}, more than the limit of {MAX_RANGE_VALUES} values"
+        )),
         Some(Value::Int(n)) if *n >= 2 => Ok(*n),
         other => Err(format!(
             "{idiom} range shorthand: 'num' must be an integer >= 2, got {}",
@@ -190,10 +197,18 @@ fn num(idiom: &str, v: Option<&Value>) -> Result<i64, String> {
     }
 }
 
+/// Drops repeated values, keeping the first, with Python's `==`: numbers by value
+/// through a hash of it (a range can hold a million), anything else by comparison.
 fn dedupe(values: Vec<Value>) -> Vec<Value> {
     let mut out: Vec<Value> = Vec::new();
+    let mut seen_numbers = std::collections::HashSet::new();
     for v in values {
-        if !out.iter().any(|o| crate::study::py::py_eq(o, &v)) {
+        let new = match crate::study::py::num(&v) {
+            // `0.0 == -0.0`; a range's bounds are finite, so there is no NaN.
+            Some(x) => seen_numbers.insert(if x == 0.0 { 0 } else { x.to_bits() }),
+            None => !out.iter().any(|o| crate::study::py::py_eq(o, &v)),
+        };
+        if new {
             out.push(v);
         }
     }
@@ -220,16 +235,23 @@ pub fn expand_range(m: &Map) -> Result<Vec<Value>, String> {
     if keys == ["max", "min", "num"] {
         let (lo, hi) = bounds("min/max/num", m)?;
         let n = num("min/max/num", m.get("num"))?;
-        if let (Value::Int(a), Value::Int(b)) = (&lo, &hi) {
+        // Python's ints do not overflow; i128 holds every difference of two i64s, and
+        // each value lies between min and max, so it fits an i64 again.
+        if let (&Value::Int(a), &Value::Int(b)) = (&lo, &hi) {
+            let (a, b, n) = (i128::from(a), i128::from(b), i128::from(n));
             if (b - a) % (n - 1) == 0 {
                 let step = (b - a) / (n - 1);
-                return Ok(dedupe((0..n).map(|i| Value::Int(a + step * i)).collect()));
+                return Ok(dedupe(
+                    (0..n).map(|i| Value::Int((a + step * i) as i64)).collect(),
+                ));
             }
         }
         let mut out = vec![Value::Float(f(&lo))];
         for i in 1..n - 1 {
             let span = match (&lo, &hi) {
-                (Value::Int(a), Value::Int(b)) => ((b - a) * i) as f64 / (n - 1) as f64,
+                (&Value::Int(a), &Value::Int(b)) => {
+                    ((i128::from(b) - i128::from(a)) * i128::from(i)) as f64 / (n - 1) as f64
+                }
                 _ => (f(&hi) - f(&lo)) * i as f64 / (n - 1) as f64,
             };
             out.push(Value::Float(round_sig10(f(&lo) + span)));
@@ -772,6 +794,49 @@ mod tests {
 
     fn range(text: &str) -> Vec<Value> {
         expand_range(parse(text).unwrap().as_map().unwrap()).unwrap()
+    }
+
+    // Found with inputs from the fuzzing dictionary (fuzz/): `max - min` overflowed
+    // i64 and panicked, and a `num` of 10^8 took the memory and a quadratic dedupe.
+    #[test]
+    fn ranges_at_the_edges_of_i64_and_num() {
+        let it = |v: &[i64]| v.iter().map(|x| Value::Int(*x)).collect::<Vec<_>>();
+        assert_eq!(
+            range(r#"{"min": -9223372036854775808, "max": 9223372036854775807, "num": 2}"#),
+            it(&[i64::MIN, i64::MAX])
+        );
+        assert_eq!(
+            range(r#"{"min": -9223372036854775807, "max": 9223372036854775807, "num": 3}"#),
+            it(&[-i64::MAX, 0, i64::MAX])
+        );
+        let v = range(r#"{"min": -9223372036854775808, "max": 9223372036854775807, "num": 3}"#);
+        assert_eq!(v.len(), 3);
+        let e = expand_range(
+            parse(r#"{"min": 0, "max": 1, "num": 100000000}"#)
+                .unwrap()
+                .as_map()
+                .unwrap(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "min/max/num range shorthand: 'num' is 100000000, more than the limit of 1000000 values"
+        );
+        // Long ranges dedupe in linear time.
+        assert_eq!(
+            range(r#"{"min": 0, "max": 1, "num": 300000}"#).len(),
+            300_000
+        );
+        assert_eq!(range(r#"{"min": 5, "max": 5, "num": 1000000}"#), it(&[5]));
+        assert_eq!(
+            dedupe(vec![
+                Value::Float(-0.0),
+                Value::Int(0),
+                Value::Bool(true),
+                Value::Float(1.0)
+            ]),
+            vec![Value::Float(-0.0), Value::Bool(true)]
+        );
     }
 
     #[test]

@@ -90,6 +90,20 @@ pub enum StudyError {
         file: String,
         errors: Vec<FieldError>,
     },
+    #[error("{file}: the sweep expands to {n_configs} configs before validation, more than the limit of {limit} runs (narrow the sweep)")]
+    GridTooLarge {
+        file: String,
+        n_configs: usize,
+        limit: usize,
+    },
+    #[error("{file}: the study plans {n_configs} config(s) x {n_cycles} cycle(s) = {n_runs} runs, more than the limit of {limit} (lower study_execution.n_cycles or narrow the sweep)")]
+    TooManyRuns {
+        file: String,
+        n_configs: usize,
+        n_cycles: u32,
+        n_runs: u64,
+        limit: usize,
+    },
 }
 
 fn render_errors(errors: &[FieldError]) -> String {
@@ -241,7 +255,7 @@ impl StudyExecution {
                 .unwrap_or(Value::Null)
         };
         StudyExecution {
-            n_cycles: g("n_cycles").as_i64().unwrap_or(1).max(1) as u32,
+            n_cycles: saturate_u32(g("n_cycles").as_i64().unwrap_or(1).max(1)),
             experiment_order: ExperimentOrder::parse(
                 g("experiment_order").as_str().unwrap_or("sequential"),
             ),
@@ -249,8 +263,9 @@ impl StudyExecution {
             cycle_gap_seconds: g("cycle_gap_seconds").as_f64(),
             shuffle_seed: g("shuffle_seed").as_i64(),
             skip_preflight: g("skip_preflight").as_bool().unwrap_or(false),
-            max_consecutive_failures: g("max_consecutive_failures").as_i64().unwrap_or(10).max(0)
-                as u32,
+            max_consecutive_failures: saturate_u32(
+                g("max_consecutive_failures").as_i64().unwrap_or(10),
+            ),
             circuit_breaker_cooldown_seconds: g("circuit_breaker_cooldown_seconds")
                 .as_f64()
                 .unwrap_or(60.0),
@@ -267,6 +282,12 @@ impl StudyExecution {
             dump: d,
         }
     }
+}
+
+/// `v` as a u32, 0 below and `u32::MAX` above (`n_cycles: 5000000000` must not wrap
+/// to a small count).
+fn saturate_u32(v: i64) -> u32 {
+    u32::try_from(v.max(0)).unwrap_or(u32::MAX)
 }
 
 /// An invalid generated config (a skip, not an error).
@@ -611,13 +632,40 @@ fn prepare(src: &StudySource, opts: &PlanOptions) -> Result<Prepared, StudyError
     })))
 }
 
-/// Plans a study or single-experiment file.
+/// Most runs [`plan`] builds (distinct configs times `n_cycles`); the coordinator
+/// accepts no larger campaign, and a run list this long already takes hundreds of MB.
+pub const MAX_PLANNED_RUNS: usize = 1_000_000;
+
+/// Plans a study or single-experiment file, refusing one of more than
+/// [`MAX_PLANNED_RUNS`] runs.
 pub fn plan(src: &StudySource, opts: &PlanOptions) -> Result<StudyPlan, StudyError> {
+    plan_within(src, opts, MAX_PLANNED_RUNS)
+}
+
+/// [`plan`] with another run limit: a study whose grid has more than `max_runs`
+/// configs before validation ([`StudyError::GridTooLarge`], counted without
+/// expanding it) or that plans more than `max_runs` runs
+/// ([`StudyError::TooManyRuns`]) is refused before the run list is built.
+pub fn plan_within(
+    src: &StudySource,
+    opts: &PlanOptions,
+    max_runs: usize,
+) -> Result<StudyPlan, StudyError> {
     let parts = match prepare(src, opts)? {
         Prepared::Single { raw, spans, file } => return plan_single(raw, &spans, &file),
         Prepared::Study(p) => p,
     };
     let file = parts.file.clone();
+    let n_grid = expand::count_sweep(&parts.sweep, &parts.merged_fixed, parts.entries.is_empty())
+        .map_err(|e| parts.sweep_error(e))?
+        .saturating_add(parts.entries.len());
+    if n_grid > max_runs {
+        return Err(StudyError::GridTooLarge {
+            file,
+            n_configs: n_grid,
+            limit: max_runs,
+        });
+    }
 
     // Validation with the preset side effect (7.5), config by config as the grid is
     // generated, so the raw grid is never held whole.
@@ -736,6 +784,16 @@ pub fn plan(src: &StudySource, opts: &PlanOptions) -> Result<StudyPlan, StudyErr
     } else {
         canonical.clone()
     };
+    let n_runs = run_list.len() as u64 * u64::from(execution.n_cycles);
+    if n_runs > max_runs as u64 {
+        return Err(StudyError::TooManyRuns {
+            file,
+            n_configs: run_list.len(),
+            n_cycles: execution.n_cycles,
+            n_runs,
+            limit: max_runs,
+        });
+    }
     let design_hash = hash::study_design_hash(&run_list);
     let order = cycle_order(run_list.len(), &execution, &design_hash);
     let hashes: Vec<String> = run_list.iter().map(config_hash).collect();
@@ -1247,6 +1305,43 @@ mod tests {
             text: text.into(),
             base: None,
         }
+    }
+
+    // Found while writing the fuzz targets (and now in their dictionary):
+    // `n_cycles: 4000000000` made `cycle_order` ask for 64 GB and abort, and
+    // `n_cycles: 4294967297` wrapped to 1 cycle.
+    #[test]
+    fn a_run_list_past_the_limit_is_refused_before_it_is_built() {
+        let study = |n_cycles: &str| {
+            format!("task: {{model: m}}\nengine: synthetic\nserving_mode: offline\nsweep:\n  task.max_output_tokens: [1, 2]\nstudy_execution: {{n_cycles: {n_cycles}}}\n")
+        };
+        let e = plan(&src(&study("4000000000")), &PlanOptions::default()).unwrap_err();
+        assert_eq!(e.to_string(), "study.yaml: the study plans 2 config(s) x 4000000000 cycle(s) = 8000000000 runs, more than the limit of 1000000 (lower study_execution.n_cycles or narrow the sweep)");
+        let e = plan(&src(&study("4294967297")), &PlanOptions::default()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                StudyError::TooManyRuns {
+                    n_cycles: u32::MAX,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let p = plan_within(&src(&study("3")), &PlanOptions::default(), 6).unwrap();
+        assert_eq!(p.runs.len(), 6);
+        let e = plan_within(&src(&study("4")), &PlanOptions::default(), 6).unwrap_err();
+        assert!(
+            matches!(e, StudyError::TooManyRuns { n_runs: 8, .. }),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_grid_past_the_limit_is_refused_before_it_is_expanded() {
+        let text = "task: {model: m}\nengine: synthetic\nserving_mode: offline\nsweep:\n  task.max_output_tokens: {min: 1, max: 1000, num: 1000}\n  task.max_input_tokens: {min: 1, max: 1000, num: 1000}\n  synthetic.engine_params.batch_size: {min: 1, max: 1000, num: 1000}\n";
+        let e = plan(&src(text), &PlanOptions::default()).unwrap_err();
+        assert_eq!(e.to_string(), "study.yaml: the sweep expands to 1000000000 configs before validation, more than the limit of 1000000 runs (narrow the sweep)");
     }
 
     #[test]
