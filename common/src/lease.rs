@@ -333,7 +333,9 @@ fn accept(rec: &LeaseRecord, worker: &WorkerId) -> LeaseRecord {
 }
 
 /// The lease holder reports a failure. Infrastructure failures go back to pending
-/// until `max_attempts` leases were spent; configuration failures end the run.
+/// until `max_attempts` leases were spent; configuration failures end the run; a
+/// handback (the worker was stopped with `--drain`) goes back to pending and gives
+/// the attempt back.
 pub fn handle_fail(
     rec: &LeaseRecord,
     token: FencingToken,
@@ -361,6 +363,10 @@ pub fn handle_fail(
         FailureClass::Configuration => RunState::Failed,
         FailureClass::Infrastructure if rec.attempts >= policy.max_attempts => RunState::Failed,
         FailureClass::Infrastructure => RunState::Pending,
+        FailureClass::Handback => {
+            next.attempts = rec.attempts.saturating_sub(1);
+            RunState::Pending
+        }
     };
     Ok(next)
 }
@@ -626,6 +632,38 @@ mod tests {
         assert_eq!(rec.state, RunState::Failed);
         assert_eq!(rec.attempts, 3);
         assert_eq!(rec.last_failure.as_ref().unwrap().message, "container died");
+    }
+
+    #[test]
+    fn a_handback_returns_the_run_without_spending_an_attempt() {
+        let mut rec = LeaseRecord::new_pending();
+        // Handed back five times (more than max_attempts): never failed.
+        for t in 1..=5u64 {
+            rec = handle_grant(&rec, &w("a"), 0, FencingToken(t), t * 10, &P).unwrap();
+            assert_eq!(rec.attempts, 1);
+            rec = handle_fail(
+                &rec,
+                FencingToken(t),
+                &w("a"),
+                FailureClass::Handback,
+                "drained",
+                t * 10 + 1,
+                &P,
+            )
+            .unwrap();
+            assert_eq!((rec.state, rec.attempts), (RunState::Pending, 0));
+        }
+        // A stale handback is refused like any stale report.
+        assert!(handle_fail(
+            &rec,
+            FencingToken(1),
+            &w("a"),
+            FailureClass::Handback,
+            "late",
+            99,
+            &P
+        )
+        .is_err());
     }
 
     #[test]

@@ -76,6 +76,10 @@ pub enum FailureClass {
     /// The configuration itself cannot run (out of memory, an invalid parameter):
     /// retrying would fail the same way.
     Configuration,
+    /// Not a failure: the worker handed the run back unfinished on request
+    /// (`lem-worker --drain` and SIGTERM). The run goes back to pending and the
+    /// attempt does not count.
+    Handback,
 }
 
 impl fmt::Display for FailureClass {
@@ -83,6 +87,7 @@ impl fmt::Display for FailureClass {
         f.write_str(match self {
             FailureClass::Infrastructure => "infrastructure",
             FailureClass::Configuration => "configuration",
+            FailureClass::Handback => "handback",
         })
     }
 }

@@ -990,6 +990,7 @@ async fn run(
             sample_interval: lem_worker::SAMPLE_INTERVAL,
             counter_interval: lem_worker::COUNTER_INTERVAL,
             prefill_window_s: 3.0,
+            drain: false,
         };
         workers.push(tokio::spawn(lem_worker::run_worker(
             cfg,

@@ -43,6 +43,10 @@ pub struct Args {
     /// the differential method (0 turns it off).
     #[arg(long, default_value_t = 3.0)]
     pub prefill_window_seconds: f64,
+    /// On SIGTERM/SIGINT, stop the run in progress and hand it back to the coordinator
+    /// (it goes back to pending and the attempt does not count) instead of finishing it.
+    #[arg(long)]
+    pub drain: bool,
     /// Python interpreter for the harness.
     #[arg(long, env = "LEM_PYTHON", default_value = "python3")]
     pub python: String,
@@ -128,7 +132,9 @@ pub fn main_impl() -> std::process::ExitCode {
         sample_interval: std::time::Duration::from_millis(args.sample_interval_ms),
         counter_interval: std::time::Duration::from_millis(args.counter_interval_ms),
         prefill_window_s: args.prefill_window_seconds,
+        drain: args.drain,
     };
+    let drain = args.drain;
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = rt.block_on(async {
         let (tx, rx) = tokio::sync::watch::channel(false);
@@ -140,7 +146,10 @@ pub fn main_impl() -> std::process::ExitCode {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
-            tracing::info!("stopping after the current run");
+            tracing::info!(
+                drain,
+                "stopping (with --drain: handing the current run back; otherwise after it)"
+            );
             let _ = tx.send(true);
         });
         crate::run_worker(cfg, rx).await

@@ -62,6 +62,8 @@ pub struct WorkerConfig {
     pub counter_interval: Duration,
     /// Length of the prefill-only differential window after each run (0 = none).
     pub prefill_window_s: f64,
+    /// On SIGTERM, hand the current run back instead of finishing it.
+    pub drain: bool,
 }
 
 /// Whether this machine has an NVIDIA GPU whose management library can be loaded.
@@ -302,6 +304,7 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
             journal.clone(),
         );
         slot.prefill_window_s = cfg.prefill_window_s;
+        slot.drain = cfg.drain;
         tasks.push(tokio::spawn(slot.lease_loop(stop.clone())));
     }
     let mut fatal = None;

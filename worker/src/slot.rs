@@ -74,6 +74,9 @@ pub struct Slot {
     pub environment: Environment,
     /// Length of the prefill-only differential window the harness runs after each run.
     pub prefill_window_s: f64,
+    /// On a stop request, cancel the run in progress and hand it back
+    /// (`lem-worker --drain`) instead of finishing it.
+    pub drain: bool,
     baseline: Option<CachedBaseline>,
     /// Resident idle per model key, with the time it was measured.
     resident: Option<(String, CachedBaseline)>,
@@ -173,6 +176,7 @@ impl Slot {
             dir,
             environment,
             prefill_window_s: 3.0,
+            drain: false,
             baseline: None,
             resident: None,
             client: None,
@@ -282,7 +286,7 @@ impl Slot {
                 _ = stop.changed() => break,
             };
             match reply {
-                Ok(Ok(Some(grant))) => self.handle_grant(&client, grant).await,
+                Ok(Ok(Some(grant))) => self.handle_grant(&client, grant, &stop).await,
                 Ok(Ok(None)) => {}
                 Ok(Err(e)) if e.kind == RpcErrorKind::NotRegistered => {
                     self.client = None;
@@ -305,7 +309,12 @@ impl Slot {
         self.fatal
     }
 
-    async fn handle_grant(&mut self, client: &CoordinatorClient, grant: LeaseGrant) {
+    async fn handle_grant(
+        &mut self,
+        client: &CoordinatorClient,
+        grant: LeaseGrant,
+        stop: &watch::Receiver<bool>,
+    ) {
         let lease_mono = mono_ns();
         tracing::info!(slot = self.index, run = %grant.run, token = grant.token.0, "run leased");
         // Journal the lease before the run starts. Without a journal a crash would
@@ -333,6 +342,21 @@ impl Slot {
         // or cannot be renewed for longer than our own TTL (two thirds of the
         // coordinator's, so we stop before it re-leases the run).
         let (cancel_tx, cancel_rx) = watch::channel(None::<String>);
+        let cancel_tx = Arc::new(cancel_tx);
+        // `--drain`: a stop request cancels the run, which is handed back.
+        let drainer = self.drain.then(|| {
+            let (tx, mut stop) = (cancel_tx.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !*stop.borrow() {
+                    if stop.changed().await.is_err() {
+                        return;
+                    }
+                }
+                let _ = tx.send(Some(
+                    "handed back: the worker is stopping with --drain".into(),
+                ));
+            })
+        });
         // A coordinator that restarts (on the same address, with the manifest that
         // still holds this lease) is reconnected to: a renewal that fails on the
         // transport reconnects before the next one.
@@ -387,8 +411,16 @@ impl Slot {
                 }
             })
         };
-        let outcome = self.measure(&grant, lease_mono, cancel_rx).await;
+        let mut outcome = self.measure(&grant, lease_mono, cancel_rx).await;
         renewer.abort();
+        if let Some(d) = drainer {
+            d.abort();
+        }
+        if self.drain && *stop.borrow() {
+            if let Err((class, _)) = &mut outcome {
+                *class = FailureClass::Handback;
+            }
+        }
         self.last_run = Some((tokio::time::Instant::now(), grant.gap_before_s));
         self.pre_gate = None;
         let report = match outcome {

@@ -608,3 +608,82 @@ fn a_restarted_worker_reports_the_run_it_was_killed_in() {
         ));
     }
 }
+
+/// `lem-worker --drain`: SIGTERM in the middle of a run stops it and hands it back
+/// (pending again, the attempt given back); another worker then runs it.
+#[test]
+fn sigterm_with_drain_hands_the_run_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut fleet = Fleet::start(tmp.path());
+    let wdir = fleet.dir.join("d0");
+    let w = Proc::spawn(
+        "d0",
+        WORKER,
+        &[
+            "--coordinator",
+            &fleet.addr,
+            "--data-dir",
+            wdir.to_str().unwrap(),
+            "--simulate-gpu",
+            "--name",
+            "d0",
+            "--prefill-window-seconds",
+            "0",
+            "--drain",
+        ],
+        &fleet.dir,
+    );
+    fleet.workers.push(w);
+    let id = fleet.submit("slow-runs.yaml");
+    fleet.wait_until_leasing("d0");
+    // Inside the run proper (the study takes no baseline).
+    std::thread::sleep(Duration::from_millis(1000));
+    fleet.workers[0].signal(libc::SIGTERM);
+    let st = fleet.workers[0].wait_exit(Duration::from_secs(30));
+    if !st.is_some_and(|s| s.success()) {
+        fleet.fail(&format!("a draining worker exits 0 promptly ({st:?})"));
+    }
+    let s = crate::status_json(&fleet.addr, &id).unwrap();
+    if (
+        s["pending"].as_u64(),
+        s["running"].as_u64(),
+        s["done"].as_u64(),
+        s["failed"].as_u64(),
+    ) != (Some(2), Some(0), Some(0), Some(0))
+    {
+        fleet.fail(&format!(
+            "the run was handed back, not finished or failed: {s}"
+        ));
+    }
+    let rows = result_rows(&fleet.addr, &id);
+    let handed: Vec<&Value> = rows
+        .iter()
+        .filter(|r| {
+            r["last_failure"]
+                .as_str()
+                .is_some_and(|f| f.contains("--drain"))
+        })
+        .collect();
+    if handed.len() != 1 || handed[0]["attempts"] != 0 {
+        fleet.fail(&format!(
+            "one run handed back with its attempt given back: {rows:?}"
+        ));
+    }
+    let handed_id = handed[0]["experiment_id"].clone();
+    // Another worker runs both.
+    let w = fleet.spawn_worker("d1", "d1");
+    fleet.workers.push(w);
+    let all = fleet.all();
+    wait_for("both runs done", Duration::from_secs(120), &all, || {
+        let s = crate::status_json(&fleet.addr, &id)?;
+        (s["done"] == 2).then_some(())
+    });
+    let rows = result_rows(&fleet.addr, &id);
+    let again = rows
+        .iter()
+        .find(|r| r["experiment_id"] == handed_id)
+        .unwrap();
+    if again["attempts"] != 1 || again["worker"] != "d1" {
+        fleet.fail(&format!("the handed-back run ran once, on d1: {again}"));
+    }
+}
