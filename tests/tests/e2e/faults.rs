@@ -109,6 +109,21 @@ impl Fleet {
     /// retrying for a while if the port cannot be bound at once.
     fn restart_coordinator(&mut self) {
         self.coord.kill();
+        self.start_coordinator_again();
+    }
+
+    /// SIGTERMs the coordinator, which must exit 0 promptly (it stops granting leases
+    /// and closes its store), and starts a new one on the same data dir and port.
+    fn restart_coordinator_gracefully(&mut self) {
+        self.coord.signal(libc::SIGTERM);
+        match self.coord.wait_exit(Duration::from_secs(15)) {
+            Some(st) if st.success() => {}
+            other => self.fail(&format!("the coordinator exits 0 on SIGTERM ({other:?})")),
+        }
+        self.start_coordinator_again();
+    }
+
+    fn start_coordinator_again(&mut self) {
         let addr_file = self.coord_dir.join("coordinator.addr");
         let _ = std::fs::remove_file(&addr_file);
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -685,5 +700,23 @@ fn sigterm_with_drain_hands_the_run_back() {
         .unwrap();
     if again["attempts"] != 1 || again["worker"] != "d1" {
         fleet.fail(&format!("the handed-back run ran once, on d1: {again}"));
+    }
+}
+
+/// SIGTERM on the coordinator mid-campaign: it exits 0 with its store closed cleanly;
+/// restarted on the same data dir it carries on, and every run ends exactly once.
+#[test]
+fn sigterm_on_the_coordinator_is_a_clean_stop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut fleet, id) = one_worker_mid_run(tmp.path(), "t0");
+    fleet.restart_coordinator_gracefully();
+    let all = fleet.all();
+    let status = wait_for("both runs done", Duration::from_secs(120), &all, || {
+        let s = crate::status_json(&fleet.addr, &id)?;
+        (s["done"].as_u64()? + s["failed"].as_u64()? == 2).then_some(s)
+    });
+    let rows = result_rows(&fleet.addr, &id);
+    if let Err(e) = check_exactly_once(&status, &rows, 2) {
+        fleet.fail(&e);
     }
 }
