@@ -459,6 +459,13 @@ pub struct StartOptions {
 }
 
 async fn start(listen: &str, data_dir: &Path, opts: &StartOptions) -> Result<(), CliError> {
+    // A file-size limit (RLIMIT_FSIZE) is a full disk by another name: let the write
+    // fail with an error the store reports, rather than the signal killing us.
+    // SAFETY: setting a signal's disposition to "ignore" at start-up, before any thread
+    // of ours could be relying on it.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let store = Store::open(data_dir).map_err(|e| CliError {
         code: exit::FAILURE,
         error: e.into(),

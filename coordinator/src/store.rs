@@ -20,7 +20,9 @@
 //! * `client_certs`: SHA-256 of a worker's certificate -> worker id, how a mutual-TLS
 //!   connection learns who it is (docs/security.md).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use lem_common::lease::{self, CompleteOutcome, LeasePolicy, LeaseRecord, RunState};
 use lem_common::types::{
@@ -185,7 +187,102 @@ impl StateCounts {
 }
 
 pub struct Store {
-    db: Database,
+    db: Db,
+}
+
+/// The manifest's redb database, reopened after a failed write. redb refuses every
+/// transaction after an I/O error (`PreviousIo`: "close and re-open the database"),
+/// so without this one full disk would stop the coordinator for good; with it, the
+/// coordinator answers `Unavailable` while the disk is full and carries on, with the
+/// last committed state, once there is space again.
+struct Db {
+    path: PathBuf,
+    current: RwLock<Option<Arc<Database>>>,
+    /// A write failed: reopen before the next transaction.
+    poisoned: AtomicBool,
+}
+
+/// A write transaction of [`Db`]; its `commit` marks the database for reopening when
+/// it fails.
+struct WriteTxn<'a> {
+    txn: WriteTransaction,
+    db: &'a Db,
+}
+
+impl std::ops::Deref for WriteTxn<'_> {
+    type Target = WriteTransaction;
+    fn deref(&self) -> &WriteTransaction {
+        &self.txn
+    }
+}
+
+impl WriteTxn<'_> {
+    fn commit(self) -> Result<(), StoreError> {
+        self.txn.commit().map_err(|e| {
+            self.db.poisoned.store(true, Ordering::SeqCst);
+            StoreError::Storage(e.to_string())
+        })
+    }
+}
+
+/// Opens the manifest file with every page's checksum verified: a damaged manifest is
+/// an error that names it, never a panic inside redb (a plain open may panic on one).
+fn open_database(path: &Path) -> Result<Database, StoreError> {
+    let display = path.display().to_string();
+    Database::builder()
+        .set_check_integrity_on_open(true)
+        .create(path)
+        .map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::AlreadyOpen { path: display },
+            other => StoreError::Open {
+                path: display,
+                source: other,
+            },
+        })
+}
+
+impl Db {
+    fn database(&self) -> Result<Arc<Database>, StoreError> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            self.reopen()?;
+        }
+        let g = self.current.read().unwrap_or_else(|e| e.into_inner());
+        g.clone().ok_or_else(|| {
+            StoreError::Storage("the manifest is being reopened after a write error".into())
+        })
+    }
+
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut g = self.current.write().unwrap_or_else(|e| e.into_inner());
+        if !self.poisoned.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        // The file lock goes with the last reference; a transaction still running on
+        // another thread holds one, and the next call tries again.
+        drop(g.take());
+        let db = open_database(&self.path).map_err(|e| {
+            StoreError::Storage(format!("reopening the manifest after a write error: {e}"))
+        })?;
+        tracing::warn!(manifest = %self.path.display(), "manifest reopened after a write error");
+        *g = Some(Arc::new(db));
+        self.poisoned.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn begin_write(&self) -> Result<WriteTxn<'_>, StoreError> {
+        let txn = match self.database()?.begin_write() {
+            Err(redb::TransactionError::Storage(redb::StorageError::PreviousIo)) => {
+                self.poisoned.store(true, Ordering::SeqCst);
+                self.database()?.begin_write()?
+            }
+            other => other?,
+        };
+        Ok(WriteTxn { txn, db: self })
+    }
+
+    fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
+        Ok(self.database()?.begin_read()?)
+    }
 }
 
 fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
@@ -315,20 +412,7 @@ impl Store {
         })?;
         let path = data_dir.join(MANIFEST_FILE);
         let display = path.display().to_string();
-        // Verify every page's checksum while opening: a damaged manifest is an error
-        // that names it, never a panic inside redb (a plain open may panic on one).
-        let db = Database::builder()
-            .set_check_integrity_on_open(true)
-            .create(&path)
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::AlreadyOpen {
-                    path: display.clone(),
-                },
-                other => StoreError::Open {
-                    path: display.clone(),
-                    source: other,
-                },
-            })?;
+        let db = open_database(&path)?;
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
@@ -359,7 +443,13 @@ impl Store {
             txn.open_table(CLIENT_CERTS)?;
         }
         txn.commit()?;
-        Ok(Store { db })
+        Ok(Store {
+            db: Db {
+                path,
+                current: RwLock::new(Some(Arc::new(db))),
+                poisoned: AtomicBool::new(false),
+            },
+        })
     }
 
     /// Stores a new campaign and all its runs in one transaction.
@@ -395,20 +485,14 @@ impl Store {
     }
 
     pub fn campaign(&self, id: CampaignId) -> Result<CampaignRecord, StoreError> {
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| StoreError::Storage(e.to_string()))?;
+        let txn = self.db.begin_read()?;
         let t = txn.open_table(CAMPAIGNS)?;
         let g = t.get(id.0)?.ok_or(StoreError::NoCampaign(id))?;
         from_json("campaigns", g.value())
     }
 
     pub fn campaigns(&self) -> Result<Vec<CampaignRecord>, StoreError> {
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| StoreError::Storage(e.to_string()))?;
+        let txn = self.db.begin_read()?;
         let t = txn.open_table(CAMPAIGNS)?;
         let mut out = Vec::new();
         for item in t.iter()? {
@@ -419,10 +503,7 @@ impl Store {
     }
 
     pub fn counts(&self, id: CampaignId) -> Result<StateCounts, StoreError> {
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| StoreError::Storage(e.to_string()))?;
+        let txn = self.db.begin_read()?;
         let t = txn.open_table(COUNTS)?;
         let get = |s: RunState| -> Result<u64, StoreError> {
             Ok(t.get((id.0, s.as_str()))?.map(|g| g.value()).unwrap_or(0))
@@ -437,20 +518,14 @@ impl Store {
     }
 
     pub fn duplicate_count(&self, id: CampaignId) -> Result<u64, StoreError> {
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| StoreError::Storage(e.to_string()))?;
+        let txn = self.db.begin_read()?;
         let t = txn.open_table(DUPLICATES)?;
         Ok(t.range((id.0, 0, 0)..=(id.0, u32::MAX, u64::MAX))?.count() as u64)
     }
 
     /// Runs of a campaign in execution order, with accepted results.
     pub fn runs(&self, id: CampaignId) -> Result<Vec<(RunRecord, Option<RunResult>)>, StoreError> {
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| StoreError::Storage(e.to_string()))?;
+        let txn = self.db.begin_read()?;
         let runs = txn.open_table(RUNS)?;
         let results = txn.open_table(RESULTS)?;
         let mut out = Vec::new();
@@ -468,10 +543,7 @@ impl Store {
 
     /// Pending runs per engine for a campaign (for the `blocked` report).
     pub fn pending_by_engine(&self, id: CampaignId) -> Result<Vec<(String, u64)>, StoreError> {
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| StoreError::Storage(e.to_string()))?;
+        let txn = self.db.begin_read()?;
         let t = txn.open_table(PENDING)?;
         let mut out: Vec<(String, u64)> = Vec::new();
         for engine in lem_common::types::KNOWN_ENGINES {
@@ -616,10 +688,7 @@ impl Store {
     /// Returns expired leases to pending. Returns how many runs changed.
     pub fn expire_leases(&self, now_ms: u64, policy: &LeasePolicy) -> Result<usize, StoreError> {
         let expired: Vec<(u64, u32)> = {
-            let txn = self
-                .db
-                .begin_read()
-                .map_err(|e| StoreError::Storage(e.to_string()))?;
+            let txn = self.db.begin_read()?;
             let t = txn.open_table(LEASED)?;
             let mut v = Vec::new();
             for item in t.iter()? {
@@ -677,10 +746,7 @@ impl Store {
     }
 
     pub fn run_state(&self, key: RunKey) -> Result<RunRecord, StoreError> {
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| StoreError::Storage(e.to_string()))?;
+        let txn = self.db.begin_read()?;
         let t = txn.open_table(RUNS)?;
         let g = t
             .get((key.campaign.0, key.seq))?
@@ -740,10 +806,7 @@ impl Store {
 
     /// The worker whose current enrolment is the certificate with this SHA-256.
     pub fn enrolled_worker(&self, cert_sha256: &[u8; 32]) -> Result<Option<WorkerId>, StoreError> {
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| StoreError::Storage(e.to_string()))?;
+        let txn = self.db.begin_read()?;
         let certs = txn.open_table(CLIENT_CERTS)?;
         let found = certs
             .get(cert_sha256.as_slice())?
@@ -752,10 +815,7 @@ impl Store {
     }
 
     pub fn workers(&self) -> Result<Vec<WorkerRecord>, StoreError> {
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| StoreError::Storage(e.to_string()))?;
+        let txn = self.db.begin_read()?;
         let t = txn.open_table(WORKERS)?;
         let mut out = Vec::new();
         for item in t.iter()? {
@@ -766,10 +826,7 @@ impl Store {
 
     /// Number of runs currently leased, per worker.
     pub fn leases_by_worker(&self) -> Result<Vec<(WorkerId, u64)>, StoreError> {
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| StoreError::Storage(e.to_string()))?;
+        let txn = self.db.begin_read()?;
         let leased = txn.open_table(LEASED)?;
         let runs = txn.open_table(RUNS)?;
         let mut map: std::collections::BTreeMap<WorkerId, u64> = Default::default();
@@ -786,10 +843,7 @@ impl Store {
     }
 
     pub fn n_leased(&self) -> Result<u64, StoreError> {
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| StoreError::Storage(e.to_string()))?;
+        let txn = self.db.begin_read()?;
         Ok(txn.open_table(LEASED)?.len()?)
     }
 }

@@ -720,3 +720,78 @@ fn sigterm_on_the_coordinator_is_a_clean_stop() {
         fleet.fail(&e);
     }
 }
+
+/// Sets the coordinator's file-size limit (RLIMIT_FSIZE, soft): past it, writes that
+/// grow a file fail as on a full disk.
+fn set_file_size_limit(p: &Proc, bytes: Option<u64>) {
+    let lim = libc::rlimit {
+        rlim_cur: bytes.unwrap_or(libc::RLIM_INFINITY),
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: prlimit on our own child, with a valid rlimit and no old-value pointer.
+    let rc = unsafe {
+        libc::prlimit(
+            p.child.id() as libc::pid_t,
+            libc::RLIMIT_FSIZE,
+            &lim,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// The coordinator's disk fills up (its manifest cannot grow): a new campaign is
+/// refused with an error that says what to check, the campaign already there is
+/// intact and keeps running, and once there is space again a submission works.
+#[test]
+fn a_full_disk_refuses_new_work_and_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (fleet, id) = one_worker_mid_run(tmp.path(), "f0");
+    let manifest = fleet.coord_dir.join("manifest.redb");
+    let size = std::fs::metadata(&manifest).unwrap().len();
+    set_file_size_limit(&fleet.coord, Some(size));
+    let study = repo_root().join("tests/fixtures/faults-200.yaml");
+    let args = [
+        "submit",
+        study.to_str().unwrap(),
+        "--coordinator",
+        &fleet.addr,
+    ];
+    let out = run(COORD, &args);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    if out.status.success() || !err.contains("free space") {
+        fleet.fail(&format!(
+            "refused, saying what to check: {}",
+            describe(&args, &out)
+        ));
+    }
+    // The first campaign finishes on the full disk (its writes fit in the file).
+    let all = fleet.all();
+    wait_for(
+        "the first campaign to finish",
+        Duration::from_secs(120),
+        &all,
+        || {
+            let s = crate::status_json(&fleet.addr, &id)?;
+            (s["done"].as_u64()? + s["failed"].as_u64()? == 2).then_some(())
+        },
+    );
+    set_file_size_limit(&fleet.coord, None);
+    let all = fleet.all();
+    let id2 = wait_for(
+        "a submission to work again",
+        Duration::from_secs(30),
+        &all,
+        || {
+            let out = run(COORD, &args);
+            out.status.success().then(|| campaign_id(&out.stdout))
+        },
+    );
+    let s = crate::status_json(&fleet.addr, &id2).unwrap();
+    assert_eq!(s["total"], 200, "{s}");
+    let status = crate::status_json(&fleet.addr, &id).unwrap();
+    let rows = result_rows(&fleet.addr, &id);
+    if let Err(e) = check_exactly_once(&status, &rows, 2) {
+        fleet.fail(&e);
+    }
+}
