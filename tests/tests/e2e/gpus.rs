@@ -234,3 +234,36 @@ fn tp2_runs_are_blocked_without_a_two_gpu_slot() {
         "{s}"
     );
 }
+
+#[test]
+fn a_worker_with_invalid_gpu_groups_refuses_to_start_naming_the_gpu() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["--gpus", "4", "--gpu-groups", "0,1;1,2"],
+            "GPU 1 is in more than one group",
+        ),
+        (
+            &["--gpus", "2", "--gpu-groups", "0,1;2"],
+            "GPU 2 is not visible to this worker (visible: 0, 1)",
+        ),
+        (
+            &["--gpus", "4", "--slots", "3", "--gpu-groups", "0,1;2,3"],
+            "--slots 3 but --gpu-groups `0,1;2,3` has 2 group(s)",
+        ),
+    ];
+    for (i, (flags, want)) in cases.iter().enumerate() {
+        let name = format!("bad{i}");
+        let mut w = start_worker_with(dir, "127.0.0.1:9", &name, flags);
+        let status = w
+            .wait_exit(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("{name} still running: {}", w.logs()));
+        assert!(!status.success(), "{flags:?}: {}", w.logs());
+        assert!(
+            w.logs().contains(want),
+            "{flags:?}: want {want:?} in {}",
+            w.logs()
+        );
+    }
+}
