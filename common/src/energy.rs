@@ -534,6 +534,61 @@ pub fn window_energy(
     })
 }
 
+/// The energy of one window over several GPUs (a tensor-parallel group): energies,
+/// integrals, raw counter deltas, power and sample counts add up; the method is the
+/// counter only when every GPU's was; the disagreement is that of the sums, flagged
+/// also when any one GPU's was. `None` for no parts.
+pub fn sum_windows(parts: &[WindowEnergy]) -> Option<WindowEnergy> {
+    let first = parts.first()?;
+    let sum = |f: &dyn Fn(&WindowEnergy) -> f64| parts.iter().map(f).sum::<f64>();
+    let sum_opt = |f: &dyn Fn(&WindowEnergy) -> Option<f64>| {
+        parts
+            .iter()
+            .map(f)
+            .collect::<Option<Vec<f64>>>()
+            .map(|v| v.iter().sum::<f64>())
+    };
+    let all_counter = parts
+        .iter()
+        .all(|p| p.method == EnergyMethod::CounterInterpolated);
+    let energy_j = sum(&|p| p.energy_j);
+    let integral_j = sum_opt(&|p| p.integral_j);
+    let disagreement_pct = match (all_counter, integral_j) {
+        (true, Some(i)) => {
+            let denom = energy_j.abs().max(i.abs());
+            Some(if denom > 0.0 {
+                (energy_j - i).abs() / denom * 100.0
+            } else {
+                0.0
+            })
+        }
+        _ => None,
+    };
+    Some(WindowEnergy {
+        energy_j,
+        method: if all_counter {
+            EnergyMethod::CounterInterpolated
+        } else {
+            EnergyMethod::PowerIntegral
+        },
+        counter_status: parts
+            .iter()
+            .map(|p| p.counter_status)
+            .find(|s| *s != CounterStatus::Used)
+            .unwrap_or(CounterStatus::Used),
+        counter_delta_raw_j: sum_opt(&|p| p.counter_delta_raw_j),
+        integral_j,
+        disagreement_flagged: disagreement_pct.is_some_and(|p| p > DISAGREEMENT_FLAG_PCT)
+            || parts.iter().any(|p| p.disagreement_flagged),
+        disagreement_pct,
+        short_window: parts.iter().any(|p| p.short_window),
+        n_power_samples: parts.iter().map(|p| p.n_power_samples).sum(),
+        duration_s: first.duration_s,
+        mean_power_w: energy_j / first.duration_s,
+        extrapolated_ns: parts.iter().map(|p| p.extrapolated_ns).max().unwrap_or(0),
+    })
+}
+
 /// Subtracts an idle baseline: `max(0, raw_j - baseline_power_w * duration_s)`, flagging a
 /// clamp (a negative energy is never reported; a clamp means the baseline is suspect).
 pub fn adjusted_energy(raw_j: f64, baseline_power_w: f64, duration_s: f64) -> Adjusted {
@@ -553,6 +608,25 @@ mod tests {
 
     const MS: u64 = 1_000_000;
     const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_groups_energy_is_the_sum_of_its_gpus() {
+        let flat = |w: f64| sampled(|_| w, 0, 50 * MS, 41);
+        let a = window_energy(&flat(100.0), &[], 0, 2 * S).unwrap();
+        let b = window_energy(&flat(300.0), &[], 0, 2 * S).unwrap();
+        let s = sum_windows(&[a.clone(), b.clone()]).unwrap();
+        assert!((s.energy_j - (a.energy_j + b.energy_j)).abs() < 1e-9);
+        assert!((s.energy_j - 800.0).abs() < 1e-6, "{}", s.energy_j);
+        assert!((s.mean_power_w - 400.0).abs() < 1e-6);
+        assert_eq!(s.method, EnergyMethod::PowerIntegral);
+        assert_eq!(s.n_power_samples, a.n_power_samples + b.n_power_samples);
+        assert_eq!(s.duration_s, a.duration_s);
+        assert!(sum_windows(&[]).is_none());
+        assert_eq!(
+            sum_windows(std::slice::from_ref(&a)).unwrap().energy_j,
+            a.energy_j
+        );
+    }
 
     fn sampled(f: impl Fn(f64) -> f64, start: u64, step: u64, n: usize) -> Vec<PowerSample> {
         (0..n)

@@ -8,6 +8,7 @@
 //! the worker are the IO edges that drive these functions.
 
 pub mod energy;
+pub mod gpus;
 pub mod harness;
 pub mod lease;
 pub mod pyjson;
@@ -25,4 +26,4 @@ pub use value::{Map, Value};
 
 /// The version of the wire protocol between `lem-coord` and `lem-worker`; a worker
 /// whose protocol differs is refused at registration with a message naming both.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;

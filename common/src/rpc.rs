@@ -60,6 +60,17 @@ pub struct SlotInfo {
     pub index: u32,
     pub gpu_name: String,
     pub simulated: bool,
+    /// The GPU indices the slot's harness sees (`CUDA_VISIBLE_DEVICES`); a slot
+    /// hosts runs whose tensor-parallel size is this many GPUs.
+    #[serde(default)]
+    pub gpus: Vec<u32>,
+}
+
+impl SlotInfo {
+    /// GPUs in the slot (1 for a record written before slots had groups).
+    pub fn gpu_count(&self) -> u32 {
+        (self.gpus.len() as u32).max(1)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -87,6 +98,9 @@ pub struct LeaseRequest {
     pub wait_ms: u64,
     /// Models this slot has resident, as `(engine, model)`, for warm affinity.
     pub warm: Vec<(String, String)>,
+    /// GPUs in this slot: only runs whose tensor-parallel size is exactly this are
+    /// granted.
+    pub gpus: u32,
 }
 
 /// A lease on one run: what to run, under which token, until when.
@@ -199,8 +213,15 @@ pub struct CampaignStatus {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BlockedEngine {
     pub engine: String,
+    /// GPUs each of these runs needs (their tensor-parallel size).
+    #[serde(default = "one")]
+    pub tp_size: u32,
     pub pending: u64,
     pub reason: String,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// One run of a campaign with its result, for `results`.

@@ -205,6 +205,30 @@ pub struct RunResult {
     pub sampler_mean_late_us: f64,
     pub sampler_max_late_us: f64,
     pub warnings: Vec<String>,
+    /// The GPU indices that ran it (the slot's group; `[]` in results from before
+    /// multi-GPU slots). Energy, power and baselines above are sums over these GPUs;
+    /// temperatures are the hottest GPU's; `timeseries` is the first GPU's.
+    pub gpu_indices: Vec<u32>,
+    /// Per-GPU figures, one per entry of `gpu_indices`.
+    pub gpus: Vec<GpuFigures>,
+}
+
+/// One GPU's share of a run on a multi-GPU slot.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GpuFigures {
+    pub index: u32,
+    pub name: String,
+    pub uuid: String,
+    pub total_energy_j: f64,
+    pub energy_method: String,
+    pub energy_integral_j: Option<f64>,
+    pub energy_counter_raw_j: Option<f64>,
+    pub mean_power_w: f64,
+    /// This GPU's device-idle and resident-idle baselines.
+    pub baseline_power_w: Option<f64>,
+    pub resident_baseline_power_w: Option<f64>,
+    pub max_temp_c: f64,
 }
 
 impl RunResult {
@@ -212,7 +236,7 @@ impl RunResult {
     /// a result holding one must not be published).
     pub fn non_finite_fields(&self) -> Vec<&'static str> {
         let opt = |v: Option<f64>| v.is_none_or(f64::is_finite);
-        let checks: [(&'static str, bool); 27] = [
+        let checks: [(&'static str, bool); 28] = [
             ("duration_s", self.duration_s.is_finite()),
             ("total_energy_j", self.total_energy_j.is_finite()),
             ("energy_integral_j", opt(self.energy_integral_j)),
@@ -251,6 +275,22 @@ impl RunResult {
             ),
             ("harness_metrics", json_finite(&self.harness_metrics)),
             ("timeseries", json_finite(&self.timeseries)),
+            (
+                "gpus",
+                self.gpus.iter().all(|g| {
+                    [g.total_energy_j, g.mean_power_w, g.max_temp_c]
+                        .iter()
+                        .all(|v| v.is_finite())
+                        && [
+                            g.energy_integral_j,
+                            g.energy_counter_raw_j,
+                            g.baseline_power_w,
+                            g.resident_baseline_power_w,
+                        ]
+                        .into_iter()
+                        .all(opt)
+                }),
+            ),
             (
                 "energy_adjusted_resident_j",
                 opt(self.energy_adjusted_resident_j),

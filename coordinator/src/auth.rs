@@ -184,6 +184,7 @@ mod tests {
                 slot: 0,
                 wait_ms: 0,
                 warm: vec![],
+                gpus: 1,
             },
         }
     }

@@ -605,8 +605,13 @@ fn print_status_detail(s: &CampaignStatus) {
         println!("  duplicate results kept (not counted): {}", s.duplicates);
     }
     for b in &s.blocked {
+        let tp = if b.tp_size > 1 {
+            format!(" (TP {})", b.tp_size)
+        } else {
+            String::new()
+        };
         println!(
-            "  blocked: {} pending {} run(s): {}",
+            "  blocked: {}{tp} pending {} run(s): {}",
             b.engine, b.pending, b.reason
         );
     }
@@ -819,10 +824,15 @@ async fn workers(json: bool, addr: &Endpoint) -> Result<(), CliError> {
             .slots
             .iter()
             .map(|s| {
-                if s.simulated {
-                    format!("{}:simulated", s.index)
+                let group = if s.gpus.len() > 1 {
+                    format!(" GPUs {}", lem_common::gpus::cuda_visible_devices(&s.gpus))
                 } else {
-                    format!("{}:{}", s.index, s.gpu_name)
+                    String::new()
+                };
+                if s.simulated {
+                    format!("{}:simulated{group}", s.index)
+                } else {
+                    format!("{}:{}{group}", s.index, s.gpu_name)
                 }
             })
             .collect();
@@ -991,7 +1001,9 @@ async fn run(
             coordinator: addr.clone(),
             data_dir: data_dir.join(format!("worker-{i}")),
             name: Some(format!("local-{i}")),
-            slots: 1,
+            slots: lem_common::gpus::SlotCount::Fixed(1),
+            gpu_groups: None,
+            simulated_gpus: None,
             simulate_gpu: simulate,
             python: python.to_string(),
             sample_interval: lem_worker::SAMPLE_INTERVAL,

@@ -65,6 +65,9 @@ pub const COLUMNS: &[&str] = &[
     "worker",
     "host",
     "slot",
+    "tp_size",
+    "gpu_indices",
+    "gpu_energy_j",
     "started_at",
     "ended_at",
     "last_failure",
@@ -197,6 +200,17 @@ pub fn row(r: &RunRow) -> serde_json::Map<String, Json> {
     m.insert("worker".into(), f(&|x| json!(x.worker)));
     m.insert("host".into(), f(&|x| json!(x.host)));
     m.insert("slot".into(), f(&|x| json!(x.slot)));
+    m.insert(
+        "tp_size".into(),
+        json!(lem_common::pyjson::parse(&r.config_json)
+            .map(|c| lem_common::gpus::tp_size(&r.engine, &c))
+            .unwrap_or(1)),
+    );
+    m.insert("gpu_indices".into(), f(&|x| json!(x.gpu_indices)));
+    m.insert(
+        "gpu_energy_j".into(),
+        f(&|x| json!(x.gpus.iter().map(|g| g.total_energy_j).collect::<Vec<_>>())),
+    );
     m.insert("started_at".into(), f(&|x| json!(x.started_at)));
     m.insert("ended_at".into(), f(&|x| json!(x.ended_at)));
     m.insert("last_failure".into(), json!(r.last_failure));

@@ -39,8 +39,10 @@ pub fn column_type(name: &str) -> Option<DataType> {
         "experiment_id" | "config_hash" | "engine" | "model_name" | "state" | "energy_method"
         | "gpu_name" | "worker" | "host" | "started_at" | "ended_at" | "last_failure"
         | "environment_hash" => DataType::Utf8,
-        "cycle" | "attempts" | "input_tokens" | "output_tokens" | "slot" | "prefill_calls"
-        | "sm_clock_min_mhz" | "sm_clock_max_mhz" => DataType::Int64,
+        // Arrays, stored as their JSON text (`[0,1]`).
+        "gpu_indices" | "gpu_energy_j" => DataType::Utf8,
+        "cycle" | "attempts" | "input_tokens" | "output_tokens" | "slot" | "tp_size"
+        | "prefill_calls" | "sm_clock_min_mhz" | "sm_clock_max_mhz" => DataType::Int64,
         "total_energy_j"
         | "energy_adjusted_j"
         | "baseline_power_w"

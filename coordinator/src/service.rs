@@ -24,7 +24,7 @@ use tarpc::context::Context;
 use tokio::sync::Notify;
 
 use crate::pki::Pki;
-use crate::store::{CampaignRecord, NewRun, Store, StoreError, WorkerRecord};
+use crate::store::{pending_pool, CampaignRecord, NewRun, Store, StoreError, WorkerRecord};
 
 /// Largest study accepted (its text and its `base:` file's together).
 pub const MAX_STUDY_BYTES: usize = 4 << 20;
@@ -191,15 +191,32 @@ impl CoordService {
                 .iter()
                 .filter(|w| now.saturating_sub(shared.last_seen_ms(w)) < WORKER_STALE_MS)
                 .collect();
-            for (engine, n) in shared.store.pending_by_engine(id)? {
-                let able = live
-                    .iter()
-                    .any(|w| w.engines.iter().any(|e| e.engine == engine && e.available));
-                if able {
+            for (engine, tp_size, n) in shared.store.pending_by_pool(id)? {
+                let runs_engine =
+                    |w: &WorkerRecord| w.engines.iter().any(|e| e.engine == engine && e.available);
+                let has_group = |w: &WorkerRecord| w.slots.iter().any(|s| s.gpu_count() == tp_size);
+                if live.iter().any(|w| runs_engine(w) && has_group(w)) {
                     continue;
                 }
                 let reason = if live.is_empty() {
                     "no worker is connected".to_string()
+                } else if live.iter().any(|w| runs_engine(w)) {
+                    let why: Vec<String> = live
+                        .iter()
+                        .filter(|w| runs_engine(w))
+                        .map(|w| {
+                            let mut sizes: Vec<u32> =
+                                w.slots.iter().map(|s| s.gpu_count()).collect();
+                            sizes.sort_unstable();
+                            sizes.dedup();
+                            let sizes: Vec<String> = sizes.iter().map(u32::to_string).collect();
+                            format!("{}: slots of {} GPU(s)", w.worker, sizes.join(", "))
+                        })
+                        .collect();
+                    format!(
+                        "these runs need a slot of {tp_size} GPUs (tensor-parallel size {tp_size}) and no connected worker that runs {engine} has one ({}); start a worker with --gpu-groups",
+                        why.join("; ")
+                    )
                 } else {
                     let why: Vec<String> = live
                         .iter()
@@ -217,6 +234,7 @@ impl CoordService {
                 };
                 blocked.push(BlockedEngine {
                     engine,
+                    tp_size,
                     pending: n,
                     reason,
                 });
@@ -338,7 +356,12 @@ impl Coordinator for CoordService {
             // wait is not missed.
             let notified = self.shared.work_available.notified();
             let shared = self.shared.clone();
-            let (w, slot, eng) = (req.worker.clone(), req.slot, engines.clone());
+            // Only the pools of runs needing exactly this slot's GPU count.
+            let pools: Vec<String> = engines
+                .iter()
+                .map(|e| pending_pool(e, req.gpus.max(1)))
+                .collect();
+            let (w, slot, eng) = (req.worker.clone(), req.slot, pools);
             let got = blocking(move || {
                 let now = now_ms();
                 let r = shared
@@ -508,6 +531,7 @@ impl Coordinator for CoordService {
                     .to_string(),
                 gap_before_s: r.gap_before_seconds,
                 config_json: pyjson::dumps(&r.config, &pyjson::DumpOptions::default()),
+                tp_size: lem_common::gpus::tp_size(&r.engine, &r.config),
             })
             .collect();
         let n_runs = runs.len() as u64;

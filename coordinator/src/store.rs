@@ -10,7 +10,8 @@
 //! * `meta`: counters (`next_campaign`, `next_token`) and the schema version;
 //! * `campaigns`: campaign id -> [`CampaignRecord`];
 //! * `runs`: (campaign, seq) -> [`RunRecord`];
-//! * `pending`: (engine, campaign, seq) -> () — the index a lease reads, O(log n);
+//! * `pending`: (pool, campaign, seq) -> () — the index a lease reads, O(log n); the
+//!   pool is the engine, with `/tpK` for runs that need K > 1 GPUs ([`pending_pool`]);
 //! * `leased`: (campaign, seq) -> lease deadline (ms), what the sweeper scans;
 //! * `counts`: (campaign, state) -> number of runs, so status is O(1);
 //! * `results`: (campaign, seq) -> the accepted [`RunResult`];
@@ -126,6 +127,33 @@ pub struct RunRecord {
     pub gap_before_s: f64,
     pub config_json: String,
     pub lease: LeaseRecord,
+    /// GPUs the run needs (its tensor-parallel size); only a slot of exactly this
+    /// many GPUs is granted it.
+    #[serde(default = "one_gpu")]
+    pub tp_size: u32,
+}
+
+fn one_gpu() -> u32 {
+    1
+}
+
+/// The pending-index pool of runs of `engine` needing `tp_size` GPUs: the engine's
+/// name for one GPU (so manifests from before multi-GPU slots read the same), else
+/// `engine/tpK`.
+pub fn pending_pool(engine: &str, tp_size: u32) -> String {
+    if tp_size <= 1 {
+        engine.to_string()
+    } else {
+        format!("{engine}/tp{tp_size}")
+    }
+}
+
+/// The engine and GPU count of a pending-index pool.
+fn parse_pool(pool: &str) -> (String, u32) {
+    match pool.split_once("/tp") {
+        Some((engine, k)) => (engine.to_string(), k.parse().unwrap_or(1)),
+        None => (pool.to_string(), 1),
+    }
 }
 
 /// A result that arrived but was not counted.
@@ -168,6 +196,7 @@ pub struct NewRun {
     pub model: String,
     pub gap_before_s: f64,
     pub config_json: String,
+    pub tp_size: u32,
 }
 
 /// Counts per state for one campaign.
@@ -330,11 +359,12 @@ fn put_run(
         }
         bump_count(txn, key.0, new_state, 1)?;
         let mut pending = txn.open_table(PENDING)?;
+        let pool = pending_pool(&new.engine, new.tp_size);
         if old_state == Some(RunState::Pending) {
-            pending.remove((new.engine.as_str(), key.0, key.1))?;
+            pending.remove((pool.as_str(), key.0, key.1))?;
         }
         if new_state == RunState::Pending {
-            pending.insert((new.engine.as_str(), key.0, key.1), ())?;
+            pending.insert((pool.as_str(), key.0, key.1), ())?;
         }
     }
     {
@@ -477,6 +507,7 @@ impl Store {
                 gap_before_s: r.gap_before_s,
                 config_json: r.config_json,
                 lease: LeaseRecord::new_pending(),
+                tp_size: r.tp_size.max(1),
             };
             put_run(&txn, None, &rec)?;
         }
@@ -541,23 +572,28 @@ impl Store {
         Ok(out)
     }
 
-    /// Pending runs per engine for a campaign (for the `blocked` report).
-    pub fn pending_by_engine(&self, id: CampaignId) -> Result<Vec<(String, u64)>, StoreError> {
+    /// Pending runs per engine and GPU count for a campaign (for the `blocked` report).
+    pub fn pending_by_pool(&self, id: CampaignId) -> Result<Vec<(String, u32, u64)>, StoreError> {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(PENDING)?;
-        let mut out: Vec<(String, u64)> = Vec::new();
-        for engine in lem_common::types::KNOWN_ENGINES {
-            let n = t
-                .range((engine, id.0, 0)..=(engine, id.0, u32::MAX))?
-                .count() as u64;
-            if n > 0 {
-                out.push((engine.to_string(), n));
+        let mut out: Vec<(String, u32, u64)> = Vec::new();
+        for item in t.iter()? {
+            let (k, _) = item?;
+            let (pool, c, _) = k.value();
+            if c != id.0 {
+                continue;
+            }
+            let (engine, tp) = parse_pool(pool);
+            match out.iter_mut().find(|(e, k, _)| *e == engine && *k == tp) {
+                Some(row) => row.2 += 1,
+                None => out.push((engine, tp, 1)),
             }
         }
         Ok(out)
     }
 
-    /// Grants the next pending run of one of `engines` to `worker`, if any.
+    /// Grants the next pending run of one of the pending pools `pools` (engines, see
+    /// [`pending_pool`]) to `worker`, if any.
     ///
     /// Order: lowest campaign id first, then the campaign's execution order, so the
     /// study's `experiment_order` (interleaving against drift) is what the fleet runs.
@@ -565,7 +601,7 @@ impl Store {
         &self,
         worker: &WorkerId,
         slot: u32,
-        engines: &[String],
+        pools: &[String],
         now_ms: u64,
         policy: &LeasePolicy,
     ) -> Result<Option<RunRecord>, StoreError> {
@@ -573,7 +609,7 @@ impl Store {
         let mut best: Option<(u64, u32, String)> = None;
         {
             let pending = txn.open_table(PENDING)?;
-            for engine in engines {
+            for engine in pools {
                 let first = pending
                     .range((engine.as_str(), 0, 0)..=(engine.as_str(), u64::MAX, u32::MAX))?
                     .next();
@@ -879,8 +915,48 @@ mod tests {
                 model: "m".into(),
                 gap_before_s: 0.0,
                 config_json: "{}".into(),
+                tp_size: 1,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_run_goes_only_to_a_slot_of_its_tp_size_and_its_pool_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = LeasePolicy::default();
+        let w = WorkerId("w".into());
+        let id = {
+            let store = Store::open(dir.path()).unwrap();
+            let mut rs = runs(&["synthetic", "synthetic", "synthetic"]);
+            rs[0].tp_size = 2;
+            rs[2].tp_size = 2;
+            store.create_campaign(campaign(), rs).unwrap()
+        };
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.pending_by_pool(id).unwrap(),
+            vec![
+                ("synthetic".to_string(), 1, 1),
+                ("synthetic".to_string(), 2, 2)
+            ]
+        );
+        let one = [pending_pool("synthetic", 1)];
+        let two = [pending_pool("synthetic", 2)];
+        let r = store.lease_next(&w, 0, &one, 0, &policy).unwrap().unwrap();
+        assert_eq!((r.key.seq, r.tp_size), (1, 1));
+        assert!(store.lease_next(&w, 0, &one, 0, &policy).unwrap().is_none());
+        let r = store.lease_next(&w, 1, &two, 0, &policy).unwrap().unwrap();
+        assert_eq!((r.key.seq, r.tp_size), (0, 2));
+        // Expiry returns a TP-2 run to its own pool.
+        assert_eq!(store.expire_leases(31_000, &policy).unwrap(), 2);
+        assert_eq!(
+            store.pending_by_pool(id).unwrap(),
+            vec![
+                ("synthetic".to_string(), 1, 1),
+                ("synthetic".to_string(), 2, 2)
+            ]
+        );
+        assert_eq!(parse_pool("vllm/tp4"), ("vllm".to_string(), 4));
     }
 
     #[test]
@@ -909,8 +985,8 @@ mod tests {
         let c = store.counts(id).unwrap();
         assert_eq!((c.pending, c.leased), (2, 1));
         assert_eq!(
-            store.pending_by_engine(id).unwrap(),
-            vec![("synthetic".to_string(), 1), ("vllm".to_string(), 1)]
+            store.pending_by_pool(id).unwrap(),
+            vec![("synthetic".to_string(), 1, 1), ("vllm".to_string(), 1, 1)]
         );
         // Expiry returns it to pending.
         assert_eq!(store.expire_leases(1_000 + 31_000, &policy).unwrap(), 1);

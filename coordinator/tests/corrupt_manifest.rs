@@ -28,6 +28,7 @@ fn seed_manifest(dir: &std::path::Path) -> CampaignId {
             model: "m".into(),
             gap_before_s: 0.0,
             config_json: format!("{{\"i\": {i}}}"),
+            tp_size: 1,
         })
         .collect();
     let id = store.create_campaign(campaign, runs).unwrap();

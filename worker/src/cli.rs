@@ -26,9 +26,18 @@ pub struct Args {
     /// Use a labelled simulated GPU (results carry `simulated: true`).
     #[arg(long, env = "LEM_SIMULATE_GPU")]
     pub simulate_gpu: bool,
-    /// Number of GPU slots (lease loops).
-    #[arg(long, default_value_t = 1)]
-    pub slots: u32,
+    /// Number of GPU slots (lease loops): a number, or `auto` for one slot per
+    /// visible GPU (or per `--gpu-groups` group).
+    #[arg(long, default_value = "1")]
+    pub slots: lem_common::gpus::SlotCount,
+    /// GPU groups, one slot each: `0,1;2;3` makes a 2-GPU slot (its harness sees
+    /// CUDA_VISIBLE_DEVICES=0,1) for tensor-parallel-2 runs and two 1-GPU slots.
+    #[arg(long)]
+    pub gpu_groups: Option<String>,
+    /// With --simulate-gpu: how many simulated GPUs the host has (default: one per
+    /// slot asked for).
+    #[arg(long)]
+    pub gpus: Option<u32>,
     /// Worker name (default: hostname and data dir).
     #[arg(long, env = "LEM_WORKER_NAME")]
     pub name: Option<String>,
@@ -127,6 +136,8 @@ pub fn main_impl() -> std::process::ExitCode {
         data_dir: args.data_dir,
         name: args.name,
         slots: args.slots,
+        gpu_groups: args.gpu_groups,
+        simulated_gpus: args.gpus,
         simulate_gpu: args.simulate_gpu,
         python: args.python,
         sample_interval: std::time::Duration::from_millis(args.sample_interval_ms),

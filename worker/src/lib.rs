@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use lem_common::gpus::{cuda_visible_devices, plan_slots, SlotCount};
 use lem_common::rpc::{RegisterRequest, RpcErrorKind, SlotInfo};
 use lem_common::types::{EngineCapability, WorkerId, KNOWN_ENGINES};
 use tokio::sync::watch;
@@ -53,7 +54,12 @@ pub struct WorkerConfig {
     /// Worker identity; default `<hostname>-<data dir name>`, or the name the data
     /// dir joined as.
     pub name: Option<String>,
-    pub slots: u32,
+    /// Slots asked for (`--slots N` or `auto`).
+    pub slots: SlotCount,
+    /// `--gpu-groups`: the GPUs of each slot (`0,1;2;3`); `None` = one GPU per slot.
+    pub gpu_groups: Option<String>,
+    /// `--gpus N` with `--simulate-gpu`: simulated GPUs on this host.
+    pub simulated_gpus: Option<u32>,
     pub simulate_gpu: bool,
     pub python: String,
     /// Power/temperature sampling interval (10 ms to 10 s).
@@ -152,34 +158,74 @@ async fn check_admission(endpoint: &Endpoint, register: &RegisterRequest) -> any
     Ok(())
 }
 
+/// Starts the sampler of one GPU (simulated, or NVML index `gpu_index`); returns it
+/// with the GPU's load sink and environment snapshot.
+fn start_gpu(
+    cfg: &WorkerConfig,
+    nvml: Option<&Arc<nvml_wrapper::Nvml>>,
+    gpu_index: u32,
+) -> anyhow::Result<(Sampler, Arc<dyn LoadSink>, serde_json::Value)> {
+    let Some(nvml) = nvml else {
+        let gpu = SimulatedGpu::new(gpu_index);
+        let load: Arc<dyn LoadSink> = Arc::new(gpu.clone());
+        let counter: Box<dyn telemetry::CounterSource> = Box::new(gpu.clone());
+        let sampler = Sampler::start(
+            Box::new(gpu),
+            cfg.sample_interval,
+            RING_CAPACITY,
+            Some((counter, cfg.counter_interval)),
+        );
+        let snapshot = serde_json::json!({"name": sampler.description.name, "simulated": true});
+        return Ok((sampler, load, snapshot));
+    };
+    let gpu = nvml::NvmlGpu::new(nvml.clone(), gpu_index)?;
+    let snapshot = gpu.snapshot();
+    let counter = gpu.counter().map(|c| {
+        (
+            Box::new(c) as Box<dyn telemetry::CounterSource>,
+            cfg.counter_interval,
+        )
+    });
+    if counter.is_none() {
+        tracing::warn!(
+            gpu = gpu_index,
+            "this GPU has no energy counter: energy is the power integral alone"
+        );
+    }
+    let sampler = Sampler::start(Box::new(gpu), cfg.sample_interval, RING_CAPACITY, counter);
+    Ok((sampler, Arc::new(telemetry::NoLoadSink), snapshot))
+}
+
 /// Runs the worker until `stop` turns true; each slot finishes its current run first.
 pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
-    if cfg.slots == 0 {
-        bail!("--slots must be at least 1");
-    }
     if cfg.sample_interval < Duration::from_millis(10)
         || cfg.sample_interval > Duration::from_secs(10)
     {
         bail!("--sample-interval-ms must be between 10 and 10000");
     }
-    let nvml = if cfg.simulate_gpu {
-        None
+    let (nvml, visible) = if cfg.simulate_gpu {
+        let n = cfg.simulated_gpus.unwrap_or(match cfg.slots {
+            SlotCount::Fixed(n) => n,
+            SlotCount::Auto => 1,
+        });
+        (None, (0..n).collect::<Vec<u32>>())
     } else {
+        if cfg.simulated_gpus.is_some() {
+            bail!("--gpus sets the number of simulated GPUs and needs --simulate-gpu (real GPUs are discovered through NVML and CUDA_VISIBLE_DEVICES)");
+        }
         if !nvidia_gpu_present() {
             bail!("no NVIDIA GPU found on this host (no /dev/nvidiactl); run with --simulate-gpu for a labelled simulated GPU");
         }
         let nvml = nvml::init()?;
         let visible = nvml::visible_gpus(&nvml)?;
-        if (visible.len() as u32) < cfg.slots {
-            bail!(
-                "--slots {} but only {} GPU(s) are visible (CUDA_VISIBLE_DEVICES={})",
-                cfg.slots,
-                visible.len(),
-                std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_else(|_| "unset".into())
-            );
-        }
-        Some((nvml, visible))
+        (Some(nvml), visible)
     };
+    let groups = plan_slots(&visible, cfg.slots, cfg.gpu_groups.as_deref()).map_err(|e| {
+        anyhow::anyhow!(
+            "{e} (CUDA_VISIBLE_DEVICES={})",
+            std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_else(|_| "unset".into())
+        )
+    })?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
     // The journal first: it also refuses a second worker on this data dir.
@@ -199,51 +245,32 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
     let mut slots = Vec::new();
     let mut slot_infos = Vec::new();
     let mut engines: Option<Vec<String>> = None;
-    for index in 0..cfg.slots {
+    for (index, group) in groups.iter().enumerate() {
+        let index = index as u32;
         let dir = cfg.data_dir.join(format!("slot-{index}"));
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
-        let (sampler, load, gpu_env, snapshot) = match &nvml {
-            None => {
-                let gpu = SimulatedGpu::new(index);
-                let load: Arc<dyn LoadSink> = Arc::new(gpu.clone());
-                let counter: Box<dyn telemetry::CounterSource> = Box::new(gpu.clone());
-                let sampler = Sampler::start(
-                    Box::new(gpu),
-                    cfg.sample_interval,
-                    RING_CAPACITY,
-                    Some((counter, cfg.counter_interval)),
-                );
-                let snapshot =
-                    serde_json::json!({"name": sampler.description.name, "simulated": true});
-                (sampler, load, vec![], snapshot)
-            }
-            Some((nvml, visible)) => {
-                let gpu_index = visible[index as usize];
-                let gpu = nvml::NvmlGpu::new(nvml.clone(), gpu_index)?;
-                let snapshot = gpu.snapshot();
-                let counter = gpu.counter().map(|c| {
-                    (
-                        Box::new(c) as Box<dyn telemetry::CounterSource>,
-                        cfg.counter_interval,
-                    )
-                });
-                if counter.is_none() {
-                    tracing::warn!(
-                        gpu = gpu_index,
-                        "this GPU has no energy counter: energy is the power integral alone"
-                    );
-                }
-                let sampler =
-                    Sampler::start(Box::new(gpu), cfg.sample_interval, RING_CAPACITY, counter);
-                let load: Arc<dyn LoadSink> = Arc::new(telemetry::NoLoadSink);
-                (
-                    sampler,
-                    load,
-                    vec![("CUDA_VISIBLE_DEVICES".to_string(), gpu_index.to_string())],
-                    snapshot,
-                )
-            }
+        let mut samplers = Vec::new();
+        let mut loads: Vec<Arc<dyn LoadSink>> = Vec::new();
+        let mut snapshots = Vec::new();
+        for &gpu_index in group {
+            let (sampler, load, snapshot) = start_gpu(&cfg, nvml.as_ref(), gpu_index)?;
+            samplers.push(sampler);
+            loads.push(load);
+            snapshots.push(snapshot);
+        }
+        let load: Arc<dyn LoadSink> = Arc::new(telemetry::FanOutLoad(loads));
+        let snapshot = match snapshots.as_slice() {
+            [one] => one.clone(),
+            many => serde_json::json!({"group": many}),
+        };
+        let gpu_env = if nvml.is_some() {
+            vec![(
+                "CUDA_VISIBLE_DEVICES".to_string(),
+                cuda_visible_devices(group),
+            )]
+        } else {
+            vec![]
         };
         let mut harness = ProcessHarness::new(&cfg.python, server_py.clone(), &dir, index, gpu_env);
         harness.ensure_started().await.with_context(|| {
@@ -255,10 +282,11 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
         engines.get_or_insert_with(|| harness.engines.clone());
         slot_infos.push(SlotInfo {
             index,
-            gpu_name: sampler.description.name.clone(),
-            simulated: sampler.description.simulated,
+            gpu_name: samplers[0].description.name.clone(),
+            simulated: samplers[0].description.simulated,
+            gpus: group.clone(),
         });
-        slots.push((index, harness, sampler, load, dir, snapshot));
+        slots.push((index, group.clone(), harness, samplers, load, dir, snapshot));
     }
     let offered = engines.unwrap_or_default();
     let capabilities: Vec<EngineCapability> = KNOWN_ENGINES
@@ -285,10 +313,10 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
     };
     check_admission(&endpoint, &register).await?;
     let tls = matches!(endpoint.security, transport::Security::Tls(_));
-    tracing::info!(worker = %worker, slots = cfg.slots, python = %py_version, engines = ?offered, simulated = cfg.simulate_gpu, tls, "worker starting");
+    tracing::info!(worker = %worker, slots = ?groups, python = %py_version, engines = ?offered, simulated = cfg.simulate_gpu, tls, "worker starting");
     let mut tasks = Vec::new();
     let host_env = env::host_snapshot(&py_version);
-    for (index, harness, sampler, load, dir, gpu_snapshot) in slots {
+    for (index, group, harness, samplers, load, dir, gpu_snapshot) in slots {
         let environment = env::Environment::new(host_env.clone(), gpu_snapshot);
         let mut slot = Slot::new(
             index,
@@ -297,7 +325,8 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
             endpoint.clone(),
             register.clone(),
             harness,
-            sampler,
+            group,
+            samplers,
             load,
             dir,
             environment,

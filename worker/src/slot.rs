@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::anyhow;
-use lem_common::energy::{adjusted_energy, window_energy, EnergyMethod};
+use lem_common::energy::{adjusted_energy, sum_windows, window_energy, EnergyMethod};
 use lem_common::harness::{run_request_line, RunOutcome, RunTranscript};
 use lem_common::rpc::{
     CompleteRequest, CompleteStatus, CoordinatorClient, FailRequest, LeaseGrant, LeaseRequest,
@@ -20,7 +20,9 @@ use lem_common::rpc::{
 };
 use lem_common::stats;
 use lem_common::thermal::{self, GateDecision, GatePolicy, GateReason};
-use lem_common::types::{format_utc_ms, BaselineRecord, FailureClass, RunResult, WorkerId};
+use lem_common::types::{
+    format_utc_ms, BaselineRecord, FailureClass, GpuFigures, RunResult, WorkerId,
+};
 use lem_common::Value;
 use tokio::sync::watch;
 
@@ -68,7 +70,9 @@ pub struct Slot {
     pub coordinator: transport::Endpoint,
     pub register: RegisterRequest,
     pub harness: ProcessHarness,
-    pub sampler: Sampler,
+    /// The GPU indices of this slot (its group), and one sampler per GPU, in order.
+    pub gpus: Vec<u32>,
+    pub samplers: Vec<Sampler>,
     pub load: Arc<dyn LoadSink>,
     pub dir: PathBuf,
     pub environment: Environment,
@@ -98,8 +102,18 @@ pub struct Slot {
 }
 
 struct CachedBaseline {
+    /// The slot's baseline: power summed over its GPUs, the hottest GPU's temperature.
     record: BaselineRecord,
+    /// Each GPU's share, in slot order.
+    per_gpu: Vec<GpuIdle>,
     measured_mono_ns: u64,
+}
+
+/// One GPU's idle power and temperature.
+#[derive(Clone, Copy, Debug)]
+struct GpuIdle {
+    power_w: f64,
+    temp_c: f64,
 }
 
 /// The llem `measurement.baseline` settings of a run.
@@ -158,7 +172,8 @@ impl Slot {
         coordinator: transport::Endpoint,
         register: RegisterRequest,
         harness: ProcessHarness,
-        sampler: Sampler,
+        gpus: Vec<u32>,
+        samplers: Vec<Sampler>,
         load: Arc<dyn LoadSink>,
         dir: PathBuf,
         environment: Environment,
@@ -171,7 +186,8 @@ impl Slot {
             coordinator,
             register,
             harness,
-            sampler,
+            gpus,
+            samplers,
             load,
             dir,
             environment,
@@ -266,10 +282,10 @@ impl Slot {
             // Cool down after the last run before asking for the next one.
             if let (Some((ended, gap_s)), None) = (self.last_run, &self.pre_gate) {
                 let remaining = gap_s - ended.elapsed().as_secs_f64();
-                let idle_temp = self.baseline.as_ref().map(|b| b.record.temp_c);
+                let idle_temps = self.idle_temps();
                 let mut stopped = stop.clone();
                 let gate = tokio::select! {
-                    g = self.thermal_gate(remaining.max(0.0), idle_temp) => g,
+                    g = self.thermal_gate(remaining.max(0.0), &idle_temps) => g,
                     _ = stopped.changed() => break,
                 };
                 self.pre_gate = Some((gate, tokio::time::Instant::now()));
@@ -279,6 +295,7 @@ impl Slot {
                 slot: self.index,
                 wait_ms: LEASE_WAIT_MS,
                 warm: vec![],
+                gpus: self.samplers.len() as u32,
             };
             let call = client.lease(ctx_with(Duration::from_millis(LEASE_WAIT_MS + 10_000)), req);
             let reply = tokio::select! {
@@ -550,15 +567,15 @@ impl Slot {
     /// (the previous run's gap); then only what this run's own gap adds is waited, and
     /// the temperature is checked once more (the gate opens at once on a GPU that
     /// stayed settled). The recorded wait is the whole wait since the last run.
-    async fn gate_after_lease(&mut self, gap_s: f64, idle_temp_c: Option<f64>) -> GateOutcome {
+    async fn gate_after_lease(&mut self, gap_s: f64, idle_temps: &[Option<f64>]) -> GateOutcome {
         let since_last = self
             .last_run
             .map(|(ended, _)| ended.elapsed().as_secs_f64());
         let Some((pre, opened)) = self.pre_gate.take() else {
-            return self.thermal_gate(gap_s, idle_temp_c).await;
+            return self.thermal_gate(gap_s, idle_temps).await;
         };
         let remaining = gap_s - since_last.unwrap_or(0.0);
-        let post = self.thermal_gate(remaining.max(0.0), idle_temp_c).await;
+        let post = self.thermal_gate(remaining.max(0.0), idle_temps).await;
         GateOutcome {
             waited_s: pre.waited_s + post.waited_s,
             // The reason of whichever gate did the waiting.
@@ -570,9 +587,22 @@ impl Slot {
         }
     }
 
-    /// Waits for the study's gap, then for the GPU to cool to near its idle
-    /// temperature or to stop cooling (`lem_common::thermal::decide`).
-    async fn thermal_gate(&self, gap_s: f64, idle_temp_c: Option<f64>) -> GateOutcome {
+    /// Each GPU's idle temperature from the cached device-idle baseline (none yet:
+    /// `None` per GPU).
+    fn idle_temps(&self) -> Vec<Option<f64>> {
+        (0..self.samplers.len())
+            .map(|i| {
+                self.baseline
+                    .as_ref()
+                    .and_then(|b| b.per_gpu.get(i))
+                    .map(|g| g.temp_c)
+            })
+            .collect()
+    }
+
+    /// Waits for the study's gap, then for every GPU of the slot to cool to near its
+    /// idle temperature or to stop cooling (`lem_common::thermal::decide`).
+    async fn thermal_gate(&self, gap_s: f64, idle_temps: &[Option<f64>]) -> GateOutcome {
         let start = tokio::time::Instant::now();
         if gap_s > 0.0 {
             tokio::time::sleep(Duration::from_secs_f64(gap_s)).await;
@@ -583,15 +613,26 @@ impl Slot {
         let started_ns = mono_ns().saturating_sub((policy.plateau_window_s * 1e9) as u64);
         loop {
             let now = mono_ns();
-            let temps: Vec<(u64, f64)> = self
-                .sampler
-                .window(started_ns, now, 0)
-                .iter()
-                .map(|s| (s.t_mono_ns, s.temp_c))
-                .collect();
-            if let GateDecision::Open(reason) =
-                thermal::decide(&temps, idle_temp_c, started_ns, now, &policy)
-            {
+            let mut reasons = Vec::new();
+            for (i, sampler) in self.samplers.iter().enumerate() {
+                let temps: Vec<(u64, f64)> = sampler
+                    .window(started_ns, now, 0)
+                    .iter()
+                    .map(|s| (s.t_mono_ns, s.temp_c))
+                    .collect();
+                let idle = idle_temps.get(i).copied().flatten();
+                match thermal::decide(&temps, idle, started_ns, now, &policy) {
+                    GateDecision::Open(reason) => reasons.push(reason),
+                    _ => break,
+                }
+            }
+            if reasons.len() == self.samplers.len() {
+                // The reason of a GPU that did not simply cool down, if any.
+                let reason = reasons
+                    .iter()
+                    .copied()
+                    .find(|r| *r != GateReason::Cooled)
+                    .unwrap_or(GateReason::Cooled);
                 return GateOutcome {
                     waited_s: start.elapsed().as_secs_f64(),
                     reason,
@@ -602,7 +643,14 @@ impl Slot {
     }
 
     /// Measures idle power: waits until power is flat, then averages a window.
-    async fn measure_idle(&self, duration_s: f64, kind: &str, strategy: &str) -> BaselineRecord {
+    /// On a multi-GPU slot every GPU must have settled; the record's power is the sum
+    /// over the GPUs (their spreads added in quadrature), its temperature the hottest.
+    async fn measure_idle(
+        &self,
+        duration_s: f64,
+        kind: &str,
+        strategy: &str,
+    ) -> (BaselineRecord, Vec<GpuIdle>) {
         // Settled = the last 3 s are flat (spread under SETTLE_STD_W) and no lower than
         // the 3 s before them by more than SETTLE_DRIFT_W: NVML's power is a lagging
         // average on the H100, and after a CUDA context goes away the card keeps
@@ -620,26 +668,27 @@ impl Slot {
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 continue;
             }
-            let stats_of = |from: u64, to: u64| {
-                let p: Vec<f64> = self
-                    .sampler
-                    .window(from, to, 0)
-                    .iter()
-                    .map(|s| s.power_w)
-                    .collect();
-                (stats::mean(&p), stats::std_population(&p), p.len())
-            };
-            let (recent, spread, n) = stats_of(now.saturating_sub(3_000_000_000), now);
-            let (earlier, _, m) = stats_of(
-                now.saturating_sub(6_000_000_000),
-                now.saturating_sub(3_000_000_000),
-            );
-            let settled = match (recent, spread, earlier) {
-                (Some(r), Some(sd), Some(e)) if n >= 10 && m >= 10 => {
-                    sd < SETTLE_STD_W && (e - r) < SETTLE_DRIFT_W
+            let settled = self.samplers.iter().all(|sampler| {
+                let stats_of = |from: u64, to: u64| {
+                    let p: Vec<f64> = sampler
+                        .window(from, to, 0)
+                        .iter()
+                        .map(|s| s.power_w)
+                        .collect();
+                    (stats::mean(&p), stats::std_population(&p), p.len())
+                };
+                let (recent, spread, n) = stats_of(now.saturating_sub(3_000_000_000), now);
+                let (earlier, _, m) = stats_of(
+                    now.saturating_sub(6_000_000_000),
+                    now.saturating_sub(3_000_000_000),
+                );
+                match (recent, spread, earlier) {
+                    (Some(r), Some(sd), Some(e)) if n >= 10 && m >= 10 => {
+                        sd < SETTLE_STD_W && (e - r) < SETTLE_DRIFT_W
+                    }
+                    _ => false,
                 }
-                _ => false,
-            };
+            });
             if settled || settle_start.elapsed() > SETTLE_MAX {
                 break;
             }
@@ -649,24 +698,37 @@ impl Slot {
         let t0 = mono_ns();
         tokio::time::sleep(Duration::from_secs_f64(duration_s)).await;
         let t1 = mono_ns();
-        self.sampler.wait_past(t1).await;
-        let w = self.sampler.window(t0, t1, 0);
-        let p: Vec<f64> = w.iter().map(|s| s.power_w).collect();
-        let last = w.last().cloned().unwrap_or_default();
-        BaselineRecord {
+        let mut per_gpu = Vec::new();
+        let (mut variance, mut n_samples, mut first_last) = (0.0, 0, None);
+        for sampler in &self.samplers {
+            sampler.wait_past(t1).await;
+            let w = sampler.window(t0, t1, 0);
+            let p: Vec<f64> = w.iter().map(|s| s.power_w).collect();
+            let last = w.last().cloned().unwrap_or_default();
+            variance += stats::std_population(&p).unwrap_or(0.0).powi(2);
+            n_samples += p.len();
+            per_gpu.push(GpuIdle {
+                power_w: stats::mean(&p).unwrap_or(0.0),
+                temp_c: last.temp_c,
+            });
+            first_last.get_or_insert(last);
+        }
+        let last = first_last.unwrap_or_default();
+        let record = BaselineRecord {
             kind: kind.to_string(),
-            mean_power_w: stats::mean(&p).unwrap_or(0.0),
-            std_power_w: stats::std_population(&p).unwrap_or(0.0),
-            n_samples: p.len(),
+            mean_power_w: per_gpu.iter().map(|g| g.power_w).sum(),
+            std_power_w: variance.sqrt(),
+            n_samples,
             duration_s: (t1 - t0) as f64 / 1e9,
             settle_s,
-            temp_c: last.temp_c,
+            temp_c: per_gpu.iter().map(|g| g.temp_c).fold(f64::MIN, f64::max),
             sm_clock_mhz: Some(last.sm_clock_mhz),
             pstate: Some(last.pstate),
             strategy: strategy.to_string(),
             cache_age_s: 0.0,
             measured_at: format_utc_ms(unix_ms()),
-        }
+        };
+        (record, per_gpu)
     }
 
     /// The device-idle baseline for this run, per llem's strategy: measured with no
@@ -681,24 +743,27 @@ impl Slot {
         if reuse && s.strategy == "validated" && self.runs_since_check >= s.validation_interval {
             // Spot check: 5 s of device idle against the cached value.
             self.stop_harness_for_baseline().await;
-            let spot = self.measure_idle(5.0, "device", "validated").await;
+            let (spot, _) = self.measure_idle(5.0, "device", "validated").await;
             self.runs_since_check = 0;
             let cached = self.baseline.as_ref().expect("reuse implies cached");
             let drift = (spot.mean_power_w - cached.record.mean_power_w).abs()
                 / cached.record.mean_power_w.max(1e-9);
             if drift > s.drift_threshold {
                 tracing::warn!(slot = self.index, drift, "baseline drifted; re-measuring");
-                let rec = self.measure_idle(s.duration_s, "device", &s.strategy).await;
+                let (record, per_gpu) =
+                    self.measure_idle(s.duration_s, "device", &s.strategy).await;
                 self.baseline = Some(CachedBaseline {
-                    record: rec,
+                    record,
+                    per_gpu,
                     measured_mono_ns: mono_ns(),
                 });
             }
         } else if !reuse {
             self.stop_harness_for_baseline().await;
-            let rec = self.measure_idle(s.duration_s, "device", &s.strategy).await;
+            let (record, per_gpu) = self.measure_idle(s.duration_s, "device", &s.strategy).await;
             self.baseline = Some(CachedBaseline {
-                record: rec,
+                record,
+                per_gpu,
                 measured_mono_ns: mono_ns(),
             });
             self.runs_since_check = 0;
@@ -724,13 +789,14 @@ impl Slot {
                 && ((now - b.measured_mono_ns) as f64 / 1e9) < s.cache_ttl_s
         });
         if !fresh_enough {
-            let rec = self
+            let (record, per_gpu) = self
                 .measure_idle(s.duration_s, "resident", &s.strategy)
                 .await;
             self.resident = Some((
                 model.to_string(),
                 CachedBaseline {
-                    record: rec,
+                    record,
+                    per_gpu,
                     measured_mono_ns: mono_ns(),
                 },
             ));
@@ -772,8 +838,8 @@ impl Slot {
             );
             None
         };
-        let idle_temp = self.baseline.as_ref().map(|b| b.record.temp_c);
-        let gate = self.gate_after_lease(grant.gap_before_s, idle_temp).await;
+        let idle_temps = self.idle_temps();
+        let gate = self.gate_after_lease(grant.gap_before_s, &idle_temps).await;
         if gate.reason == GateReason::Timeout {
             warnings.push(format!(
                 "thermal gate timed out after {:.0} s: the GPU was still cooling",
@@ -796,7 +862,7 @@ impl Slot {
         let started_ms = unix_ms();
         let mut transcript = RunTranscript::default();
         let load = self.load.clone();
-        let sampler = &self.sampler;
+        let samplers = &self.samplers;
         let cancel_fut = async move {
             loop {
                 if let Some(why) = cancel.borrow().clone() {
@@ -820,7 +886,11 @@ impl Slot {
                     "measure_start"
                     | "measure_end"
                     | "prefill_window_start"
-                    | "prefill_window_end" => sampler.counter_burst(COUNTER_BURST),
+                    | "prefill_window_end" => {
+                        for s in samplers {
+                            s.counter_burst(COUNTER_BURST);
+                        }
+                    }
                     "error" | "result" => load.on_phase("idle", 1, ev.t_mono_ns),
                     _ => {}
                 }
@@ -853,26 +923,30 @@ impl Slot {
             ));
         };
 
-        // Energy over the harness's window.
-        self.sampler.wait_counter_burst().await;
-        self.sampler
-            .wait_past(t1 + 2 * self.sampler.interval.as_nanos() as u64)
-            .await;
-        let margin = 2 * self.sampler.interval.as_nanos() as u64 + 200_000_000;
-        let samples = self.sampler.window(t0, t1, margin);
-        let power = power_samples(&samples);
-        let counter = self.sampler.counter_window(t0, t1, margin + 500_000_000);
-        let we = window_energy(&power, &counter, t0, t1).map_err(|e| {
-            (
-                FailureClass::Infrastructure,
-                format!(
-                    "no usable GPU samples for the window ({e}); sampler: {}",
-                    self.sampler
-                        .last_error()
-                        .unwrap_or_else(|| "no error".into())
-                ),
-            )
-        })?;
+        // Energy over the harness's window, per GPU of the slot, then summed.
+        let interval_ns = self.samplers[0].interval.as_nanos() as u64;
+        let margin = 2 * interval_ns + 200_000_000;
+        let mut per_gpu_energy = Vec::new();
+        let mut per_gpu_samples = Vec::new();
+        for sampler in &self.samplers {
+            sampler.wait_counter_burst().await;
+            sampler.wait_past(t1 + 2 * interval_ns).await;
+            let samples = sampler.window(t0, t1, margin);
+            let counter = sampler.counter_window(t0, t1, margin + 500_000_000);
+            let we = window_energy(&power_samples(&samples), &counter, t0, t1).map_err(|e| {
+                (
+                    FailureClass::Infrastructure,
+                    format!(
+                        "no usable samples of GPU {} for the window ({e}); sampler: {}",
+                        sampler.description.uuid,
+                        sampler.last_error().unwrap_or_else(|| "no error".into())
+                    ),
+                )
+            })?;
+            per_gpu_energy.push(we);
+            per_gpu_samples.push(samples);
+        }
+        let we = sum_windows(&per_gpu_energy).expect("a slot has at least one GPU");
         if we.disagreement_flagged {
             warnings.push(format!(
                 "energy counter and power integral disagree by {:.1}%",
@@ -883,37 +957,71 @@ impl Slot {
             warnings.push("short window: fewer than one counter step or two power samples".into());
         }
         // Temperatures and throttling: the samples inside the window, or for a window
-        // shorter than the sampling interval, the samples nearest its edges.
-        let mut in_window: Vec<_> = samples
+        // shorter than the sampling interval, the samples nearest its edges; on a
+        // multi-GPU slot the hottest GPU's temperatures and any GPU's throttling.
+        let in_windows: Vec<Vec<&crate::telemetry::TelemetrySample>> = per_gpu_samples
             .iter()
-            .filter(|s| s.t_mono_ns >= t0 && s.t_mono_ns <= t1)
+            .map(|samples| {
+                let mut in_window: Vec<_> = samples
+                    .iter()
+                    .filter(|s| s.t_mono_ns >= t0 && s.t_mono_ns <= t1)
+                    .collect();
+                if in_window.is_empty() {
+                    let before = samples.iter().rev().find(|s| s.t_mono_ns < t0);
+                    let after = samples.iter().find(|s| s.t_mono_ns > t1);
+                    in_window.extend(before.into_iter().chain(after));
+                }
+                in_window
+            })
             .collect();
-        if in_window.is_empty() {
-            let before = samples.iter().rev().find(|s| s.t_mono_ns < t0);
-            let after = samples.iter().find(|s| s.t_mono_ns > t1);
-            in_window.extend(before.into_iter().chain(after));
-        }
-        let temps: Vec<f64> = in_window.iter().map(|s| s.temp_c).collect();
-        let throttle = in_window.iter().any(|s| s.throttle_thermal);
+        let hottest = |f: &dyn Fn(&[&crate::telemetry::TelemetrySample]) -> Option<f64>| {
+            in_windows
+                .iter()
+                .filter_map(|w| f(w))
+                .fold(None, |acc: Option<f64>, t| {
+                    Some(acc.map_or(t, |a| a.max(t)))
+                })
+        };
+        let start_temp = hottest(&|w| w.first().map(|s| s.temp_c));
+        let end_temp = hottest(&|w| w.last().map(|s| s.temp_c));
+        let gpu_max_temp = |w: &[&crate::telemetry::TelemetrySample]| {
+            w.iter().map(|s| s.temp_c).fold(f64::MIN, f64::max).max(0.0)
+        };
+        let max_temp = hottest(&|w| Some(gpu_max_temp(w)));
+        let any = |f: &dyn Fn(&crate::telemetry::TelemetrySample) -> bool| {
+            in_windows.iter().flatten().any(|s| f(s))
+        };
+        let throttle = any(&|s| s.throttle_thermal);
         if throttle {
             warnings.push("thermal throttling seen during the window".into());
         }
-        let throttle_power = in_window.iter().any(|s| s.throttle_power);
+        let throttle_power = any(&|s| s.throttle_power);
         if throttle_power {
             warnings.push("power-cap throttling seen during the window".into());
         }
-        let hw_slowdown = in_window.iter().any(|s| s.hw_slowdown);
+        let hw_slowdown = any(&|s| s.hw_slowdown);
         if hw_slowdown {
             warnings.push("hardware slowdown seen during the window".into());
         }
-        let clocks: Vec<u32> = in_window.iter().map(|s| s.sm_clock_mhz).collect();
+        let clocks: Vec<u32> = in_windows
+            .iter()
+            .flatten()
+            .map(|s| s.sm_clock_mhz)
+            .collect();
         if let Some(w) = engine_version_warning(&grant.engine, engine_version.as_deref()) {
             warnings.push(w);
         }
         let versions = metrics_versions(&metrics);
         let (environment, environment_hash) = self.environment.with_engine(&versions);
-        let jitter = self.sampler.jitter();
-        let timeseries = downsample(&samples, t0, t1, TIMESERIES_POINTS);
+        let jitter = self.samplers.iter().map(Sampler::jitter).fold(
+            crate::telemetry::JitterStats::default(),
+            |a, j| crate::telemetry::JitterStats {
+                n: a.n + j.n,
+                mean_late_us: a.mean_late_us.max(j.mean_late_us),
+                max_late_us: a.max_late_us.max(j.max_late_us),
+            },
+        );
+        let timeseries = downsample(&per_gpu_samples[0], t0, t1, TIMESERIES_POINTS);
         let input_tokens = metrics
             .get("input_tokens")
             .and_then(|v| v.as_u64())
@@ -938,11 +1046,16 @@ impl Slot {
         let mut prefill = None;
         if let Some(pw) = transcript.prefill_window.clone() {
             if let (Some(end), true) = (pw.end_ns, pw.passes > 0 && pw.calls > 0) {
-                let s = self.sampler.window(pw.start_ns, end, margin);
-                let c = self
-                    .sampler
-                    .counter_window(pw.start_ns, end, margin + 500_000_000);
-                match window_energy(&power_samples(&s), &c, pw.start_ns, end) {
+                let parts: Result<Vec<_>, _> = self
+                    .samplers
+                    .iter()
+                    .map(|sampler| {
+                        let s = sampler.window(pw.start_ns, end, margin);
+                        let c = sampler.counter_window(pw.start_ns, end, margin + 500_000_000);
+                        window_energy(&power_samples(&s), &c, pw.start_ns, end)
+                    })
+                    .collect();
+                match parts.map(|p| sum_windows(&p).expect("a slot has at least one GPU")) {
                     Ok(e) => prefill = Some((e, pw)),
                     Err(e) => warnings.push(format!("prefill window energy unavailable: {e}")),
                 }
@@ -967,7 +1080,42 @@ impl Slot {
                 0.0
             }
         };
-        let desc = &self.sampler.description;
+        let desc = &self.samplers[0].description;
+        let method_name = |m: EnergyMethod| match m {
+            EnergyMethod::CounterInterpolated => "counter_interpolated".to_string(),
+            EnergyMethod::PowerIntegral => "power_integral".to_string(),
+        };
+        let idle_of = |cached: Option<&CachedBaseline>, i: usize, used: bool| {
+            cached
+                .filter(|_| used)
+                .and_then(|c| c.per_gpu.get(i))
+                .map(|g| g.power_w)
+        };
+        let gpus: Vec<GpuFigures> = self
+            .samplers
+            .iter()
+            .enumerate()
+            .map(|(i, sampler)| {
+                let e = &per_gpu_energy[i];
+                GpuFigures {
+                    index: self.gpus[i],
+                    name: sampler.description.name.clone(),
+                    uuid: sampler.description.uuid.clone(),
+                    total_energy_j: e.energy_j,
+                    energy_method: method_name(e.method),
+                    energy_integral_j: e.integral_j,
+                    energy_counter_raw_j: e.counter_delta_raw_j,
+                    mean_power_w: e.mean_power_w,
+                    baseline_power_w: idle_of(self.baseline.as_ref(), i, baseline.is_some()),
+                    resident_baseline_power_w: idle_of(
+                        self.resident.as_ref().map(|(_, b)| b),
+                        i,
+                        resident.is_some(),
+                    ),
+                    max_temp_c: gpu_max_temp(&in_windows[i]),
+                }
+            })
+            .collect();
         let result = RunResult {
             worker: self.worker.0.clone(),
             host: self.host.clone(),
@@ -989,10 +1137,7 @@ impl Slot {
             output_tokens,
             duration_s,
             total_energy_j: we.energy_j,
-            energy_method: match we.method {
-                EnergyMethod::CounterInterpolated => "counter_interpolated".into(),
-                EnergyMethod::PowerIntegral => "power_integral".into(),
-            },
+            energy_method: method_name(we.method),
             energy_integral_j: we.integral_j,
             energy_counter_raw_j: we.counter_delta_raw_j,
             energy_disagreement_pct: we.disagreement_pct,
@@ -1008,9 +1153,9 @@ impl Slot {
             output_tokens_per_second: output_tokens as f64 / duration_s,
             avg_energy_per_token_j: per_token(we.energy_j),
             energy_per_token_adjusted_j: adjusted.map(|a| per_token(a.adjusted_j)),
-            start_temp_c: temps.first().copied().unwrap_or(0.0),
-            max_temp_c: temps.iter().copied().fold(f64::MIN, f64::max).max(0.0),
-            end_temp_c: temps.last().copied().unwrap_or(0.0),
+            start_temp_c: start_temp.unwrap_or(0.0),
+            max_temp_c: max_temp.unwrap_or(0.0),
+            end_temp_c: end_temp.unwrap_or(0.0),
             thermal_wait_s: gate.waited_s,
             thermal_wait_reason: gate.reason.as_str().to_string(),
             throttle_thermal: throttle,
@@ -1052,10 +1197,12 @@ impl Slot {
             sm_clock_max_mhz: clocks.iter().copied().max().unwrap_or(0),
             throttle_power,
             hw_slowdown,
-            sample_interval_ms: self.sampler.interval.as_secs_f64() * 1000.0,
+            sample_interval_ms: self.samplers[0].interval.as_secs_f64() * 1000.0,
             sampler_mean_late_us: jitter.mean_late_us,
             sampler_max_late_us: jitter.max_late_us,
             warnings,
+            gpu_indices: self.gpus.clone(),
+            gpus,
         };
         // JSON has no NaN: a non-finite number would poison the connection, and a
         // wrong number must never be published. Refuse the result instead.

@@ -135,6 +135,23 @@ impl LoadSink for SimulatedGpu {
     }
 }
 
+/// The load sinks of every GPU of a slot: a tensor-parallel run loads them all.
+pub struct FanOutLoad(pub Vec<Arc<dyn LoadSink>>);
+
+impl LoadSink for FanOutLoad {
+    fn on_phase(&self, phase: &str, batch_size: u32, t_mono_ns: u64) {
+        for l in &self.0 {
+            l.on_phase(phase, batch_size, t_mono_ns);
+        }
+    }
+
+    fn on_resident(&self, resident: bool, t_mono_ns: u64) {
+        for l in &self.0 {
+            l.on_resident(resident, t_mono_ns);
+        }
+    }
+}
+
 /// A load sink that ignores everything (real hardware measures itself).
 pub struct NoLoadSink;
 

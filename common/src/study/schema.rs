@@ -706,6 +706,10 @@ pub static SYNTHETIC_ENGINE_PARAMS: Model = Model {
             K::Choice(&["fixed", "uniform", "lognormal"]),
             D::Str("uniform"),
         ),
+        fld("tensor_parallel_size", K::Int, D::Null)
+            .opt()
+            .ge(1.0)
+            .doc("GPUs the run needs: it is leased only to a slot of that many GPUs"),
     ],
 };
 

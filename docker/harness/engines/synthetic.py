@@ -33,6 +33,9 @@ DEFAULTS = {
     "input_length": "fixed",
     "max_batch_tokens": None,
     "fault": None,
+    # GPUs the run is leased to (the worker's slot group); the emulation's timing
+    # does not depend on it.
+    "tensor_parallel_size": None,
 }
 
 W = "synthetic.engine_params."
@@ -91,6 +94,10 @@ def resolve_params(config):
             "%sfault must be null or one of load, warmup, run, exit; got %r" % (W, fault)
         )
     p["fault"] = fault
+    tp = raw.get("tensor_parallel_size")
+    if tp is not None:
+        tp = get_int(raw, "tensor_parallel_size", None, W + "tensor_parallel_size", 1)
+    p["tensor_parallel_size"] = tp
     return p
 
 

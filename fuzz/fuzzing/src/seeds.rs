@@ -133,6 +133,7 @@ fn sample_requests() -> Vec<(&'static str, CoordinatorRequest)> {
                         index: 0,
                         gpu_name: "NVIDIA H100 80GB HBM3".into(),
                         simulated: false,
+                        gpus: vec![0],
                     }],
                     engines: vec![EngineCapability {
                         engine: "vllm".into(),
@@ -151,6 +152,7 @@ fn sample_requests() -> Vec<(&'static str, CoordinatorRequest)> {
                     slot: 0,
                     wait_ms: 30_000,
                     warm: vec![("synthetic".into(), "synthetic/tiny".into())],
+                    gpus: 1,
                 },
             },
         ),

@@ -3,6 +3,7 @@
 mod bad_input;
 mod faults;
 mod flow;
+mod gpus;
 mod security;
 
 pub const COORD: &str = env!("CARGO_BIN_EXE_lem-coord-shim");
@@ -72,19 +73,21 @@ pub fn results_jsonl(id: &str, connect: &[&str]) -> Vec<serde_json::Value> {
 
 /// Starts a `lem-worker` named `name` with the simulated GPU in `dir/name`.
 pub fn start_worker(dir: &Path, addr: &str, name: &str) -> Proc {
+    start_worker_with(dir, addr, name, &[])
+}
+
+/// [`start_worker`] with more flags (`--gpus 4 --gpu-groups 0,1;2;3`).
+pub fn start_worker_with(dir: &Path, addr: &str, name: &str, extra: &[&str]) -> Proc {
     let wdir = dir.join(name);
-    Proc::spawn(
+    let mut args = vec![
+        "--coordinator",
+        addr,
+        "--data-dir",
+        wdir.to_str().unwrap(),
+        "--simulate-gpu",
+        "--name",
         name,
-        WORKER,
-        &[
-            "--coordinator",
-            addr,
-            "--data-dir",
-            wdir.to_str().unwrap(),
-            "--simulate-gpu",
-            "--name",
-            name,
-        ],
-        dir,
-    )
+    ];
+    args.extend_from_slice(extra);
+    Proc::spawn(name, WORKER, &args, dir)
 }

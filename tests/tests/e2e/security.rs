@@ -243,6 +243,7 @@ fn mutual_tls_campaign_with_each_stranger_refused() {
                     slot: 0,
                     wait_ms: 5_000,
                     warm: vec![],
+                    gpus: 1,
                 },
             )
             .await
