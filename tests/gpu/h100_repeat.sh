@@ -12,22 +12,9 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 W=/tmp/lem-repeat
 phase=${1:-start}
-wait_done() { # campaign id, runs, deadline
-  while [ "$(date +%s)" -lt "$3" ]; do
-    D=$($B/lem-coord status "$1" --json --coordinator "$A" | python3 -c "import sys,json; s=json.load(sys.stdin); print(s['done']+s['failed'])")
-    [ "$D" = "$2" ] && return 0; sleep 2
-  done
-  return 1
-}
+. tests/gpu/fleet.sh
 if [ "$phase" = start ]; then
-  nvidia-smi --query-gpu=name,driver_version,power.draw,temperature.gpu,clocks.sm,pstate --format=csv | tee "$OUT/smi.txt"
-  pkill -f "$B/lem-worker" ; pkill -f "$B/lem-coord" ; sleep 1
-  rm -rf $W && mkdir -p $W
-  setsid $B/lem-coord start --listen 127.0.0.1:0 --data-dir $W/coord > $W/coord.log 2>&1 < /dev/null &
-  sleep 1
-  A=$(cat $W/coord/coordinator.addr)
-  setsid $B/lem-worker --coordinator "$A" --data-dir $W/w0 --name h100 > $W/w0.log 2>&1 < /dev/null &
-  date +%s > $W/t0
+  start_fleet
   $B/lem-coord submit tests/gpu/h100-repeat-fresh.yaml --coordinator "$A" | tail -1 > $W/id1
 fi
 A=$(cat $W/coord/coordinator.addr); ID1=$(cat $W/id1)

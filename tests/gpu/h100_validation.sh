@@ -10,22 +10,14 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 W=/tmp/lem
 phase=${1:-start}
+. tests/gpu/fleet.sh
 if [ "$phase" = start ]; then
-  nvidia-smi --query-gpu=name,driver_version,power.draw,temperature.gpu,clocks.sm,pstate --format=csv | tee "$OUT/smi.txt"
-  rm -rf $W && mkdir -p $W
-  setsid $B/lem-coord start --listen 127.0.0.1:0 --data-dir $W/coord > $W/coord.log 2>&1 < /dev/null &
-  sleep 1
-  A=$(cat $W/coord/coordinator.addr)
-  setsid $B/lem-worker --coordinator "$A" --data-dir $W/w0 --name h100 > $W/w0.log 2>&1 < /dev/null &
-  date +%s > $W/t0
+  start_fleet
   $B/lem-coord submit examples/h100-llama-1.1b.yaml --coordinator "$A" | tail -1 > $W/id
 fi
 A=$(cat $W/coord/coordinator.addr); ID=$(cat $W/id)
 deadline=$(( $(date +%s) + ${WAIT_S:-540} ))
-while [ "$(date +%s)" -lt "$deadline" ]; do
-  D=$($B/lem-coord status "$ID" --json --coordinator "$A" | python3 -c "import sys,json; s=json.load(sys.stdin); print(s['done']+s['failed'])")
-  [ "$D" = "9" ] && break; sleep 2
-done
+wait_done "$ID" 9 "$deadline"
 $B/lem-coord status "$ID" --coordinator "$A" | tee "$OUT/status.txt"
 echo "campaign wall so far: $(( $(date +%s) - $(cat $W/t0) )) s"
 $B/lem-coord results "$ID" --format jsonl --coordinator "$A" > "$OUT/results.jsonl"

@@ -505,7 +505,7 @@ impl Slot {
                         other => other,
                     }),
             };
-            let retry = match answer {
+            match answer {
                 Ok(Ok(())) => {
                     if let Err(e) = self.journal.acknowledge(report) {
                         tracing::error!(slot = self.index, run = %run, error = %e, "cannot clear the journaled report (it will be re-sent, and counted once)");
@@ -521,7 +521,6 @@ impl Slot {
                     ) =>
                 {
                     tracing::warn!(slot = self.index, run = %run, error = %e, "report not taken yet; retrying");
-                    true
                 }
                 Ok(Err(e)) => {
                     tracing::error!(slot = self.index, run = %run, error = %e, "report refused; kept in the journal's rejected table");
@@ -532,16 +531,14 @@ impl Slot {
                 }
                 Err(e) => {
                     tracing::warn!(slot = self.index, error = %e, "report not delivered; retrying");
-                    true
                 }
-            };
-            if retry {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                if let Ok(c) = self.connect_and_register().await {
-                    self.client = Some(c.clone());
-                    client = c;
-                }
+            }
+            // Not taken: back off, reconnect, send again.
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            if let Ok(c) = self.connect_and_register().await {
+                self.client = Some(c.clone());
+                client = c;
             }
         }
         tracing::error!(slot = self.index, run = %run, "coordinator unreachable; the report stays in the journal and is sent again later");
