@@ -283,6 +283,11 @@ pub enum Command {
         #[arg(long)]
         allow_large_grid: bool,
     },
+    /// Measure the coordinator on this machine (docs/performance.md).
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
     /// Run a study end to end here: an embedded coordinator and local workers.
     Run {
         study: PathBuf,
@@ -302,6 +307,52 @@ pub enum Command {
         #[arg(long)]
         allow_large_grid: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Durable lease + complete pairs per second: simulated workers over loopback,
+    /// mutual TLS, the manifest on disk. Prints `leases_per_s=X p50_ms=Y p99_ms=Z` last.
+    Leases {
+        /// Simulated workers, each with its own TLS connection, in a closed loop.
+        #[arg(long, default_value_t = 64)]
+        workers: usize,
+        /// Seconds measured (after --warmup-secs).
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 2.0)]
+        warmup_secs: f64,
+        /// Pending runs made first (must outlast the run).
+        #[arg(long, default_value_t = 300_000)]
+        runs: u64,
+        /// Most lease transitions per commit; 1 commits each on its own.
+        #[arg(long, default_value_t = lem_coord_default_batch())]
+        max_batch: usize,
+        /// Plain TCP instead of mutual TLS (for comparison).
+        #[arg(long)]
+        plain: bool,
+        /// Directory for the manifest (its disk is what is measured); temporary by default.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Scale of one big campaign: submit N runs to a `lem-coord start` process,
+    /// SIGKILL it, start it again; prints the time to the first lease, a status
+    /// query's time and the restarted coordinator's memory.
+    Manifest {
+        /// Runs in the campaign (configs x 10 cycles).
+        #[arg(long, default_value_t = 1_000_000)]
+        runs: u64,
+        /// Status queries timed after the restart.
+        #[arg(long, default_value_t = 20)]
+        status_queries: usize,
+        /// Directory for the manifest; temporary by default.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+const fn lem_coord_default_batch() -> usize {
+    crate::group_commit::DEFAULT_MAX_BATCH
 }
 
 pub fn main_impl(cli: Cli) -> Result<(), CliError> {
@@ -366,6 +417,7 @@ pub fn main_impl(cli: Cli) -> Result<(), CliError> {
                 library_defaults,
                 allow_large_grid,
             } => grid(&study, json, library_defaults, allow_large_grid),
+            Command::Bench { what } => bench(what).await,
             Command::Run {
                 study,
                 local_workers,
@@ -533,6 +585,64 @@ async fn start(listen: &str, data_dir: &Path, opts: &StartOptions) -> Result<(),
     };
     server::serve(listener, shared, wire, shutdown).await?;
     Ok(())
+}
+
+async fn bench(what: BenchCommand) -> Result<(), CliError> {
+    match what {
+        BenchCommand::Leases {
+            workers,
+            seconds,
+            warmup_secs,
+            runs,
+            max_batch,
+            plain,
+            data_dir,
+        } => {
+            if workers == 0 || seconds <= 0.0 {
+                return Err(invalid(anyhow!("--workers and --seconds must be positive")));
+            }
+            let opts = crate::bench::LeaseBench {
+                workers,
+                seconds,
+                warmup_s: warmup_secs.max(0.0),
+                runs,
+                max_batch: max_batch.max(1),
+                tls: !plain,
+                data_dir,
+            };
+            let r = crate::bench::leases(&opts).await?;
+            println!(
+                "workers={workers} seconds={:.1} pairs={} tls={} max_batch={} mean_batch={:.1} max_ms={:.2}",
+                r.seconds, r.pairs, !plain, opts.max_batch, r.mean_batch, r.max_ms
+            );
+            println!(
+                "leases_per_s={:.0} p50_ms={:.2} p99_ms={:.2}",
+                r.leases_per_s, r.p50_ms, r.p99_ms
+            );
+            Ok(())
+        }
+        BenchCommand::Manifest {
+            runs,
+            status_queries,
+            data_dir,
+        } => {
+            let opts = crate::bench::ManifestBench {
+                runs,
+                data_dir,
+                status_queries,
+            };
+            let r = crate::bench::manifest(&opts).await?;
+            println!(
+                "runs={} submit_s={:.1} submit_peak_rss_mb={:.0} manifest_mb={:.0} status_max_ms={:.2} peak_rss_mb={:.0}",
+                r.runs, r.submit_s, r.submit_peak_rss_mb, r.manifest_mb, r.status_max_ms, r.peak_rss_mb
+            );
+            println!(
+                "restart_to_first_lease_s={:.2} status_ms={:.2} rss_mb={:.0}",
+                r.restart_to_first_lease_s, r.status_p50_ms, r.rss_mb
+            );
+            Ok(())
+        }
+    }
 }
 
 fn token_create(data_dir: &Path, ttl: &str) -> Result<(), CliError> {

@@ -7,8 +7,10 @@
 //! The lease rules themselves are pure and live in `lem_common::lease`.
 
 pub mod auth;
+pub mod bench;
 pub mod cli;
 pub mod export;
+pub mod group_commit;
 pub mod llem_export;
 pub mod parquet_export;
 pub mod pki;

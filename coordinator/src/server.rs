@@ -147,6 +147,9 @@ pub async fn serve(
     shared.stopping.store(true, Ordering::SeqCst);
     shared.work_available.notify_waiters();
     sweeper.abort();
+    // Let the writer commit what is queued and stop, so the store closes cleanly.
+    let s = shared.clone();
+    let _ = tokio::task::spawn_blocking(move || s.commits.stop()).await;
     Ok(())
 }
 

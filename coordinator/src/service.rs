@@ -23,8 +23,11 @@ use lem_common::{pyjson, PROTOCOL_VERSION};
 use tarpc::context::Context;
 use tokio::sync::Notify;
 
+use crate::group_commit::{GroupCommit, DEFAULT_MAX_BATCH};
 use crate::pki::Pki;
-use crate::store::{pending_pool, CampaignRecord, NewRun, Store, StoreError, WorkerRecord};
+use crate::store::{
+    pending_pool, CampaignRecord, NewRun, Store, StoreError, WorkerRecord, WriteOp, WriteOutcome,
+};
 
 /// Largest study accepted (its text and its `base:` file's together).
 pub const MAX_STUDY_BYTES: usize = 4 << 20;
@@ -58,7 +61,9 @@ pub fn now_ms() -> u64 {
 
 /// State shared by every connection's service instance.
 pub struct Shared {
-    pub store: Store,
+    pub store: Arc<Store>,
+    /// The writer every lease transition goes through (group commit).
+    pub commits: GroupCommit,
     pub policy: LeasePolicy,
     /// The CA that enrols workers; none for `lem-coord run`'s plain loopback one.
     pub pki: Option<Arc<Pki>>,
@@ -72,6 +77,9 @@ pub struct Shared {
     /// registration time, and a restarted coordinator learns this again within one
     /// lease poll).
     last_seen: Mutex<HashMap<WorkerId, u64>>,
+    /// Each campaign's study name, for lease grants (a campaign's name never
+    /// changes; reading its record per lease would parse its whole study text).
+    study_names: Mutex<HashMap<CampaignId, Option<String>>>,
 }
 
 impl Shared {
@@ -100,11 +108,23 @@ impl Shared {
         policy: LeasePolicy,
         pki: Option<Arc<Pki>>,
     ) -> Result<Arc<Shared>, StoreError> {
+        Shared::with_max_batch(store, policy, pki, DEFAULT_MAX_BATCH)
+    }
+
+    /// [`Shared::new`] with at most `max_batch` lease transitions per commit.
+    pub fn with_max_batch(
+        store: Store,
+        policy: LeasePolicy,
+        pki: Option<Arc<Pki>>,
+        max_batch: usize,
+    ) -> Result<Arc<Shared>, StoreError> {
         let mut map = HashMap::new();
         for w in store.workers()? {
             map.insert(w.worker.clone(), available_engines(&w));
         }
+        let store = Arc::new(store);
         Ok(Arc::new(Shared {
+            commits: GroupCommit::start(store.clone(), policy, max_batch),
             store,
             policy,
             pki,
@@ -112,6 +132,7 @@ impl Shared {
             engines_by_worker: Mutex::new(map),
             stopping: Default::default(),
             last_seen: Default::default(),
+            study_names: Default::default(),
         }))
     }
 }
@@ -158,6 +179,11 @@ fn store_err(e: StoreError) -> RpcError {
         ),
         other => RpcError::new(RpcErrorKind::Internal, other.to_string()),
     }
+}
+
+/// Applies one lease transition through the group-commit writer.
+async fn commit(shared: &Shared, op: WriteOp) -> Result<WriteOutcome, RpcError> {
+    shared.commits.apply(op).await.map_err(store_err)
 }
 
 async fn blocking<T: Send + 'static>(
@@ -256,15 +282,13 @@ impl CoordService {
         let recent_failures = if counts.failed > 0 {
             shared
                 .store
-                .runs(id)?
+                .failed_runs(id, 5)?
                 .into_iter()
-                .filter(|(r, _)| r.lease.state == RunState::Failed)
-                .filter_map(|(r, _)| {
+                .filter_map(|r| {
                     r.lease
                         .last_failure
                         .map(|f| format!("run {}: {} ({})", r.key, f.message, f.class))
                 })
-                .take(5)
                 .collect()
         } else {
             vec![]
@@ -355,26 +379,42 @@ impl Coordinator for CoordService {
             // Register interest before looking, so a submit between the look and the
             // wait is not missed.
             let notified = self.shared.work_available.notified();
-            let shared = self.shared.clone();
             // Only the pools of runs needing exactly this slot's GPU count.
             let pools: Vec<String> = engines
                 .iter()
                 .map(|e| pending_pool(e, req.gpus.max(1)))
                 .collect();
-            let (w, slot, eng) = (req.worker.clone(), req.slot, pools);
-            let got = blocking(move || {
-                let now = now_ms();
-                let r = shared
-                    .store
-                    .lease_next(&w, slot, &eng, now, &shared.policy)?;
-                Ok(r)
-            })
-            .await?;
+            let op = WriteOp::Lease {
+                worker: req.worker.clone(),
+                slot: req.slot,
+                pools,
+            };
+            let WriteOutcome::Leased(got) = commit(&self.shared, op).await? else {
+                unreachable!("a lease op answers Leased")
+            };
             if let Some(rec) = got {
-                let campaign = {
-                    let shared = self.shared.clone();
-                    let id = rec.key.campaign;
-                    blocking(move || shared.store.campaign(id)).await?
+                let id = rec.key.campaign;
+                let cached = self
+                    .shared
+                    .study_names
+                    .lock()
+                    .expect("study names lock")
+                    .get(&id)
+                    .cloned();
+                let study_name = match cached {
+                    Some(name) => name,
+                    None => {
+                        let shared = self.shared.clone();
+                        let name = blocking(move || shared.store.campaign(id))
+                            .await?
+                            .study_name;
+                        self.shared
+                            .study_names
+                            .lock()
+                            .expect("study names lock")
+                            .insert(id, name.clone());
+                        name
+                    }
                 };
                 let lease = rec.lease.lease.as_ref().expect("granted lease");
                 tracing::info!(run = %rec.key, worker = %req.worker, token = lease.token.0, "lease granted");
@@ -388,7 +428,7 @@ impl Coordinator for CoordService {
                     cycle: rec.cycle,
                     config_json: rec.config_json.clone(),
                     gap_before_s: rec.gap_before_s,
-                    study_name: campaign.study_name,
+                    study_name,
                 }));
             }
             tokio::select! {
@@ -400,13 +440,12 @@ impl Coordinator for CoordService {
 
     async fn renew(self, _: Context, req: RenewRequest) -> Result<RenewReply, RpcError> {
         self.shared.touch(&req.worker);
-        let shared = self.shared.clone();
-        let result = blocking(move || {
-            shared
-                .store
-                .renew(req.run, req.token, &req.worker, now_ms(), &shared.policy)
-        })
-        .await;
+        let op = WriteOp::Renew {
+            key: req.run,
+            token: req.token,
+            worker: req.worker,
+        };
+        let result = commit(&self.shared, op).await;
         match result {
             Ok(_) => Ok(RenewReply {
                 expires_in_ms: self.shared.policy.ttl_ms,
@@ -423,21 +462,18 @@ impl Coordinator for CoordService {
     }
 
     async fn complete(self, _: Context, req: CompleteRequest) -> Result<CompleteReply, RpcError> {
-        let shared = self.shared.clone();
         let key = req.run;
         let worker = req.worker.clone();
-        let outcome = blocking(move || {
-            let now = now_ms();
-            shared.store.complete(
-                req.run,
-                req.token,
-                &req.worker,
-                &req.result,
-                now,
-                &format_utc_ms(now),
-            )
-        })
-        .await?;
+        let op = WriteOp::Complete {
+            key: req.run,
+            token: req.token,
+            worker: req.worker,
+            result: Box::new(req.result),
+            received_at: format_utc_ms(now_ms()),
+        };
+        let WriteOutcome::Completed(outcome) = commit(&self.shared, op).await? else {
+            unreachable!("a complete op answers Completed")
+        };
         Ok(match outcome {
             CompleteOutcome::Accepted(_) => {
                 tracing::info!(run = %key, "result accepted");
@@ -468,19 +504,16 @@ impl Coordinator for CoordService {
     }
 
     async fn fail(self, _: Context, req: FailRequest) -> Result<(), RpcError> {
-        let shared = self.shared.clone();
-        let rec = blocking(move || {
-            shared.store.fail(
-                req.run,
-                req.token,
-                &req.worker,
-                req.class,
-                &req.message,
-                now_ms(),
-                &shared.policy,
-            )
-        })
-        .await?;
+        let op = WriteOp::Fail {
+            key: req.run,
+            token: req.token,
+            worker: req.worker,
+            class: req.class,
+            message: req.message,
+        };
+        let WriteOutcome::Failed(rec) = commit(&self.shared, op).await? else {
+            unreachable!("a fail op answers Failed")
+        };
         tracing::warn!(run = %rec.key, state = rec.lease.state.as_str(), "run failed");
         if rec.lease.state == RunState::Pending {
             self.shared.work_available.notify_waiters();

@@ -10,10 +10,17 @@
 //! * `meta`: counters (`next_campaign`, `next_token`) and the schema version;
 //! * `campaigns`: campaign id -> [`CampaignRecord`];
 //! * `runs`: (campaign, seq) -> [`RunRecord`];
+//! * `configs`: (campaign, config hash) -> the config's canonical JSON, once per
+//!   config however many cycles run it (a run record names its config by hash;
+//!   manifests written before this table hold the JSON in the run record itself);
 //! * `pending`: (pool, campaign, seq) -> () — the index a lease reads, O(log n); the
 //!   pool is the engine, with `/tpK` for runs that need K > 1 GPUs ([`pending_pool`]);
 //! * `leased`: (campaign, seq) -> lease deadline (ms), what the sweeper scans;
-//! * `counts`: (campaign, state) -> number of runs, so status is O(1);
+//! * `failed`: (campaign, seq) -> () — failed runs, what status lists;
+//! * `counts`: (campaign, state) -> number of runs, and (campaign, `pending/POOL`)
+//!   -> pending runs of one pool, so status is O(1) however big the campaign;
+//! * `studies`: campaign id -> the study text as submitted (kept out of the campaign
+//!   record, which every status reads);
 //! * `results`: (campaign, seq) -> the accepted [`RunResult`];
 //! * `duplicates`: (campaign, seq, token) -> a result that was not counted;
 //! * `workers`: worker id -> [`WorkerRecord`];
@@ -39,17 +46,28 @@ use thiserror::Error;
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const CAMPAIGNS: TableDefinition<u64, &[u8]> = TableDefinition::new("campaigns");
 const RUNS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("runs");
+const CONFIGS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("configs");
 const PENDING: TableDefinition<(&str, u64, u32), ()> = TableDefinition::new("pending");
 const LEASED: TableDefinition<(u64, u32), u64> = TableDefinition::new("leased");
+const FAILED: TableDefinition<(u64, u32), ()> = TableDefinition::new("failed");
 const COUNTS: TableDefinition<(u64, &str), u64> = TableDefinition::new("counts");
+const STUDIES: TableDefinition<u64, &str> = TableDefinition::new("studies");
 const RESULTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("results");
 const DUPLICATES: TableDefinition<(u64, u32, u64), &[u8]> = TableDefinition::new("duplicates");
 const WORKERS: TableDefinition<&str, &[u8]> = TableDefinition::new("workers");
 const ENROLMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("enrolments");
 const CLIENT_CERTS: TableDefinition<&[u8], &str> = TableDefinition::new("client_certs");
 
-/// Bumped when the on-disk layout changes incompatibly.
-pub const SCHEMA_VERSION: u64 = 1;
+/// Bumped when the on-disk layout changes so that an older lem-coord would misread
+/// it. 2: configs in their own table, not in each run record. A manifest of an
+/// older version this one can read ([`OLDEST_READABLE_SCHEMA`]) is upgraded in place
+/// on open; an older lem-coord then refuses it instead of misreading it.
+pub const SCHEMA_VERSION: u64 = 2;
+/// Schema 1 manifests hold every config in its run records, which version 2 reads.
+pub const OLDEST_READABLE_SCHEMA: u64 = 1;
+
+/// redb's page cache for the manifest.
+pub const MANIFEST_CACHE_BYTES: usize = 64 << 20;
 
 /// The name of the manifest file inside the data dir.
 pub const MANIFEST_FILE: &str = "manifest.redb";
@@ -107,6 +125,9 @@ pub struct CampaignRecord {
     pub study_name: Option<String>,
     pub study_design_hash: String,
     pub source_path: String,
+    /// The study as submitted; kept in the `studies` table ([`Store::study_text`]),
+    /// so empty in records read back (schema 1 records carry it here).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub study_text: String,
     pub submitted_at: String,
     pub cancelled: bool,
@@ -125,6 +146,9 @@ pub struct RunRecord {
     pub engine: String,
     pub model: String,
     pub gap_before_s: f64,
+    /// The config's canonical JSON. Filled in by every read that returns a record;
+    /// stored once per config in the `configs` table, not in each run's record.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub config_json: String,
     pub lease: LeaseRecord,
     /// GPUs the run needs (its tensor-parallel size); only a slot of exactly this
@@ -260,6 +284,11 @@ fn open_database(path: &Path) -> Result<Database, StoreError> {
     let display = path.display().to_string();
     Database::builder()
         .set_check_integrity_on_open(true)
+        // redb's default cache is 1 GiB; the hot set (the pending and leased indexes,
+        // the counts, the B-tree interiors) is a few MiB even at 1,000,000 runs, and
+        // a cache that big would hold whatever a full export touched for the life of
+        // the coordinator (docs/performance.md).
+        .set_cache_size(MANIFEST_CACHE_BYTES)
         .create(path)
         .map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::AlreadyOpen { path: display },
@@ -334,13 +363,53 @@ fn bump_count(
     state: RunState,
     delta: i64,
 ) -> Result<(), StoreError> {
+    bump_key(txn, campaign, state.as_str(), delta)
+}
+
+/// The `counts` key of a pool's pending runs.
+fn pool_count_key(pool: &str) -> String {
+    format!("{POOL_COUNT_PREFIX}{pool}")
+}
+const POOL_COUNT_PREFIX: &str = "pending/";
+
+fn bump_key(
+    txn: &WriteTransaction,
+    campaign: u64,
+    key: &str,
+    delta: i64,
+) -> Result<(), StoreError> {
     let mut t = txn.open_table(COUNTS)?;
-    let cur = t
-        .get((campaign, state.as_str()))?
-        .map(|g| g.value())
-        .unwrap_or(0);
+    let cur = t.get((campaign, key))?.map(|g| g.value()).unwrap_or(0);
     let next = (cur as i64 + delta).max(0) as u64;
-    t.insert((campaign, state.as_str()), next)?;
+    if next == 0 && key.starts_with(POOL_COUNT_PREFIX) {
+        t.remove((campaign, key))?;
+    } else {
+        t.insert((campaign, key), next)?;
+    }
+    Ok(())
+}
+
+/// Counts every campaign's pending runs per pool from the `pending` index (the
+/// upgrade of a schema 1 manifest, which had no such counts).
+fn rebuild_pool_counts(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let mut counts: std::collections::BTreeMap<(u64, String), u64> = Default::default();
+    for item in txn.open_table(PENDING)?.iter()? {
+        let (k, _) = item?;
+        let (pool, c, _) = k.value();
+        *counts.entry((c, pool_count_key(pool))).or_default() += 1;
+    }
+    let mut t = txn.open_table(COUNTS)?;
+    for ((c, key), n) in counts {
+        t.insert((c, key.as_str()), n)?;
+    }
+    let mut failed = txn.open_table(FAILED)?;
+    for item in txn.open_table(RUNS)?.iter()? {
+        let (k, v) = item?;
+        let rec: RunRecord = from_json("runs", v.value())?;
+        if rec.lease.state == RunState::Failed {
+            failed.insert(k.value(), ())?;
+        }
+    }
     Ok(())
 }
 
@@ -360,11 +429,21 @@ fn put_run(
         bump_count(txn, key.0, new_state, 1)?;
         let mut pending = txn.open_table(PENDING)?;
         let pool = pending_pool(&new.engine, new.tp_size);
+        let pool_count = pool_count_key(&pool);
         if old_state == Some(RunState::Pending) {
             pending.remove((pool.as_str(), key.0, key.1))?;
+            bump_key(txn, key.0, &pool_count, -1)?;
         }
         if new_state == RunState::Pending {
             pending.insert((pool.as_str(), key.0, key.1), ())?;
+            bump_key(txn, key.0, &pool_count, 1)?;
+        }
+        let mut failed = txn.open_table(FAILED)?;
+        if old_state == Some(RunState::Failed) {
+            failed.remove(key)?;
+        }
+        if new_state == RunState::Failed {
+            failed.insert(key, ())?;
         }
     }
     {
@@ -388,6 +467,28 @@ fn get_run(txn: &WriteTransaction, key: RunKey) -> Result<RunRecord, StoreError>
         .get((key.campaign.0, key.seq))?
         .ok_or(StoreError::NoRun(key))?;
     from_json("runs", g.value())
+}
+
+/// Fills in a run record's config from the `configs` table (records of manifests
+/// written before that table carry it already).
+fn fill_config(
+    configs: &impl ReadableTable<(u64, &'static str), &'static [u8]>,
+    rec: &mut RunRecord,
+) -> Result<(), StoreError> {
+    if !rec.config_json.is_empty() {
+        return Ok(());
+    }
+    let g = configs
+        .get((rec.key.campaign.0, rec.config_hash.as_str()))?
+        .ok_or_else(|| StoreError::Corrupt {
+            table: "configs",
+            detail: format!("no config {} for run {}", rec.config_hash, rec.key),
+        })?;
+    rec.config_json = String::from_utf8(g.value().to_vec()).map_err(|e| StoreError::Corrupt {
+        table: "configs",
+        detail: e.to_string(),
+    })?;
+    Ok(())
 }
 
 fn get_campaign(txn: &WriteTransaction, id: CampaignId) -> Result<CampaignRecord, StoreError> {
@@ -431,6 +532,180 @@ fn next_counter(txn: &WriteTransaction, name: &str) -> Result<u64, StoreError> {
     Ok(cur)
 }
 
+/// One lease transition a worker asks for; [`Store::apply_batch`] applies many in
+/// one transaction.
+#[derive(Clone, Debug)]
+pub enum WriteOp {
+    /// Grant the next pending run of one of `pools` ([`pending_pool`]).
+    Lease {
+        worker: WorkerId,
+        slot: u32,
+        pools: Vec<String>,
+    },
+    Renew {
+        key: RunKey,
+        token: FencingToken,
+        worker: WorkerId,
+    },
+    Complete {
+        key: RunKey,
+        token: FencingToken,
+        worker: WorkerId,
+        result: Box<RunResult>,
+        /// When it arrived, as text, for a duplicate record.
+        received_at: String,
+    },
+    Fail {
+        key: RunKey,
+        token: FencingToken,
+        worker: WorkerId,
+        class: FailureClass,
+        message: String,
+    },
+}
+
+/// What a [`WriteOp`] did.
+#[derive(Clone, Debug)]
+pub enum WriteOutcome {
+    Leased(Option<RunRecord>),
+    Renewed(RunRecord),
+    Completed(CompleteOutcome),
+    Failed(RunRecord),
+}
+
+impl StoreError {
+    /// An op refused before it wrote anything (the lease machine said no, or the
+    /// run is unknown): the transaction it ran in is still good for other ops.
+    fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Lease(_) | StoreError::NoRun(_) | StoreError::NoCampaign(_)
+        )
+    }
+}
+
+/// Applies one op inside `txn`. Every refusal ([`StoreError::is_refusal`]) comes
+/// before the op's first write.
+fn apply_op(
+    txn: &WriteTransaction,
+    op: &WriteOp,
+    now_ms: u64,
+    policy: &LeasePolicy,
+) -> Result<WriteOutcome, StoreError> {
+    match op {
+        WriteOp::Lease {
+            worker,
+            slot,
+            pools,
+        } => {
+            let mut best: Option<(u64, u32)> = None;
+            {
+                let pending = txn.open_table(PENDING)?;
+                for pool in pools {
+                    let first = pending
+                        .range((pool.as_str(), 0, 0)..=(pool.as_str(), u64::MAX, u32::MAX))?
+                        .next();
+                    if let Some(item) = first {
+                        let (k, _) = item?;
+                        let (_, c, s) = k.value();
+                        if best.is_none_or(|b| (c, s) < b) {
+                            best = Some((c, s));
+                        }
+                    }
+                }
+            }
+            let Some((c, s)) = best else {
+                return Ok(WriteOutcome::Leased(None));
+            };
+            let key = RunKey {
+                campaign: CampaignId(c),
+                seq: s,
+            };
+            let old = get_run(txn, key)?;
+            let token = FencingToken(peek_counter(txn, "next_token")?);
+            let mut new = old.clone();
+            new.lease = lease::handle_grant(&old.lease, worker, *slot, token, now_ms, policy)?;
+            next_counter(txn, "next_token")?;
+            put_run(txn, Some(&old), &new)?;
+            fill_config(&txn.open_table(CONFIGS)?, &mut new)?;
+            Ok(WriteOutcome::Leased(Some(new)))
+        }
+        WriteOp::Renew { key, token, worker } => {
+            let old = get_run(txn, *key)?;
+            let mut new = old.clone();
+            new.lease = lease::handle_renew(&old.lease, *token, worker, now_ms, policy)?;
+            put_run(txn, Some(&old), &new)?;
+            Ok(WriteOutcome::Renewed(new))
+        }
+        WriteOp::Complete {
+            key,
+            token,
+            worker,
+            result,
+            received_at,
+        } => {
+            let old = get_run(txn, *key)?;
+            let outcome = lease::handle_complete(&old.lease, *token, worker, now_ms);
+            match &outcome {
+                CompleteOutcome::Accepted(new_lease) => {
+                    let mut workers = txn.open_table(WORKERS)?;
+                    let counted = match workers.get(worker.0.as_str())? {
+                        Some(g) => {
+                            let mut w: WorkerRecord = from_json("workers", g.value())?;
+                            w.runs_done += 1;
+                            Some(w)
+                        }
+                        None => None,
+                    };
+                    let mut new = old.clone();
+                    new.lease = new_lease.clone();
+                    put_run(txn, Some(&old), &new)?;
+                    txn.open_table(RESULTS)?
+                        .insert((key.campaign.0, key.seq), to_json(result).as_slice())?;
+                    if let Some(w) = counted {
+                        workers.insert(worker.0.as_str(), to_json(&w).as_slice())?;
+                    }
+                }
+                CompleteOutcome::AlreadyAccepted => {}
+                CompleteOutcome::Duplicate { reason } | CompleteOutcome::NotHolder { reason } => {
+                    let dup = DuplicateRecord {
+                        worker: worker.clone(),
+                        token: *token,
+                        reason: reason.clone(),
+                        received_at: received_at.clone(),
+                        result: (**result).clone(),
+                    };
+                    txn.open_table(DUPLICATES)?
+                        .insert((key.campaign.0, key.seq, token.0), to_json(&dup).as_slice())?;
+                }
+            }
+            Ok(WriteOutcome::Completed(outcome))
+        }
+        WriteOp::Fail {
+            key,
+            token,
+            worker,
+            class,
+            message,
+        } => {
+            let old = get_run(txn, *key)?;
+            let mut new = old.clone();
+            new.lease =
+                lease::handle_fail(&old.lease, *token, worker, *class, message, now_ms, policy)?;
+            put_run(txn, Some(&old), &new)?;
+            Ok(WriteOutcome::Failed(new))
+        }
+    }
+}
+
+fn peek_counter(txn: &WriteTransaction, name: &str) -> Result<u64, StoreError> {
+    Ok(txn
+        .open_table(META)?
+        .get(name)?
+        .map(|g| g.value())
+        .unwrap_or(1))
+}
+
 impl Store {
     /// Opens (or creates) the manifest in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
@@ -451,6 +726,11 @@ impl Store {
                 None => {
                     meta.insert("schema_version", SCHEMA_VERSION)?;
                 }
+                Some(v) if (OLDEST_READABLE_SCHEMA..SCHEMA_VERSION).contains(&v) => {
+                    rebuild_pool_counts(&txn)?;
+                    tracing::info!(manifest = %path.display(), from = v, to = SCHEMA_VERSION, "manifest schema upgraded");
+                    meta.insert("schema_version", SCHEMA_VERSION)?;
+                }
                 Some(v) if v != SCHEMA_VERSION => {
                     return Err(StoreError::SchemaMismatch {
                         path: display,
@@ -463,9 +743,12 @@ impl Store {
             // Create every table so readers never meet a missing one.
             txn.open_table(CAMPAIGNS)?;
             txn.open_table(RUNS)?;
+            txn.open_table(CONFIGS)?;
             txn.open_table(PENDING)?;
             txn.open_table(LEASED)?;
+            txn.open_table(FAILED)?;
             txn.open_table(COUNTS)?;
+            txn.open_table(STUDIES)?;
             txn.open_table(RESULTS)?;
             txn.open_table(DUPLICATES)?;
             txn.open_table(WORKERS)?;
@@ -492,9 +775,16 @@ impl Store {
         let id = CampaignId(next_counter(&txn, "next_campaign")?);
         campaign.id = id;
         campaign.n_runs = runs.len() as u64;
+        txn.open_table(STUDIES)?
+            .insert(id.0, campaign.study_text.as_str())?;
+        campaign.study_text = String::new();
         txn.open_table(CAMPAIGNS)?
             .insert(id.0, to_json(&campaign).as_slice())?;
+        let mut configs = txn.open_table(CONFIGS)?;
         for (seq, r) in runs.into_iter().enumerate() {
+            if configs.get((id.0, r.config_hash.as_str()))?.is_none() {
+                configs.insert((id.0, r.config_hash.as_str()), r.config_json.as_bytes())?;
+            }
             let rec = RunRecord {
                 key: RunKey {
                     campaign: id,
@@ -505,12 +795,13 @@ impl Store {
                 engine: r.engine,
                 model: r.model,
                 gap_before_s: r.gap_before_s,
-                config_json: r.config_json,
+                config_json: String::new(),
                 lease: LeaseRecord::new_pending(),
                 tp_size: r.tp_size.max(1),
             };
             put_run(&txn, None, &rec)?;
         }
+        drop(configs);
         txn.commit()?;
         Ok(id)
     }
@@ -559,10 +850,12 @@ impl Store {
         let txn = self.db.begin_read()?;
         let runs = txn.open_table(RUNS)?;
         let results = txn.open_table(RESULTS)?;
+        let configs = txn.open_table(CONFIGS)?;
         let mut out = Vec::new();
         for item in runs.range((id.0, 0)..=(id.0, u32::MAX))? {
             let (k, v) = item?;
-            let rec: RunRecord = from_json("runs", v.value())?;
+            let mut rec: RunRecord = from_json("runs", v.value())?;
+            fill_config(&configs, &mut rec)?;
             let res = match results.get(k.value())? {
                 Some(g) => Some(from_json("results", g.value())?),
                 None => None,
@@ -572,24 +865,58 @@ impl Store {
         Ok(out)
     }
 
-    /// Pending runs per engine and GPU count for a campaign (for the `blocked` report).
+    /// Pending runs per engine and GPU count for a campaign (for the `blocked` report),
+    /// from the per-pool counts: O(pools), not O(runs).
     pub fn pending_by_pool(&self, id: CampaignId) -> Result<Vec<(String, u32, u64)>, StoreError> {
         let txn = self.db.begin_read()?;
-        let t = txn.open_table(PENDING)?;
+        let t = txn.open_table(COUNTS)?;
         let mut out: Vec<(String, u32, u64)> = Vec::new();
-        for item in t.iter()? {
-            let (k, _) = item?;
-            let (pool, c, _) = k.value();
-            if c != id.0 {
+        let (from, to) = (POOL_COUNT_PREFIX, "pending0");
+        for item in t.range((id.0, from)..(id.0, to))? {
+            let (k, n) = item?;
+            let (_, key) = k.value();
+            let Some(pool) = key.strip_prefix(POOL_COUNT_PREFIX) else {
                 continue;
-            }
-            let (engine, tp) = parse_pool(pool);
-            match out.iter_mut().find(|(e, k, _)| *e == engine && *k == tp) {
-                Some(row) => row.2 += 1,
-                None => out.push((engine, tp, 1)),
+            };
+            if n.value() > 0 {
+                let (engine, tp) = parse_pool(pool);
+                out.push((engine, tp, n.value()));
             }
         }
         Ok(out)
+    }
+
+    /// The first `limit` failed runs of a campaign, in execution order.
+    pub fn failed_runs(&self, id: CampaignId, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let failed = txn.open_table(FAILED)?;
+        let runs = txn.open_table(RUNS)?;
+        let mut out = Vec::new();
+        for item in failed.range((id.0, 0)..=(id.0, u32::MAX))?.take(limit) {
+            let (k, _) = item?;
+            let g = runs.get(k.value())?.ok_or_else(|| StoreError::Corrupt {
+                table: "failed",
+                detail: format!(
+                    "run {}-{} is indexed as failed but has no record",
+                    id.0,
+                    k.value().1
+                ),
+            })?;
+            out.push(from_json("runs", g.value())?);
+        }
+        Ok(out)
+    }
+
+    /// The study text a campaign was submitted with.
+    pub fn study_text(&self, id: CampaignId) -> Result<String, StoreError> {
+        let txn = self.db.begin_read()?;
+        if let Some(g) = txn.open_table(STUDIES)?.get(id.0)? {
+            return Ok(g.value().to_string());
+        }
+        // Schema 1 kept it in the campaign record.
+        let t = txn.open_table(CAMPAIGNS)?;
+        let g = t.get(id.0)?.ok_or(StoreError::NoCampaign(id))?;
+        Ok(from_json::<CampaignRecord>("campaigns", g.value())?.study_text)
     }
 
     /// Grants the next pending run of one of the pending pools `pools` (engines, see
@@ -605,37 +932,15 @@ impl Store {
         now_ms: u64,
         policy: &LeasePolicy,
     ) -> Result<Option<RunRecord>, StoreError> {
-        let txn = self.db.begin_write()?;
-        let mut best: Option<(u64, u32, String)> = None;
-        {
-            let pending = txn.open_table(PENDING)?;
-            for engine in pools {
-                let first = pending
-                    .range((engine.as_str(), 0, 0)..=(engine.as_str(), u64::MAX, u32::MAX))?
-                    .next();
-                if let Some(item) = first {
-                    let (k, _) = item?;
-                    let (_, c, s) = k.value();
-                    if best.as_ref().is_none_or(|b| (c, s) < (b.0, b.1)) {
-                        best = Some((c, s, engine.clone()));
-                    }
-                }
-            }
+        let op = WriteOp::Lease {
+            worker: worker.clone(),
+            slot,
+            pools: pools.to_vec(),
+        };
+        match self.write_one(&op, now_ms, policy)? {
+            WriteOutcome::Leased(r) => Ok(r),
+            _ => unreachable!("a lease op answers Leased"),
         }
-        let Some((c, s, _)) = best else {
-            return Ok(None);
-        };
-        let key = RunKey {
-            campaign: CampaignId(c),
-            seq: s,
-        };
-        let old = get_run(&txn, key)?;
-        let token = FencingToken(next_counter(&txn, "next_token")?);
-        let mut new = old.clone();
-        new.lease = lease::handle_grant(&old.lease, worker, slot, token, now_ms, policy)?;
-        put_run(&txn, Some(&old), &new)?;
-        txn.commit()?;
-        Ok(Some(new))
     }
 
     pub fn renew(
@@ -646,13 +951,15 @@ impl Store {
         now_ms: u64,
         policy: &LeasePolicy,
     ) -> Result<RunRecord, StoreError> {
-        let txn = self.db.begin_write()?;
-        let old = get_run(&txn, key)?;
-        let mut new = old.clone();
-        new.lease = lease::handle_renew(&old.lease, token, worker, now_ms, policy)?;
-        put_run(&txn, Some(&old), &new)?;
-        txn.commit()?;
-        Ok(new)
+        let op = WriteOp::Renew {
+            key,
+            token,
+            worker: worker.clone(),
+        };
+        match self.write_one(&op, now_ms, policy)? {
+            WriteOutcome::Renewed(r) => Ok(r),
+            _ => unreachable!("a renew op answers Renewed"),
+        }
     }
 
     /// Records a result. Returns the outcome; an accepted result is stored with the
@@ -666,39 +973,17 @@ impl Store {
         now_ms: u64,
         now_text: &str,
     ) -> Result<CompleteOutcome, StoreError> {
-        let txn = self.db.begin_write()?;
-        let old = get_run(&txn, key)?;
-        let outcome = lease::handle_complete(&old.lease, token, worker, now_ms);
-        match &outcome {
-            CompleteOutcome::Accepted(new_lease) => {
-                let mut new = old.clone();
-                new.lease = new_lease.clone();
-                put_run(&txn, Some(&old), &new)?;
-                txn.open_table(RESULTS)?
-                    .insert((key.campaign.0, key.seq), to_json(result).as_slice())?;
-                let mut workers = txn.open_table(WORKERS)?;
-                let existing = workers.get(worker.0.as_str())?.map(|g| g.value().to_vec());
-                if let Some(bytes) = existing {
-                    let mut w: WorkerRecord = from_json("workers", &bytes)?;
-                    w.runs_done += 1;
-                    workers.insert(worker.0.as_str(), to_json(&w).as_slice())?;
-                }
-            }
-            CompleteOutcome::AlreadyAccepted => {}
-            CompleteOutcome::Duplicate { reason } | CompleteOutcome::NotHolder { reason } => {
-                let dup = DuplicateRecord {
-                    worker: worker.clone(),
-                    token,
-                    reason: reason.clone(),
-                    received_at: now_text.to_string(),
-                    result: result.clone(),
-                };
-                txn.open_table(DUPLICATES)?
-                    .insert((key.campaign.0, key.seq, token.0), to_json(&dup).as_slice())?;
-            }
+        let op = WriteOp::Complete {
+            key,
+            token,
+            worker: worker.clone(),
+            result: Box::new(result.clone()),
+            received_at: now_text.to_string(),
+        };
+        match self.write_one(&op, now_ms, &LeasePolicy::default())? {
+            WriteOutcome::Completed(o) => Ok(o),
+            _ => unreachable!("a complete op answers Completed"),
         }
-        txn.commit()?;
-        Ok(outcome)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -712,13 +997,82 @@ impl Store {
         now_ms: u64,
         policy: &LeasePolicy,
     ) -> Result<RunRecord, StoreError> {
+        let op = WriteOp::Fail {
+            key,
+            token,
+            worker: worker.clone(),
+            class,
+            message: message.to_string(),
+        };
+        match self.write_one(&op, now_ms, policy)? {
+            WriteOutcome::Failed(r) => Ok(r),
+            _ => unreachable!("a fail op answers Failed"),
+        }
+    }
+
+    fn write_one(
+        &self,
+        op: &WriteOp,
+        now_ms: u64,
+        policy: &LeasePolicy,
+    ) -> Result<WriteOutcome, StoreError> {
         let txn = self.db.begin_write()?;
-        let old = get_run(&txn, key)?;
-        let mut new = old.clone();
-        new.lease = lease::handle_fail(&old.lease, token, worker, class, message, now_ms, policy)?;
-        put_run(&txn, Some(&old), &new)?;
+        let out = apply_op(&txn, op, now_ms, policy)?;
         txn.commit()?;
-        Ok(new)
+        Ok(out)
+    }
+
+    /// Applies `ops` in order in one write transaction and one commit (group
+    /// commit, `crate::group_commit`): each op sees the ones before it, exactly as
+    /// if each had its own transaction, and nothing is answered before the commit
+    /// is durable. An op refused by the lease machine (or naming no run) changes
+    /// nothing and does not disturb the others: every op does all its checks before
+    /// its first write. Should an op fail in a way that might leave a partial
+    /// write (a corrupt record, a storage error), the batch is abandoned and every
+    /// op is applied again in its own transaction, so one bad op never decides the
+    /// fate of another.
+    pub fn apply_batch(
+        &self,
+        ops: &[WriteOp],
+        now_ms: u64,
+        policy: &LeasePolicy,
+    ) -> Vec<Result<WriteOutcome, StoreError>> {
+        if ops.len() == 1 {
+            return vec![self.write_one(&ops[0], now_ms, policy)];
+        }
+        let txn = match self.db.begin_write() {
+            Ok(t) => t,
+            Err(e) => {
+                let msg = e.to_string();
+                return ops
+                    .iter()
+                    .map(|_| Err(StoreError::Storage(msg.clone())))
+                    .collect();
+            }
+        };
+        let mut out = Vec::with_capacity(ops.len());
+        for op in ops {
+            match apply_op(&txn, op, now_ms, policy) {
+                Err(e) if !e.is_refusal() => {
+                    tracing::warn!(error = %e, "a grouped write failed; applying the group one by one");
+                    drop(txn);
+                    return ops
+                        .iter()
+                        .map(|op| self.write_one(op, now_ms, policy))
+                        .collect();
+                }
+                r => out.push(r),
+            }
+        }
+        match txn.commit() {
+            Ok(()) => out,
+            Err(e) => {
+                let msg = e.to_string();
+                ops.iter()
+                    .map(|_| Err(StoreError::Storage(msg.clone())))
+                    .collect()
+            }
+        }
     }
 
     /// Returns expired leases to pending. Returns how many runs changed.
@@ -787,7 +1141,9 @@ impl Store {
         let g = t
             .get((key.campaign.0, key.seq))?
             .ok_or(StoreError::NoRun(key))?;
-        from_json("runs", g.value())
+        let mut rec: RunRecord = from_json("runs", g.value())?;
+        fill_config(&txn.open_table(CONFIGS)?, &mut rec)?;
+        Ok(rec)
     }
 
     pub fn upsert_worker(&self, rec: &WorkerRecord) -> Result<(), StoreError> {
@@ -1029,8 +1385,16 @@ mod tests {
         assert_eq!(store.expire_leases(5_000, &policy).unwrap(), 1);
         let c = store.counts(id).unwrap();
         assert_eq!((c.failed, c.done, c.pending), (2, 1, 0));
+        let failed: Vec<u32> = store
+            .failed_runs(id, 5)
+            .unwrap()
+            .iter()
+            .map(|r| r.key.seq)
+            .collect();
+        assert_eq!(failed, [0, 1]);
 
         assert_eq!(store.retry(id).unwrap(), 2);
+        assert!(store.failed_runs(id, 5).unwrap().is_empty());
         let c = store.counts(id).unwrap();
         assert_eq!((c.failed, c.done, c.pending, c.total()), (0, 1, 2, 3));
         for key in [r0.key, r1.key] {
@@ -1053,6 +1417,253 @@ mod tests {
             store.retry(CampaignId(99)),
             Err(StoreError::NoCampaign(_))
         ));
+    }
+
+    #[test]
+    fn a_batch_applies_its_ops_in_order_and_a_refused_op_disturbs_no_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = LeasePolicy::default();
+        let store = Store::open(dir.path()).unwrap();
+        let id = store
+            .create_campaign(campaign(), runs(&["synthetic", "synthetic", "synthetic"]))
+            .unwrap();
+        let (a, b) = (WorkerId("a".into()), WorkerId("b".into()));
+        let pools = vec!["synthetic".to_string()];
+        let lease = |w: &WorkerId| WriteOp::Lease {
+            worker: w.clone(),
+            slot: 0,
+            pools: pools.clone(),
+        };
+        // Two leases in one batch get two different runs, in order.
+        let out = store.apply_batch(&[lease(&a), lease(&b)], 1_000, &policy);
+        let granted: Vec<RunRecord> = out
+            .into_iter()
+            .map(|r| match r.unwrap() {
+                WriteOutcome::Leased(Some(rec)) => rec,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!((granted[0].key.seq, granted[1].key.seq), (0, 1));
+        let token = |r: &RunRecord| r.lease.lease.as_ref().unwrap().token;
+        assert_ne!(token(&granted[0]), token(&granted[1]));
+        // In one batch: a's complete, b's renew under a's token (refused by the lease
+        // machine), a renew of a run that does not exist, b's complete, a third lease.
+        let complete = |r: &RunRecord, w: &WorkerId| WriteOp::Complete {
+            key: r.key,
+            token: token(r),
+            worker: w.clone(),
+            result: Box::new(RunResult::default()),
+            received_at: "t".into(),
+        };
+        let ops = [
+            complete(&granted[0], &a),
+            WriteOp::Renew {
+                key: granted[1].key,
+                token: token(&granted[0]),
+                worker: b.clone(),
+            },
+            WriteOp::Renew {
+                key: RunKey {
+                    campaign: id,
+                    seq: 99,
+                },
+                token: token(&granted[0]),
+                worker: a.clone(),
+            },
+            complete(&granted[1], &b),
+            lease(&a),
+        ];
+        let out = store.apply_batch(&ops, 2_000, &policy);
+        assert!(matches!(
+            out[0],
+            Ok(WriteOutcome::Completed(CompleteOutcome::Accepted(_)))
+        ));
+        assert!(matches!(out[1], Err(StoreError::Lease(_))), "{:?}", out[1]);
+        assert!(matches!(out[2], Err(StoreError::NoRun(_))), "{:?}", out[2]);
+        assert!(matches!(
+            out[3],
+            Ok(WriteOutcome::Completed(CompleteOutcome::Accepted(_)))
+        ));
+        let third = match &out[4] {
+            Ok(WriteOutcome::Leased(Some(r))) => r.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(third.key.seq, 2);
+        // Durable, and the indexes agree with the records after a reopen.
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let c = store.counts(id).unwrap();
+        assert_eq!((c.done, c.leased, c.pending), (2, 1, 0));
+        assert_eq!(store.n_leased().unwrap(), 1);
+        assert!(store
+            .lease_next(&b, 0, &pools, 3_000, &policy)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn a_corrupt_record_in_a_batch_fails_only_its_own_op() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = LeasePolicy::default();
+        let store = Store::open(dir.path()).unwrap();
+        let id = store
+            .create_campaign(campaign(), runs(&["synthetic", "synthetic"]))
+            .unwrap();
+        let a = WorkerId("a".into());
+        let pools = vec!["synthetic".to_string()];
+        let r0 = store
+            .lease_next(&a, 0, &pools, 0, &policy)
+            .unwrap()
+            .unwrap();
+        let t0 = r0.lease.lease.as_ref().unwrap().token;
+        {
+            let txn = store.db.begin_write().unwrap();
+            txn.open_table(RUNS)
+                .unwrap()
+                .insert((id.0, 1), b"{not json".as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let ops = [
+            WriteOp::Renew {
+                key: RunKey {
+                    campaign: id,
+                    seq: 1,
+                },
+                token: t0,
+                worker: a.clone(),
+            },
+            WriteOp::Complete {
+                key: r0.key,
+                token: t0,
+                worker: a.clone(),
+                result: Box::new(RunResult::default()),
+                received_at: "t".into(),
+            },
+        ];
+        let out = store.apply_batch(&ops, 1_000, &policy);
+        assert!(
+            matches!(out[0], Err(StoreError::Corrupt { .. })),
+            "{:?}",
+            out[0]
+        );
+        assert!(matches!(
+            out[1],
+            Ok(WriteOutcome::Completed(CompleteOutcome::Accepted(_)))
+        ));
+        assert_eq!(store.counts(id).unwrap().done, 1);
+    }
+
+    #[test]
+    fn a_schema_1_manifest_with_configs_in_its_run_records_is_read_and_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = LeasePolicy::default();
+        let id = {
+            let store = Store::open(dir.path()).unwrap();
+            let id = store
+                .create_campaign(campaign(), runs(&["synthetic", "synthetic"]))
+                .unwrap();
+            // What lem-coord wrote before the configs table: the config inline, no
+            // configs rows, schema 1.
+            let txn = store.db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(RUNS).unwrap();
+                for seq in 0..2u32 {
+                    let mut rec: RunRecord =
+                        from_json("runs", t.get((id.0, seq)).unwrap().unwrap().value()).unwrap();
+                    rec.config_json = format!(r#"{{"seq": {seq}}}"#);
+                    t.insert((id.0, seq), to_json(&rec).as_slice()).unwrap();
+                }
+                let mut c = txn.open_table(CONFIGS).unwrap();
+                c.retain(|_, _| false).unwrap();
+                let mut counts = txn.open_table(COUNTS).unwrap();
+                counts
+                    .retain(|(_, k), _| !k.starts_with(POOL_COUNT_PREFIX))
+                    .unwrap();
+                txn.open_table(STUDIES).unwrap().remove(id.0).unwrap();
+                let mut campaigns = txn.open_table(CAMPAIGNS).unwrap();
+                let mut rec: CampaignRecord =
+                    from_json("campaigns", campaigns.get(id.0).unwrap().unwrap().value()).unwrap();
+                rec.study_text = "study_name: old\n".into();
+                campaigns.insert(id.0, to_json(&rec).as_slice()).unwrap();
+                txn.open_table(META)
+                    .unwrap()
+                    .insert("schema_version", 1)
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+            id
+        };
+        let store = Store::open(dir.path()).unwrap();
+        {
+            let txn = store.db.begin_read().unwrap();
+            let v = txn
+                .open_table(META)
+                .unwrap()
+                .get("schema_version")
+                .unwrap()
+                .unwrap()
+                .value();
+            assert_eq!(v, SCHEMA_VERSION);
+        }
+        assert_eq!(
+            store.pending_by_pool(id).unwrap(),
+            vec![("synthetic".to_string(), 1, 2)],
+            "pool counts rebuilt"
+        );
+        assert_eq!(store.study_text(id).unwrap(), "study_name: old\n");
+        let w = WorkerId("w".into());
+        let r = store
+            .lease_next(&w, 0, &["synthetic".to_string()], 0, &policy)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.config_json, r#"{"seq": 0}"#);
+        let all = store.runs(id).unwrap();
+        assert_eq!(all[1].0.config_json, r#"{"seq": 1}"#);
+        assert_eq!(
+            store.pending_by_pool(id).unwrap(),
+            vec![("synthetic".to_string(), 1, 1)]
+        );
+        // A newer schema is refused, naming both versions.
+        drop(store);
+        {
+            let db = open_database(&dir.path().join(MANIFEST_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert("schema_version", 99)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let err = Store::open(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("schema version 99"), "{err}");
+    }
+
+    #[test]
+    fn configs_are_stored_once_and_every_read_fills_them_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut rs = runs(&["synthetic", "synthetic", "synthetic"]);
+        for (i, r) in rs.iter_mut().enumerate() {
+            r.config_hash = if i == 1 { "b".into() } else { "a".into() };
+            r.config_json = format!(r#"{{"config": "{}"}}"#, r.config_hash);
+        }
+        let id = store.create_campaign(campaign(), rs).unwrap();
+        let txn = store.db.begin_read().unwrap();
+        assert_eq!(txn.open_table(CONFIGS).unwrap().len().unwrap(), 2);
+        let raw = txn.open_table(RUNS).unwrap();
+        let stored = raw.get((id.0, 2)).unwrap().unwrap();
+        assert!(!String::from_utf8_lossy(stored.value()).contains("config_json"));
+        let all = store.runs(id).unwrap();
+        let got: Vec<&str> = all.iter().map(|(r, _)| r.config_json.as_str()).collect();
+        assert_eq!(
+            got,
+            [
+                r#"{"config": "a"}"#,
+                r#"{"config": "b"}"#,
+                r#"{"config": "a"}"#
+            ]
+        );
     }
 
     #[test]
