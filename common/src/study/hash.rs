@@ -6,10 +6,11 @@ use crate::pyjson::{dumps_resolved, dumps_sorted};
 use crate::value::{Map, Value};
 
 fn sha256_hex(text: &str) -> String {
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(text.as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The declared config hash (8.1): the dump without `server.traffic.slo`, sorted JSON, SHA-256[..16].
@@ -28,7 +29,35 @@ pub fn config_hash(config: &Value) -> String {
 
 /// The study design hash (8.2) over the run list before cycles.
 pub fn study_design_hash(configs: &[Value]) -> String {
-    sha256_hex(&dumps_sorted(&Value::Seq(configs.to_vec())))[..16].to_string()
+    let mut h = DesignHasher::default();
+    for c in configs {
+        h.push(c);
+    }
+    h.finish()
+}
+
+/// [`study_design_hash`] taken one config at a time, so the run list need not be
+/// held whole: the digest of `json.dumps(run_list, sort_keys=True)` fed as the list's
+/// text is written, `[`, each config's text joined by `, `, `]`.
+#[derive(Clone, Default)]
+pub struct DesignHasher {
+    sha: Sha256,
+    n: usize,
+}
+
+impl DesignHasher {
+    /// Appends the next config of the run list.
+    pub fn push(&mut self, config: &Value) {
+        self.sha.update(if self.n == 0 { "[" } else { ", " });
+        self.sha.update(dumps_sorted(config));
+        self.n += 1;
+    }
+
+    /// The hash of the configs pushed so far (16 hex digits).
+    pub fn finish(mut self) -> String {
+        self.sha.update(if self.n == 0 { "[]" } else { "]" });
+        hex(&self.sha.finalize())[..16].to_string()
+    }
 }
 
 /// The shuffle seed derived from a design hash (8.4).
@@ -156,5 +185,18 @@ mod tests {
             Value::Float(0.123456789012)
         );
         assert_eq!(derived_shuffle_seed("b7fbc062f271cd53"), 4067544403);
+    }
+
+    #[test]
+    fn design_hash_streamed_is_the_hash_of_the_whole_list() {
+        let whole = |configs: &[Value]| {
+            sha256_hex(&dumps_sorted(&Value::Seq(configs.to_vec())))[..16].to_string()
+        };
+        let a = crate::pyjson::parse(r#"{"b": [1, 2.5, {"z": null, "a": "\u00e9"}], "a": true}"#)
+            .unwrap();
+        let b = Value::Str("x".into());
+        for list in [vec![], vec![a.clone()], vec![a.clone(), b.clone(), a]] {
+            assert_eq!(study_design_hash(&list), whole(&list));
+        }
     }
 }

@@ -6,6 +6,10 @@
 //! anywhere the registry forbids one is a hard error with file:line:col and a
 //! suggestion, and an empty sweep axis is an error instead of silently yielding
 //! nothing. Everything here is pure except [`StudySource::read`].
+//!
+//! [`plan_compact`] is the same planner keeping each run-list config once, as JSON
+//! text, with runs as indices into them: what the coordinator submits, since a
+//! 1,000,000-run [`StudyPlan`] holds a config tree per run (about 15 GB).
 
 pub mod expand;
 pub mod hash;
@@ -334,6 +338,138 @@ pub struct StudyPlan {
     pub run_list: Vec<Value>,
 }
 
+/// The plan of [`plan_compact`]: everything [`StudyPlan`] says, with each run-list
+/// config kept once (in [`CompactPlan::configs`], rendered) and each run a 16-byte
+/// reference to it, so a 1,000,000-run study costs its distinct configs plus 16 MB.
+///
+/// `C` is what is kept of each config: [`PlannedConfig`] for [`plan_compact`] (the
+/// only public way to get one; the parameter lets [`plan`] share this code).
+#[derive(Clone, Debug)]
+pub struct CompactPlan<C = PlannedConfig> {
+    pub mode: PlanMode,
+    pub study_name: Option<String>,
+    pub study_design_hash: String,
+    pub execution: StudyExecution,
+    pub skipped: Vec<SkippedConfig>,
+    /// Distinct config hashes among the runs.
+    pub n_configs: usize,
+    /// Valid configs before dedup.
+    pub n_valid_declared: usize,
+    /// Raw configs generated before validation (the grid size).
+    pub n_generated: usize,
+    pub warnings: Vec<String>,
+    pub dormant_observations: Vec<DormantObservation>,
+    /// `resolved` or `off`.
+    pub dedup_mode: String,
+    /// One entry per run-list entry (the run list before cycles), in run-list order:
+    /// `StudyPlan::run_list[i]` is `configs[i]`. With `deduplicate_equivalent` (the
+    /// default) every entry is a distinct config; with it off, equal configs repeat as
+    /// they do in the run list.
+    pub configs: Vec<C>,
+    /// The runs in execution order, as [`StudyPlan::runs`] lists them.
+    pub runs: Vec<CompactRun>,
+}
+
+/// One run of a [`CompactPlan`], in execution order.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CompactRun {
+    /// Index into [`CompactPlan::configs`].
+    pub config: u32,
+    pub cycle: u32,
+    /// Experiment gap plus cycle gap that precede this run (0 for the first).
+    pub gap_before_seconds: f64,
+}
+
+/// One run-list config of a [`CompactPlan`], rendered for the store: its JSON text
+/// and the fields derived from the tree, instead of the tree itself. The tree of a
+/// full canonical dump takes about 12 times the memory of its text (an `IndexMap`
+/// per section, a `String` per key: ~15 KB against 1.2 KB for a synthetic config),
+/// and the text is what a run record stores, so a 100,000-config study is held as
+/// text once per config and nothing else.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannedConfig {
+    pub config_hash: String,
+    pub engine: String,
+    /// `task.model` (empty when the config has none).
+    pub model: String,
+    /// GPUs a run of this config needs ([`crate::gpus::tp_size`]).
+    pub tp_size: u32,
+    /// `pyjson::dumps(&config, &DumpOptions::default())` of the full canonical dump
+    /// (`server.traffic.slo` included), the config [`PlannedRun::config`] holds.
+    pub config_json: String,
+}
+
+impl PlannedConfig {
+    fn render(c: RunListConfig) -> PlannedConfig {
+        PlannedConfig {
+            model: c
+                .config
+                .get_path("task.model")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+            tp_size: crate::gpus::tp_size(&c.engine, &c.config),
+            config_json: {
+                // Held for the plan's life: without the slack of a growing String
+                // (up to half of it).
+                let mut text = pyjson::dumps(&c.config, &pyjson::DumpOptions::default());
+                text.shrink_to_fit();
+                text
+            },
+            config_hash: c.config_hash,
+            engine: c.engine,
+        }
+    }
+
+    /// The config tree, read back from [`PlannedConfig::config_json`] (the text
+    /// round-trips exactly: ints stay ints, floats are shortest repr, key order kept).
+    pub fn config(&self) -> Value {
+        pyjson::parse(&self.config_json).expect("a config's own JSON rendering parses")
+    }
+}
+
+/// A config of the run list as the planner produces it, before it is kept.
+struct RunListConfig {
+    config: Value,
+    config_hash: String,
+    engine: String,
+}
+
+impl CompactPlan<RunListConfig> {
+    /// The full plan: each run gets its own copy of its config.
+    fn into_study_plan(self) -> StudyPlan {
+        let runs = self
+            .runs
+            .iter()
+            .map(|r| {
+                let c = &self.configs[r.config as usize];
+                PlannedRun {
+                    config_hash: c.config_hash.clone(),
+                    cycle: r.cycle,
+                    config: c.config.clone(),
+                    engine: c.engine.clone(),
+                    gap_before_seconds: r.gap_before_seconds,
+                }
+            })
+            .collect();
+        StudyPlan {
+            mode: self.mode,
+            study_name: self.study_name,
+            study_design_hash: self.study_design_hash,
+            execution: self.execution,
+            runs,
+            skipped: self.skipped,
+            n_configs: self.n_configs,
+            n_valid_declared: self.n_valid_declared,
+            n_generated: self.n_generated,
+            warnings: self.warnings,
+            dormant_observations: self.dormant_observations,
+            dedup_mode: self.dedup_mode,
+            run_list: self.configs.into_iter().map(|c| c.config).collect(),
+        }
+    }
+}
+
 /// The number of raw configs a study expands to before validation (the grid size),
 /// computed from the sweep's axis lengths and group sizes without building a single
 /// config, so a runaway grid can be refused before it takes the memory to expand it.
@@ -651,8 +787,38 @@ pub fn plan_within(
     opts: &PlanOptions,
     max_runs: usize,
 ) -> Result<StudyPlan, StudyError> {
+    Ok(plan_kept(src, opts, max_runs, |c| c)?.into_study_plan())
+}
+
+/// [`plan`] without a config tree per run: the same runs, order, hashes, cycles and
+/// gaps (both are the same code), with each run-list config held once, rendered as
+/// JSON text ([`PlannedConfig`]), and each run an index into them ([`CompactRun`]).
+/// A study of 100,000 configs x 10 cycles plans in under 200 MB where [`plan`]
+/// would take about 15 GB (`common/examples/plan_rss.rs` measures both).
+pub fn plan_compact(src: &StudySource, opts: &PlanOptions) -> Result<CompactPlan, StudyError> {
+    plan_compact_within(src, opts, MAX_PLANNED_RUNS)
+}
+
+/// [`plan_compact`] with another run limit, as [`plan_within`].
+pub fn plan_compact_within(
+    src: &StudySource,
+    opts: &PlanOptions,
+    max_runs: usize,
+) -> Result<CompactPlan, StudyError> {
+    plan_kept(src, opts, max_runs, PlannedConfig::render)
+}
+
+/// The planner behind [`plan`] and [`plan_compact`]: each run-list config is handed
+/// to `keep` as soon as it is canonicalised, deduplicated and hashed, and only what
+/// `keep` returns is held; no other config tree outlives its turn of the loop.
+fn plan_kept<C>(
+    src: &StudySource,
+    opts: &PlanOptions,
+    max_runs: usize,
+    mut keep: impl FnMut(RunListConfig) -> C,
+) -> Result<CompactPlan<C>, StudyError> {
     let parts = match prepare(src, opts)? {
-        Prepared::Single { raw, spans, file } => return plan_single(raw, &spans, &file),
+        Prepared::Single { raw, spans, file } => return plan_single(raw, &spans, &file, keep),
         Prepared::Study(p) => p,
     };
     let file = parts.file.clone();
@@ -668,17 +834,25 @@ pub fn plan_within(
     }
 
     // Validation with the preset side effect (7.5), config by config as the grid is
-    // generated, so the raw grid is never held whole.
+    // generated, so the raw grid is never held whole. Each valid config is
+    // canonicalised (7.6) and deduplicated (7.7) in the same turn: the checks below
+    // that need every config (all invalid, mixed modes) only read counts and modes,
+    // and canonicalisation cannot fail, so doing it early changes no outcome.
     let mut shared: Map = Map::new();
     for e in schema::ENGINES {
         if let Some(v @ Value::Map(_)) = parts.merged_fixed.get(*e) {
             shared.insert(e.to_string(), v.clone());
         }
     }
+    let dedup = parts.execution.deduplicate_equivalent;
     let mut warnings = Vec::new();
-    let mut valid: Vec<Value> = Vec::new();
     let mut skipped = Vec::new();
     let mut n_generated = 0usize;
+    let mut n_valid_declared = 0usize;
+    let mut modes = std::collections::BTreeSet::new();
+    let mut observations: Vec<DormantObservation> = Vec::new();
+    let mut seen_resolved = std::collections::HashSet::new();
+    let mut run_list = RunList::new();
     for (idx, rc) in parts.raw_configs()?.enumerate() {
         let rc = rc?;
         n_generated += 1;
@@ -700,11 +874,32 @@ pub fn plan_within(
                 shared.insert(e.clone(), v.clone());
             }
         }
-        match validate::validate_experiment(&map) {
-            Ok(v) => valid.push(v.dump),
-            Err(errors) => skipped.push(skip_record(snapshot, errors)),
+        let valid = match validate::validate_experiment(&map) {
+            Ok(v) => v.dump,
+            Err(errors) => {
+                skipped.push(skip_record(snapshot, errors));
+                continue;
+            }
+        };
+        n_valid_declared += 1;
+        if let Some(m) = valid.get_path("serving_mode").and_then(Value::as_str) {
+            if !modes.contains(m) {
+                modes.insert(m.to_string());
+            }
         }
+        let mut found = Vec::new();
+        let canonical = rules::canonicalise(&engine_of(&valid), &valid, &mut found);
+        for o in found {
+            if !observations.contains(&o) {
+                observations.push(o);
+            }
+        }
+        if dedup && !seen_resolved.insert(hash::resolved_config_hash(&canonical)) {
+            continue;
+        }
+        run_list.push(canonical, &mut keep);
     }
+    drop(seen_resolved);
     if n_generated == 0 {
         return Err(StudyError::NoExperiments { file });
     }
@@ -713,8 +908,8 @@ pub fn plan_within(
         execution,
         ..
     } = *parts;
-    let total = valid.len() + skipped.len();
-    if valid.is_empty() {
+    let total = n_valid_declared + skipped.len();
+    if n_valid_declared == 0 {
         let first = skipped
             .iter()
             .take(5)
@@ -730,106 +925,132 @@ pub fn plan_within(
             total
         ));
     }
-    let mut modes: Vec<String> = valid
-        .iter()
-        .filter_map(|v| {
-            v.get_path("serving_mode")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        })
-        .collect();
-    modes.sort();
-    modes.dedup();
     if modes.len() > 1 {
         return Err(StudyError::MixedServingModes {
             file,
-            modes: modes.join(", "),
+            modes: modes.into_iter().collect::<Vec<_>>().join(", "),
         });
     }
-    let n_valid_declared = valid.len();
     if n_valid_declared > 100 {
         warnings.push(format!(
             "{file}: large study: {n_valid_declared} valid experiments"
         ));
     }
-
-    // Canonicalisation and dedup (7.6, 7.7).
-    let mut observations = Vec::new();
-    let canonical: Vec<Value> = valid
-        .iter()
-        .map(|c| {
-            let engine = c
-                .get_path("engine")
-                .and_then(Value::as_str)
-                .unwrap_or("transformers")
-                .to_string();
-            rules::canonicalise(&engine, c, &mut observations)
-        })
-        .collect();
-    let mut distinct_obs: Vec<DormantObservation> = Vec::new();
-    for o in observations {
-        if !distinct_obs.contains(&o) {
-            distinct_obs.push(o);
-        }
-    }
-    let run_list: Vec<Value> = if execution.deduplicate_equivalent {
-        let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
-        let mut out = Vec::new();
-        for c in &canonical {
-            if seen.insert(hash::resolved_config_hash(c)) {
-                out.push(c.clone());
-            }
-        }
-        out
-    } else {
-        canonical.clone()
-    };
-    let n_runs = run_list.len() as u64 * u64::from(execution.n_cycles);
+    let n_runs = run_list.kept.len() as u64 * u64::from(execution.n_cycles);
     if n_runs > max_runs as u64 {
         return Err(StudyError::TooManyRuns {
             file,
-            n_configs: run_list.len(),
+            n_configs: run_list.kept.len(),
             n_cycles: execution.n_cycles,
             n_runs,
             limit: max_runs,
         });
     }
-    let design_hash = hash::study_design_hash(&run_list);
-    let order = cycle_order(run_list.len(), &execution, &design_hash);
-    let hashes: Vec<String> = run_list.iter().map(config_hash).collect();
-    let mut distinct: Vec<&String> = hashes.iter().collect();
-    distinct.sort();
-    distinct.dedup();
-    let n_distinct = distinct.len();
-    let runs = build_runs(&order, &run_list, &hashes, &execution, n_distinct);
-    Ok(StudyPlan {
+    let dedup_mode = if dedup { "resolved" } else { "off" };
+    let head = PlanHead {
         mode: PlanMode::Study,
         study_name,
-        study_design_hash: design_hash,
         execution,
-        n_configs: n_distinct,
-        runs,
         skipped,
         n_valid_declared,
         n_generated,
         warnings,
-        dormant_observations: distinct_obs,
-        dedup_mode: String::new(),
-        run_list,
+        dormant_observations: observations,
+        dedup_mode: dedup_mode.into(),
+    };
+    Ok(run_list.finish(head, cycle_order))
+}
+
+/// The engine a config names (`transformers` when it names none).
+fn engine_of(config: &Value) -> String {
+    config
+        .get_path("engine")
+        .and_then(Value::as_str)
+        .unwrap_or("transformers")
+        .to_string()
+}
+
+/// The run list as it is built: what is kept of each config, the design hash over
+/// the configs so far (8.2), and which entries share a config hash.
+struct RunList<C> {
+    kept: Vec<C>,
+    design: hash::DesignHasher,
+    /// Per entry, the index of its config hash among the distinct ones.
+    hash_ids: Vec<u32>,
+    distinct: std::collections::HashMap<String, u32>,
+}
+
+impl<C> RunList<C> {
+    fn new() -> RunList<C> {
+        RunList {
+            kept: Vec::new(),
+            design: hash::DesignHasher::default(),
+            hash_ids: Vec::new(),
+            distinct: std::collections::HashMap::new(),
+        }
     }
-    .with_dedup_mode())
+
+    fn push(&mut self, config: Value, keep: &mut impl FnMut(RunListConfig) -> C) {
+        self.design.push(&config);
+        let config_hash = config_hash(&config);
+        let next = to_u32(self.distinct.len());
+        let id = *self.distinct.entry(config_hash.clone()).or_insert(next);
+        self.hash_ids.push(id);
+        self.kept.push(keep(RunListConfig {
+            engine: engine_of(&config),
+            config,
+            config_hash,
+        }));
+    }
+
+    /// Orders the run list over the cycles with `order` ([`cycle_order`], 7.9) and
+    /// fills in the plan.
+    fn finish(
+        self,
+        head: PlanHead,
+        order: impl FnOnce(usize, &StudyExecution, &str) -> Vec<usize>,
+    ) -> CompactPlan<C> {
+        let study_design_hash = self.design.finish();
+        let order = order(self.kept.len(), &head.execution, &study_design_hash);
+        let runs = build_runs(&order, &self.hash_ids, self.distinct.len(), &head.execution);
+        CompactPlan {
+            mode: head.mode,
+            study_name: head.study_name,
+            study_design_hash,
+            execution: head.execution,
+            skipped: head.skipped,
+            n_configs: self.distinct.len(),
+            n_valid_declared: head.n_valid_declared,
+            n_generated: head.n_generated,
+            warnings: head.warnings,
+            dormant_observations: head.dormant_observations,
+            dedup_mode: head.dedup_mode,
+            configs: self.kept,
+            runs,
+        }
+    }
+}
+
+/// The fields of a plan settled before the run list is ordered.
+struct PlanHead {
+    mode: PlanMode,
+    study_name: Option<String>,
+    execution: StudyExecution,
+    skipped: Vec<SkippedConfig>,
+    n_valid_declared: usize,
+    n_generated: usize,
+    warnings: Vec<String>,
+    dormant_observations: Vec<DormantObservation>,
+    dedup_mode: String,
+}
+
+/// A run-list index as a [`CompactRun::config`]; the grid limit keeps run lists far
+/// below 2^32 entries.
+fn to_u32(i: usize) -> u32 {
+    u32::try_from(i).expect("a run list of fewer than 2^32 configs")
 }
 
 impl StudyPlan {
-    fn with_dedup_mode(mut self) -> Self {
-        self.dedup_mode = if self.execution.deduplicate_equivalent {
-            "resolved".into()
-        } else {
-            "off".into()
-        };
-        self
-    }
-
     /// Exactly the object `expand_study.py` prints (same keys, same order).
     pub fn to_oracle_json(&self) -> Value {
         let mut m = Map::new();
@@ -1033,23 +1254,24 @@ pub fn latin_square_row(k: usize, i: usize) -> Vec<usize> {
         .collect()
 }
 
+/// The runs of `order` (run-list indices in execution order): each run's cycle is
+/// how many runs of its config hash came before it plus one, and its gap is the
+/// experiment gap plus, at each cycle boundary, the cycle gap (7.9, 7.10).
 fn build_runs(
     order: &[usize],
-    list: &[Value],
-    hashes: &[String],
-    ex: &StudyExecution,
+    hash_ids: &[u32],
     n_distinct: usize,
-) -> Vec<PlannedRun> {
+    ex: &StudyExecution,
+) -> Vec<CompactRun> {
     let b = if ex.experiment_order == ExperimentOrder::Sequential && n_distinct >= 2 {
         ex.n_cycles as usize
     } else {
         n_distinct
     };
-    let mut counts: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+    let mut counts = vec![0u32; n_distinct];
     let mut runs = Vec::with_capacity(order.len());
     for (pos, &i) in order.iter().enumerate() {
-        let h = &hashes[i];
-        let c = counts.entry(h.as_str()).or_insert(0);
+        let c = &mut counts[hash_ids[i] as usize];
         *c += 1;
         let mut gap = 0.0;
         if pos > 0 {
@@ -1061,15 +1283,9 @@ fn build_runs(
                 gap += ex.cycle_gap_seconds.filter(|g| *g > 0.0).unwrap_or(0.0);
             }
         }
-        runs.push(PlannedRun {
-            config_hash: h.clone(),
+        runs.push(CompactRun {
+            config: to_u32(i),
             cycle: *c,
-            config: list[i].clone(),
-            engine: list[i]
-                .get_path("engine")
-                .and_then(Value::as_str)
-                .unwrap_or("transformers")
-                .to_string(),
             gap_before_seconds: gap,
         });
     }
@@ -1077,7 +1293,12 @@ fn build_runs(
 }
 
 /// The single-experiment path (7.11): one run, no canonicalisation, errors are fatal.
-fn plan_single(mut raw: Map, spans: &Spans, file: &str) -> Result<StudyPlan, StudyError> {
+fn plan_single<C>(
+    mut raw: Map,
+    spans: &Spans,
+    file: &str,
+    mut keep: impl FnMut(RunListConfig) -> C,
+) -> Result<CompactPlan<C>, StudyError> {
     raw.shift_remove("version");
     check_experiment_keys(&raw, &[], spans, file, "")?;
     validate::expand_sampling_preset(&mut raw);
@@ -1087,37 +1308,25 @@ fn plan_single(mut raw: Map, spans: &Spans, file: &str) -> Result<StudyPlan, Stu
             errors,
         })?
         .dump;
-    let h = config_hash(&dump);
     let execution = StudyExecution::from_dump(Value::Map(
         validate::validate_map(&Map::new(), &schema::EXECUTION, &[], &mut Vec::new())
             .unwrap_or_default(),
     ));
-    let engine = dump
-        .get_path("engine")
-        .and_then(Value::as_str)
-        .unwrap_or("transformers")
-        .to_string();
-    Ok(StudyPlan {
+    let mut run_list = RunList::new();
+    run_list.push(dump, &mut keep);
+    let head = PlanHead {
         mode: PlanMode::Experiment,
         study_name: None,
-        study_design_hash: hash::study_design_hash(std::slice::from_ref(&dump)),
         execution,
-        runs: vec![PlannedRun {
-            config_hash: h,
-            cycle: 1,
-            config: dump.clone(),
-            engine,
-            gap_before_seconds: 0.0,
-        }],
         skipped: Vec::new(),
-        n_configs: 1,
         n_valid_declared: 1,
         n_generated: 1,
         warnings: Vec::new(),
         dormant_observations: Vec::new(),
         dedup_mode: "off".into(),
-        run_list: vec![dump],
-    })
+    };
+    // One run whatever the (default) execution block says.
+    Ok(run_list.finish(head, |_, _, _| vec![0]))
 }
 
 // ---- the unknown-key check (a deliberate departure from llem) -----------------------
