@@ -107,17 +107,15 @@ fn populate(store: &Store, n: u64) -> anyhow::Result<()> {
     let mut left = n;
     while left > 0 {
         let k = left.min(100_000);
-        let runs = (0..k)
-            .map(|i| NewRun {
-                config_hash: format!("{:016x}", i),
-                cycle: 1,
-                engine: "synthetic".into(),
-                model: "bench".into(),
-                gap_before_s: 0.0,
-                config_json: r#"{"engine":"synthetic","task":{"model":"bench"}}"#.into(),
-                tp_size: 1,
-            })
-            .collect();
+        let runs = (0..k).map(|i| NewRun {
+            config_hash: format!("{:016x}", i),
+            cycle: 1,
+            engine: "synthetic".into(),
+            model: "bench".into(),
+            gap_before_s: 0.0,
+            config_json: r#"{"engine":"synthetic","task":{"model":"bench"}}"#.into(),
+            tp_size: 1,
+        });
         let rec = CampaignRecord {
             id: lem_common::types::CampaignId(0),
             study_name: Some("bench".into()),

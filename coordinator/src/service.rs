@@ -19,7 +19,7 @@ use lem_common::rpc::{
 };
 use lem_common::study::{self, PlanOptions, StudySource};
 use lem_common::types::{format_utc_ms, CampaignId, WorkerId};
-use lem_common::{pyjson, PROTOCOL_VERSION};
+use lem_common::PROTOCOL_VERSION;
 use tarpc::context::Context;
 use tokio::sync::Notify;
 
@@ -537,37 +537,11 @@ impl Coordinator for CoordService {
                 req.path
             )));
         }
-        let plan = study::plan(&src, &PlanOptions::default())
+        // The compact plan holds each config once (as its JSON), not once per run:
+        // a 1,000,000-run study plans in ~200 MB (docs/performance.md).
+        let plan = study::plan_compact_within(&src, &PlanOptions::default(), MAX_RUNS_PER_CAMPAIGN)
             .map_err(|e| RpcError::new(RpcErrorKind::InvalidInput, e.to_string()))?;
-        if plan.runs.len() > MAX_RUNS_PER_CAMPAIGN {
-            return Err(RpcError::new(
-                RpcErrorKind::InvalidInput,
-                format!(
-                    "{}: study expands to {} runs, the limit is {MAX_RUNS_PER_CAMPAIGN}",
-                    req.path,
-                    plan.runs.len()
-                ),
-            ));
-        }
-        let runs: Vec<NewRun> = plan
-            .runs
-            .iter()
-            .map(|r| NewRun {
-                config_hash: r.config_hash.clone(),
-                cycle: r.cycle,
-                engine: r.engine.clone(),
-                model: r
-                    .config
-                    .get_path("task.model")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("")
-                    .to_string(),
-                gap_before_s: r.gap_before_seconds,
-                config_json: pyjson::dumps(&r.config, &pyjson::DumpOptions::default()),
-                tp_size: lem_common::gpus::tp_size(&r.engine, &r.config),
-            })
-            .collect();
-        let n_runs = runs.len() as u64;
+        let n_runs = plan.runs.len() as u64;
         let record = CampaignRecord {
             id: CampaignId(0),
             study_name: plan.study_name.clone(),
@@ -585,16 +559,37 @@ impl Coordinator for CoordService {
                 .collect(),
             warnings: plan.warnings.clone(),
         };
+        let (n_configs, n_skipped, warnings) = (
+            plan.n_configs as u64,
+            plan.skipped.len() as u64,
+            plan.warnings.clone(),
+        );
         let shared = self.shared.clone();
-        let id = blocking(move || shared.store.create_campaign(record, runs)).await?;
+        let id = blocking(move || {
+            // Each run's record is made as it is stored.
+            let runs = plan.runs.iter().map(|r| {
+                let c = &plan.configs[r.config as usize];
+                NewRun {
+                    config_hash: c.config_hash.clone(),
+                    cycle: r.cycle,
+                    engine: c.engine.clone(),
+                    model: c.model.clone(),
+                    gap_before_s: r.gap_before_seconds,
+                    config_json: c.config_json.clone(),
+                    tp_size: c.tp_size,
+                }
+            });
+            shared.store.create_campaign(record, runs)
+        })
+        .await?;
         tracing::info!(campaign = id.0, n_runs, "campaign submitted");
         self.shared.work_available.notify_waiters();
         Ok(SubmitReply {
             campaign: id,
             n_runs,
-            n_configs: plan.n_configs as u64,
-            n_skipped: plan.skipped.len() as u64,
-            warnings: plan.warnings,
+            n_configs,
+            n_skipped,
+            warnings,
         })
     }
 

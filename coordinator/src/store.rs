@@ -765,23 +765,29 @@ impl Store {
         })
     }
 
-    /// Stores a new campaign and all its runs in one transaction.
+    /// Stores a new campaign and all its runs in one transaction. The runs are
+    /// taken one at a time, so a caller can make each as it is stored (a
+    /// 1,000,000-run campaign is never held as 1,000,000 records).
     pub fn create_campaign(
         &self,
         mut campaign: CampaignRecord,
-        runs: Vec<NewRun>,
+        runs: impl IntoIterator<Item = NewRun>,
     ) -> Result<CampaignId, StoreError> {
         let txn = self.db.begin_write()?;
         let id = CampaignId(next_counter(&txn, "next_campaign")?);
         campaign.id = id;
-        campaign.n_runs = runs.len() as u64;
         txn.open_table(STUDIES)?
             .insert(id.0, campaign.study_text.as_str())?;
         campaign.study_text = String::new();
-        txn.open_table(CAMPAIGNS)?
-            .insert(id.0, to_json(&campaign).as_slice())?;
         let mut configs = txn.open_table(CONFIGS)?;
+        let mut run_table = txn.open_table(RUNS)?;
+        let mut pending = txn.open_table(PENDING)?;
+        // Every new run is pending: the indexes are written here directly and the
+        // counts once at the end (what `put_run` does one run at a time).
+        let mut pool_counts: std::collections::BTreeMap<String, u64> = Default::default();
+        campaign.n_runs = 0;
         for (seq, r) in runs.into_iter().enumerate() {
+            campaign.n_runs += 1;
             if configs.get((id.0, r.config_hash.as_str()))?.is_none() {
                 configs.insert((id.0, r.config_hash.as_str()), r.config_json.as_bytes())?;
             }
@@ -799,9 +805,18 @@ impl Store {
                 lease: LeaseRecord::new_pending(),
                 tp_size: r.tp_size.max(1),
             };
-            put_run(&txn, None, &rec)?;
+            let pool = pending_pool(&rec.engine, rec.tp_size);
+            pending.insert((pool.as_str(), id.0, rec.key.seq), ())?;
+            run_table.insert((id.0, rec.key.seq), to_json(&rec).as_slice())?;
+            *pool_counts.entry(pool).or_default() += 1;
         }
-        drop(configs);
+        drop((configs, run_table, pending));
+        bump_count(&txn, id.0, RunState::Pending, campaign.n_runs as i64)?;
+        for (pool, n) in pool_counts {
+            bump_key(&txn, id.0, &pool_count_key(&pool), n as i64)?;
+        }
+        txn.open_table(CAMPAIGNS)?
+            .insert(id.0, to_json(&campaign).as_slice())?;
         txn.commit()?;
         Ok(id)
     }

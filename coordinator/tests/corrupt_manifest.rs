@@ -20,7 +20,7 @@ fn seed_manifest(dir: &std::path::Path) -> CampaignId {
         skipped: vec![],
         warnings: vec![],
     };
-    let runs = (0..40)
+    let runs: Vec<NewRun> = (0..40)
         .map(|i| NewRun {
             config_hash: format!("{i:016x}"),
             cycle: 1,
