@@ -53,7 +53,9 @@ pub enum PkiError {
     Missing { path: String, dir: String },
     #[error("{path}: {reason}")]
     Invalid { path: String, reason: String },
-    #[error("cannot write {path}: {reason}")]
+    #[error(
+        "cannot write {path}: {reason} (make the data dir writable, or choose another --data-dir)"
+    )]
     Write { path: String, reason: String },
     #[error("cannot make a certificate: {0}")]
     Certificate(String),

@@ -177,6 +177,9 @@ fn store_err(e: StoreError) -> RpcError {
             RpcErrorKind::Unavailable,
             format!("coordinator cannot write its manifest: {s} (check free space and permissions of its data dir)"),
         ),
+        e @ StoreError::NotWritable { .. } => {
+            RpcError::new(RpcErrorKind::Unavailable, format!("coordinator: {e}"))
+        }
         other => RpcError::new(RpcErrorKind::Internal, other.to_string()),
     }
 }

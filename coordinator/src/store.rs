@@ -82,6 +82,8 @@ pub enum StoreError {
         #[source]
         source: redb::DatabaseError,
     },
+    #[error("cannot write the manifest {path}: {reason}: make its data dir writable (remount it read-write, or give this user write access), then try again")]
+    NotWritable { path: String, reason: String },
     #[error("manifest {path} has schema version {found}, this lem-coord understands {expected}")]
     SchemaMismatch {
         path: String,
@@ -280,23 +282,50 @@ impl WriteTxn<'_> {
 
 /// Opens the manifest file with every page's checksum verified: a damaged manifest is
 /// an error that names it, never a panic inside redb (a plain open may panic on one).
-fn open_database(path: &Path) -> Result<Database, StoreError> {
+/// Only `create` makes a new one: a reopen that found no file (its data dir unmounted
+/// for repair, say) must wait for it, not carry on with an empty manifest.
+fn open_database(path: &Path, create: bool) -> Result<Database, StoreError> {
     let display = path.display().to_string();
-    Database::builder()
+    let mut builder = Database::builder();
+    builder
         .set_check_integrity_on_open(true)
         // redb's default cache is 1 GiB; the hot set (the pending and leased indexes,
         // the counts, the B-tree interiors) is a few MiB even at 1,000,000 runs, and
         // a cache that big would hold whatever a full export touched for the life of
         // the coordinator (docs/performance.md).
-        .set_cache_size(MANIFEST_CACHE_BYTES)
-        .create(path)
-        .map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::AlreadyOpen { path: display },
-            other => StoreError::Open {
+        .set_cache_size(MANIFEST_CACHE_BYTES);
+    let opened = if create {
+        builder.create(path)
+    } else {
+        builder.open(path)
+    };
+    opened.map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::AlreadyOpen { path: display },
+        redb::DatabaseError::Storage(redb::StorageError::Io(io))
+            if io.kind() == std::io::ErrorKind::NotFound =>
+        {
+            StoreError::Storage(format!(
+                "the manifest {display} is not there (is its data dir unmounted?); waiting for it, not starting an empty one"
+            ))
+        }
+        // A read-only mount or a permission problem, not damage: the advice of
+        // `Open` (move the file aside) would be wrong.
+        redb::DatabaseError::Storage(redb::StorageError::Io(io))
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            StoreError::NotWritable {
                 path: display,
-                source: other,
-            },
-        })
+                reason: io.to_string(),
+            }
+        }
+        other => StoreError::Open {
+            path: display,
+            source: other,
+        },
+    })
 }
 
 impl Db {
@@ -318,7 +347,7 @@ impl Db {
         // The file lock goes with the last reference; a transaction still running on
         // another thread holds one, and the next call tries again.
         drop(g.take());
-        let db = open_database(&self.path).map_err(|e| {
+        let db = open_database(&self.path, false).map_err(|e| {
             StoreError::Storage(format!("reopening the manifest after a write error: {e}"))
         })?;
         tracing::warn!(manifest = %self.path.display(), "manifest reopened after a write error");
@@ -711,13 +740,13 @@ impl Store {
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             StoreError::Storage(format!(
-                "cannot create data dir {}: {e}",
+                "cannot create data dir {}: {e} (choose a --data-dir on a writable file system, or make this one writable)",
                 data_dir.display()
             ))
         })?;
         let path = data_dir.join(MANIFEST_FILE);
         let display = path.display().to_string();
-        let db = open_database(&path)?;
+        let db = open_database(&path, true)?;
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
@@ -1642,7 +1671,7 @@ mod tests {
         // A newer schema is refused, naming both versions.
         drop(store);
         {
-            let db = open_database(&dir.path().join(MANIFEST_FILE)).unwrap();
+            let db = open_database(&dir.path().join(MANIFEST_FILE), false).unwrap();
             let txn = db.begin_write().unwrap();
             txn.open_table(META)
                 .unwrap()

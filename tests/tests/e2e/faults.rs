@@ -5,7 +5,8 @@
 //! worker's journal keeps a result finished while the coordinator was down through
 //! the worker's own SIGKILL, and a restarted worker reports the run it was killed in;
 //! a second coordinator on a data dir in use is refused, and SIGTERM lets a worker
-//! finish its current run before it exits.
+//! finish its current run before it exits. A full disk and a read-only data dir
+//! (`read_only`) refuse new work and lose nothing.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -17,6 +18,8 @@ use lem_tests::{
 use serde_json::Value;
 
 use crate::{campaign_id, start_coordinator, start_worker, wait_for_addr, COORD, WORKER};
+
+mod read_only;
 
 /// The coordinator's lease TTL in this test; workers renew every third of it.
 const TTL_SECS: u64 = 5;
@@ -178,6 +181,46 @@ impl Fleet {
             self.fail(&describe(&args, &out));
         }
         campaign_id(&out.stdout)
+    }
+
+    /// Waits (up to 120 s) until all `total` runs of campaign `id` have ended, done or
+    /// failed; returns its status.
+    fn wait_finished(&self, id: &str, total: u64, what: &str) -> Value {
+        let all = self.all();
+        wait_for(what, Duration::from_secs(120), &all, || {
+            let s = crate::status_json(&self.addr, id)?;
+            (s["done"].as_u64()? + s["failed"].as_u64()? == total).then_some(s)
+        })
+    }
+
+    /// Runs the submission `args`, which must be refused with an error saying each of
+    /// `says`.
+    fn submission_refused(&self, args: &[&str], says: &[&str]) {
+        let out = run(COORD, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() || !says.iter().all(|s| err.contains(s)) {
+            self.fail(&format!(
+                "refused, saying {says:?}: {}",
+                describe(args, &out)
+            ));
+        }
+    }
+
+    /// Once the coordinator can write again, the submission `args` works (within 30 s,
+    /// no restart) and makes a campaign of `total` runs.
+    fn submission_works_again(&self, args: &[&str], total: u64) {
+        let all = self.all();
+        let id = wait_for(
+            "a submission to work again",
+            Duration::from_secs(30),
+            &all,
+            || {
+                let out = run(COORD, args);
+                out.status.success().then(|| campaign_id(&out.stdout))
+            },
+        );
+        let s = crate::status_json(&self.addr, &id).unwrap();
+        assert_eq!(s["total"], total, "{s}");
     }
 
     fn leases_held(&self, worker: &str) -> Option<u64> {
@@ -710,11 +753,7 @@ fn sigterm_on_the_coordinator_is_a_clean_stop() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut fleet, id) = one_worker_mid_run(tmp.path(), "t0");
     fleet.restart_coordinator_gracefully();
-    let all = fleet.all();
-    let status = wait_for("both runs done", Duration::from_secs(120), &all, || {
-        let s = crate::status_json(&fleet.addr, &id)?;
-        (s["done"].as_u64()? + s["failed"].as_u64()? == 2).then_some(s)
-    });
+    let status = fleet.wait_finished(&id, 2, "both runs done");
     let rows = result_rows(&fleet.addr, &id);
     if let Err(e) = check_exactly_once(&status, &rows, 2) {
         fleet.fail(&e);
@@ -757,38 +796,11 @@ fn a_full_disk_refuses_new_work_and_loses_nothing() {
         "--coordinator",
         &fleet.addr,
     ];
-    let out = run(COORD, &args);
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    if out.status.success() || !err.contains("free space") {
-        fleet.fail(&format!(
-            "refused, saying what to check: {}",
-            describe(&args, &out)
-        ));
-    }
+    fleet.submission_refused(&args, &["free space"]);
     // The first campaign finishes on the full disk (its writes fit in the file).
-    let all = fleet.all();
-    wait_for(
-        "the first campaign to finish",
-        Duration::from_secs(120),
-        &all,
-        || {
-            let s = crate::status_json(&fleet.addr, &id)?;
-            (s["done"].as_u64()? + s["failed"].as_u64()? == 2).then_some(())
-        },
-    );
+    fleet.wait_finished(&id, 2, "the first campaign to finish");
     set_file_size_limit(&fleet.coord, None);
-    let all = fleet.all();
-    let id2 = wait_for(
-        "a submission to work again",
-        Duration::from_secs(30),
-        &all,
-        || {
-            let out = run(COORD, &args);
-            out.status.success().then(|| campaign_id(&out.stdout))
-        },
-    );
-    let s = crate::status_json(&fleet.addr, &id2).unwrap();
-    assert_eq!(s["total"], 200, "{s}");
+    fleet.submission_works_again(&args, 200);
     let status = crate::status_json(&fleet.addr, &id).unwrap();
     let rows = result_rows(&fleet.addr, &id);
     if let Err(e) = check_exactly_once(&status, &rows, 2) {

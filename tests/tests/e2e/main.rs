@@ -12,6 +12,8 @@ pub const WORKER: &str = env!("CARGO_BIN_EXE_lem-worker-shim");
 use std::path::Path;
 use std::time::Duration;
 
+use lem_common::rpc::RegisterRequest;
+use lem_common::types::{EngineCapability, WorkerId};
 pub use lem_tests::campaign_id;
 use lem_tests::{wait_for, Proc};
 
@@ -90,4 +92,36 @@ pub fn start_worker_with(dir: &Path, addr: &str, name: &str, extra: &[&str]) -> 
     ];
     args.extend_from_slice(extra);
     Proc::spawn(name, WORKER, &args, dir)
+}
+
+/// A one-thread runtime for an in-test RPC client.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// An RPC context with a 20 s deadline.
+pub fn ctx() -> tarpc::context::Context {
+    let mut c = tarpc::context::current();
+    c.deadline = std::time::Instant::now() + Duration::from_secs(20);
+    c
+}
+
+/// Registration of an in-test worker `worker`: no slots, the synthetic engine.
+pub fn register_request(worker: &str) -> RegisterRequest {
+    RegisterRequest {
+        worker: WorkerId(worker.into()),
+        host: "test".into(),
+        protocol_version: lem_common::PROTOCOL_VERSION,
+        worker_version: "test".into(),
+        slots: vec![],
+        engines: vec![EngineCapability {
+            engine: "synthetic".into(),
+            available: true,
+            reason: None,
+            version: None,
+        }],
+    }
 }

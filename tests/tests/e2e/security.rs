@@ -14,16 +14,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lem_common::rpc::{
-    CoordinatorClient, FailRequest, LeaseRequest, RegisterRequest, RenewRequest, RpcError,
-    RpcErrorKind,
+    CoordinatorClient, FailRequest, LeaseRequest, RenewRequest, RpcError, RpcErrorKind,
 };
-use lem_common::types::{CampaignId, EngineCapability, FailureClass, RunResult, WorkerId};
+use lem_common::types::{CampaignId, FailureClass, RunResult, WorkerId};
 use lem_tests::{describe, run, wait_for, Proc};
 use lem_worker::tls::{self, Credentials};
 use lem_worker::transport::{self, Endpoint, Security};
 use serde_json::Value;
 
-use crate::{campaign_id, results_jsonl, wait_for_addr, COORD, WORKER};
+use crate::{campaign_id, ctx, register_request, results_jsonl, rt, wait_for_addr, COORD, WORKER};
 
 /// A coordinator on 0.0.0.0:0; returns it, its data dir and `127.0.0.1:PORT`.
 fn start_tls_only_coordinator(dir: &Path, extra: &[&str]) -> (Proc, PathBuf, String) {
@@ -81,41 +80,12 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn ctx() -> tarpc::context::Context {
-    let mut c = tarpc::context::current();
-    c.deadline = std::time::Instant::now() + Duration::from_secs(20);
-    c
-}
-
 /// An in-test client speaking mutual TLS with the credential in `data_dir`.
 async fn connect_as(addr: &str, data_dir: &Path) -> CoordinatorClient {
     let creds = Credentials::load(&data_dir.join(tls::CREDENTIALS_FILE)).unwrap();
     transport::connect(&Endpoint::with_credentials(addr, &creds).unwrap())
         .await
         .unwrap()
-}
-
-fn register_request(worker: &str) -> RegisterRequest {
-    RegisterRequest {
-        worker: WorkerId(worker.into()),
-        host: "test".into(),
-        protocol_version: lem_common::PROTOCOL_VERSION,
-        worker_version: "test".into(),
-        slots: vec![],
-        engines: vec![EngineCapability {
-            engine: "synthetic".into(),
-            available: true,
-            reason: None,
-            version: None,
-        }],
-    }
 }
 
 fn refused_kind<T: std::fmt::Debug>(
