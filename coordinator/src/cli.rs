@@ -1239,6 +1239,18 @@ pub fn run_main() -> std::process::ExitCode {
         Command::Start { .. } => "warn,lem_coord=info,lem_worker=info",
         _ => "warn",
     };
+    // A command whose output goes into a pipe (`lem-coord results 1 | head`) ends
+    // quietly when the reader goes away, as Unix tools do, instead of panicking on
+    // the failed write. The server and the local runner keep Rust's default (EPIPE
+    // is an error on the one connection, never the end of the process).
+    if !matches!(
+        cli.command,
+        Command::Start { .. } | Command::Run { .. } | Command::Bench { .. }
+    ) {
+        // SAFETY: restoring the default disposition of one signal, before any thread
+        // is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LEM_LOG")

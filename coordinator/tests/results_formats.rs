@@ -132,3 +132,46 @@ print(json.dumps({"names": t.column_names, "types": {f.name: str(f.type) for f i
     assert_eq!(v["simulated"], serde_json::json!([true, true, null]));
     assert_eq!(v["tokens"], serde_json::json!([500, 500, null]));
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::io::Read as _;
+    // `lem-coord grid STUDY | head -c 16` on a grid whose listing is far more than a
+    // pipe holds: the reader goes away after 16 bytes.
+    let dir = tempfile::tempdir().unwrap();
+    let study = dir.path().join("big.yaml");
+    let values: Vec<String> = (1..=5000).map(|i| format!("{i}.0")).collect();
+    std::fs::write(
+        &study,
+        format!(
+            "task: {{model: m}}\nengine: synthetic\nserving_mode: offline\nsweep:\n  synthetic.engine_params.decode_ms_per_step: [{}]\n",
+            values.join(", ")
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lem-coord"))
+        .arg("grid")
+        .arg(&study)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut first = [0u8; 16];
+    out.read_exact(&mut first).unwrap();
+    drop(out);
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+    use std::os::unix::process::ExitStatusExt as _;
+    assert!(
+        status.success() || status.signal() == Some(libc::SIGPIPE),
+        "{status:?}: {err}"
+    );
+}
