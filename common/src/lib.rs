@@ -26,4 +26,4 @@ pub use value::{Map, Value};
 
 /// The version of the wire protocol between `lem-coord` and `lem-worker`; a worker
 /// whose protocol differs is refused at registration with a message naming both.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;

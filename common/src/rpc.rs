@@ -64,12 +64,28 @@ pub struct SlotInfo {
     /// hosts runs whose tensor-parallel size is this many GPUs.
     #[serde(default)]
     pub gpus: Vec<u32>,
+    /// A dynamic pool (`lem-worker --gpu-groups dynamic`): `gpus` are the worker's
+    /// whole pool, and each run gets a group of its own size formed from the GPUs
+    /// free when it is leased, so it hosts runs of any tensor-parallel size up to
+    /// this many GPUs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dynamic: bool,
 }
 
 impl SlotInfo {
     /// GPUs in the slot (1 for a record written before slots had groups).
     pub fn gpu_count(&self) -> u32 {
         (self.gpus.len() as u32).max(1)
+    }
+
+    /// Whether a run needing `tp_size` GPUs can run here: exactly the slot's GPU
+    /// count, or for a dynamic pool any count up to its size.
+    pub fn hosts(&self, tp_size: u32) -> bool {
+        if self.dynamic {
+            tp_size.max(1) <= self.gpu_count()
+        } else {
+            tp_size.max(1) == self.gpu_count()
+        }
     }
 }
 
@@ -99,8 +115,41 @@ pub struct LeaseRequest {
     /// Models this slot has resident, as `(engine, model)`, for warm affinity.
     pub warm: Vec<(String, String)>,
     /// GPUs in this slot: only runs whose tensor-parallel size is exactly this are
-    /// granted.
+    /// granted. For a dynamic pool (`max_gpus` > 0): the pool's size.
     pub gpus: u32,
+    /// 0: the exact-size lease above. Otherwise the lane asks for a dynamic pool of
+    /// `gpus` GPUs of which `max_gpus` are free and reserved for this call: the
+    /// coordinator takes the earliest pending run (in study order) needing at most
+    /// `gpus` GPUs, and grants it if it needs at most `max_gpus`; if it needs more it
+    /// grants nothing and answers [`LeaseReply::Blocked`] at once (head-of-line, so a
+    /// large run is not overtaken by smaller ones forever; docs/lease-protocol.md).
+    #[serde(default)]
+    pub max_gpus: u32,
+}
+
+/// The answer to a lease call.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseReply {
+    Granted(Box<LeaseGrant>),
+    /// No run this slot can take became pending within the wait.
+    NoWork,
+    /// Dynamic pools only: the earliest pending run the pool can host needs
+    /// `needs_gpus` GPUs, more than the request's `max_gpus`; nothing was granted.
+    /// Ask again when the pool's runs in progress have freed GPUs.
+    Blocked {
+        needs_gpus: u32,
+    },
+}
+
+impl LeaseReply {
+    /// The grant, if the call got one.
+    pub fn into_grant(self) -> Option<LeaseGrant> {
+        match self {
+            LeaseReply::Granted(g) => Some(*g),
+            LeaseReply::NoWork | LeaseReply::Blocked { .. } => None,
+        }
+    }
 }
 
 /// A lease on one run: what to run, under which token, until when.
@@ -119,6 +168,9 @@ pub struct LeaseGrant {
     /// `cycle_gap_seconds`, FORMAT.md 7.10); the worker's thermal gate waits at least this.
     pub gap_before_s: f64,
     pub study_name: Option<String>,
+    /// GPUs the run needs (its tensor-parallel size, as the coordinator read it).
+    #[serde(default = "one")]
+    pub tp_size: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -287,8 +339,8 @@ pub struct EnrolReply {
 #[tarpc::service]
 pub trait Coordinator {
     async fn register(req: RegisterRequest) -> Result<RegisterReply, RpcError>;
-    /// Waits up to `req.wait_ms` for a run this worker can take; `None` when none came.
-    async fn lease(req: LeaseRequest) -> Result<Option<LeaseGrant>, RpcError>;
+    /// Waits up to `req.wait_ms` for a run this worker can take.
+    async fn lease(req: LeaseRequest) -> Result<LeaseReply, RpcError>;
     async fn renew(req: RenewRequest) -> Result<RenewReply, RpcError>;
     async fn complete(req: CompleteRequest) -> Result<CompleteReply, RpcError>;
     async fn fail(req: FailRequest) -> Result<(), RpcError>;

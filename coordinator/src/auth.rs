@@ -185,6 +185,7 @@ mod tests {
                 wait_ms: 0,
                 warm: vec![],
                 gpus: 1,
+                max_gpus: 0,
             },
         }
     }

@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _};
 use lem_common::lease::LeasePolicy;
 use lem_common::rpc::{
-    CompleteRequest, CompleteStatus, CoordinatorClient, LeaseRequest, RegisterRequest, SlotInfo,
+    CompleteRequest, CompleteStatus, CoordinatorClient, LeaseReply, LeaseRequest, RegisterRequest,
+    SlotInfo,
 };
 use lem_common::types::{EngineCapability, RunResult, WorkerId};
 use lem_common::PROTOCOL_VERSION;
@@ -164,6 +165,7 @@ async fn register(client: &CoordinatorClient, worker: &WorkerId) -> anyhow::Resu
                     gpu_name: "simulated bench GPU".into(),
                     simulated: true,
                     gpus: vec![0],
+                    dynamic: false,
                 }],
                 engines: vec![EngineCapability {
                     engine: "synthetic".into(),
@@ -192,9 +194,11 @@ async fn lease_now(
                 wait_ms: 0,
                 warm: vec![],
                 gpus: 1,
+                max_gpus: 0,
             },
         )
         .await?
+        .map(LeaseReply::into_grant)
         .map_err(|e| anyhow!("lease refused: {e}"))
 }
 

@@ -935,7 +935,12 @@ async fn workers(json: bool, addr: &Endpoint) -> Result<(), CliError> {
             .slots
             .iter()
             .map(|s| {
-                let group = if s.gpus.len() > 1 {
+                let group = if s.dynamic {
+                    format!(
+                        " dynamic pool of GPUs {}",
+                        lem_common::gpus::cuda_visible_devices(&s.gpus)
+                    )
+                } else if s.gpus.len() > 1 {
                     format!(" GPUs {}", lem_common::gpus::cuda_visible_devices(&s.gpus))
                 } else {
                     String::new()

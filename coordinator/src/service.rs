@@ -13,9 +13,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lem_common::lease::{CompleteOutcome, LeasePolicy, RunState};
 use lem_common::rpc::{
     enrol_proof_message, BlockedEngine, CampaignStatus, CompleteReply, CompleteRequest,
-    CompleteStatus, Coordinator, EnrolReply, EnrolRequest, FailRequest, LeaseGrant, LeaseRequest,
-    RegisterReply, RegisterRequest, RenewReply, RenewRequest, RpcError, RpcErrorKind, RunRow,
-    SubmitReply, SubmitRequest, WorkerInfo,
+    CompleteStatus, Coordinator, EnrolReply, EnrolRequest, FailRequest, LeaseGrant, LeaseReply,
+    LeaseRequest, RegisterReply, RegisterRequest, RenewReply, RenewRequest, RpcError, RpcErrorKind,
+    RunRow, SubmitReply, SubmitRequest, WorkerInfo,
 };
 use lem_common::study::{self, PlanOptions, StudySource};
 use lem_common::types::{format_utc_ms, CampaignId, WorkerId};
@@ -137,6 +137,30 @@ impl Shared {
     }
 }
 
+/// A worker's slots for the `blocked` report: `slots of 1, 2 GPU(s)`, `a dynamic
+/// pool of 4 GPUs (TP 1 to 4)`, or both.
+fn describe_slots(slots: &[lem_common::rpc::SlotInfo]) -> String {
+    let mut sizes: Vec<u32> = slots
+        .iter()
+        .filter(|s| !s.dynamic)
+        .map(|s| s.gpu_count())
+        .collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    let mut parts = Vec::new();
+    if !sizes.is_empty() {
+        let sizes: Vec<String> = sizes.iter().map(u32::to_string).collect();
+        parts.push(format!("slots of {} GPU(s)", sizes.join(", ")));
+    }
+    for s in slots.iter().filter(|s| s.dynamic) {
+        parts.push(format!(
+            "a dynamic pool of {n} GPU(s) (TP 1 to {n})",
+            n = s.gpu_count()
+        ));
+    }
+    parts.join(" and ")
+}
+
 fn available_engines(w: &WorkerRecord) -> Vec<String> {
     w.engines
         .iter()
@@ -223,7 +247,7 @@ impl CoordService {
             for (engine, tp_size, n) in shared.store.pending_by_pool(id)? {
                 let runs_engine =
                     |w: &WorkerRecord| w.engines.iter().any(|e| e.engine == engine && e.available);
-                let has_group = |w: &WorkerRecord| w.slots.iter().any(|s| s.gpu_count() == tp_size);
+                let has_group = |w: &WorkerRecord| w.slots.iter().any(|s| s.hosts(tp_size));
                 if live.iter().any(|w| runs_engine(w) && has_group(w)) {
                     continue;
                 }
@@ -233,17 +257,10 @@ impl CoordService {
                     let why: Vec<String> = live
                         .iter()
                         .filter(|w| runs_engine(w))
-                        .map(|w| {
-                            let mut sizes: Vec<u32> =
-                                w.slots.iter().map(|s| s.gpu_count()).collect();
-                            sizes.sort_unstable();
-                            sizes.dedup();
-                            let sizes: Vec<String> = sizes.iter().map(u32::to_string).collect();
-                            format!("{}: slots of {} GPU(s)", w.worker, sizes.join(", "))
-                        })
+                        .map(|w| format!("{}: {}", w.worker, describe_slots(&w.slots)))
                         .collect();
                     format!(
-                        "these runs need a slot of {tp_size} GPUs (tensor-parallel size {tp_size}) and no connected worker that runs {engine} has one ({}); start a worker with --gpu-groups",
+                        "these runs need a slot of {tp_size} GPUs (tensor-parallel size {tp_size}) and no connected worker that runs {engine} has one ({}); start a worker with --gpu-groups (a group of {tp_size} GPUs, or `dynamic` on a host with at least {tp_size})",
                         why.join("; ")
                     )
                 } else {
@@ -355,7 +372,7 @@ impl Coordinator for CoordService {
         })
     }
 
-    async fn lease(self, _: Context, req: LeaseRequest) -> Result<Option<LeaseGrant>, RpcError> {
+    async fn lease(self, _: Context, req: LeaseRequest) -> Result<LeaseReply, RpcError> {
         self.shared.touch(&req.worker);
         let engines = self
             .shared
@@ -377,23 +394,35 @@ impl Coordinator for CoordService {
                 .stopping
                 .load(std::sync::atomic::Ordering::SeqCst)
             {
-                return Ok(None);
+                return Ok(LeaseReply::NoWork);
             }
             // Register interest before looking, so a submit between the look and the
             // wait is not missed.
             let notified = self.shared.work_available.notified();
-            // Only the pools of runs needing exactly this slot's GPU count.
+            // Only the pools of runs needing exactly this slot's GPU count; for a
+            // dynamic pool those of every size it can host, with the head-of-line
+            // rule (`lem_common::gpus::pool_grant`) applied to the earliest run.
+            let sizes = if req.max_gpus > 0 {
+                1..=req.gpus.max(1)
+            } else {
+                req.gpus.max(1)..=req.gpus.max(1)
+            };
             let pools: Vec<String> = engines
                 .iter()
-                .map(|e| pending_pool(e, req.gpus.max(1)))
+                .flat_map(|e| sizes.clone().map(move |k| pending_pool(e, k)))
                 .collect();
             let op = WriteOp::Lease {
                 worker: req.worker.clone(),
                 slot: req.slot,
                 pools,
+                max_gpus: req.max_gpus.min(req.gpus.max(1)),
             };
-            let WriteOutcome::Leased(got) = commit(&self.shared, op).await? else {
-                unreachable!("a lease op answers Leased")
+            let got = match commit(&self.shared, op).await? {
+                WriteOutcome::Leased(got) => got,
+                WriteOutcome::LeaseBlocked { needs_gpus } => {
+                    return Ok(LeaseReply::Blocked { needs_gpus })
+                }
+                _ => unreachable!("a lease op answers Leased or LeaseBlocked"),
             };
             if let Some(rec) = got {
                 let id = rec.key.campaign;
@@ -421,7 +450,7 @@ impl Coordinator for CoordService {
                 };
                 let lease = rec.lease.lease.as_ref().expect("granted lease");
                 tracing::info!(run = %rec.key, worker = %req.worker, token = lease.token.0, "lease granted");
-                return Ok(Some(LeaseGrant {
+                return Ok(LeaseReply::Granted(Box::new(LeaseGrant {
                     run: rec.key,
                     token: lease.token,
                     ttl_ms: self.shared.policy.ttl_ms,
@@ -432,11 +461,12 @@ impl Coordinator for CoordService {
                     config_json: rec.config_json.clone(),
                     gap_before_s: rec.gap_before_s,
                     study_name,
-                }));
+                    tp_size: rec.tp_size,
+                })));
             }
             tokio::select! {
                 _ = notified => {}
-                _ = tokio::time::sleep_until(deadline) => return Ok(None),
+                _ = tokio::time::sleep_until(deadline) => return Ok(LeaseReply::NoWork),
             }
         }
     }

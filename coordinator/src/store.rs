@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
+use lem_common::gpus::{pool_grant, PoolGrant};
 use lem_common::lease::{self, CompleteOutcome, LeasePolicy, LeaseRecord, RunState};
 use lem_common::types::{
     CampaignId, EngineCapability, FailureClass, FencingToken, RunKey, RunResult, WorkerId,
@@ -570,6 +571,10 @@ pub enum WriteOp {
         worker: WorkerId,
         slot: u32,
         pools: Vec<String>,
+        /// 0: grant that run. Otherwise (a dynamic pool with this many GPUs free)
+        /// grant it only if it needs at most this many GPUs, else nothing
+        /// ([`WriteOutcome::LeaseBlocked`], `lem_common::gpus::pool_grant`).
+        max_gpus: u32,
     },
     Renew {
         key: RunKey,
@@ -597,6 +602,10 @@ pub enum WriteOp {
 #[derive(Clone, Debug)]
 pub enum WriteOutcome {
     Leased(Option<RunRecord>),
+    /// A dynamic pool's lease granted nothing: the next run needs more GPUs than free.
+    LeaseBlocked {
+        needs_gpus: u32,
+    },
     Renewed(RunRecord),
     Completed(CompleteOutcome),
     Failed(RunRecord),
@@ -626,8 +635,10 @@ fn apply_op(
             worker,
             slot,
             pools,
+            max_gpus,
         } => {
-            let mut best: Option<(u64, u32)> = None;
+            // The first run in (campaign, seq) order among the pools, and its pool.
+            let mut best: Option<(u64, u32, &str)> = None;
             {
                 let pending = txn.open_table(PENDING)?;
                 for pool in pools {
@@ -637,15 +648,21 @@ fn apply_op(
                     if let Some(item) = first {
                         let (k, _) = item?;
                         let (_, c, s) = k.value();
-                        if best.is_none_or(|b| (c, s) < b) {
-                            best = Some((c, s));
+                        if best.is_none_or(|(bc, bs, _)| (c, s) < (bc, bs)) {
+                            best = Some((c, s, pool.as_str()));
                         }
                     }
                 }
             }
-            let Some((c, s)) = best else {
+            let Some((c, s, pool)) = best else {
                 return Ok(WriteOutcome::Leased(None));
             };
+            if *max_gpus > 0 {
+                let (_, needs) = parse_pool(pool);
+                if let PoolGrant::Blocked { needs_gpus } = pool_grant(needs, *max_gpus) {
+                    return Ok(WriteOutcome::LeaseBlocked { needs_gpus });
+                }
+            }
             let key = RunKey {
                 campaign: CampaignId(c),
                 seq: s,
@@ -980,6 +997,7 @@ impl Store {
             worker: worker.clone(),
             slot,
             pools: pools.to_vec(),
+            max_gpus: 0,
         };
         match self.write_one(&op, now_ms, policy)? {
             WriteOutcome::Leased(r) => Ok(r),
@@ -1360,6 +1378,61 @@ mod tests {
     }
 
     #[test]
+    fn a_dynamic_pool_takes_runs_in_study_order_and_waits_for_a_large_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = LeasePolicy::default();
+        let w = WorkerId("w".into());
+        let store = Store::open(dir.path()).unwrap();
+        // Study order: TP 1, 4, 1, 2, 8.
+        let mut rs = runs(&["synthetic"; 5]);
+        for (r, tp) in rs.iter_mut().zip([1, 4, 1, 2, 8]) {
+            r.tp_size = tp;
+        }
+        let id = store.create_campaign(campaign(), rs).unwrap();
+        // A 4-GPU pool asks for the pools of sizes 1 to 4.
+        let pools: Vec<String> = (1..=4).map(|k| pending_pool("synthetic", k)).collect();
+        let lease = |free: u32| {
+            let op = WriteOp::Lease {
+                worker: w.clone(),
+                slot: 0,
+                pools: pools.clone(),
+                max_gpus: free,
+            };
+            match store.write_one(&op, 0, &policy).unwrap() {
+                WriteOutcome::Leased(r) => Ok(r.map(|r| (r.key.seq, r.tp_size))),
+                WriteOutcome::LeaseBlocked { needs_gpus } => Err(needs_gpus),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(lease(4), Ok(Some((0, 1))));
+        // The TP-4 run is next: with 3 GPUs free nothing is granted, not even the
+        // TP-1 run behind it.
+        assert_eq!(lease(3), Err(4));
+        assert_eq!(lease(3), Err(4));
+        assert_eq!(lease(4), Ok(Some((1, 4))));
+        assert_eq!(lease(1), Ok(Some((2, 1))));
+        assert_eq!(lease(1), Err(2));
+        assert_eq!(lease(2), Ok(Some((3, 2))));
+        // The TP-8 run is not this pool's: nothing left for it.
+        assert_eq!(lease(4), Ok(None));
+        assert_eq!(
+            store.pending_by_pool(id).unwrap(),
+            vec![("synthetic".to_string(), 8, 1)]
+        );
+        // An exact-size lease (max_gpus 0) is unchanged by the blocking rule.
+        let op = WriteOp::Lease {
+            worker: w.clone(),
+            slot: 0,
+            pools: vec![pending_pool("synthetic", 8)],
+            max_gpus: 0,
+        };
+        assert!(matches!(
+            store.write_one(&op, 0, &policy).unwrap(),
+            WriteOutcome::Leased(Some(r)) if r.tp_size == 8
+        ));
+    }
+
+    #[test]
     fn lease_follows_order_and_capabilities_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let policy = LeasePolicy::default();
@@ -1477,6 +1550,7 @@ mod tests {
             worker: w.clone(),
             slot: 0,
             pools: pools.clone(),
+            max_gpus: 0,
         };
         // Two leases in one batch get two different runs, in order.
         let out = store.apply_batch(&[lease(&a), lease(&b)], 1_000, &policy);

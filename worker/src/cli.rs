@@ -27,11 +27,14 @@ pub struct Args {
     #[arg(long, env = "LEM_SIMULATE_GPU")]
     pub simulate_gpu: bool,
     /// Number of GPU slots (lease loops): a number, or `auto` for one slot per
-    /// visible GPU (or per `--gpu-groups` group).
-    #[arg(long, default_value = "1")]
-    pub slots: lem_common::gpus::SlotCount,
+    /// visible GPU (or per `--gpu-groups` group). Default 1; with `--gpu-groups
+    /// dynamic` the number of GPUs in the pool, default `auto`.
+    #[arg(long)]
+    pub slots: Option<lem_common::gpus::SlotCount>,
     /// GPU groups, one slot each: `0,1;2;3` makes a 2-GPU slot (its harness sees
     /// CUDA_VISIBLE_DEVICES=0,1) for tensor-parallel-2 runs and two 1-GPU slots.
+    /// `dynamic`: the GPUs form one pool and each run gets a group of its
+    /// tensor-parallel size from the GPUs free when it is leased.
     #[arg(long)]
     pub gpu_groups: Option<String>,
     /// With --simulate-gpu: how many simulated GPUs the host has (default: one per
@@ -135,7 +138,13 @@ pub fn main_impl() -> std::process::ExitCode {
         coordinator: args.coordinator,
         data_dir: args.data_dir,
         name: args.name,
-        slots: args.slots,
+        slots: args.slots.unwrap_or(
+            if lem_common::gpus::is_dynamic(args.gpu_groups.as_deref()) {
+                lem_common::gpus::SlotCount::Auto
+            } else {
+                lem_common::gpus::SlotCount::Fixed(1)
+            },
+        ),
         gpu_groups: args.gpu_groups,
         simulated_gpus: args.gpus,
         simulate_gpu: args.simulate_gpu,

@@ -337,6 +337,7 @@ mod tests {
             config_json: "{}".into(),
             gap_before_s: 0.0,
             study_name: None,
+            tp_size: 1,
         }
     }
 

@@ -2,7 +2,8 @@
 //!
 //! [`run_worker`] installs the embedded harness, starts one telemetry sampler and one
 //! resident harness per slot, registers with the coordinator and runs one lease loop
-//! per slot until told to stop. The binary's `main` only parses flags and calls it;
+//! per slot until told to stop. With `--gpu-groups dynamic` the GPUs form one pool
+//! ([`pool`]) and one lease lane per GPU forms each run's group when it is leased. The binary's `main` only parses flags and calls it;
 //! `lem-coord run` calls it in-process for its local workers. A worker whose data
 //! dir holds `credentials.pem` (written by `lem-worker join`, [`join`]) speaks
 //! mutual TLS as the worker named there; one without speaks plain TCP, which only
@@ -15,6 +16,7 @@ pub mod frame;
 pub mod join;
 pub mod journal;
 pub mod nvml;
+pub mod pool;
 pub mod runtime;
 pub mod slot;
 pub mod telemetry;
@@ -26,11 +28,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use lem_common::gpus::{cuda_visible_devices, plan_slots, SlotCount};
+use lem_common::gpus::{cuda_visible_devices, is_dynamic, plan_pool, plan_slots, SlotCount};
 use lem_common::rpc::{RegisterRequest, RpcErrorKind, SlotInfo};
 use lem_common::types::{EngineCapability, WorkerId, KNOWN_ENGINES};
 use tokio::sync::watch;
 
+use crate::pool::{group_snapshot, DynPool, PoolGpu};
 use crate::runtime::ProcessHarness;
 use crate::slot::Slot;
 use crate::telemetry::{LoadSink, Sampler, SimulatedGpu};
@@ -56,7 +59,8 @@ pub struct WorkerConfig {
     pub name: Option<String>,
     /// Slots asked for (`--slots N` or `auto`).
     pub slots: SlotCount,
-    /// `--gpu-groups`: the GPUs of each slot (`0,1;2;3`); `None` = one GPU per slot.
+    /// `--gpu-groups`: the GPUs of each slot (`0,1;2;3`); `None` = one GPU per slot;
+    /// `dynamic` = one pool of GPUs, a group formed per run from its TP size.
     pub gpu_groups: Option<String>,
     /// `--gpus N` with `--simulate-gpu`: simulated GPUs on this host.
     pub simulated_gpus: Option<u32>,
@@ -158,6 +162,18 @@ async fn check_admission(endpoint: &Endpoint, register: &RegisterRequest) -> any
     Ok(())
 }
 
+/// A slot (or a dynamic pool) planned at start: its GPUs' samplers, load sinks and
+/// environment snapshots, in group order, and its harness, started.
+struct Planned {
+    index: u32,
+    group: Vec<u32>,
+    harness: ProcessHarness,
+    samplers: Vec<Arc<telemetry::Sampler>>,
+    loads: Vec<Arc<dyn LoadSink>>,
+    snapshots: Vec<serde_json::Value>,
+    dir: PathBuf,
+}
+
 /// Starts the sampler of one GPU (simulated, or NVML index `gpu_index`); returns it
 /// with the GPU's load sink and environment snapshot.
 fn start_gpu(
@@ -220,7 +236,15 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
         let visible = nvml::visible_gpus(&nvml)?;
         (Some(nvml), visible)
     };
-    let groups = plan_slots(&visible, cfg.slots, cfg.gpu_groups.as_deref()).map_err(|e| {
+    // A dynamic pool is planned as one group: its GPUs' samplers and the harness
+    // that finds the engines; its lanes form the groups of runs later.
+    let dynamic = is_dynamic(cfg.gpu_groups.as_deref());
+    let planned = if dynamic {
+        plan_pool(&visible, cfg.slots).map(|pool| vec![pool])
+    } else {
+        plan_slots(&visible, cfg.slots, cfg.gpu_groups.as_deref())
+    };
+    let groups = planned.map_err(|e| {
         anyhow::anyhow!(
             "{e} (CUDA_VISIBLE_DEVICES={})",
             std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_else(|_| "unset".into())
@@ -247,7 +271,11 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
     let mut engines: Option<Vec<String>> = None;
     for (index, group) in groups.iter().enumerate() {
         let index = index as u32;
-        let dir = cfg.data_dir.join(format!("slot-{index}"));
+        let dir = if dynamic {
+            pool::set_dir(&cfg.data_dir, group)
+        } else {
+            cfg.data_dir.join(format!("slot-{index}"))
+        };
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
         let mut samplers = Vec::new();
@@ -255,15 +283,10 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
         let mut snapshots = Vec::new();
         for &gpu_index in group {
             let (sampler, load, snapshot) = start_gpu(&cfg, nvml.as_ref(), gpu_index)?;
-            samplers.push(sampler);
+            samplers.push(Arc::new(sampler));
             loads.push(load);
             snapshots.push(snapshot);
         }
-        let load: Arc<dyn LoadSink> = Arc::new(telemetry::FanOutLoad(loads));
-        let snapshot = match snapshots.as_slice() {
-            [one] => one.clone(),
-            many => serde_json::json!({"group": many}),
-        };
         let gpu_env = if nvml.is_some() {
             vec![(
                 "CUDA_VISIBLE_DEVICES".to_string(),
@@ -285,8 +308,17 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
             gpu_name: samplers[0].description.name.clone(),
             simulated: samplers[0].description.simulated,
             gpus: group.clone(),
+            dynamic,
         });
-        slots.push((index, group.clone(), harness, samplers, load, dir, snapshot));
+        slots.push(Planned {
+            index,
+            group: group.clone(),
+            harness,
+            samplers,
+            loads,
+            snapshots,
+            dir,
+        });
     }
     let offered = engines.unwrap_or_default();
     let capabilities: Vec<EngineCapability> = KNOWN_ENGINES
@@ -314,33 +346,83 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
     check_admission(&endpoint, &register).await?;
     let tls = matches!(endpoint.security, transport::Security::Tls(_));
     tracing::info!(worker = %worker, slots = ?groups, python = %py_version, engines = ?offered, simulated = cfg.simulate_gpu, tls, "worker starting");
-    let mut tasks = Vec::new();
     let host_env = env::host_snapshot(&py_version);
-    for (index, group, harness, samplers, load, dir, gpu_snapshot) in slots {
-        let environment = env::Environment::new(host_env.clone(), gpu_snapshot);
+    let new_slot = |index: u32, p: Planned, environment: env::Environment| {
+        let load: Arc<dyn LoadSink> = Arc::new(telemetry::FanOutLoad(p.loads));
         let mut slot = Slot::new(
             index,
             worker.clone(),
             host.clone(),
             endpoint.clone(),
             register.clone(),
-            harness,
-            group,
-            samplers,
+            p.harness,
+            p.group,
+            p.samplers,
             load,
-            dir,
+            p.dir,
             environment,
             journal.clone(),
         );
         slot.prefill_window_s = cfg.prefill_window_s;
         slot.drain = cfg.drain;
-        tasks.push(tokio::spawn(slot.lease_loop(stop.clone())));
+        slot
+    };
+    let mut lanes = Vec::new();
+    let mut dyn_pool = None;
+    if dynamic {
+        let p = slots.pop().expect("a dynamic pool is planned as one group");
+        let gpus = p.group.iter().enumerate().map(|(i, &index)| PoolGpu {
+            index,
+            sampler: p.samplers[i].clone(),
+            load: p.loads[i].clone(),
+            snapshot: p.snapshots[i].clone(),
+        });
+        let pool = Arc::new(DynPool::new(
+            gpus.collect(),
+            &cfg.python,
+            server_py.clone(),
+            &cfg.data_dir,
+            nvml.is_some(),
+            host_env.clone(),
+        ));
+        // The harness that found the engines sees the whole pool: kept warm for a
+        // run of that size, stopped by the first run on fewer GPUs.
+        pool.shelve(&p.group, None, p.harness).await;
+        // One lane per GPU: enough for a TP-1 run on every GPU at once.
+        for lane in 0..pool.size() {
+            let placeholder = Planned {
+                index: lane,
+                group: vec![],
+                harness: pool.placeholder_harness(lane),
+                samplers: vec![],
+                loads: vec![],
+                snapshots: vec![],
+                dir: cfg.data_dir.clone(),
+            };
+            let environment = env::Environment::new(host_env.clone(), serde_json::Value::Null);
+            let mut slot = new_slot(lane, placeholder, environment);
+            slot.pool = Some(pool.clone());
+            lanes.push(slot);
+        }
+        dyn_pool = Some(pool);
+    } else {
+        for p in slots {
+            let environment = env::Environment::new(host_env.clone(), group_snapshot(&p.snapshots));
+            lanes.push(new_slot(p.index, p, environment));
+        }
     }
+    let tasks: Vec<_> = lanes
+        .into_iter()
+        .map(|slot| tokio::spawn(slot.lease_loop(stop.clone())))
+        .collect();
     let mut fatal = None;
     for t in tasks {
         if let Ok(Some(e)) = t.await {
             fatal.get_or_insert(e);
         }
+    }
+    if let Some(pool) = dyn_pool {
+        pool.stop_all().await;
     }
     match fatal {
         Some(e) => bail!("{e}"),

@@ -111,6 +111,11 @@ impl ProcessHarness {
         }
     }
 
+    /// Whether the server process is running (it may still be starting).
+    pub fn is_running(&mut self) -> bool {
+        self.alive()
+    }
+
     fn alive(&mut self) -> bool {
         match self.child.as_mut() {
             Some(c) => matches!(c.try_wait(), Ok(None)),

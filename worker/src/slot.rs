@@ -6,6 +6,12 @@
 //! result exactly once (retrying `complete` until the coordinator answers). A
 //! heartbeat task renews the lease while the run goes on; if renewals fail for longer
 //! than the worker's own TTL (shorter than the coordinator's) the run is stopped.
+//!
+//! In a dynamic pool (`--gpu-groups dynamic`, [`crate::pool`]) a slot is a lease
+//! lane: it has no GPUs of its own. When its turn comes it reserves the free GPUs,
+//! asks for a run of at most that many, and for the granted run binds the run's GPUs
+//! (their samplers, the harness that sees them, the baselines measured on them); the
+//! measurement is then the same as a fixed slot's.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,10 +19,11 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use lem_common::energy::{adjusted_energy, sum_windows, window_energy, EnergyMethod};
+use lem_common::gpus::choose_gpus;
 use lem_common::harness::{run_request_line, RunOutcome, RunTranscript};
 use lem_common::rpc::{
-    CompleteRequest, CompleteStatus, CoordinatorClient, FailRequest, LeaseGrant, LeaseRequest,
-    RegisterRequest, RenewRequest, RpcError, RpcErrorKind,
+    CompleteRequest, CompleteStatus, CoordinatorClient, FailRequest, LeaseGrant, LeaseReply,
+    LeaseRequest, RegisterRequest, RenewRequest, RpcError, RpcErrorKind,
 };
 use lem_common::stats;
 use lem_common::thermal::{self, GateDecision, GatePolicy, GateReason};
@@ -29,6 +36,7 @@ use tokio::sync::watch;
 use crate::clock::{mono_ns, unix_ms};
 use crate::env::Environment;
 use crate::journal::{Journal, JournalLease, Report};
+use crate::pool::{DynPool, SetState};
 use crate::runtime::ProcessHarness;
 use crate::telemetry::{power_samples, LoadSink, Sampler};
 use crate::transport;
@@ -48,6 +56,10 @@ const TIMESERIES_POINTS: usize = 240;
 const JOURNAL_PROBE_INTERVAL: Duration = Duration::from_secs(10);
 /// Default per-run timeout (llem's `experiment_timeout_seconds` default).
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
+/// A dynamic pool told that its next run needs more GPUs than are free asks again
+/// when one of its runs frees GPUs, or after this long (the run may have gone to
+/// another worker meanwhile).
+const BLOCKED_RECHECK: Duration = Duration::from_secs(5);
 
 /// Connects to the coordinator and registers.
 async fn connect_and_register(
@@ -71,8 +83,9 @@ pub struct Slot {
     pub register: RegisterRequest,
     pub harness: ProcessHarness,
     /// The GPU indices of this slot (its group), and one sampler per GPU, in order.
+    /// In a dynamic pool: those of the run in progress.
     pub gpus: Vec<u32>,
-    pub samplers: Vec<Sampler>,
+    pub samplers: Vec<Arc<Sampler>>,
     pub load: Arc<dyn LoadSink>,
     pub dir: PathBuf,
     pub environment: Environment,
@@ -81,6 +94,8 @@ pub struct Slot {
     /// On a stop request, cancel the run in progress and hand it back
     /// (`lem-worker --drain`) instead of finishing it.
     pub drain: bool,
+    /// The dynamic pool this slot is a lease lane of (`--gpu-groups dynamic`).
+    pub pool: Option<Arc<DynPool>>,
     baseline: Option<CachedBaseline>,
     /// Resident idle per model key, with the time it was measured.
     resident: Option<(String, CachedBaseline)>,
@@ -101,7 +116,8 @@ pub struct Slot {
     fatal: Option<String>,
 }
 
-struct CachedBaseline {
+/// A measured idle baseline, reused while the run's strategy allows.
+pub struct CachedBaseline {
     /// The slot's baseline: power summed over its GPUs, the hottest GPU's temperature.
     record: BaselineRecord,
     /// Each GPU's share, in slot order.
@@ -156,6 +172,15 @@ fn ctx_with(timeout: Duration) -> tarpc::context::Context {
     ctx
 }
 
+/// What one lease call came to.
+enum Asked {
+    /// The worker is stopping.
+    Stop,
+    Reply(LeaseReply),
+    /// Refused or not delivered; handled (the lane reconnects or backed off).
+    Failed,
+}
+
 /// What the thermal gate did.
 #[derive(Clone, Copy, Debug)]
 struct GateOutcome {
@@ -173,7 +198,7 @@ impl Slot {
         register: RegisterRequest,
         harness: ProcessHarness,
         gpus: Vec<u32>,
-        samplers: Vec<Sampler>,
+        samplers: Vec<Arc<Sampler>>,
         load: Arc<dyn LoadSink>,
         dir: PathBuf,
         environment: Environment,
@@ -193,6 +218,7 @@ impl Slot {
             environment,
             prefill_window_s: 3.0,
             drain: false,
+            pool: None,
             baseline: None,
             resident: None,
             client: None,
@@ -279,6 +305,12 @@ impl Slot {
                     }
                 }
             }
+            if let Some(pool) = self.pool.clone() {
+                if !self.dynamic_turn(&pool, &client, &mut stop).await {
+                    break;
+                }
+                continue;
+            }
             // Cool down after the last run before asking for the next one.
             if let (Some((ended, gap_s)), None) = (self.last_run, &self.pre_gate) {
                 let remaining = gap_s - ended.elapsed().as_secs_f64();
@@ -296,27 +328,14 @@ impl Slot {
                 wait_ms: LEASE_WAIT_MS,
                 warm: vec![],
                 gpus: self.samplers.len() as u32,
+                max_gpus: 0,
             };
-            let call = client.lease(ctx_with(Duration::from_millis(LEASE_WAIT_MS + 10_000)), req);
-            let reply = tokio::select! {
-                r = call => r,
-                _ = stop.changed() => break,
-            };
-            match reply {
-                Ok(Ok(Some(grant))) => self.handle_grant(&client, grant, &stop).await,
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) if e.kind == RpcErrorKind::NotRegistered => {
-                    self.client = None;
+            match self.ask(&client, req, &mut stop).await {
+                Asked::Stop => break,
+                Asked::Reply(LeaseReply::Granted(grant)) => {
+                    self.handle_grant(&client, *grant, &stop).await
                 }
-                Ok(Err(e)) => {
-                    tracing::error!(slot = self.index, error = %e, "lease refused");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                Err(e) => {
-                    tracing::warn!(slot = self.index, error = %e, "lost the coordinator; reconnecting");
-                    self.client = None;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
+                Asked::Reply(LeaseReply::NoWork | LeaseReply::Blocked { .. }) | Asked::Failed => {}
             }
             if *stop.borrow() {
                 break;
@@ -324,6 +343,171 @@ impl Slot {
         }
         self.harness.stop().await;
         self.fatal
+    }
+
+    /// One lease call; errors are handled here (reconnect, back off).
+    async fn ask(
+        &mut self,
+        client: &CoordinatorClient,
+        req: LeaseRequest,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Asked {
+        let call = client.lease(ctx_with(Duration::from_millis(LEASE_WAIT_MS + 10_000)), req);
+        let reply = tokio::select! {
+            r = call => r,
+            _ = stop.changed() => return Asked::Stop,
+        };
+        match reply {
+            Ok(Ok(reply)) => return Asked::Reply(reply),
+            Ok(Err(e)) if e.kind == RpcErrorKind::NotRegistered => {
+                self.client = None;
+            }
+            Ok(Err(e)) => {
+                tracing::error!(slot = self.index, error = %e, "lease refused");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                tracing::warn!(slot = self.index, error = %e, "lost the coordinator; reconnecting");
+                self.client = None;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        Asked::Failed
+    }
+
+    /// One turn of a dynamic pool's lane: wait for the turn to ask, reserve the free
+    /// GPUs, ask for a run of at most that many, and run what is granted on the
+    /// GPUs it needs (the rest are freed at once). While the coordinator answers
+    /// that the next run needs more GPUs than are free, the lane keeps the turn and
+    /// asks again when a run of the pool frees GPUs (or after [`BLOCKED_RECHECK`]),
+    /// so no lane takes a smaller run meanwhile. Returns false when the worker stops.
+    async fn dynamic_turn(
+        &mut self,
+        pool: &Arc<DynPool>,
+        client: &CoordinatorClient,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        if *stop.borrow() {
+            return false;
+        }
+        let turn = tokio::select! {
+            t = pool.turn.lock() => t,
+            _ = stop.changed() => return false,
+        };
+        loop {
+            let (reserved, mut released) = tokio::select! {
+                r = pool.reserve() => r,
+                _ = stop.changed() => return false,
+            };
+            let req = LeaseRequest {
+                worker: self.worker.clone(),
+                slot: self.index,
+                wait_ms: LEASE_WAIT_MS,
+                warm: vec![],
+                gpus: pool.size(),
+                max_gpus: reserved.len() as u32,
+            };
+            let grant = match self.ask(client, req, stop).await {
+                Asked::Stop => {
+                    pool.unreserve(&reserved);
+                    return false;
+                }
+                Asked::Failed | Asked::Reply(LeaseReply::NoWork) => {
+                    pool.unreserve(&reserved);
+                    return !*stop.borrow();
+                }
+                Asked::Reply(LeaseReply::Blocked { needs_gpus }) => {
+                    pool.unreserve(&reserved);
+                    tracing::debug!(
+                        slot = self.index,
+                        needs_gpus,
+                        free = reserved.len(),
+                        "the next run needs more GPUs than are free; waiting for runs to end"
+                    );
+                    tokio::select! {
+                        _ = released.changed() => {}
+                        _ = tokio::time::sleep(BLOCKED_RECHECK) => {}
+                        _ = stop.changed() => return false,
+                    }
+                    continue;
+                }
+                Asked::Reply(LeaseReply::Granted(grant)) => *grant,
+            };
+            let model = lem_common::pyjson::parse(&grant.config_json)
+                .ok()
+                .and_then(|c| {
+                    c.get_path("task.model")
+                        .and_then(Value::as_str)
+                        .map(String::from)
+                })
+                .unwrap_or_default();
+            let chosen = choose_gpus(&reserved, grant.tp_size, &pool.preferred_sets(&model).await);
+            let Some(gpus) = chosen.filter(|g| pool.keep(&reserved, g).is_ok()) else {
+                pool.unreserve(&reserved);
+                drop(turn);
+                self.refuse_grant(client, grant, reserved.len()).await;
+                return !*stop.borrow();
+            };
+            drop(turn);
+            tracing::info!(slot = self.index, run = %grant.run, gpus = ?gpus, "GPUs of the run");
+            self.bind(pool, &gpus).await;
+            self.handle_grant(client, grant, stop).await;
+            self.unbind(pool, model).await;
+            return !*stop.borrow();
+        }
+    }
+
+    /// A grant for more GPUs than the lane reserved (a coordinator bug): handed back
+    /// without being started.
+    async fn refuse_grant(&mut self, client: &CoordinatorClient, grant: LeaseGrant, free: usize) {
+        let message = format!(
+            "worker {} got a run of {} GPUs with {free} free in its pool; handed back",
+            self.worker, grant.tp_size
+        );
+        tracing::error!(slot = self.index, run = %grant.run, %message);
+        let report = Report::Fail(FailRequest {
+            worker: self.worker.clone(),
+            run: grant.run,
+            token: grant.token,
+            class: FailureClass::Handback,
+            message,
+        });
+        self.deliver(client, &report).await;
+    }
+
+    /// Makes `gpus` this lane's for one run: their samplers and load, the harness
+    /// that sees exactly them (idle harnesses on any of them are stopped), the
+    /// baselines measured on them, and when their last run ended.
+    async fn bind(&mut self, pool: &DynPool, gpus: &[u32]) {
+        self.harness = pool.take_harness(gpus).await;
+        self.gpus = gpus.to_vec();
+        self.samplers = pool.samplers_of(gpus);
+        self.load = pool.load_of(gpus);
+        self.environment = pool.environment_of(gpus);
+        let state = pool.take_state(gpus);
+        self.baseline = state.baseline;
+        self.resident = state.resident;
+        self.runs_since_check = state.runs_since_check;
+        self.last_run = pool.last_run_of(gpus);
+        self.pre_gate = None;
+    }
+
+    /// The run is over: its harness stays warm on the shelf, its baselines are kept
+    /// for the set, and its GPUs are free again.
+    async fn unbind(&mut self, pool: &DynPool, model: String) {
+        let gpus = std::mem::take(&mut self.gpus);
+        let harness = std::mem::replace(&mut self.harness, pool.placeholder_harness(self.index));
+        pool.shelve(&gpus, Some(model), harness).await;
+        pool.put_state(
+            &gpus,
+            SetState {
+                baseline: self.baseline.take(),
+                resident: self.resident.take(),
+                runs_since_check: self.runs_since_check,
+            },
+        );
+        self.samplers.clear();
+        pool.release(&gpus, self.last_run);
     }
 
     async fn handle_grant(
@@ -569,7 +753,11 @@ impl Slot {
             .last_run
             .map(|(ended, _)| ended.elapsed().as_secs_f64());
         let Some((pre, opened)) = self.pre_gate.take() else {
-            return self.thermal_gate(gap_s, idle_temps).await;
+            // No gate before the lease: the first run of a fixed slot (the whole
+            // gap), or a dynamic pool's run (what is left of the gap since the last
+            // run on any of its GPUs ended).
+            let remaining = gap_s - since_last.unwrap_or(0.0);
+            return self.thermal_gate(remaining.max(0.0), idle_temps).await;
         };
         let remaining = gap_s - since_last.unwrap_or(0.0);
         let post = self.thermal_gate(remaining.max(0.0), idle_temps).await;
@@ -1010,7 +1198,7 @@ impl Slot {
         }
         let versions = metrics_versions(&metrics);
         let (environment, environment_hash) = self.environment.with_engine(&versions);
-        let jitter = self.samplers.iter().map(Sampler::jitter).fold(
+        let jitter = self.samplers.iter().map(|s| s.jitter()).fold(
             crate::telemetry::JitterStats::default(),
             |a, j| crate::telemetry::JitterStats {
                 n: a.n + j.n,

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use lem_common::rpc::{
     CampaignStatus, CompleteReply, CompleteRequest, CompleteStatus, CoordinatorRequest,
-    CoordinatorResponse, FailRequest, LeaseGrant, LeaseRequest, RegisterRequest, RenewRequest,
-    RpcError, RpcErrorKind, SlotInfo, SubmitReply, SubmitRequest,
+    CoordinatorResponse, FailRequest, LeaseGrant, LeaseReply, LeaseRequest, RegisterRequest,
+    RenewRequest, RpcError, RpcErrorKind, SlotInfo, SubmitReply, SubmitRequest,
 };
 use lem_common::types::{
     CampaignId, EngineCapability, FailureClass, FencingToken, RunKey, RunResult, WorkerId,
@@ -134,6 +134,7 @@ fn sample_requests() -> Vec<(&'static str, CoordinatorRequest)> {
                         gpu_name: "NVIDIA H100 80GB HBM3".into(),
                         simulated: false,
                         gpus: vec![0],
+                        dynamic: false,
                     }],
                     engines: vec![EngineCapability {
                         engine: "vllm".into(),
@@ -153,6 +154,7 @@ fn sample_requests() -> Vec<(&'static str, CoordinatorRequest)> {
                     wait_ms: 30_000,
                     warm: vec![("synthetic".into(), "synthetic/tiny".into())],
                     gpus: 1,
+                    max_gpus: 0,
                 },
             },
         ),
@@ -250,9 +252,13 @@ fn sample_responses() -> Vec<(&'static str, CoordinatorResponse)> {
         config_json: "{\"engine\": \"synthetic\"}".into(),
         gap_before_s: 1.5,
         study_name: Some("s".into()),
+        tp_size: 1,
     };
     vec![
-        ("lease", CoordinatorResponse::Lease(Ok(Some(grant)))),
+        (
+            "lease",
+            CoordinatorResponse::Lease(Ok(LeaseReply::Granted(Box::new(grant)))),
+        ),
         (
             "complete",
             CoordinatorResponse::Complete(Ok(CompleteReply {

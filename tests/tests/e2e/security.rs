@@ -214,11 +214,13 @@ fn mutual_tls_campaign_with_each_stranger_refused() {
                     wait_ms: 5_000,
                     warm: vec![],
                     gpus: 1,
+                    max_gpus: 0,
                 },
             )
             .await
             .unwrap()
             .unwrap()
+            .into_grant()
             .expect("a pending run for probe-a");
         let b = connect_as(&addr, &dir.join("probe-b")).await;
         b.register(ctx(), register_request("probe-b"))
