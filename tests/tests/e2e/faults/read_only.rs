@@ -276,6 +276,7 @@ fn probe_lease(addr: &str) -> Result<String, (RpcErrorKind, String)> {
             wait_ms: 1_000,
             warm: vec![],
             gpus: 1,
+            max_gpus: 0,
         };
         match c.lease(ctx(), req).await.unwrap() {
             Ok(grant) => Ok(format!("{grant:?}")),
