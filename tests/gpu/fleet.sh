@@ -2,7 +2,8 @@
 # (carried binaries), OUT and W (work dir) set.
 
 # Stops fleet processes left by an earlier call, then starts lem-coord and one
-# lem-worker (no --simulate-gpu) detached in $W; sets A to the coordinator's address.
+# lem-worker (no --simulate-gpu; extra flags in $WORKER_ARGS) detached in $W; sets A
+# to the coordinator's address.
 start_fleet() {
   nvidia-smi --query-gpu=name,driver_version,power.draw,temperature.gpu,clocks.sm,pstate --format=csv | tee "$OUT/smi.txt"
   pkill -f "$B/lem-worker" ; pkill -f "$B/lem-coord" ; sleep 1
@@ -10,7 +11,8 @@ start_fleet() {
   setsid "$B/lem-coord" start --listen 127.0.0.1:0 --data-dir "$W/coord" > "$W/coord.log" 2>&1 < /dev/null &
   sleep 1
   A=$(cat "$W/coord/coordinator.addr")
-  setsid "$B/lem-worker" --coordinator "$A" --data-dir "$W/w0" --name h100 > "$W/w0.log" 2>&1 < /dev/null &
+  # shellcheck disable=SC2086  # WORKER_ARGS is a list of flags
+  setsid "$B/lem-worker" --coordinator "$A" --data-dir "$W/w0" --name h100 ${WORKER_ARGS:-} > "$W/w0.log" 2>&1 < /dev/null &
   date +%s > "$W/t0"
 }
 
