@@ -114,6 +114,9 @@ pub struct Slot {
     pre_gate: Option<(GateOutcome, tokio::time::Instant)>,
     /// Why the slot stopped on its own (a condition retrying cannot fix).
     fatal: Option<String>,
+    /// The worker's stop request, once the lease loop runs: a report the coordinator
+    /// cannot take is left in the journal instead of holding up the stop.
+    stopping: Option<watch::Receiver<bool>>,
 }
 
 /// A measured idle baseline, reused while the run's strategy allows.
@@ -228,6 +231,7 @@ impl Slot {
             last_run: None,
             pre_gate: None,
             fatal: None,
+            stopping: None,
         }
     }
 
@@ -276,6 +280,7 @@ impl Slot {
     /// The slot's lease loop: runs until `stop` becomes true (after the current run),
     /// or until the coordinator refuses this worker for good (the error is returned).
     pub async fn lease_loop(mut self, mut stop: watch::Receiver<bool>) -> Option<String> {
+        self.stopping = Some(stop.clone());
         loop {
             let Some(client) = self.client(&stop).await else {
                 break;
@@ -660,7 +665,7 @@ impl Slot {
         let run = report.run();
         let mut client = client.clone();
         let mut backoff = Duration::from_millis(200);
-        for _attempt in 0..100 {
+        for attempt in 0..100 {
             let answer: Result<Result<(), RpcError>, tarpc::client::RpcError> = match report {
                 Report::Complete(req) => client
                     .complete(ctx_with(Duration::from_secs(20)), (**req).clone())
@@ -716,6 +721,14 @@ impl Slot {
                 Err(e) => {
                     tracing::warn!(slot = self.index, error = %e, "report not delivered; retrying");
                 }
+            }
+            // Stopping and the coordinator still away after a few tries: the report
+            // is safe in the journal, and the next start sends it. (One held only in
+            // memory, because the journal could not be written, is tried on.)
+            let stop_requested = self.stopping.as_ref().is_some_and(|s| *s.borrow());
+            if stop_requested && attempt >= 2 && !self.journal_broken {
+                tracing::warn!(slot = self.index, run = %run, "stopping with the coordinator away: the report stays in the journal and is sent when the worker starts again");
+                return;
             }
             // Not taken: back off, reconnect, send again.
             tokio::time::sleep(backoff).await;

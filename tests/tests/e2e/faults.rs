@@ -562,8 +562,19 @@ fn one_worker_mid_run(dir: &Path, name: &str) -> (Fleet, String) {
 /// result: the run is not measured again.
 #[test]
 fn a_journaled_result_survives_the_workers_sigkill() {
+    journaled_result_survives(libc::SIGKILL, "j0");
+}
+
+/// The same with SIGTERM: a worker asked to stop while the coordinator is away does
+/// not wait for it; it exits with the result left in its journal.
+#[test]
+fn a_worker_stopped_while_the_coordinator_is_away_keeps_its_result() {
+    journaled_result_survives(libc::SIGTERM, "t0");
+}
+
+fn journaled_result_survives(stop: i32, name: &str) {
     let tmp = tempfile::tempdir().unwrap();
-    let (mut fleet, id) = one_worker_mid_run(tmp.path(), "j0");
+    let (mut fleet, id) = one_worker_mid_run(tmp.path(), name);
     // The coordinator dies mid-run (~3 s runs; the worker's own TTL, 2/3 of 5 s,
     // would stop a run whose renewals fail, so the kill lands late in the run).
     std::thread::sleep(Duration::from_millis(1500));
@@ -582,9 +593,25 @@ fn a_journaled_result_survives_the_workers_sigkill() {
                 .then_some(())
         },
     );
-    fleet.workers[0].kill();
+    if stop == libc::SIGKILL {
+        fleet.workers[0].kill();
+    } else {
+        fleet.workers[0].signal(stop);
+        let t = std::time::Instant::now();
+        match fleet.workers[0].wait_exit(Duration::from_secs(30)) {
+            Some(st) if st.success() => {
+                eprintln!(
+                    "worker exited {:.1}s after SIGTERM",
+                    t.elapsed().as_secs_f64()
+                )
+            }
+            other => fleet.fail(&format!(
+                "a worker stopped while the coordinator is away exits 0 within 30 s ({other:?})"
+            )),
+        }
+    }
     let (leases, reports, rejected) =
-        lem_worker::journal::Journal::inspect(&fleet.dir.join("j0")).unwrap();
+        lem_worker::journal::Journal::inspect(&fleet.dir.join(name)).unwrap();
     if !(leases.is_empty() && reports.len() == 1 && rejected.is_empty()) {
         fleet.fail(&format!(
             "the journal holds the finished result and no lease: {leases:?} {reports:?} {rejected:?}"
@@ -596,7 +623,7 @@ fn a_journaled_result_survives_the_workers_sigkill() {
     let journaled = journaled.clone();
 
     fleet.restart_coordinator();
-    let fresh = fleet.spawn_worker("j0", "j0-restarted");
+    let fresh = fleet.spawn_worker(name, &format!("{name}-restarted"));
     let old = std::mem::replace(&mut fleet.workers[0], fresh);
     fleet.dead.push(old);
     let all = fleet.all();
@@ -622,7 +649,7 @@ fn a_journaled_result_survives_the_workers_sigkill() {
     }
     // Delivered, so it left the journal (read after the worker stops).
     fleet.workers[0].kill();
-    let (_, reports, _) = lem_worker::journal::Journal::inspect(&fleet.dir.join("j0")).unwrap();
+    let (_, reports, _) = lem_worker::journal::Journal::inspect(&fleet.dir.join(name)).unwrap();
     if !reports.is_empty() {
         fleet.fail(&format!(
             "acknowledged reports leave the journal: {reports:?}"
