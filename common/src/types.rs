@@ -192,8 +192,9 @@ pub struct RunResult {
     pub prefill_energy_adjusted_j: Option<f64>,
     pub decode_energy_adjusted_j: Option<f64>,
     /// The window's power, temperature and SM clock, downsampled (bucket means, at most
-    /// 240 points; `t_s` from the window start). `lem-coord results --format timeseries`
-    /// exports it.
+    /// 240 points; `t_s` from the window start). On a group of GPUs: the group's power
+    /// (sum), hottest temperature and slowest clock, and `per_gpu` with each GPU's
+    /// columns. `lem-coord results --format timeseries` exports it.
     pub timeseries: serde_json::Value,
     /// Max/min SM clock (MHz) and throttle reasons seen in the window.
     pub sm_clock_min_mhz: u32,
@@ -207,7 +208,7 @@ pub struct RunResult {
     pub warnings: Vec<String>,
     /// The GPU indices that ran it (the slot's group; `[]` in results from before
     /// multi-GPU slots). Energy, power and baselines above are sums over these GPUs;
-    /// temperatures are the hottest GPU's; `timeseries` is the first GPU's.
+    /// temperatures are the hottest GPU's; `timeseries` has the group's and each GPU's.
     pub gpu_indices: Vec<u32>,
     /// Per-GPU figures, one per entry of `gpu_indices`.
     pub gpus: Vec<GpuFigures>,

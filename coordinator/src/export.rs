@@ -390,7 +390,9 @@ pub fn summary_table(rows: &[RunRow]) -> String {
 }
 
 /// The timeseries of every run with a result, one JSON line per point:
-/// `{"experiment_id", "cycle", "config_hash", "t_s", "power_w", "temp_c", "sm_clock_mhz"}`.
+/// `{"experiment_id", "cycle", "config_hash", "t_s", "power_w", "temp_c", "sm_clock_mhz"}`;
+/// for a run on a group of GPUs also `per_gpu`: `[{"gpu", "power_w", "temp_c",
+/// "sm_clock_mhz"}]` at that point (the run's `power_w` is their sum).
 pub fn timeseries_jsonl(rows: &[RunRow]) -> String {
     let mut out = String::new();
     for r in rows {
@@ -409,8 +411,13 @@ pub fn timeseries_jsonl(rows: &[RunRow]) -> String {
             col("temp_c"),
             col("sm_clock_mhz"),
         );
+        let per_gpu = ts
+            .get("per_gpu")
+            .and_then(|v| v.as_array())
+            .cloned()
+            .unwrap_or_default();
         for (i, t_s) in t.iter().enumerate() {
-            let line = json!({
+            let mut line = json!({
                 "experiment_id": r.run.to_string(),
                 "cycle": r.cycle,
                 "config_hash": r.config_hash,
@@ -419,6 +426,20 @@ pub fn timeseries_jsonl(rows: &[RunRow]) -> String {
                 "temp_c": c.get(i),
                 "sm_clock_mhz": k.get(i),
             });
+            if !per_gpu.is_empty() {
+                let at = |g: &Json, key: &str| g.get(key).and_then(|a| a.get(i)).cloned();
+                line["per_gpu"] = per_gpu
+                    .iter()
+                    .map(|g| {
+                        json!({
+                            "gpu": g.get("gpu"),
+                            "power_w": at(g, "power_w"),
+                            "temp_c": at(g, "temp_c"),
+                            "sm_clock_mhz": at(g, "sm_clock_mhz"),
+                        })
+                    })
+                    .collect();
+            }
             out.push_str(&line.to_string());
             out.push('\n');
         }

@@ -124,21 +124,7 @@ fn twelve_runs_two_workers_each_run_exactly_once() {
     assert!(warm_runs >= 10, "12 runs on 2 workers: at least 10 warm");
 
     // Every run keeps its window's timeseries, exportable as JSON lines.
-    let args = [
-        "results",
-        &id,
-        "--format",
-        "timeseries",
-        "--coordinator",
-        &addr,
-    ];
-    let out = run(COORD, &args);
-    assert!(out.status.success(), "{}", describe(&args, &out));
-    let points: Vec<Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let points = crate::results_lines(&id, "timeseries", &["--coordinator", &addr]);
     let runs_with_points: BTreeSet<&str> = points
         .iter()
         .map(|p| p["experiment_id"].as_str().unwrap())

@@ -215,6 +215,37 @@ fn tp2_runs_run_only_on_the_two_gpu_slot() {
     let ratio = mean_baseline(&rows, 2) / mean_baseline(&rows, 1);
     assert!((1.8..2.2).contains(&ratio), "baseline ratio {ratio}");
     assert!(!tp1_slots.is_empty());
+    // The timeseries of a TP-2 run: the group's power at each point is the sum of
+    // its two GPUs' (rounded to the mW); a TP-1 run's has no per-GPU part.
+    let points = crate::results_lines(&id, "timeseries", &["--coordinator", &addr]);
+    let tp_of = |id: &Value| {
+        rows.iter()
+            .find(|r| r["experiment_id"] == *id)
+            .map(|r| r["tp_size"].as_u64().unwrap())
+            .unwrap()
+    };
+    let (mut grouped_points, mut single_points) = (0, 0);
+    for p in &points {
+        match tp_of(&p["experiment_id"]) {
+            2 => {
+                let per = p["per_gpu"].as_array().unwrap_or_else(|| panic!("{p}"));
+                let gpus: Vec<u64> = per.iter().map(|g| g["gpu"].as_u64().unwrap()).collect();
+                assert_eq!(gpus, [0, 1], "{p}");
+                let sum: f64 = per.iter().map(|g| g["power_w"].as_f64().unwrap()).sum();
+                let total = p["power_w"].as_f64().unwrap();
+                assert!((sum - total).abs() < 0.01, "{p}");
+                grouped_points += 1;
+            }
+            _ => {
+                assert!(p.get("per_gpu").is_none(), "{p}");
+                single_points += 1;
+            }
+        }
+    }
+    assert!(
+        grouped_points > 0 && single_points > 0,
+        "{grouped_points} {single_points}"
+    );
 }
 
 #[test]

@@ -62,7 +62,12 @@ pub fn status_json(addr: &str, id: &str) -> Option<serde_json::Value> {
 /// `lem-coord results ID --format jsonl` with `connect` (the address and any
 /// credential flags), parsed; panics with the command's output if it fails.
 pub fn results_jsonl(id: &str, connect: &[&str]) -> Vec<serde_json::Value> {
-    let mut args = vec!["results", id, "--format", "jsonl"];
+    results_lines(id, "jsonl", connect)
+}
+
+/// `lem-coord results ID --format FORMAT` (a JSON-lines format), parsed.
+pub fn results_lines(id: &str, format: &str, connect: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = vec!["results", id, "--format", format];
     args.extend_from_slice(connect);
     let out = lem_tests::run(COORD, &args);
     assert!(out.status.success(), "{}", lem_tests::describe(&args, &out));
