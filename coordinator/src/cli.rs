@@ -1112,6 +1112,18 @@ async fn run(
             let _ = stop_server_rx.await;
         },
     ));
+    // Real GPUs: one local worker with one slot per visible GPU. Several workers would
+    // each take the first GPU, and two workers measuring one GPU count each other's
+    // power (lem-worker refuses that: worker/src/gpu_claim.rs). Simulated GPUs are
+    // each worker's own.
+    let (local_workers, slots) = if simulate {
+        (local_workers, lem_common::gpus::SlotCount::Fixed(1))
+    } else {
+        eprintln!(
+            "real GPUs: one local worker with one slot per visible GPU (CUDA_VISIBLE_DEVICES chooses them; --local-workers counts simulated workers only)"
+        );
+        (1, lem_common::gpus::SlotCount::Auto)
+    };
     let (stop_workers_tx, stop_workers_rx) = tokio::sync::watch::channel(false);
     let mut workers = Vec::new();
     for i in 0..local_workers {
@@ -1119,7 +1131,7 @@ async fn run(
             coordinator: addr.clone(),
             data_dir: data_dir.join(format!("worker-{i}")),
             name: Some(format!("local-{i}")),
-            slots: lem_common::gpus::SlotCount::Fixed(1),
+            slots,
             gpu_groups: None,
             simulated_gpus: None,
             simulate_gpu: simulate,

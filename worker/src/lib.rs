@@ -13,6 +13,7 @@ pub mod cli;
 pub mod clock;
 pub mod env;
 pub mod frame;
+pub mod gpu_claim;
 pub mod join;
 pub mod journal;
 pub mod nvml;
@@ -250,6 +251,22 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
             std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_else(|_| "unset".into())
         )
     })?;
+    // Real GPUs: one measuring worker per GPU on this host (gpu_claim), held until
+    // this function returns.
+    let _gpu_claim = match &nvml {
+        Some(nvml) => {
+            let mut gpus = Vec::new();
+            for &index in groups.iter().flatten() {
+                let uuid = nvml
+                    .device_by_index(index)
+                    .and_then(|d| d.uuid())
+                    .with_context(|| format!("cannot read the UUID of GPU {index}"))?;
+                gpus.push((index, uuid));
+            }
+            Some(gpu_claim::claim(&gpu_claim::lock_dir(), &gpus)?)
+        }
+        None => None,
+    };
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
     // The journal first: it also refuses a second worker on this data dir.
