@@ -306,6 +306,12 @@ pub enum Command {
         /// Go on past the grid-size limit (10,000 configs).
         #[arg(long)]
         allow_large_grid: bool,
+        /// GPU groups of the local worker, as `lem-worker --gpu-groups`: "0,1;2;3"
+        /// (one slot per group) or `dynamic` (a group per run from the free GPUs),
+        /// for studies with tensor-parallel runs. With the simulated GPU, the worker
+        /// has --local-workers simulated GPUs (at least as many as the groups name).
+        #[arg(long)]
+        gpu_groups: Option<String>,
     },
 }
 
@@ -425,6 +431,7 @@ pub fn main_impl(cli: Cli) -> Result<(), CliError> {
                 simulate_gpu,
                 python,
                 allow_large_grid,
+                gpu_groups,
             } => {
                 run(
                     &study,
@@ -433,6 +440,7 @@ pub fn main_impl(cli: Cli) -> Result<(), CliError> {
                     simulate_gpu,
                     &python,
                     allow_large_grid,
+                    gpu_groups,
                 )
                 .await
             }
@@ -1075,6 +1083,18 @@ impl Progress {
     }
 }
 
+/// Simulated GPUs a local worker with `--gpu-groups spec` gets: `asked`, or more if
+/// the groups name a higher index.
+fn simulated_gpus_for(spec: &str, asked: u32) -> u32 {
+    let highest = spec
+        .split([';', ','])
+        .filter_map(|t| t.trim().parse::<u32>().ok())
+        .max()
+        .map_or(0, |i| i + 1);
+    asked.max(highest).max(1)
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn run(
     path: &Path,
     local_workers: u32,
@@ -1082,6 +1102,7 @@ async fn run(
     simulate_gpu: bool,
     python: &str,
     allow_large_grid: bool,
+    gpu_groups: Option<String>,
 ) -> Result<(), CliError> {
     let (src, plan) = read_study(path, allow_large_grid)?;
     print_plan_summary(path, &plan);
@@ -1116,13 +1137,21 @@ async fn run(
     // each take the first GPU, and two workers measuring one GPU count each other's
     // power (lem-worker refuses that: worker/src/gpu_claim.rs). Simulated GPUs are
     // each worker's own.
-    let (local_workers, slots) = if simulate {
-        (local_workers, lem_common::gpus::SlotCount::Fixed(1))
-    } else {
-        eprintln!(
-            "real GPUs: one local worker with one slot per visible GPU (CUDA_VISIBLE_DEVICES chooses them; --local-workers counts simulated workers only)"
-        );
-        (1, lem_common::gpus::SlotCount::Auto)
+    // With --gpu-groups: one local worker with those groups (on the simulated GPU,
+    // with --local-workers simulated GPUs).
+    let (local_workers, slots, simulated_gpus) = match (&gpu_groups, simulate) {
+        (Some(spec), true) => {
+            let n = simulated_gpus_for(spec, local_workers);
+            eprintln!("one local worker with {n} simulated GPUs and --gpu-groups {spec}");
+            (1, lem_common::gpus::SlotCount::Auto, Some(n))
+        }
+        (None, true) => (local_workers, lem_common::gpus::SlotCount::Fixed(1), None),
+        (_, false) => {
+            eprintln!(
+                "real GPUs: one local worker with one slot per visible GPU or group (CUDA_VISIBLE_DEVICES chooses them; --local-workers counts simulated workers only)"
+            );
+            (1, lem_common::gpus::SlotCount::Auto, None)
+        }
     };
     let (stop_workers_tx, stop_workers_rx) = tokio::sync::watch::channel(false);
     let mut workers = Vec::new();
@@ -1132,8 +1161,8 @@ async fn run(
             data_dir: data_dir.join(format!("worker-{i}")),
             name: Some(format!("local-{i}")),
             slots,
-            gpu_groups: None,
-            simulated_gpus: None,
+            gpu_groups: gpu_groups.clone(),
+            simulated_gpus,
             simulate_gpu: simulate,
             python: python.to_string(),
             sample_interval: lem_worker::SAMPLE_INTERVAL,
@@ -1282,5 +1311,18 @@ pub fn run_main() -> std::process::ExitCode {
             eprintln!("lem-coord: error: {:#}", e.error);
             std::process::ExitCode::from(e.code)
         }
+    }
+}
+
+#[cfg(test)]
+mod run_gpu_tests {
+    use super::simulated_gpus_for;
+
+    #[test]
+    fn simulated_gpus_cover_the_groups_named() {
+        assert_eq!(simulated_gpus_for("dynamic", 2), 2);
+        assert_eq!(simulated_gpus_for("dynamic", 0), 1);
+        assert_eq!(simulated_gpus_for("0,1;2;3", 2), 4);
+        assert_eq!(simulated_gpus_for("0,1", 8), 8);
     }
 }

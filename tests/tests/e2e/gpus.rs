@@ -503,3 +503,47 @@ fn a_dynamic_pool_hosts_runs_up_to_its_size_and_larger_ones_are_blocked() {
         "the TP-4 runs are untouched: {s}"
     );
 }
+
+/// `lem-coord run --gpu-groups dynamic`: the one-machine command runs a study with
+/// tensor-parallel runs on one local worker whose simulated GPUs form a pool.
+#[test]
+fn lem_coord_run_with_a_dynamic_pool_runs_tensor_parallel_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let study = dir.join("tp.yaml");
+    // STUDY's 8 runs, one cycle: 4 runs, 2 of them TP 2.
+    std::fs::write(&study, STUDY.replace("n_cycles: 2", "n_cycles: 1")).unwrap();
+    let data = dir.join("lem-data");
+    let args = [
+        "run",
+        study.to_str().unwrap(),
+        "--simulate-gpu",
+        "--gpu-groups",
+        "dynamic",
+        "--local-workers",
+        "2",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    let out = run(COORD, &args);
+    assert!(out.status.success(), "{}", describe(&args, &out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("one local worker with 2 simulated GPUs and --gpu-groups dynamic"),
+        "{stderr}"
+    );
+    let rows = lem_tests::parse_jsonl(
+        &std::fs::read(data.join("campaign-1").join("results.jsonl")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rows.len(), 4);
+    for r in &rows {
+        assert_eq!(r["state"], "done", "{r}");
+        let tp = r["tp_size"].as_u64().unwrap();
+        let gpus = gpu_indices(r);
+        assert_eq!(gpus.len() as u64, tp, "{r}");
+        if tp == 2 {
+            assert_eq!(gpus, [0, 1], "{r}");
+        }
+    }
+}
