@@ -4,7 +4,7 @@
 //! ```sh
 //! cargo build --release -p lem-common --example plan_rss
 //! target/release/examples/plan_rss compact common/examples/plan-1m-runs.yaml
-//! target/release/examples/plan_rss plan FILE     # tens of GB on that study
+//! target/release/examples/plan_rss plan FILE     # ~15 GB on that study (extrapolated from its 100,000-run variant)
 //! ```
 //!
 //! Run one mode per process: the figure is the process's peak resident set

@@ -293,7 +293,6 @@ pub async fn leases(opts: &LeaseBench) -> anyhow::Result<LeaseReport> {
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(opts.warmup_s);
     let end = measure_from + Duration::from_secs_f64(opts.seconds);
-    let batches_before = Arc::new(std::sync::Mutex::new(None::<(u64, u64)>));
     let mut tasks = Vec::new();
     for (worker, client) in clients {
         tasks.push(tokio::spawn(async move {
@@ -315,15 +314,16 @@ pub async fn leases(opts: &LeaseBench) -> anyhow::Result<LeaseReport> {
             Ok::<_, anyhow::Error>((lat_us, total))
         }));
     }
-    {
-        let stats = shared.commits.stats.clone();
-        let b = batches_before.clone();
-        tokio::time::sleep_until(measure_from.into()).await;
-        *b.lock().expect("stats lock") = Some((
+    // The writer's counters when the measured window opens.
+    tokio::time::sleep_until(measure_from.into()).await;
+    let stats = &shared.commits.stats;
+    let counted = || {
+        (
             stats.batches.load(std::sync::atomic::Ordering::Relaxed),
             stats.ops.load(std::sync::atomic::Ordering::Relaxed),
-        ));
-    }
+        )
+    };
+    let (b0, o0) = counted();
     let mut lat: Vec<u64> = Vec::new();
     let mut total = 0u64;
     for t in tasks {
@@ -332,10 +332,7 @@ pub async fn leases(opts: &LeaseBench) -> anyhow::Result<LeaseReport> {
         total += n;
     }
     let measured = end.duration_since(measure_from).as_secs_f64();
-    let (b0, o0) = batches_before.lock().expect("stats lock").unwrap_or((0, 0));
-    let stats = &shared.commits.stats;
-    let b1 = stats.batches.load(std::sync::atomic::Ordering::Relaxed);
-    let o1 = stats.ops.load(std::sync::atomic::Ordering::Relaxed);
+    let (b1, o1) = counted();
     let _ = stop_tx.send(());
     server.await??;
 

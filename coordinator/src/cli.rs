@@ -332,7 +332,7 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 300_000)]
         runs: u64,
         /// Most lease transitions per commit; 1 commits each on its own.
-        #[arg(long, default_value_t = lem_coord_default_batch())]
+        #[arg(long, default_value_t = crate::group_commit::DEFAULT_MAX_BATCH)]
         max_batch: usize,
         /// Plain TCP instead of mutual TLS (for comparison).
         #[arg(long)]
@@ -355,10 +355,6 @@ pub enum BenchCommand {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
-}
-
-const fn lem_coord_default_batch() -> usize {
-    crate::group_commit::DEFAULT_MAX_BATCH
 }
 
 pub fn main_impl(cli: Cli) -> Result<(), CliError> {

@@ -53,7 +53,11 @@ pub struct GroupCommit {
 impl GroupCommit {
     /// Starts the writer thread over `store`; `max_batch` 1 commits every op on its
     /// own (the comparison `lem-coord bench leases --max-batch 1` prints).
-    pub fn start(store: Arc<Store>, policy: LeasePolicy, max_batch: usize) -> GroupCommit {
+    pub fn start(
+        store: Arc<Store>,
+        policy: LeasePolicy,
+        max_batch: usize,
+    ) -> Result<GroupCommit, StoreError> {
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(CommitStats::default());
         let thread = {
@@ -61,13 +65,15 @@ impl GroupCommit {
             std::thread::Builder::new()
                 .name("lem-commit".into())
                 .spawn(move || writer(store, policy, max_batch.max(1), rx, stats))
-                .expect("spawn the commit thread")
+                .map_err(|e| {
+                    StoreError::Storage(format!("cannot start the manifest writer thread: {e}"))
+                })?
         };
-        GroupCommit {
+        Ok(GroupCommit {
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
             stats,
-        }
+        })
     }
 
     /// Applies `op` in the next batch; answers once it is durable.

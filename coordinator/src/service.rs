@@ -36,7 +36,7 @@ pub const MAX_STUDY_BYTES: usize = 4 << 20;
 /// sweep costs nothing.
 pub const MAX_CONFIGS_PER_CAMPAIGN: usize = 100_000;
 /// Largest number of runs one campaign may expand to.
-pub const MAX_RUNS_PER_CAMPAIGN: usize = 1_000_000;
+pub const MAX_RUNS_PER_CAMPAIGN: usize = study::MAX_PLANNED_RUNS;
 
 /// Checks a study's size against [`MAX_STUDY_BYTES`]; the error names the file.
 pub fn check_study_size(src: &StudySource) -> Result<(), String> {
@@ -124,7 +124,7 @@ impl Shared {
         }
         let store = Arc::new(store);
         Ok(Arc::new(Shared {
-            commits: GroupCommit::start(store.clone(), policy, max_batch),
+            commits: GroupCommit::start(store.clone(), policy, max_batch)?,
             store,
             policy,
             pki,

@@ -213,6 +213,20 @@ fn start_gpu(
     Ok((sampler, Arc::new(telemetry::NoLoadSink), snapshot))
 }
 
+/// The environment that makes a harness see exactly the GPUs `group` (NVML indices,
+/// as `nvidia-smi` numbers them: PCI bus order). CUDA numbers devices fastest first
+/// unless told otherwise, so without `CUDA_DEVICE_ORDER=PCI_BUS_ID` a harness on a
+/// host of mixed GPUs could run on a different GPU than the one its slot measures.
+pub(crate) fn harness_gpu_env(group: &[u32]) -> Vec<(String, String)> {
+    vec![
+        ("CUDA_DEVICE_ORDER".to_string(), "PCI_BUS_ID".to_string()),
+        (
+            "CUDA_VISIBLE_DEVICES".to_string(),
+            cuda_visible_devices(group),
+        ),
+    ]
+}
+
 /// Runs the worker until `stop` turns true; each slot finishes its current run first.
 pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
     if cfg.sample_interval < Duration::from_millis(10)
@@ -305,10 +319,7 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
             snapshots.push(snapshot);
         }
         let gpu_env = if nvml.is_some() {
-            vec![(
-                "CUDA_VISIBLE_DEVICES".to_string(),
-                cuda_visible_devices(group),
-            )]
+            harness_gpu_env(group)
         } else {
             vec![]
         };

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use lem_common::gpus::{cuda_visible_devices, GpuPool, PoolError};
+use lem_common::gpus::{GpuPool, PoolError};
 use tokio::sync::watch;
 
 use crate::clock::mono_ns;
@@ -124,10 +124,7 @@ impl DynPool {
     /// A harness for `gpus`, not started (the run starts it).
     pub fn new_harness(&self, gpus: &[u32]) -> ProcessHarness {
         let env = if self.real_gpus {
-            vec![(
-                "CUDA_VISIBLE_DEVICES".to_string(),
-                cuda_visible_devices(gpus),
-            )]
+            crate::harness_gpu_env(gpus)
         } else {
             vec![]
         };
@@ -279,9 +276,16 @@ impl DynPool {
             .insert(gpus.to_vec(), state);
     }
 
+    /// The pool's GPUs `gpus`, in that order. Every index must be the pool's (the
+    /// lanes only bind GPUs the pool reserved for them): a missing one would shift
+    /// samplers against indices and label energy with the wrong GPU.
     fn of(&self, gpus: &[u32]) -> Vec<&PoolGpu> {
         gpus.iter()
-            .filter_map(|g| self.gpus.iter().find(|p| p.index == *g))
+            .map(|g| {
+                self.gpus.iter().find(|p| p.index == *g).unwrap_or_else(|| {
+                    panic!("GPU {g} is not in this worker's pool (a worker bug)")
+                })
+            })
             .collect()
     }
 

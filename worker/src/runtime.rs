@@ -217,7 +217,19 @@ impl ProcessHarness {
         let Some(pid) = pong.get("pid").and_then(|v| v.as_u64()) else {
             return;
         };
-        let pid = pid as i32;
+        // Only a real other process: a pid of 0 or 1 would make `kill(-pid)` signal
+        // our own process group or every process we may signal.
+        let Ok(pid) = i32::try_from(pid) else {
+            return;
+        };
+        if pid <= 1 || pid as u32 == std::process::id() {
+            tracing::warn!(
+                slot = self.slot,
+                pid,
+                "the harness socket answered with an implausible pid; not signalling it"
+            );
+            return;
+        }
         tracing::warn!(
             slot = self.slot,
             pid,

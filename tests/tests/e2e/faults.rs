@@ -535,14 +535,7 @@ fn sigterm_finishes_the_current_run_then_exits() {
 
 /// The rows `lem-coord results --format jsonl` exports for campaign `id`.
 fn result_rows(addr: &str, id: &str) -> Vec<Value> {
-    let args = ["results", id, "--format", "jsonl", "--coordinator", addr];
-    let out = run(COORD, &args);
-    assert!(out.status.success(), "{}", describe(&args, &out));
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    crate::results_jsonl(id, &["--coordinator", addr])
 }
 
 /// A coordinator and one worker `name` running the first of tests/fixtures/slow-runs.yaml's
