@@ -3,7 +3,8 @@
 //! Samples power (and temperature, clocks) on one thread at a fixed interval and the
 //! total-energy counter on another as fast as it can be read (or at a given
 //! interval), for a given time, and writes JSON lines: `{"k":"p",...}` power samples,
-//! `{"k":"c","t":..,"mj":..}` counter reads, and a final `{"k":"stats",...}` line with
+//! `{"k":"c","t":..,"ta":..,"mj":..}` counter reads (`ta` when the read began, `t` when
+//! it returned), and a final `{"k":"stats",...}` line with
 //! read costs and the process's CPU time. With the counter read back to back, the
 //! counter's own update instants give a reference energy for any sub-window, which is
 //! what the energy fixture test uses. Only getters are called; no card setting changes.
@@ -30,6 +31,7 @@ fn main() -> anyhow::Result<()> {
     let mut counter_ms = 0u64;
     let mut out_path = String::from("trace.jsonl");
     let mut gpu = 0u32;
+    let mut stop_file: Option<std::path::PathBuf> = None;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {
@@ -40,7 +42,8 @@ fn main() -> anyhow::Result<()> {
             "--counter-interval-ms" => counter_ms = v.parse()?,
             "--out" => out_path = v,
             "--gpu" => gpu = v.parse()?,
-            other => anyhow::bail!("unknown flag {other} (flags: --seconds --power-interval-ms --counter-interval-ms --out --gpu)"),
+            "--stop-file" => stop_file = Some(v.into()),
+            other => anyhow::bail!("unknown flag {other} (flags: --seconds --power-interval-ms --counter-interval-ms --out --gpu --stop-file)"),
         }
         i += 2;
     }
@@ -50,15 +53,19 @@ fn main() -> anyhow::Result<()> {
     let snapshot = dev.snapshot();
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let cpu0 = cpu_seconds();
+    // Ends early once the stop file exists (checked by the power loop; the counter
+    // thread follows through `stopped`).
+    let stopped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped_c = stopped.clone();
 
     let counter_thread = std::thread::spawn(move || {
         let mut reads = Vec::new();
         let mut costs = Vec::new();
-        while Instant::now() < deadline {
+        while Instant::now() < deadline && !stopped_c.load(std::sync::atomic::Ordering::Relaxed) {
             let a = mono_ns();
             let mj = counter.read_mj().expect("counter read");
             let b = mono_ns();
-            reads.push((b, mj));
+            reads.push((a, b, mj));
             costs.push((b - a) as f64 / 1e3);
             if counter_ms > 0 {
                 std::thread::sleep(Duration::from_millis(counter_ms));
@@ -71,6 +78,10 @@ fn main() -> anyhow::Result<()> {
     let step = Duration::from_millis(power_ms);
     let mut next = Instant::now();
     while Instant::now() < deadline {
+        if stop_file.as_ref().is_some_and(|f| f.exists()) {
+            stopped.store(true, std::sync::atomic::Ordering::Relaxed);
+            break;
+        }
         let a = mono_ns();
         let s = dev.read(a)?;
         let b = mono_ns();
@@ -83,6 +94,7 @@ fn main() -> anyhow::Result<()> {
     }
     let (reads, counter_costs) = counter_thread.join().expect("counter thread");
     let cpu = cpu_seconds() - cpu0;
+    let seconds = (deadline - Duration::from_secs_f64(seconds)).elapsed().as_secs_f64();
     let mut out = std::io::BufWriter::new(std::fs::File::create(&out_path)?);
     writeln!(out, "{}", serde_json::json!({"k": "env", "gpu": snapshot}))?;
     for s in &samples {
@@ -92,8 +104,12 @@ fn main() -> anyhow::Result<()> {
             serde_json::json!({"k": "p", "t": s.t_mono_ns, "w": s.power_w, "temp": s.temp_c, "sm": s.sm_clock_mhz, "ps": s.pstate, "util": s.util_pct})
         )?;
     }
-    for (t, mj) in &reads {
-        writeln!(out, "{}", serde_json::json!({"k": "c", "t": t, "mj": mj}))?;
+    for (ta, t, mj) in &reads {
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({"k": "c", "t": t, "ta": ta, "mj": mj})
+        )?;
     }
     let stat = |v: &[f64]| {
         let mean = lem_common::stats::mean(v).unwrap_or(0.0);
