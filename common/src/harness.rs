@@ -10,7 +10,12 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::energy::{Quiet, Window};
 use crate::types::FailureClass;
+
+/// A quiet span belongs to a window edge when it ends (starts) at most this long
+/// before (after) it: the harness writes the edge right after the span.
+pub const QUIET_ADJACENT_NS: u64 = 5_000_000;
 
 /// One event line from the harness.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -56,22 +61,34 @@ impl HarnessEvent {
     }
 }
 
-/// The JSON line of a run request. `config_json` is the canonical config as
-/// Python-compatible JSON text (it may hold `NaN`/`Infinity`, which Python's
-/// `json.loads` reads) and is embedded as is; everything else is escaped here.
-pub fn run_request_line(
-    run_id: &str,
-    config_json: &str,
-    dataset_path: &str,
-    prefill_window_seconds: f64,
-) -> String {
+/// What the worker asks of the harness for one run, besides the config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunRequest<'a> {
+    pub run_id: &'a str,
+    /// The canonical config as Python-compatible JSON text (it may hold
+    /// `NaN`/`Infinity`, which Python's `json.loads` reads); embedded as is.
+    pub config_json: &'a str,
+    pub dataset_path: &'a str,
+    pub prefill_window_seconds: f64,
+    /// Length of each quiet span beside a window edge (0: none).
+    pub quiet_seconds: f64,
+    /// `always` or `when_profiling` (llem's `measurement.latency_profiling`).
+    pub per_token_timing: &'a str,
+    pub force_cold_start: bool,
+}
+
+/// The JSON line of a run request; everything but the config is escaped here.
+pub fn run_request_line(r: &RunRequest<'_>) -> String {
     let s = |v: &str| serde_json::Value::String(v.to_string());
     format!(
-        "{{\"type\": \"run\", \"run_id\": {}, \"force_cold_start\": false, \"dataset_path\": {}, \"prefill_window_seconds\": {}, \"config\": {}}}",
-        s(run_id),
-        s(dataset_path),
-        serde_json::json!(prefill_window_seconds),
-        config_json
+        "{{\"type\": \"run\", \"run_id\": {}, \"force_cold_start\": {}, \"dataset_path\": {}, \"prefill_window_seconds\": {}, \"quiet_seconds\": {}, \"per_token_timing\": {}, \"config\": {}}}",
+        s(r.run_id),
+        r.force_cold_start,
+        s(r.dataset_path),
+        serde_json::json!(r.prefill_window_seconds),
+        serde_json::json!(r.quiet_seconds),
+        s(r.per_token_timing),
+        r.config_json
     )
 }
 
@@ -123,6 +140,10 @@ pub struct RunTranscript {
     pub n_first_tokens: u64,
     pub n_requests_ended: u64,
     pub outcome: Option<RunOutcome>,
+    /// The quiet spans the harness held (`quiet_start` .. `quiet_end`), in order.
+    pub quiet: Vec<Quiet>,
+    /// A `quiet_start` not yet ended.
+    pub quiet_open: Option<u64>,
 }
 
 impl RunTranscript {
@@ -155,6 +176,17 @@ impl RunTranscript {
                     w.end_ns = Some(ev.t_mono_ns);
                     w.calls = ev.u64_field("calls").unwrap_or(0);
                     w.passes = ev.u64_field("passes").unwrap_or(0);
+                }
+            }
+            "quiet_start" => self.quiet_open = Some(ev.t_mono_ns),
+            "quiet_end" => {
+                if let Some(from_ns) = self.quiet_open.take() {
+                    if ev.t_mono_ns > from_ns {
+                        self.quiet.push(Quiet {
+                            from_ns,
+                            to_ns: ev.t_mono_ns,
+                        });
+                    }
                 }
             }
             "first_token" => self.n_first_tokens += 1,
@@ -199,6 +231,37 @@ impl RunTranscript {
         }
     }
 
+    /// The measured window with the quiet spans beside its edges.
+    pub fn window(&self) -> Option<Window> {
+        let (t0, t1) = self.window_ns()?;
+        Some(self.with_quiet(t0, t1))
+    }
+
+    /// The prefill window (start and end seen, in order) with the quiet spans beside it.
+    pub fn prefill_window_edges(&self) -> Option<Window> {
+        let pw = self.prefill_window.as_ref()?;
+        let end = pw.end_ns.filter(|e| *e > pw.start_ns)?;
+        Some(self.with_quiet(pw.start_ns, end))
+    }
+
+    fn with_quiet(&self, t0: u64, t1: u64) -> Window {
+        Window {
+            t0,
+            t1,
+            quiet_before: self
+                .quiet
+                .iter()
+                .rev()
+                .find(|q| q.to_ns <= t0 && t0 - q.to_ns <= QUIET_ADJACENT_NS)
+                .copied(),
+            quiet_after: self
+                .quiet
+                .iter()
+                .find(|q| q.from_ns >= t1 && q.from_ns - t1 <= QUIET_ADJACENT_NS)
+                .copied(),
+        }
+    }
+
     pub fn is_finished(&self) -> bool {
         self.outcome.is_some()
     }
@@ -234,6 +297,45 @@ mod tests {
     }
 
     #[test]
+    fn quiet_spans_attach_to_the_window_edges_beside_them() {
+        let lines = [
+            r#"{"event":"quiet_start","t_mono_ns":1000000,"seconds":0.35}"#,
+            r#"{"event":"quiet_end","t_mono_ns":351000000}"#,
+            r#"{"event":"measure_start","t_mono_ns":351010000}"#,
+            r#"{"event":"measure_end","t_mono_ns":900000000}"#,
+            r#"{"event":"quiet_start","t_mono_ns":900020000}"#,
+            r#"{"event":"quiet_end","t_mono_ns":1250000000}"#,
+            r#"{"event":"prefill_window_start","t_mono_ns":1250010000}"#,
+            r#"{"event":"prefill_window_end","t_mono_ns":1500000000,"calls":4,"passes":2}"#,
+            r#"{"event":"quiet_start","t_mono_ns":1500030000}"#,
+            r#"{"event":"quiet_end","t_mono_ns":1850000000}"#,
+        ];
+        let mut t = RunTranscript::default();
+        for l in lines {
+            t.handle_event(&HarnessEvent::parse(l).unwrap());
+        }
+        let w = t.window().unwrap();
+        assert_eq!((w.t0, w.t1), (351_010_000, 900_000_000));
+        assert_eq!(w.quiet_before.unwrap().from_ns, 1_000_000);
+        assert_eq!(w.quiet_after.unwrap().to_ns, 1_250_000_000);
+        let p = t.prefill_window_edges().unwrap();
+        assert_eq!(p.quiet_before, w.quiet_after);
+        assert_eq!(p.quiet_after.unwrap().from_ns, 1_500_030_000);
+        // A span that ended well before an edge is not that edge's.
+        let mut far = RunTranscript::default();
+        for l in [
+            r#"{"event":"quiet_start","t_mono_ns":1000}"#,
+            r#"{"event":"quiet_end","t_mono_ns":2000}"#,
+            r#"{"event":"measure_start","t_mono_ns":100000000}"#,
+            r#"{"event":"measure_end","t_mono_ns":200000000}"#,
+        ] {
+            far.handle_event(&HarnessEvent::parse(l).unwrap());
+        }
+        assert_eq!(far.window().unwrap().quiet_before, None);
+        assert_eq!(far.window().unwrap().quiet_after, None);
+    }
+
+    #[test]
     fn error_event_keeps_class() {
         let mut t = RunTranscript::default();
         t.handle_event(
@@ -253,20 +355,30 @@ mod tests {
 
     #[test]
     fn run_request_line_is_json_with_the_config_embedded() {
-        let line = run_request_line(
-            "1-0001",
-            r#"{"task": {"model": "m"}}"#,
-            "/d/a \"b\".jsonl",
-            3.0,
-        );
+        let req = RunRequest {
+            run_id: "1-0001",
+            config_json: r#"{"task": {"model": "m"}}"#,
+            dataset_path: "/d/a \"b\".jsonl",
+            prefill_window_seconds: 3.0,
+            quiet_seconds: 0.35,
+            per_token_timing: "always",
+            force_cold_start: false,
+        };
+        let line = run_request_line(&req);
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["type"], "run");
         assert_eq!(v["run_id"], "1-0001");
         assert_eq!(v["dataset_path"], "/d/a \"b\".jsonl");
         assert_eq!(v["prefill_window_seconds"], 3.0);
+        assert_eq!(v["quiet_seconds"], 0.35);
+        assert_eq!(v["per_token_timing"], "always");
+        assert_eq!(v["force_cold_start"], false);
         assert_eq!(v["config"]["task"]["model"], "m");
         // A non-finite float in the config passes through for Python to read.
-        let line = run_request_line("x", r#"{"rate": Infinity}"#, "p", 0.0);
+        let line = run_request_line(&RunRequest {
+            config_json: r#"{"rate": Infinity}"#,
+            ..req
+        });
         assert!(line.ends_with(r#""config": {"rate": Infinity}}"#), "{line}");
     }
 

@@ -142,6 +142,29 @@ pub struct RunResult {
     pub energy_counter_raw_j: Option<f64>,
     pub energy_disagreement_pct: Option<f64>,
     pub energy_disagreement_flagged: bool,
+    /// What the window's edges could still be off by, in joules (the two edges'
+    /// uncertainties in quadrature, per GPU then in quadrature over the group); `None`
+    /// when the energy is the power integral. See docs/measurement.md.
+    pub energy_uncertainty_j: Option<f64>,
+    /// `energy_uncertainty_j` above 1 % of `total_energy_j`.
+    pub energy_uncertainty_flagged: bool,
+    /// How the edges were anchored: `quiet` (both in quiet spans the harness held,
+    /// never another phase's power), `step_carry` or `power_trace` (the weakest edge);
+    /// `None` for the power integral.
+    pub energy_edge_rule: Option<String>,
+    /// Each edge's estimate (rule, carry, power, uncertainty, updates) on a one-GPU slot.
+    pub energy_edges: serde_json::Value,
+    /// The GPU's power in the quiet spans beside the window, from the counter (sum over
+    /// the group): the resident idle right around the run.
+    pub quiet_power_w: Option<f64>,
+    /// The measured window on the worker's CLOCK_MONOTONIC, for lining results up with
+    /// other traces taken on the host (nanoseconds; 0 in results from before).
+    pub window_start_mono_ns: u64,
+    pub window_end_mono_ns: u64,
+    /// Another process (not this run's harness) held a measured GPU when its baseline
+    /// or the window was taken (`lem-worker --device-isolation warn`); the processes.
+    pub gpu_shared: bool,
+    pub gpu_foreign_processes: Vec<ForeignProcess>,
     pub short_window: bool,
     pub mean_power_w: f64,
     pub n_power_samples: usize,
@@ -214,6 +237,21 @@ pub struct RunResult {
     pub gpus: Vec<GpuFigures>,
 }
 
+/// A process other than the run's own harness that held a measured GPU.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ForeignProcess {
+    pub pid: u32,
+    /// NVML index of the GPU it held.
+    pub gpu_index: u32,
+    /// GPU memory it held, in MiB (`None` where NVML does not say).
+    pub used_memory_mb: Option<u64>,
+    /// Its command name (`/proc/PID/comm`), where readable.
+    pub name: Option<String>,
+    /// When it was seen: `baseline`, `resident_baseline` or `window`.
+    pub seen: String,
+}
+
 /// One GPU's share of a run on a multi-GPU slot.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -237,12 +275,14 @@ impl RunResult {
     /// a result holding one must not be published).
     pub fn non_finite_fields(&self) -> Vec<&'static str> {
         let opt = |v: Option<f64>| v.is_none_or(f64::is_finite);
-        let checks: [(&'static str, bool); 28] = [
+        let checks: [(&'static str, bool); 30] = [
             ("duration_s", self.duration_s.is_finite()),
             ("total_energy_j", self.total_energy_j.is_finite()),
             ("energy_integral_j", opt(self.energy_integral_j)),
             ("energy_counter_raw_j", opt(self.energy_counter_raw_j)),
             ("energy_disagreement_pct", opt(self.energy_disagreement_pct)),
+            ("energy_uncertainty_j", opt(self.energy_uncertainty_j)),
+            ("quiet_power_w", opt(self.quiet_power_w)),
             ("mean_power_w", self.mean_power_w.is_finite()),
             ("energy_adjusted_j", opt(self.energy_adjusted_j)),
             ("baseline_power_w", opt(self.baseline_power_w)),

@@ -1164,6 +1164,8 @@ async fn run(
             sample_interval: lem_worker::SAMPLE_INTERVAL,
             counter_interval: lem_worker::COUNTER_INTERVAL,
             prefill_window_s: 3.0,
+            quiet_s: lem_worker::QUIET_S,
+            per_token_timing: "always",
             drain: false,
         };
         workers.push(tokio::spawn(lem_worker::run_worker(

@@ -26,6 +26,8 @@ from stats import cv_population, cv_reported, latency_summary, length_summary
 
 DEFAULT_PREFILL_WINDOW_S = 3.0
 MAX_PREFILL_WINDOW_S = 3600.0
+MAX_QUIET_S = 10.0
+PER_TOKEN_TIMING = ("always", "when_profiling")
 MAX_PREFILL_CALLS = 100000  # checked after each pass: a guard against zero-cost prefills
 
 
@@ -78,11 +80,14 @@ class EngineState:
 class _Recorder(BatchObserver):
     """Turns engine callbacks of one batch into events and keeps token times."""
 
-    def __init__(self, emitter, batch_index, first_request, k):
+    def __init__(self, emitter, batch_index, first_request, k, per_token=True):
         self.em = emitter
         self.b = batch_index
         self.base = first_request
         self.k = k
+        # False: the engine is asked not to time each token inside the window (llem's
+        # latency_profiling off); it reports the batch's requests when it ends.
+        self.per_token = per_token
         self.inputs = None
         self.prefill_ns = None
         self.first_ns = [None] * k
@@ -137,6 +142,10 @@ class _Recorder(BatchObserver):
         self.times[i] = times
         self.estimated = True
 
+    def batch_latency_ms(self):
+        """llem's per_request_batch latency: the batch's wall time / its size."""
+        return (self.first_ns[0] - self.prefill_ns) / 1e6 / self.k
+
     def first_time(self, i):
         """Time of request i's first output token (estimated when not streamed)."""
         return self.times[i][0] if self.times[i] else self.first_ns[i]
@@ -153,6 +162,12 @@ class _Recorder(BatchObserver):
             "input_tokens": self.inputs[i], "output_tokens": self.outputs[i],
             "token_times_ms": offsets,
         }
+        if not self.per_token and not self.estimated:
+            # llem's per_request_batch: no token was timed; the request's latency is
+            # its batch's wall time over the batch size.
+            fields["token_times_ms"] = []
+            fields["per_request_batch"] = True
+            fields["latency_ms"] = round(self.batch_latency_ms(), 3)
         if self.estimated:
             fields["estimated"] = True
             fields["ttft_ms"] = round((t0 - self.prefill_ns) / 1e6, 3)
@@ -189,6 +204,19 @@ class _PrefillRecorder(BatchObserver):
         raise InfraError("engine reported decode progress in a prefill-only call")
 
     first_token = decode = tokens = request_end = token_times = _unexpected
+
+
+def hold_quiet(engine, seconds, em):
+    """A quiet span beside a window edge (README: "Quiet spans"): the GPU's queued work
+    is finished first, then nothing is submitted for `seconds` (the model stays
+    loaded), so the worker, reading the energy counter back to back meanwhile, can
+    anchor the edge in a span of constant power. No-op for 0."""
+    if seconds <= 0:
+        return
+    engine.synchronize()
+    em.emit("quiet_start", {"seconds": seconds})
+    time.sleep(seconds)
+    em.emit("quiet_end", None)
 
 
 def run_prefill_window(engine, config, batches, batch_size, target_s, em):
@@ -327,6 +355,16 @@ def execute_run(state, request, em, max_floor=None,
             raise InfraError("bad request: `prefill_window_seconds` must be a number in "
                              "[0, %g] or null" % MAX_PREFILL_WINDOW_S)
         window_s = float(window_s)
+        quiet_s = request.get("quiet_seconds", 0.0)
+        if (isinstance(quiet_s, bool) or not isinstance(quiet_s, (int, float))
+                or not 0 <= quiet_s <= MAX_QUIET_S):
+            raise InfraError("bad request: `quiet_seconds` must be a number in [0, %g]"
+                             % MAX_QUIET_S)
+        quiet_s = float(quiet_s)
+        timing = request.get("per_token_timing", "always")
+        if timing not in PER_TOKEN_TIMING:
+            raise InfraError("bad request: `per_token_timing` must be one of %s"
+                             % ", ".join(PER_TOKEN_TIMING))
 
         # Everything that can be checked without the model, before touching it, so a
         # bad config never evicts a warm model.
@@ -381,33 +419,48 @@ def execute_run(state, request, em, max_floor=None,
         # 2. warmup and thermal floor
         run_warmup(engine, config, ws, inputs, texts, em, max_floor)
 
-        # 3-5. measurement
+        # llem's measurement.latency_profiling (default false): per-token timing inside
+        # the window only when asked, unless the worker asks for it always.
+        measurement = config.get("measurement") or {}
+        profiling = bool(measurement.get("latency_profiling") or False)
+        per_token = timing == "always" or profiling or not cls.honours_per_token
+
+        # 3-5. measurement, between quiet spans
+        hold_quiet(engine, quiet_s, em)
         start_ns = now_ns()
         em.emit("measure_start", None, start_ns)
-        ttft_ms, itl_ms, out_lens = [], [], []
+        ttft_ms, itl_ms, out_lens, request_ms = [], [], [], []
         n_batches = 0
         batches = []
         for b, first in enumerate(range(0, len(inputs), batch_size)):
             batch_inputs = inputs[first:first + batch_size]
             batch_texts = None if texts is None else texts[first:first + batch_size]
             batches.append((b, batch_inputs, batch_texts))
-            rec = _Recorder(em, b, first, len(batch_inputs))
+            rec = _Recorder(em, b, first, len(batch_inputs), per_token)
             engine.run_batch(config, b, batch_inputs, batch_texts, rec)
             rec.check_complete()
             n_batches += 1
+            batch_mode = not per_token and not rec.estimated and rec.k > 0
             for i in range(rec.k):
+                out_lens.append(rec.outputs[i])
+                if batch_mode:
+                    request_ms.append(rec.batch_latency_ms())
+                    continue
                 ttft_ms.append((rec.first_time(i) - rec.prefill_ns) / 1e6)
                 ts_i = rec.times[i]
                 itl_ms.extend((ts_i[j + 1] - ts_i[j]) / 1e6 for j in range(len(ts_i) - 1))
-                out_lens.append(rec.outputs[i])
         em.emit("phase", {"phase": "idle"})
         end_ns = now_ns()
         em.emit("measure_end", None, end_ns)
 
-        # 5b. prefill-only differential window (outside the measured window)
+        hold_quiet(engine, quiet_s, em)
+
+        # 5b. prefill-only differential window (outside the measured window), its lead-in
+        # the quiet span above
         window = None
         if window_s > 0:
             window = run_prefill_window(engine, config, batches, batch_size, window_s, em)
+            hold_quiet(engine, quiet_s, em)
 
         # 6. result
         versions = {"python": platform.python_version(), "harness": HARNESS_VERSION,
@@ -415,6 +468,8 @@ def execute_run(state, request, em, max_floor=None,
         versions.update(cls.versions())
         itl = latency_summary(itl_ms, with_min_max=False)
         mode = engine.latency_mode(config)
+        if request_ms:
+            mode = {"itl_measurement_mode": "per_request_batch", "latency_estimated": True}
         metrics = {
             "n_prompts": len(inputs),
             "input_tokens": sum(inputs),
@@ -428,6 +483,10 @@ def execute_run(state, request, em, max_floor=None,
             "itl_ms": itl,
             "itl_measurement_mode": mode["itl_measurement_mode"],
             "latency_estimated": bool(mode["latency_estimated"]),
+            "latency_profiling": profiling,
+            "per_token_timing": timing,
+            "request_latency_ms": latency_summary(request_ms) if request_ms else None,
+            "quiet_seconds": quiet_s,
             "prefill_window": None if window is None else {
                 k: window[k] for k in ("calls", "passes", "batches", "batch_size",
                                        "input_tokens", "seconds", "target_seconds", "capped")},

@@ -55,6 +55,16 @@ pub struct Args {
     /// the differential method (0 turns it off).
     #[arg(long, default_value_t = 3.0)]
     pub prefill_window_seconds: f64,
+    /// Milliseconds the harness holds the GPU idle beside every window edge while the
+    /// energy counter is read back to back, so each edge is anchored at idle power
+    /// (0 to 10000; 0 = none, and edges are carried through neighbouring counter steps).
+    #[arg(long, default_value_t = 350, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub quiet_ms: u64,
+    /// When the harness times every output token inside the measured window: `always`,
+    /// or `when-profiling` (only when the study sets measurement.latency_profiling, as
+    /// llem does; otherwise per-batch latency, llem's per_request_batch).
+    #[arg(long, value_enum, default_value_t = PerTokenTiming::Always)]
+    pub per_token_timing: PerTokenTiming,
     /// On SIGTERM/SIGINT, stop the run in progress and hand it back to the coordinator
     /// (it goes back to pending and the attempt does not count) instead of finishing it.
     #[arg(long)]
@@ -62,6 +72,23 @@ pub struct Args {
     /// Python interpreter for the harness.
     #[arg(long, env = "LEM_PYTHON", default_value = "python3")]
     pub python: String,
+}
+
+/// `--per-token-timing`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PerTokenTiming {
+    Always,
+    WhenProfiling,
+}
+
+impl PerTokenTiming {
+    /// The harness request's value.
+    pub fn wire(self) -> &'static str {
+        match self {
+            PerTokenTiming::Always => "always",
+            PerTokenTiming::WhenProfiling => "when_profiling",
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -152,6 +179,8 @@ pub fn main_impl() -> std::process::ExitCode {
         sample_interval: std::time::Duration::from_millis(args.sample_interval_ms),
         counter_interval: std::time::Duration::from_millis(args.counter_interval_ms),
         prefill_window_s: args.prefill_window_seconds,
+        quiet_s: args.quiet_ms as f64 / 1000.0,
+        per_token_timing: args.per_token_timing.wire(),
         drain: args.drain,
     };
     let drain = args.drain;

@@ -49,6 +49,10 @@ pub const COUNTER_INTERVAL: Duration = Duration::ZERO;
 /// Samples kept per slot: 30 minutes at 20 Hz.
 const RING_CAPACITY: usize = 36_000;
 
+/// The quiet span `lem-worker --quiet-ms` asks for by default, in seconds: at least
+/// three counter updates (100 ms apart) fall in it after the guard.
+pub const QUIET_S: f64 = 0.35;
+
 /// How a worker runs.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
@@ -73,6 +77,10 @@ pub struct WorkerConfig {
     pub counter_interval: Duration,
     /// Length of the prefill-only differential window after each run (0 = none).
     pub prefill_window_s: f64,
+    /// Length of the quiet spans the harness holds beside window edges (0 = none).
+    pub quiet_s: f64,
+    /// The harness's `per_token_timing`: `always` or `when_profiling`.
+    pub per_token_timing: &'static str,
     /// On SIGTERM, hand the current run back instead of finishing it.
     pub drain: bool,
 }
@@ -392,6 +400,8 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
             journal.clone(),
         );
         slot.prefill_window_s = cfg.prefill_window_s;
+        slot.quiet_s = cfg.quiet_s;
+        slot.per_token_timing = cfg.per_token_timing;
         slot.drain = cfg.drain;
         slot
     };

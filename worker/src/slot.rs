@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::anyhow;
-use lem_common::energy::{adjusted_energy, sum_windows, window_energy, EnergyMethod};
+use lem_common::energy::{adjusted_energy, sum_windows, window_energy_in, EnergyMethod, Window};
 use lem_common::gpus::choose_gpus;
-use lem_common::harness::{run_request_line, RunOutcome, RunTranscript};
+use lem_common::harness::{run_request_line, RunOutcome, RunRequest, RunTranscript};
 use lem_common::rpc::{
     CompleteRequest, CompleteStatus, CoordinatorClient, FailRequest, LeaseGrant, LeaseReply,
     LeaseRequest, RegisterRequest, RenewRequest, RpcError, RpcErrorKind,
@@ -91,6 +91,10 @@ pub struct Slot {
     pub environment: Environment,
     /// Length of the prefill-only differential window the harness runs after each run.
     pub prefill_window_s: f64,
+    /// Length of the quiet spans the harness holds beside window edges (0 = none).
+    pub quiet_s: f64,
+    /// The harness's `per_token_timing`.
+    pub per_token_timing: &'static str,
     /// On a stop request, cancel the run in progress and hand it back
     /// (`lem-worker --drain`) instead of finishing it.
     pub drain: bool,
@@ -220,6 +224,8 @@ impl Slot {
             dir,
             environment,
             prefill_window_s: 3.0,
+            quiet_s: 0.35,
+            per_token_timing: "always",
             drain: false,
             pool: None,
             baseline: None,
@@ -1051,12 +1057,21 @@ impl Slot {
             .and_then(Value::as_str)
             .unwrap_or("aienergyscore");
         let dataset_path = self.harness.dataset_path(source);
-        let request = run_request_line(
-            &grant.run.to_string(),
-            &grant.config_json,
-            &dataset_path.to_string_lossy(),
-            self.prefill_window_s,
-        );
+        let run_id = grant.run.to_string();
+        let dataset = dataset_path.to_string_lossy();
+        let request = run_request_line(&RunRequest {
+            run_id: &run_id,
+            config_json: &grant.config_json,
+            dataset_path: &dataset,
+            prefill_window_seconds: self.prefill_window_s,
+            quiet_seconds: self.quiet_s,
+            per_token_timing: self.per_token_timing,
+            force_cold_start: false,
+        });
+        // With quiet spans, the counter is read back to back over each span and never
+        // inside a window; without, in a burst from each window edge.
+        let quiet_burst = Duration::from_secs_f64(self.quiet_s + 0.1);
+        let quiet = self.quiet_s > 0.0;
         let started_ms = unix_ms();
         let mut transcript = RunTranscript::default();
         let load = self.load.clone();
@@ -1081,10 +1096,22 @@ impl Slot {
                         ev.t_mono_ns,
                     ),
                     "loaded" => load.on_resident(true, ev.t_mono_ns),
+                    "quiet_start" => {
+                        for s in samplers {
+                            s.counter_burst(quiet_burst);
+                        }
+                    }
+                    "quiet_end" => {
+                        for s in samplers {
+                            s.counter_burst_stop();
+                        }
+                    }
                     "measure_start"
                     | "measure_end"
                     | "prefill_window_start"
-                    | "prefill_window_end" => {
+                    | "prefill_window_end"
+                        if !quiet =>
+                    {
                         for s in samplers {
                             s.counter_burst(COUNTER_BURST);
                         }
@@ -1114,11 +1141,18 @@ impl Slot {
                 ))
             }
         };
-        let Some((t0, t1)) = transcript.window_ns() else {
+        let Some(window) = transcript.window() else {
             return Err((
                 FailureClass::Infrastructure,
                 "harness result has no measure_start/measure_end window".into(),
             ));
+        };
+        let (t0, t1) = (window.t0, window.t1);
+        // The counter reads reach past the window by the quiet spans beside it.
+        let reach = |w: &Window| {
+            let before = w.quiet_before.map_or(0, |q| w.t0.saturating_sub(q.from_ns));
+            let after = w.quiet_after.map_or(0, |q| q.to_ns.saturating_sub(w.t1));
+            before.max(after)
         };
 
         // Energy over the harness's window, per GPU of the slot, then summed.
@@ -1130,17 +1164,18 @@ impl Slot {
             sampler.wait_counter_burst().await;
             sampler.wait_past(t1 + 2 * interval_ns).await;
             let samples = sampler.window(t0, t1, margin);
-            let counter = sampler.counter_window(t0, t1, margin + 500_000_000);
-            let we = window_energy(&power_samples(&samples), &counter, t0, t1).map_err(|e| {
-                (
-                    FailureClass::Infrastructure,
-                    format!(
-                        "no usable samples of GPU {} for the window ({e}); sampler: {}",
-                        sampler.description.uuid,
-                        sampler.last_error().unwrap_or_else(|| "no error".into())
-                    ),
-                )
-            })?;
+            let counter = sampler.counter_window(t0, t1, margin + 500_000_000 + reach(&window));
+            let we =
+                window_energy_in(&power_samples(&samples), &counter, &window).map_err(|e| {
+                    (
+                        FailureClass::Infrastructure,
+                        format!(
+                            "no usable samples of GPU {} for the window ({e}); sampler: {}",
+                            sampler.description.uuid,
+                            sampler.last_error().unwrap_or_else(|| "no error".into())
+                        ),
+                    )
+                })?;
             per_gpu_energy.push(we);
             per_gpu_samples.push(samples);
         }
@@ -1153,6 +1188,19 @@ impl Slot {
         }
         if we.short_window {
             warnings.push("short window: fewer than one counter step or two power samples".into());
+        }
+        if we.uncertainty_flagged {
+            warnings.push(format!(
+                "the window's edges may be off by {:.2} J ({:.1}% of its energy): {}",
+                we.uncertainty_j.unwrap_or(0.0),
+                we.uncertainty_j.unwrap_or(0.0) / we.energy_j.abs().max(1e-9) * 100.0,
+                match we.edge_rule {
+                    Some(lem_common::energy::EdgeRule::Quiet) | None =>
+                        "too few counter updates for its length",
+                    Some(_) =>
+                        "an edge was carried through a counter step that no quiet span isolated",
+                }
+            ));
         }
         // Temperatures and throttling: the samples inside the window, or for a window
         // shorter than the sampling interval, the samples nearest its edges; on a
@@ -1244,15 +1292,20 @@ impl Slot {
         // Prefill energy by the differential method: the prefill-only window's energy
         // per pass over the run's batches; decode is the rest of the run.
         let mut prefill = None;
-        if let Some(pw) = transcript.prefill_window.clone() {
-            if let (Some(end), true) = (pw.end_ns, pw.passes > 0 && pw.calls > 0) {
+        if let (Some(pw), Some(pwin)) = (
+            transcript.prefill_window.clone(),
+            transcript.prefill_window_edges(),
+        ) {
+            if pw.passes > 0 && pw.calls > 0 {
+                let (start, end) = (pwin.t0, pwin.t1);
                 let parts: Result<Vec<_>, _> = self
                     .samplers
                     .iter()
                     .map(|sampler| {
-                        let s = sampler.window(pw.start_ns, end, margin);
-                        let c = sampler.counter_window(pw.start_ns, end, margin + 500_000_000);
-                        window_energy(&power_samples(&s), &c, pw.start_ns, end)
+                        let s = sampler.window(start, end, margin);
+                        let c =
+                            sampler.counter_window(start, end, margin + 500_000_000 + reach(&pwin));
+                        window_energy_in(&power_samples(&s), &c, &pwin)
                     })
                     .collect();
                 match parts.map(|p| sum_windows(&p).expect("a slot has at least one GPU")) {
@@ -1342,6 +1395,25 @@ impl Slot {
             energy_counter_raw_j: we.counter_delta_raw_j,
             energy_disagreement_pct: we.disagreement_pct,
             energy_disagreement_flagged: we.disagreement_flagged,
+            energy_uncertainty_j: we.uncertainty_j,
+            energy_uncertainty_flagged: we.uncertainty_flagged,
+            energy_edge_rule: we.edge_rule.map(|r| {
+                serde_json::to_value(r)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            }),
+            energy_edges: we
+                .edges
+                .as_ref()
+                .and_then(|e| serde_json::to_value(e).ok())
+                .unwrap_or(serde_json::Value::Null),
+            quiet_power_w: we.quiet_power_w,
+            window_start_mono_ns: t0,
+            window_end_mono_ns: t1,
+            // Filled in by the device isolation check (not yet wired).
+            gpu_shared: false,
+            gpu_foreign_processes: Vec::new(),
             short_window: we.short_window,
             mean_power_w: we.mean_power_w,
             n_power_samples: we.n_power_samples,

@@ -364,8 +364,9 @@ impl Sampler {
     }
 
     /// Reads the energy counter back to back for `duration` from now (no-op without a
-    /// counter thread). The worker asks for one at each window edge, so the counter's
-    /// update instants right after the edge are known to within one read.
+    /// counter thread). The worker asks for one over each quiet span the harness holds
+    /// beside a window edge (or, without quiet spans, from each edge), so the counter's
+    /// update instants there are known to within one read.
     pub fn counter_burst(&self, duration: Duration) {
         if !self.has_counter_thread {
             return;
@@ -373,6 +374,16 @@ impl Sampler {
         let (lock, cv) = &*self.burst;
         let mut until = lock.lock().expect("burst lock");
         *until = (*until).max(mono_ns() + duration.as_nanos() as u64);
+        cv.notify_all();
+    }
+
+    /// Ends the current counter burst now (the quiet span it covered has ended).
+    pub fn counter_burst_stop(&self) {
+        if !self.has_counter_thread {
+            return;
+        }
+        let (lock, cv) = &*self.burst;
+        *lock.lock().expect("burst lock") = mono_ns();
         cv.notify_all();
     }
 

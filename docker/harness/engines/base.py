@@ -99,7 +99,15 @@ class Engine:
     def unload(self):
         raise NotImplementedError
 
+    # Whether run_batch honours `observer.per_token` False (no per-token timing inside
+    # the window: report the batch's requests when it ends, llem's per_request_batch).
+    # An engine that does not always streams its tokens.
+    honours_per_token = False
+
     # --- running --------------------------------------------------------------
+    def synchronize(self):
+        """Wait until work submitted to the device has finished (before a quiet span)."""
+
     def begin_run(self, config, run_number):
         """Called once per run before warmup; run_number counts runs of this server."""
 

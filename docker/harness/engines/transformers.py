@@ -119,6 +119,7 @@ def _streamer_class():
 
 class TransformersEngine(Engine):
     name = "transformers"
+    honours_per_token = True
 
     def __init__(self):
         self.torch = None
@@ -266,6 +267,10 @@ class TransformersEngine(Engine):
         return requested
 
     # --- lifecycle --------------------------------------------------------------------
+    def synchronize(self):
+        if self.torch is not None:
+            self.torch.cuda.synchronize()
+
     def load(self, config):
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -478,7 +483,7 @@ class TransformersEngine(Engine):
             torch.cuda.reset_peak_memory_stats()
         input_ids, mask = self._tensors(texts)
         streamer = None
-        if plan["streaming"]:
+        if plan["streaming"] and getattr(observer, "per_token", True):
             streamer = _streamer_class()(observer, k, input_ids.shape, self.eos_ids)
             kw["streamer"] = streamer
         self.last_generate_kwargs = {key: v for key, v in kw.items() if key != "streamer"}
@@ -490,13 +495,17 @@ class TransformersEngine(Engine):
         t1 = time.monotonic_ns()
         counts, steps = self._counts(seqs, input_ids.shape[1], k)
         if streamer is None:
-            # No streaming (beam search): all tokens appear at the end; the per-token
-            # times are spread evenly over the batch (estimated, "proportional").
+            # Not streamed: all tokens appear at the end. Beam search spreads the
+            # per-token times evenly over the batch (estimated, "proportional"); with
+            # per-token timing off (llem's latency_profiling false) no token is timed
+            # and the batch's requests are reported as it ends (per_request_batch).
             for i in range(k):
                 observer.first_token(i)
             observer.decode()
-            for i in range(k):
-                observer.token_times(i, L.proportional_times(t0, t1, max(1, counts[i]), steps))
+            if not plan["streaming"]:
+                for i in range(k):
+                    observer.token_times(i, L.proportional_times(t0, t1, max(1, counts[i]),
+                                                                 steps))
         elif streamer.steps == 0:
             raise InfraError("generate() returned without streaming a token")
         for i in range(k):

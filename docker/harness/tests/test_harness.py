@@ -255,6 +255,58 @@ class SharedServerTests(unittest.TestCase):
         self.assertIn("python", ev[-1]["versions"])
         self.assertIn("engine_version", ev[-1])
 
+    def test_quiet_spans_around_the_windows(self):
+        req = run_req(config("quiet-model"), "run-quiet")
+        req["quiet_seconds"] = 0.2
+        req["prefill_window_seconds"] = 0.05
+        ev = send(self.sock, req)
+        names = [e["event"] for e in ev]
+        self.assertEqual(names[-1], "result", ev[-1])
+        at = {n: i for i, n in reversed(list(enumerate(names)))}  # first index of each
+        ms, me = names.index("measure_start"), names.index("measure_end")
+        ps, pe = names.index("prefill_window_start"), names.index("prefill_window_end")
+        # quiet, window, quiet, prefill window, quiet, result
+        self.assertEqual(names[ms - 2:ms], ["quiet_start", "quiet_end"])
+        self.assertEqual(names[me + 1:me + 3], ["quiet_start", "quiet_end"])
+        self.assertEqual(ps, me + 3)
+        self.assertEqual(names[pe + 1:pe + 4], ["quiet_start", "quiet_end", "result"])
+        self.assertEqual(names.count("quiet_start"), 3)
+        self.assertEqual(at["quiet_start"], ms - 2)
+        for i, n in enumerate(names):
+            if n == "quiet_start":
+                span = ev[i + 1]["t_mono_ns"] - ev[i]["t_mono_ns"]
+                self.assertEqual(ev[i]["seconds"], 0.2)
+                self.assertGreaterEqual(span, 0.2e9)
+                # The window edge follows the quiet span at once.
+                self.assertLess(ev[i + 2]["t_mono_ns"] - ev[i + 1]["t_mono_ns"], 5e6)
+        m = ev[-1]["metrics"]
+        self.assertEqual(m["quiet_seconds"], 0.2)
+        self.assertEqual(m["per_token_timing"], "always")
+        self.assertFalse(m["latency_profiling"])
+        # The quiet spans are outside the measured window.
+        span = (ev[me]["t_mono_ns"] - ev[ms]["t_mono_ns"]) / 1e9
+        self.assertAlmostEqual(m["inference_seconds"], span, places=6)
+
+    def test_bad_quiet_or_timing_requests(self):
+        for key, value in [("quiet_seconds", -1), ("quiet_seconds", 11), ("quiet_seconds", True),
+                           ("per_token_timing", "sometimes")]:
+            req = run_req(config("bad-quiet"), "bad")
+            req[key] = value
+            ev = send(self.sock, req)
+            self.assertEqual(ev[-1]["event"], "error", (key, value, ev[-1]))
+            self.assertEqual(ev[-1]["class"], "infrastructure")
+            self.assertIn(key, ev[-1]["message"])
+
+    def test_an_engine_that_always_streams_reports_true_streaming(self):
+        req = run_req(config("timing-model"), "timing")
+        req["per_token_timing"] = "when_profiling"
+        ev = send(self.sock, req)
+        m = ev[-1]["metrics"]
+        self.assertEqual(m["per_token_timing"], "when_profiling")
+        self.assertEqual(m["itl_measurement_mode"], "true_streaming")
+        self.assertIsNone(m["request_latency_ms"])
+        self.assertEqual(m["ttft_ms"]["samples"], 6)
+
     def test_model_reuse(self):
         cfg = config("reuse-model")
         ev = send(self.sock, run_req(cfg, "a"))

@@ -94,7 +94,9 @@ fn main() -> anyhow::Result<()> {
     }
     let (reads, counter_costs) = counter_thread.join().expect("counter thread");
     let cpu = cpu_seconds() - cpu0;
-    let seconds = (deadline - Duration::from_secs_f64(seconds)).elapsed().as_secs_f64();
+    let seconds = (deadline - Duration::from_secs_f64(seconds))
+        .elapsed()
+        .as_secs_f64();
     let mut out = std::io::BufWriter::new(std::fs::File::create(&out_path)?);
     writeln!(out, "{}", serde_json::json!({"k": "env", "gpu": snapshot}))?;
     for s in &samples {
