@@ -504,6 +504,8 @@ fn read_study(path: &Path, allow_large_grid: bool) -> Result<(StudySource, Compa
     let opts = PlanOptions::default();
     grid_size_preflight(path, &src, &opts, allow_large_grid)?;
     let plan = study::plan_compact(&src, &opts).map_err(invalid)?;
+    crate::service::check_fleet_support(&src.path, &plan.configs)
+        .map_err(|m| invalid(anyhow!(m)))?;
     Ok((src, plan))
 }
 

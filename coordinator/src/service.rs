@@ -38,6 +38,23 @@ pub const MAX_CONFIGS_PER_CAMPAIGN: usize = 100_000;
 /// Largest number of runs one campaign may expand to.
 pub const MAX_RUNS_PER_CAMPAIGN: usize = study::MAX_PLANNED_RUNS;
 
+/// Refuses a plan with a config the fleet would not measure as asked
+/// ([`study::fleet::refusal`]); the error names the file, the config and the key.
+pub fn check_fleet_support(
+    path: &str,
+    configs: &[lem_common::study::PlannedConfig],
+) -> Result<(), String> {
+    for c in configs {
+        if let Some(why) = lem_common::pyjson::parse(&c.config_json)
+            .ok()
+            .and_then(|v| study::fleet::refusal(&v))
+        {
+            return Err(format!("{path}: config {}: {why}", c.config_hash));
+        }
+    }
+    Ok(())
+}
+
 /// Checks a study's size against [`MAX_STUDY_BYTES`]; the error names the file.
 pub fn check_study_size(src: &StudySource) -> Result<(), String> {
     let bytes = src.text.len() + src.base.as_ref().map(|(_, t)| t.len()).unwrap_or(0);
@@ -574,6 +591,9 @@ impl Coordinator for CoordService {
         // a 1,000,000-run study plans in ~200 MB (docs/performance.md).
         let plan = study::plan_compact_within(&src, &PlanOptions::default(), MAX_RUNS_PER_CAMPAIGN)
             .map_err(|e| RpcError::new(RpcErrorKind::InvalidInput, e.to_string()))?;
+        // What llem accepts but the fleet would not measure as asked is refused here,
+        // naming the config and the key, before anything is stored.
+        check_fleet_support(&req.path, &plan.configs).map_err(invalid)?;
         let n_runs = plan.runs.len() as u64;
         let record = CampaignRecord {
             id: CampaignId(0),

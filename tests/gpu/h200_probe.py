@@ -121,10 +121,11 @@ def generate_once(model, shape, streamer_on):
 
 
 def generate_phase(marks, model, repeats, gap_s, tag="", readers=None):
-    for shape in SHAPES:
+    shapes = SHAPES if readers is None else [SHAPES[0], SHAPES[2]]
+    for shape in shapes:
         generate_once(model, shape, True)  # compile-free warm-up of this shape
     for r in range(repeats):
-        for shape in SHAPES:
+        for shape in shapes:
             conds = [True, False] if r % 2 == 0 else [False, True]
             for cond in conds:
                 proc = None
@@ -148,7 +149,7 @@ def main():
     p.add_argument("--phase", choices=["edges+generate", "readers"], default="edges+generate")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--gap", type=float, default=1.0)
-    p.add_argument("--readers", nargs="*", help="command of the second counter reader")
+    p.add_argument("--readers", help="command line of the second counter reader")
     args = p.parse_args()
     marks = Marks(args.marks)
     if args.phase == "edges+generate":
@@ -157,7 +158,7 @@ def main():
         generate_phase(marks, model, args.repeats, args.gap)
     else:
         model = build_model()
-        generate_phase(marks, model, args.repeats, 0.3, tag="_rd", readers=args.readers)
+        generate_phase(marks, model, args.repeats, 0.3, tag="_rd", readers=args.readers.split())
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@
 //! 1,000,000-run [`StudyPlan`] holds a config tree per run (about 15 GB).
 
 pub mod expand;
+pub mod fleet;
 pub mod hash;
 pub mod mt;
 pub mod py;

@@ -232,3 +232,41 @@ fn a_study_past_the_size_limit_is_refused_before_parsing() {
         describe(&args, &out)
     );
 }
+
+#[test]
+fn a_methodology_the_fleet_does_not_measure_is_refused_naming_the_key() {
+    // llem accepts measurement_methodology: windowed / steady_state; the fleet measures
+    // the whole span only, so it refuses rather than publish another span's energy.
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, m) in [
+        (
+            "windowed.yaml",
+            "measurement:\n  measurement_methodology: windowed\n  measurement_window: [1.0, 2.0]\n",
+        ),
+        (
+            "steady.yaml",
+            "measurement:\n  measurement_methodology: steady_state\n",
+        ),
+    ] {
+        let p = write(tmp.path(), name, &format!("{GOOD_HEAD}{m}sweep: {{}}\n"));
+        let args = ["submit", p.as_str(), "--coordinator", "127.0.0.1:1"];
+        let out = run(COORD, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}", describe(&args, &out));
+        assert!(
+            err.contains(name),
+            "names the file: {}",
+            describe(&args, &out)
+        );
+        assert!(
+            err.contains("measurement.measurement_methodology"),
+            "names the key: {}",
+            describe(&args, &out)
+        );
+        assert!(err.contains("set it to total"), "{}", describe(&args, &out));
+        // The same study expands as llem expands it (the refusal is the fleet's, at submit).
+        let args = ["grid", p.as_str()];
+        let out = run(COORD, &args);
+        assert!(out.status.success(), "{}", describe(&args, &out));
+    }
+}

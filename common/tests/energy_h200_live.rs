@@ -1,0 +1,194 @@
+//! Live windows on the lent H200, replayed through the edge rule.
+//!
+//! The fixture (`fixtures/h200-live-windows.json`, made by `tests/gpu/energy_reference.py
+//! --fixture` from a validation run, docs/validation/h200.md) holds, for each measured
+//! window of a live campaign, its edges and the quiet spans the harness held beside
+//! them, and the energy counter as a second process read it back to back near those
+//! edges, with that process's reference energy for the window (computed by the Python
+//! script, independently of this crate: the counter's exact energy between its updates
+//! around the window, less the quiet power over the short spans to the edges).
+//!
+//! Replayed here: the reads the worker takes (back to back over the quiet spans only)
+//! go through [`window_energy_in`] and are judged against that reference and against
+//! the raw counter delta a reader at each edge would see (the fixture's `raw_j`).
+
+use lem_common::energy::{
+    window_energy, window_energy_in, CounterSample, EdgeRule, PowerSample, Quiet, Window,
+};
+
+struct Fixture {
+    reads: Vec<CounterSample>,
+    power: Vec<PowerSample>,
+    windows: Vec<LiveWindow>,
+}
+
+struct LiveWindow {
+    id: String,
+    window: Window,
+    reference_j: f64,
+    raw_j: f64,
+}
+
+fn load() -> Fixture {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/h200-live-windows.json"
+    ))
+    .expect("fixture");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let pair = |x: &serde_json::Value| (x[0].as_u64().unwrap(), x[1].clone());
+    let reads = v["reads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            let (t, mj) = pair(x);
+            CounterSample {
+                t_mono_ns: t,
+                energy_mj: mj.as_u64().unwrap(),
+            }
+        })
+        .collect();
+    let power = v["power"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            let (t, w) = pair(x);
+            PowerSample {
+                t_mono_ns: t,
+                power_w: w.as_f64().unwrap(),
+            }
+        })
+        .collect();
+    let span = |x: &serde_json::Value| Quiet {
+        from_ns: x[0].as_u64().unwrap(),
+        to_ns: x[1].as_u64().unwrap(),
+    };
+    let windows = v["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| LiveWindow {
+            id: w["id"].as_str().unwrap().to_string(),
+            window: Window {
+                t0: w["t0_ns"].as_u64().unwrap(),
+                t1: w["t1_ns"].as_u64().unwrap(),
+                quiet_before: Some(span(&w["quiet_before_ns"])),
+                quiet_after: Some(span(&w["quiet_after_ns"])),
+            },
+            reference_j: w["reference_j"].as_f64().unwrap(),
+            raw_j: w["raw_j"].as_f64().unwrap(),
+        })
+        .collect();
+    Fixture {
+        reads,
+        power,
+        windows,
+    }
+}
+
+/// The reads the worker takes: back to back over each quiet span, nothing inside.
+fn worker_reads(fx: &Fixture, w: &Window) -> Vec<CounterSample> {
+    let spans = [w.quiet_before.unwrap(), w.quiet_after.unwrap()];
+    fx.reads
+        .iter()
+        .filter(|c| {
+            spans
+                .iter()
+                .any(|q| c.t_mono_ns >= q.from_ns && c.t_mono_ns <= q.to_ns)
+        })
+        .copied()
+        .collect()
+}
+
+fn pct(x: f64, r: f64) -> f64 {
+    (x - r) / r * 100.0
+}
+
+#[test]
+fn live_h200_windows_meet_the_targets_against_the_reference() {
+    let fx = load();
+    assert!(fx.windows.len() >= 20, "{} windows", fx.windows.len());
+    let (mut long, mut short) = (Vec::new(), Vec::new());
+    for lw in &fx.windows {
+        let w = &lw.window;
+        let e = window_energy_in(&fx.power, &worker_reads(&fx, w), w).unwrap();
+        assert_eq!(e.edge_rule, Some(EdgeRule::Quiet), "{}: {e:?}", lw.id);
+        let err = pct(e.energy_j, lw.reference_j);
+        let raw_err = pct(lw.raw_j, lw.reference_j);
+        let len_s = (w.t1 - w.t0) as f64 / 1e9;
+        eprintln!(
+            "{:<10} {len_s:6.2} s  err {err:+.3}%  raw {raw_err:+.3}%  uncertainty {:.3} J",
+            lw.id,
+            e.uncertainty_j.unwrap()
+        );
+        // Never worse than a raw counter delta on the same window by more than 0.1 pp.
+        assert!(
+            err.abs() <= raw_err.abs() + 0.1,
+            "{}: {err:.3}% against raw {raw_err:.3}%",
+            lw.id
+        );
+        // The uncertainty the rule claims covers what it is off by.
+        let off_j = (e.energy_j - lw.reference_j).abs();
+        assert!(
+            off_j <= 3.0 * e.uncertainty_j.unwrap() + 0.1,
+            "{}: off by {off_j:.3} J, uncertainty {:?}",
+            lw.id,
+            e.uncertainty_j
+        );
+        assert!(!e.uncertainty_flagged, "{}: {e:?}", lw.id);
+        if len_s >= 2.0 {
+            long.push(err.abs());
+        } else if len_s >= 0.5 {
+            short.push(err.abs());
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    eprintln!(
+        "windows >= 2 s: mean |err| {:.3}% ({}), 0.5-2 s: {:.3}% ({})",
+        mean(&long),
+        long.len(),
+        mean(&short),
+        short.len()
+    );
+    assert!(!long.is_empty() && mean(&long) <= 0.3, "{long:?}");
+    assert!(!short.is_empty() && mean(&short) <= 1.0, "{short:?}");
+}
+
+#[test]
+fn the_old_rule_on_the_same_windows_errs_more_and_says_so() {
+    // The worker before quiet spans: a 300 ms burst of reads from each edge and every
+    // edge carried through a neighbouring counter step.
+    let fx = load();
+    let (mut new_sum, mut old_sum) = (0.0, 0.0);
+    for lw in &fx.windows {
+        let w = &lw.window;
+        let new = window_energy_in(&fx.power, &worker_reads(&fx, w), w).unwrap();
+        let bursts: Vec<CounterSample> = fx
+            .reads
+            .iter()
+            .filter(|c| {
+                [w.t0, w.t1]
+                    .iter()
+                    .any(|t| c.t_mono_ns >= *t && c.t_mono_ns <= t + 300_000_000)
+            })
+            .copied()
+            .collect();
+        let old = window_energy(&fx.power, &bursts, w.t0, w.t1).unwrap();
+        let old_err = pct(old.energy_j, lw.reference_j);
+        new_sum += pct(new.energy_j, lw.reference_j).abs();
+        old_sum += old_err.abs();
+        // A window the carried edges got more than 1 % wrong is flagged as such.
+        if old_err.abs() > 1.0 {
+            assert!(old.uncertainty_flagged, "{}: {old_err:.2}% {old:?}", lw.id);
+        }
+    }
+    let n = fx.windows.len() as f64;
+    eprintln!(
+        "mean |err|: quiet edges {:.3}%, carried edges {:.3}%",
+        new_sum / n,
+        old_sum / n
+    );
+    assert!(new_sum < old_sum / 3.0);
+}
