@@ -12,6 +12,7 @@ pub mod gpus;
 pub mod harness;
 pub mod lease;
 pub mod pyjson;
+pub mod quality;
 pub mod rpc;
 pub mod simgpu;
 pub mod stats;

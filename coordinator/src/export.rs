@@ -6,12 +6,16 @@
 //! (`worker`, `host`, `slot`, `attempts`, `simulated`, the counter-vs-integral
 //! disagreement) keep names llem never uses. The column set is documented in
 //! docs/results.md.
+//!
+//! Every row carries the run's quality flags (`flags`, from
+//! [`lem_common::quality::flags`], the one derivation all exports share) and its
+//! warnings; a row without a result has null there, as in every measurement column.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use lem_common::rpc::RunRow;
-use lem_common::stats;
+use lem_common::{quality, stats};
 use serde_json::{json, Value as Json};
 
 /// The columns of a flat export row, in order.
@@ -23,6 +27,7 @@ pub const COLUMNS: &[&str] = &[
     "model_name",
     "state",
     "attempts",
+    "flags",
     "total_energy_j",
     "energy_adjusted_j",
     "baseline_power_w",
@@ -33,10 +38,20 @@ pub const COLUMNS: &[&str] = &[
     "total_inference_time_sec",
     "input_tokens",
     "output_tokens",
+    "itl_measurement_mode",
+    "latency_estimated",
     "mean_power_w",
     "energy_method",
     "energy_integral_j",
+    "energy_counter_raw_j",
     "energy_disagreement_pct",
+    "energy_disagreement_flagged",
+    "short_window",
+    "energy_uncertainty_j",
+    "energy_uncertainty_flagged",
+    "energy_edge_rule",
+    "quiet_power_w",
+    "baseline_subtracted",
     "energy_adjusted_clamped",
     "max_temperature_c",
     "thermal_wait_s",
@@ -57,6 +72,7 @@ pub const COLUMNS: &[&str] = &[
     "prefill_calls",
     "throttle_thermal",
     "throttle_power",
+    "hw_slowdown",
     "sm_clock_min_mhz",
     "sm_clock_max_mhz",
     "environment_hash",
@@ -68,9 +84,22 @@ pub const COLUMNS: &[&str] = &[
     "tp_size",
     "gpu_indices",
     "gpu_energy_j",
+    "gpu_shared",
+    "gpu_foreign_pids",
     "started_at",
     "ended_at",
+    "window_start_mono_ns",
+    "window_end_mono_ns",
+    "warnings",
     "last_failure",
+];
+
+/// The list columns, and how CSV joins each one's items into one field (JSON lines
+/// and Parquet keep them lists). A row without a result has null there, not `[]`.
+pub const CSV_LIST_SEPARATORS: &[(&str, &str)] = &[
+    ("flags", ";"),
+    ("gpu_foreign_pids", ";"),
+    ("warnings", " | "),
 ];
 
 /// One flat row for a run (nulls where the run has no result).
@@ -95,6 +124,7 @@ pub fn row(r: &RunRow) -> serde_json::Map<String, Json> {
     m.insert("model_name".into(), json!(model));
     m.insert("state".into(), json!(r.state));
     m.insert("attempts".into(), json!(r.attempts));
+    m.insert("flags".into(), f(&|x| json!(quality::flag_names(x))));
     m.insert("total_energy_j".into(), f(&|x| json!(x.total_energy_j)));
     m.insert(
         "energy_adjusted_j".into(),
@@ -123,6 +153,14 @@ pub fn row(r: &RunRow) -> serde_json::Map<String, Json> {
     );
     m.insert("input_tokens".into(), f(&|x| json!(x.input_tokens)));
     m.insert("output_tokens".into(), f(&|x| json!(x.output_tokens)));
+    m.insert(
+        "itl_measurement_mode".into(),
+        f(&|x| json!(quality::itl_measurement_mode(x))),
+    );
+    m.insert(
+        "latency_estimated".into(),
+        f(&|x| json!(quality::latency_estimated(x))),
+    );
     m.insert("mean_power_w".into(), f(&|x| json!(x.mean_power_w)));
     m.insert("energy_method".into(), f(&|x| json!(x.energy_method)));
     m.insert(
@@ -130,8 +168,31 @@ pub fn row(r: &RunRow) -> serde_json::Map<String, Json> {
         f(&|x| json!(x.energy_integral_j)),
     );
     m.insert(
+        "energy_counter_raw_j".into(),
+        f(&|x| json!(x.energy_counter_raw_j)),
+    );
+    m.insert(
         "energy_disagreement_pct".into(),
         f(&|x| json!(x.energy_disagreement_pct)),
+    );
+    m.insert(
+        "energy_disagreement_flagged".into(),
+        f(&|x| json!(x.energy_disagreement_flagged)),
+    );
+    m.insert("short_window".into(), f(&|x| json!(x.short_window)));
+    m.insert(
+        "energy_uncertainty_j".into(),
+        f(&|x| json!(x.energy_uncertainty_j)),
+    );
+    m.insert(
+        "energy_uncertainty_flagged".into(),
+        f(&|x| json!(x.energy_uncertainty_flagged)),
+    );
+    m.insert("energy_edge_rule".into(), f(&|x| json!(x.energy_edge_rule)));
+    m.insert("quiet_power_w".into(), f(&|x| json!(x.quiet_power_w)));
+    m.insert(
+        "baseline_subtracted".into(),
+        f(&|x| json!(quality::baseline_subtracted(x))),
     );
     m.insert(
         "energy_adjusted_clamped".into(),
@@ -192,6 +253,7 @@ pub fn row(r: &RunRow) -> serde_json::Map<String, Json> {
     m.insert("prefill_calls".into(), f(&|x| json!(x.prefill_calls)));
     m.insert("throttle_thermal".into(), f(&|x| json!(x.throttle_thermal)));
     m.insert("throttle_power".into(), f(&|x| json!(x.throttle_power)));
+    m.insert("hw_slowdown".into(), f(&|x| json!(x.hw_slowdown)));
     m.insert("sm_clock_min_mhz".into(), f(&|x| json!(x.sm_clock_min_mhz)));
     m.insert("sm_clock_max_mhz".into(), f(&|x| json!(x.sm_clock_max_mhz)));
     m.insert("environment_hash".into(), f(&|x| json!(x.environment_hash)));
@@ -211,8 +273,22 @@ pub fn row(r: &RunRow) -> serde_json::Map<String, Json> {
         "gpu_energy_j".into(),
         f(&|x| json!(x.gpus.iter().map(|g| g.total_energy_j).collect::<Vec<_>>())),
     );
+    m.insert("gpu_shared".into(), f(&|x| json!(quality::gpu_shared(x))));
+    m.insert(
+        "gpu_foreign_pids".into(),
+        f(&|x| json!(quality::foreign_pids(x))),
+    );
     m.insert("started_at".into(), f(&|x| json!(x.started_at)));
     m.insert("ended_at".into(), f(&|x| json!(x.ended_at)));
+    m.insert(
+        "window_start_mono_ns".into(),
+        f(&|x| json!(x.window_start_mono_ns)),
+    );
+    m.insert(
+        "window_end_mono_ns".into(),
+        f(&|x| json!(x.window_end_mono_ns)),
+    );
+    m.insert("warnings".into(), f(&|x| json!(x.warnings)));
     m.insert("last_failure".into(), json!(r.last_failure));
     debug_assert_eq!(m.len(), COLUMNS.len());
     m
@@ -227,11 +303,21 @@ pub fn to_jsonl(rows: &[RunRow]) -> String {
     out
 }
 
-fn csv_field(v: &Json) -> String {
-    let s = match v {
+/// One CSV field: null is empty, a string as is, a list column of
+/// [`CSV_LIST_SEPARATORS`] its items joined, anything else its JSON text.
+fn csv_field(column: &str, v: &Json) -> String {
+    let text = |v: &Json| match v {
         Json::Null => String::new(),
         Json::String(s) => s.clone(),
         other => other.to_string(),
+    };
+    let joined = CSV_LIST_SEPARATORS
+        .iter()
+        .find(|(c, _)| *c == column)
+        .and_then(|(_, sep)| v.as_array().map(|items| (items, sep)));
+    let s = match joined {
+        Some((items, sep)) => items.iter().map(text).collect::<Vec<_>>().join(sep),
+        None => text(v),
     };
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
@@ -245,7 +331,7 @@ pub fn to_csv(rows: &[RunRow]) -> String {
     out.push('\n');
     for r in rows {
         let m = row(r);
-        let fields: Vec<String> = COLUMNS.iter().map(|c| csv_field(&m[*c])).collect();
+        let fields: Vec<String> = COLUMNS.iter().map(|c| csv_field(c, &m[*c])).collect();
         out.push_str(&fields.join(","));
         out.push('\n');
     }
@@ -445,4 +531,64 @@ pub fn timeseries_jsonl(rows: &[RunRow]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_joins_list_columns_and_quotes_what_needs_it() {
+        let list = json!(["simulated", "short_window"]);
+        assert_eq!(csv_field("flags", &list), "simulated;short_window");
+        assert_eq!(csv_field("flags", &json!([])), "");
+        assert_eq!(csv_field("flags", &Json::Null), "");
+        assert_eq!(csv_field("gpu_foreign_pids", &json!([7, 9])), "7;9");
+        assert_eq!(
+            csv_field("warnings", &json!(["a, b", "say \"c\""])),
+            "\"a, b | say \"\"c\"\"\""
+        );
+        // Other arrays keep their JSON text.
+        assert_eq!(csv_field("gpu_indices", &json!([0, 1])), "\"[0,1]\"");
+        for (column, _) in CSV_LIST_SEPARATORS {
+            assert!(COLUMNS.contains(column), "{column} is not a column");
+        }
+    }
+
+    #[test]
+    fn a_row_has_exactly_the_columns_with_or_without_a_result() {
+        let done = RunRow {
+            run: lem_common::types::RunKey {
+                campaign: lem_common::types::CampaignId(1),
+                seq: 0,
+            },
+            config_hash: "a0767dbccba6fc45".into(),
+            cycle: 1,
+            engine: "synthetic".into(),
+            state: "done".into(),
+            attempts: 1,
+            config_json: r#"{"task": {"model": "gpt2"}}"#.into(),
+            result: Some(lem_common::types::RunResult {
+                simulated: true,
+                ..Default::default()
+            }),
+            last_failure: None,
+        };
+        let failed = RunRow {
+            state: "failed".into(),
+            result: None,
+            ..done.clone()
+        };
+        for r in [&done, &failed] {
+            let m = row(r);
+            let keys: Vec<&str> = m.keys().map(String::as_str).collect();
+            assert_eq!(keys, COLUMNS);
+        }
+        assert_eq!(
+            row(&done)["flags"],
+            json!(["simulated", "baseline_not_subtracted"])
+        );
+        assert_eq!(row(&failed)["flags"], Json::Null);
+        assert_eq!(row(&failed)["warnings"], Json::Null);
+    }
 }

@@ -12,14 +12,17 @@
 //! `result.json` has exactly llem's top-level keys in llem's order (its loader rejects
 //! any other top-level key). What the fleet knows and llem has no field for (host,
 //! worker, slot, lease attempts, the simulated GPU, the energy method and the
-//! counter-versus-integral cross-check) goes to the `fleet.json` sidecar; a simulated
-//! GPU is also named in `measurement_warnings` so that `result.json` alone never
-//! passes a modelled joule off as a measured one. Runs without a result appear in the
-//! manifest only. Every file is written through a temporary file and a rename.
+//! counter-versus-integral cross-check) goes to the `fleet.json` sidecar. Each run's
+//! quality flags ([`lem_common::quality::flags`], as `lem fleet: <explanation>`) and
+//! its warnings go into llem's `measurement_warnings`, so that `result.json` alone
+//! never passes a modelled joule (a simulated GPU), a shared GPU or an estimated
+//! latency off as a clean measurement. Runs without a result appear in the manifest
+//! only. Every file is written through a temporary file and a rename.
 
 use std::path::{Path, PathBuf};
 
 use lem_common::pyjson::{self, DumpOptions};
+use lem_common::quality;
 use lem_common::rpc::RunRow;
 use lem_common::study::hash::resolved_config_hash;
 use lem_common::types::RunResult;
@@ -365,11 +368,12 @@ impl<'a> RunBundle<'a> {
         }
     }
 
+    /// `measurement_warnings`: the run's quality flags, explained, then its warnings.
     fn warnings(&self) -> Vec<Value> {
-        let mut w: Vec<Value> = Vec::new();
-        if self.res.simulated {
-            w.push(s("simulated GPU: the energy comes from the fleet's GPU model, not from hardware (lem fleet: simulated=true)"));
-        }
+        let mut w: Vec<Value> = quality::flags(self.res)
+            .into_iter()
+            .map(|flag| s(format!("lem fleet: {}", flag.explanation())))
+            .collect();
         w.extend(self.res.warnings.iter().map(|x| s(x.clone())));
         w
     }
@@ -606,6 +610,14 @@ impl<'a> RunBundle<'a> {
                 Value::Bool(r.energy_adjusted_clamped),
             ),
             ("short_window", Value::Bool(r.short_window)),
+            (
+                "flags",
+                Value::Seq(quality::flag_names(r).into_iter().map(s).collect()),
+            ),
+            (
+                "baseline_subtracted",
+                Value::Bool(quality::baseline_subtracted(r)),
+            ),
             // The whole result as the worker reported it (baseline record, harness
             // metrics, thermal gate, sampler timing), for anything not named above.
             ("run_result", Value::from_json(&res_json)),

@@ -1,7 +1,8 @@
 //! `lem-coord results ID --format parquet`: the flat export rows of
 //! [`crate::export`] (the same [`COLUMNS`] and [`row`] as JSON lines and CSV) as one
 //! Parquet file with typed, nullable columns: float64 for measurements, int64 for
-//! counts, bool for flags, utf8 for names and times.
+//! counts, bool for flags, utf8 for names and times, and lists of utf8 or int64 for
+//! the list columns (`flags`, `warnings`, `gpu_foreign_pids`).
 //!
 //! The column set is the export module's; this module only decides each column's
 //! Arrow type. A column it has no type for (one added to `COLUMNS` later) gets the
@@ -9,7 +10,9 @@
 
 use std::sync::Arc;
 
-use arrow_array::builder::{BooleanBuilder, Float64Builder, Int64Builder, StringBuilder};
+use arrow_array::builder::{
+    BooleanBuilder, Float64Builder, Int64Builder, ListBuilder, StringBuilder,
+};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
 use lem_common::rpc::RunRow;
@@ -33,16 +36,44 @@ pub enum ParquetExportError {
     Arrow(#[from] arrow_schema::ArrowError),
 }
 
+/// An Arrow list of `item` (nullable items, as `ListBuilder` makes them).
+fn list_of(item: DataType) -> DataType {
+    DataType::List(Arc::new(Field::new_list_field(item, true)))
+}
+
 /// The Arrow type of a known export column.
 pub fn column_type(name: &str) -> Option<DataType> {
     Some(match name {
-        "experiment_id" | "config_hash" | "engine" | "model_name" | "state" | "energy_method"
-        | "gpu_name" | "worker" | "host" | "started_at" | "ended_at" | "last_failure"
-        | "environment_hash" => DataType::Utf8,
+        "experiment_id"
+        | "config_hash"
+        | "engine"
+        | "model_name"
+        | "state"
+        | "energy_method"
+        | "gpu_name"
+        | "worker"
+        | "host"
+        | "started_at"
+        | "ended_at"
+        | "last_failure"
+        | "environment_hash"
+        | "energy_edge_rule"
+        | "itl_measurement_mode" => DataType::Utf8,
         // Arrays, stored as their JSON text (`[0,1]`).
         "gpu_indices" | "gpu_energy_j" => DataType::Utf8,
-        "cycle" | "attempts" | "input_tokens" | "output_tokens" | "slot" | "tp_size"
-        | "prefill_calls" | "sm_clock_min_mhz" | "sm_clock_max_mhz" => DataType::Int64,
+        "flags" | "warnings" => list_of(DataType::Utf8),
+        "gpu_foreign_pids" => list_of(DataType::Int64),
+        "cycle"
+        | "attempts"
+        | "input_tokens"
+        | "output_tokens"
+        | "slot"
+        | "tp_size"
+        | "prefill_calls"
+        | "sm_clock_min_mhz"
+        | "sm_clock_max_mhz"
+        | "window_start_mono_ns"
+        | "window_end_mono_ns" => DataType::Int64,
         "total_energy_j"
         | "energy_adjusted_j"
         | "baseline_power_w"
@@ -54,6 +85,9 @@ pub fn column_type(name: &str) -> Option<DataType> {
         | "mean_power_w"
         | "energy_integral_j"
         | "energy_disagreement_pct"
+        | "energy_counter_raw_j"
+        | "energy_uncertainty_j"
+        | "quiet_power_w"
         | "max_temperature_c"
         | "thermal_wait_s"
         | "model_load_time_sec"
@@ -73,7 +107,14 @@ pub fn column_type(name: &str) -> Option<DataType> {
         | "model_already_loaded"
         | "simulated"
         | "throttle_thermal"
-        | "throttle_power" => DataType::Boolean,
+        | "throttle_power"
+        | "hw_slowdown"
+        | "energy_disagreement_flagged"
+        | "short_window"
+        | "energy_uncertainty_flagged"
+        | "baseline_subtracted"
+        | "gpu_shared"
+        | "latency_estimated" => DataType::Boolean,
         _ => return None,
     })
 }
@@ -138,6 +179,48 @@ fn build_column(
                     Json::Null => b.append_null(),
                     Json::Bool(x) => b.append_value(*x),
                     _ => return Err(wrong(name, "a boolean", v)),
+                }
+            }
+            Arc::new(b.finish())
+        }
+        DataType::List(item) if item.data_type() == &DataType::Int64 => {
+            let mut b = ListBuilder::new(Int64Builder::new());
+            for v in values {
+                match v {
+                    Json::Null => b.append_null(),
+                    Json::Array(items) => {
+                        for x in items {
+                            match x {
+                                Json::Null => b.values().append_null(),
+                                _ => b.values().append_value(
+                                    x.as_i64()
+                                        .ok_or_else(|| wrong(name, "a list of integers", v))?,
+                                ),
+                            }
+                        }
+                        b.append(true);
+                    }
+                    _ => return Err(wrong(name, "a list of integers", v)),
+                }
+            }
+            Arc::new(b.finish())
+        }
+        DataType::List(_) => {
+            let mut b = ListBuilder::new(StringBuilder::new());
+            for v in values {
+                match v {
+                    Json::Null => b.append_null(),
+                    Json::Array(items) => {
+                        for x in items {
+                            match x {
+                                Json::Null => b.values().append_null(),
+                                Json::String(x) => b.values().append_value(x),
+                                other => b.values().append_value(other.to_string()),
+                            }
+                        }
+                        b.append(true);
+                    }
+                    _ => return Err(wrong(name, "a list", v)),
                 }
             }
             Arc::new(b.finish())
@@ -227,6 +310,12 @@ mod tests {
                 input_tokens: 10,
                 output_tokens: 5,
                 simulated: true,
+                short_window: true,
+                warnings: vec!["short window".into()],
+                gpu_foreign_processes: vec![lem_common::types::ForeignProcess {
+                    pid: 31,
+                    ..Default::default()
+                }],
                 ..Default::default()
             }),
             last_failure: None,
@@ -282,6 +371,50 @@ mod tests {
         let bytes = to_parquet(&rows()).unwrap();
         assert_eq!(&bytes[..4], b"PAR1");
         assert_eq!(&bytes[bytes.len() - 4..], b"PAR1");
+    }
+
+    #[test]
+    fn list_columns_are_arrow_lists_and_null_without_a_result() {
+        let batch = to_record_batch(&rows()).unwrap();
+        let list = |name: &str| {
+            batch
+                .column_by_name(name)
+                .unwrap()
+                .as_any()
+                .downcast_ref::<arrow_array::ListArray>()
+                .unwrap()
+                .clone()
+        };
+        let strings = |a: &arrow_array::ListArray, i: usize| -> Vec<String> {
+            let v = a.value(i);
+            let v = v
+                .as_any()
+                .downcast_ref::<arrow_array::StringArray>()
+                .unwrap();
+            (0..v.len()).map(|j| v.value(j).to_string()).collect()
+        };
+        let flags = list("flags");
+        assert_eq!(
+            strings(&flags, 0),
+            [
+                "simulated",
+                "short_window",
+                "baseline_not_subtracted",
+                "gpu_shared"
+            ]
+        );
+        assert!(flags.is_null(1), "a run without a result has no flags list");
+        let warnings = list("warnings");
+        assert_eq!(strings(&warnings, 0), ["short window"]);
+        assert!(warnings.is_null(1));
+        let pids = list("gpu_foreign_pids");
+        let first = pids.value(0);
+        let first = first
+            .as_any()
+            .downcast_ref::<arrow_array::Int64Array>()
+            .unwrap();
+        assert_eq!(first.values().to_vec(), [31]);
+        assert!(pids.is_null(1));
     }
 
     #[test]

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use lem_common::pyjson;
+use lem_common::quality::{self, Flag};
 use lem_common::rpc::RunRow;
 use lem_common::study::{plan, PlanOptions, StudySource};
-use lem_common::types::{BaselineRecord, CampaignId, RunKey, RunResult};
+use lem_common::types::{BaselineRecord, CampaignId, ForeignProcess, RunKey, RunResult};
 use lem_common::Value;
 use lem_coord::llem_export::{write_bundle, CampaignInfo};
 
@@ -120,7 +121,49 @@ fn result_for(i: usize, engine: &str, model: &str) -> RunResult {
     }
 }
 
-/// Rows for a study: most runs done, some pending, leased, failed or cancelled.
+/// Sets a fact behind every quality flag that `result_for` did not set already (a
+/// run measured under about every condition that weakens a figure).
+fn raise_every_flag(r: &mut RunResult) {
+    r.simulated = true;
+    r.energy_method = "power_integral".into();
+    r.short_window = true;
+    r.energy_disagreement_flagged = true;
+    r.energy_uncertainty_flagged = true;
+    r.energy_uncertainty_j = Some(31.5);
+    r.energy_edge_rule = Some("power_trace".into());
+    r.baseline = None;
+    r.baseline_power_w = None;
+    r.energy_adjusted_j = None;
+    r.energy_per_token_adjusted_j = None;
+    r.energy_adjusted_clamped = true;
+    r.resident_baseline = Some(BaselineRecord {
+        kind: "resident".into(),
+        mean_power_w: 120.0,
+        ..Default::default()
+    });
+    r.quiet_power_w = Some(126.0);
+    r.throttle_thermal = true;
+    r.throttle_power = true;
+    r.hw_slowdown = true;
+    r.thermal_wait_reason = "timeout".into();
+    r.gpu_shared = true;
+    r.gpu_foreign_processes = vec![ForeignProcess {
+        pid: 4242,
+        gpu_index: 0,
+        used_memory_mb: Some(1024),
+        name: Some("python3".into()),
+        seen: "window".into(),
+    }];
+    r.environment =
+        serde_json::json!({"gpu": {"name": "NVIDIA H100 80GB HBM3", "mig_enabled": true}});
+    r.harness_metrics["itl_measurement_mode"] = "proportional".into();
+    r.harness_metrics["latency_estimated"] = true.into();
+    r.warnings
+        .push("thermal gate timed out after 300 s: the GPU was still cooling".into());
+}
+
+/// Rows for a study: most runs done, some pending, leased, failed or cancelled; the
+/// fourth run of every seven raises every quality flag.
 fn rows_for(study: &Path) -> (CampaignInfo, Vec<RunRow>) {
     let src = StudySource::read(study).unwrap();
     let p = plan(&src, &PlanOptions::default()).unwrap();
@@ -153,7 +196,13 @@ fn rows_for(study: &Path) -> (CampaignInfo, Vec<RunRow>) {
                 state: state.into(),
                 attempts: if state == "failed" { 3 } else { 1 },
                 config_json: pyjson::dumps(&r.config, &Default::default()),
-                result: (state == "done").then(|| result_for(i, &r.engine, &model)),
+                result: (state == "done").then(|| {
+                    let mut res = result_for(i, &r.engine, &model);
+                    if i % 7 == 3 {
+                        raise_every_flag(&mut res);
+                    }
+                    res
+                }),
                 last_failure: (state == "failed")
                     .then(|| "configuration: out of memory while loading the model".into()),
             }
@@ -211,14 +260,33 @@ fn check_layout(dir: &Path, info: &CampaignInfo, rows: &[RunRow], result_files: 
             r.get_path("total_energy_j").unwrap().as_f64(),
             Some(res.total_energy_j)
         );
+        // Every flag, explained, then every warning: nothing else, nothing dropped.
+        let warnings: Vec<&str> = match r.get_path("measurement_warnings") {
+            Some(Value::Seq(w)) => w.iter().map(|x| x.as_str().unwrap()).collect(),
+            other => panic!("measurement_warnings is not a list: {other:?}"),
+        };
+        let explained: Vec<String> = quality::flags(res)
+            .iter()
+            .map(|f| format!("lem fleet: {}", f.explanation()))
+            .collect();
+        let want: Vec<&str> = explained
+            .iter()
+            .map(String::as_str)
+            .chain(res.warnings.iter().map(String::as_str))
+            .collect();
+        assert_eq!(warnings, want, "{}", file.display());
         if res.simulated {
-            let w = pyjson::dumps(
-                r.get_path("measurement_warnings").unwrap(),
-                &Default::default(),
+            assert!(
+                warnings.iter().any(|w| w.contains("simulated GPU")),
+                "{warnings:?}"
             );
-            assert!(w.contains("simulated GPU"), "{w}");
         }
         let fleet = read_json(&file.with_file_name("fleet.json"));
+        let fleet_flags: Vec<&str> = match fleet.get_path("flags") {
+            Some(Value::Seq(f)) => f.iter().map(|x| x.as_str().unwrap()).collect(),
+            other => panic!("fleet.json has no flags list: {other:?}"),
+        };
+        assert_eq!(fleet_flags, quality::flag_names(res));
         assert_eq!(
             fleet.get_path("worker").unwrap().as_str(),
             Some(res.worker.as_str())
@@ -334,6 +402,13 @@ fn llem_bundles_load_in_llems_own_loader() {
         assert!(summary.runs_written > 0 && summary.without_result > 0);
         assert!(summary.wrote_study_config);
         check_layout(&out, &info, &rows, &summary.result_files);
+        assert!(
+            rows.iter()
+                .filter_map(|r| r.result.as_ref())
+                .any(|res| quality::flags(res) == Flag::ALL),
+            "no exported run of {} raises every flag",
+            study.display()
+        );
         // Exporting again rewrites the same files (atomic replace, same names).
         let again = write_bundle(&out, &info, &rows).unwrap();
         assert_eq!(again.result_files, summary.result_files);

@@ -1,13 +1,16 @@
-//! `grid`'s size limit and `--format parquet` read back by pyarrow (when
-//! `LEM_PYARROW_PYTHON` names a python with pyarrow; otherwise that part is skipped).
+//! `grid`'s size limit, `--format parquet` read back by pyarrow (when
+//! `LEM_PYARROW_PYTHON` names a python with pyarrow; otherwise that part is skipped),
+//! and the quality flags and warnings in every row of jsonl, csv and parquet.
 
 use std::process::Command;
 
+use lem_common::quality::{self, Flag};
 use lem_common::rpc::RunRow;
-use lem_common::types::{CampaignId, RunKey, RunResult};
+use lem_common::types::{BaselineRecord, CampaignId, ForeignProcess, RunKey, RunResult};
 use lem_coord::cli::{check_grid_size, GRID_LIMIT_CONFIGS};
-use lem_coord::export::COLUMNS;
+use lem_coord::export::{to_csv, to_jsonl, COLUMNS};
 use lem_coord::parquet_export::{to_parquet, write_atomic_bytes};
+use serde_json::{json, Value as Json};
 
 #[test]
 fn grid_size_limit_names_the_count_and_the_flag() {
@@ -174,4 +177,250 @@ fn output_into_a_closed_pipe_ends_quietly() {
         status.success() || status.signal() == Some(libc::SIGPIPE),
         "{status:?}: {err}"
     );
+}
+
+/// A result that raises every quality flag at once (not a physically consistent run:
+/// each fact is set only so that its flag must reach every format).
+fn every_flag_result() -> RunResult {
+    let foreign = |pid, seen: &str| ForeignProcess {
+        pid,
+        gpu_index: 0,
+        used_memory_mb: Some(512),
+        name: Some("python3".into()),
+        seen: seen.into(),
+    };
+    RunResult {
+        worker: "w".into(),
+        simulated: true,
+        total_energy_j: 3.25,
+        energy_method: "power_integral".into(),
+        energy_integral_j: Some(3.25),
+        energy_counter_raw_j: Some(2.9),
+        energy_disagreement_pct: Some(12.0),
+        energy_disagreement_flagged: true,
+        short_window: true,
+        energy_uncertainty_j: Some(0.4),
+        energy_uncertainty_flagged: true,
+        energy_edge_rule: Some("power_trace".into()),
+        quiet_power_w: Some(125.5),
+        resident_baseline: Some(BaselineRecord {
+            kind: "resident".into(),
+            mean_power_w: 120.0,
+            ..Default::default()
+        }),
+        energy_adjusted_clamped: true,
+        throttle_thermal: true,
+        throttle_power: true,
+        hw_slowdown: true,
+        thermal_wait_reason: "timeout".into(),
+        gpu_shared: true,
+        gpu_foreign_processes: vec![
+            foreign(4242, "baseline"),
+            foreign(77, "window"),
+            foreign(4242, "window"),
+        ],
+        environment: json!({"gpu": {"name": "H200", "mig_enabled": true}}),
+        harness_metrics: json!({"itl_measurement_mode": "proportional", "latency_estimated": true}),
+        window_start_mono_ns: 1_000_000_000,
+        window_end_mono_ns: 1_250_000_000,
+        warnings: vec![
+            "short window: fewer than one counter step or two power samples".into(),
+            "energy counter and power integral disagree by 12.0%, see the timeseries".into(),
+        ],
+        ..Default::default()
+    }
+}
+
+/// A clean measurement (no flag), then the all-flags run, then a failed run.
+fn flag_rows() -> Vec<RunRow> {
+    let clean = RunResult {
+        worker: "w".into(),
+        total_energy_j: 1000.0,
+        energy_method: "counter_interpolated".into(),
+        energy_adjusted_j: Some(400.0),
+        baseline: Some(BaselineRecord {
+            kind: "device".into(),
+            mean_power_w: 60.0,
+            ..Default::default()
+        }),
+        baseline_power_w: Some(60.0),
+        energy_edge_rule: Some("quiet".into()),
+        harness_metrics: json!({"itl_measurement_mode": "true_streaming", "latency_estimated": false}),
+        thermal_wait_reason: "cooled".into(),
+        ..Default::default()
+    };
+    let mut rows = rows();
+    rows[0].result = Some(clean);
+    rows[1].result = Some(every_flag_result());
+    rows
+}
+
+fn all_flag_names() -> Vec<&'static str> {
+    Flag::ALL.iter().map(|f| f.name()).collect()
+}
+
+#[test]
+fn the_all_flags_result_raises_every_flag() {
+    // Guards the tests below: they would prove nothing if a flag were missing here.
+    assert_eq!(quality::flags(&every_flag_result()), Flag::ALL);
+}
+
+#[test]
+fn jsonl_rows_carry_every_flag_and_warning() {
+    let text = to_jsonl(&flag_rows());
+    let rows: Vec<Json> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let names: Vec<&str> = rows[0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    assert_eq!(names.len(), COLUMNS.len());
+    assert_eq!(rows[0]["flags"], json!([]), "a clean run");
+    assert_eq!(rows[0]["warnings"], json!([]));
+    assert_eq!(rows[0]["baseline_subtracted"], json!(true));
+    assert_eq!(rows[0]["energy_edge_rule"], json!("quiet"));
+    let r = &rows[1];
+    assert_eq!(r["flags"], json!(all_flag_names()));
+    assert_eq!(r["warnings"], json!(every_flag_result().warnings));
+    assert_eq!(r["gpu_foreign_pids"], json!([4242, 77]));
+    for (column, want) in [
+        ("energy_counter_raw_j", json!(2.9)),
+        ("energy_disagreement_flagged", json!(true)),
+        ("short_window", json!(true)),
+        ("energy_uncertainty_j", json!(0.4)),
+        ("energy_uncertainty_flagged", json!(true)),
+        ("energy_edge_rule", json!("power_trace")),
+        ("quiet_power_w", json!(125.5)),
+        ("baseline_subtracted", json!(false)),
+        ("hw_slowdown", json!(true)),
+        ("gpu_shared", json!(true)),
+        ("itl_measurement_mode", json!("proportional")),
+        ("latency_estimated", json!(true)),
+        ("window_start_mono_ns", json!(1_000_000_000u64)),
+        ("window_end_mono_ns", json!(1_250_000_000u64)),
+    ] {
+        assert_eq!(r[column], want, "{column}");
+    }
+    // A run without a result: null, not an empty list.
+    for column in [
+        "flags",
+        "warnings",
+        "gpu_foreign_pids",
+        "baseline_subtracted",
+    ] {
+        assert_eq!(rows[2][column], Json::Null, "{column}");
+    }
+}
+
+/// The fields of one CSV line (RFC 4180 quoting; no newlines inside fields here).
+fn csv_fields(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let (mut quoted, mut chars) = (false, line.chars().peekable());
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                chars.next();
+                fields.last_mut().unwrap().push('"');
+            }
+            ('"', _) => quoted = !quoted,
+            (',', false) => fields.push(String::new()),
+            (c, _) => fields.last_mut().unwrap().push(c),
+        }
+    }
+    fields
+}
+
+#[test]
+fn csv_rows_carry_every_flag_and_warning_joined() {
+    let text = to_csv(&flag_rows());
+    let lines: Vec<Vec<String>> = text.lines().map(csv_fields).collect();
+    let header = &lines[0];
+    assert_eq!(header, COLUMNS);
+    let at = |row: usize, column: &str| {
+        let i = header.iter().position(|h| h == column).unwrap();
+        assert_eq!(lines[row].len(), header.len(), "row {row}");
+        lines[row][i].clone()
+    };
+    assert_eq!(at(1, "flags"), "");
+    assert_eq!(at(2, "flags"), all_flag_names().join(";"));
+    assert_eq!(at(2, "warnings"), every_flag_result().warnings.join(" | "));
+    assert_eq!(at(2, "gpu_foreign_pids"), "4242;77");
+    assert_eq!(at(2, "short_window"), "true");
+    assert_eq!(at(2, "energy_uncertainty_flagged"), "true");
+    assert_eq!(at(2, "baseline_subtracted"), "false");
+    assert_eq!(at(2, "energy_edge_rule"), "power_trace");
+    assert_eq!(at(2, "itl_measurement_mode"), "proportional");
+    assert_eq!(at(2, "window_end_mono_ns"), "1250000000");
+    assert_eq!(at(3, "flags"), "");
+    assert_eq!(at(3, "baseline_subtracted"), "");
+}
+
+#[test]
+fn parquet_rows_carry_every_flag_and_warning_as_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flags.parquet");
+    write_atomic_bytes(&path, &to_parquet(&flag_rows()).unwrap()).unwrap();
+    let Ok(python) = std::env::var("LEM_PYARROW_PYTHON") else {
+        eprintln!(
+            "skipped: the pyarrow read-back of the flags (set LEM_PYARROW_PYTHON to a python with pyarrow)"
+        );
+        return;
+    };
+    let script = r#"
+import json, sys
+import pyarrow.parquet as pq
+t = pq.read_table(sys.argv[1])
+print(json.dumps({"types": {f.name: str(f.type) for f in t.schema},
+                  "columns": {n: t.column(n).to_pylist() for n in t.column_names}}))
+"#;
+    let out = Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Json = serde_json::from_slice(&out.stdout).unwrap();
+    let (types, col) = (&v["types"], &v["columns"]);
+    assert_eq!(types["flags"], "list<item: string>");
+    assert_eq!(types["warnings"], "list<item: string>");
+    assert_eq!(types["gpu_foreign_pids"], "list<item: int64>");
+    assert_eq!(types["short_window"], "bool");
+    assert_eq!(types["energy_uncertainty_j"], "double");
+    assert_eq!(types["energy_edge_rule"], "string");
+    assert_eq!(types["window_start_mono_ns"], "int64");
+    assert_eq!(col["flags"], json!([[], all_flag_names(), null]));
+    assert_eq!(
+        col["warnings"],
+        json!([[], every_flag_result().warnings, null])
+    );
+    assert_eq!(col["gpu_foreign_pids"], json!([[], [4242, 77], null]));
+    for (column, want) in [
+        ("energy_counter_raw_j", json!([null, 2.9, null])),
+        ("energy_disagreement_flagged", json!([false, true, null])),
+        ("short_window", json!([false, true, null])),
+        ("energy_uncertainty_j", json!([null, 0.4, null])),
+        ("energy_uncertainty_flagged", json!([false, true, null])),
+        ("energy_edge_rule", json!(["quiet", "power_trace", null])),
+        ("quiet_power_w", json!([null, 125.5, null])),
+        ("baseline_subtracted", json!([true, false, null])),
+        ("hw_slowdown", json!([false, true, null])),
+        ("gpu_shared", json!([false, true, null])),
+        (
+            "itl_measurement_mode",
+            json!(["true_streaming", "proportional", null]),
+        ),
+        ("latency_estimated", json!([false, true, null])),
+        ("window_end_mono_ns", json!([0, 1_250_000_000u64, null])),
+    ] {
+        assert_eq!(col[column], want, "{column}");
+    }
 }
