@@ -374,20 +374,27 @@ pub fn counter_updates(counter: &[CounterSample]) -> Vec<CounterSample> {
         .collect()
 }
 
-/// The raw counter delta over `[t0, t1]`: the last read at or before `t1` minus the last
-/// read at or before `t0`, in joules. `None` without a read at or before `t0`, or when the
-/// samples are unsorted or the value went down. Errs by up to one counter step per edge.
+/// The raw counter delta over `[t0, t1]`, in joules: what a reader at each edge sees
+/// (as Zeus reports it), the value of the read nearest to each edge, before or after
+/// it, taken at most [`MAX_UPDATE_BRACKET_NS`] away. `None` without such a read at an
+/// edge, or when the samples are unsorted or the value went down. Errs by up to one
+/// counter step per edge; for comparison only.
 pub fn raw_counter_delta_j(counter: &[CounterSample], t0: u64, t1: u64) -> Option<f64> {
     if t1 <= t0 || !counter_valid(counter) {
         return None;
     }
-    let i0 = counter
-        .partition_point(|s| s.t_mono_ns <= t0)
-        .checked_sub(1)?;
-    let i1 = counter
-        .partition_point(|s| s.t_mono_ns <= t1)
-        .checked_sub(1)?;
-    Some((counter[i1].energy_mj - counter[i0].energy_mj) as f64 / 1000.0)
+    let nearest = |t: u64| {
+        let after = counter.partition_point(|s| s.t_mono_ns < t);
+        let candidates = [after.checked_sub(1), Some(after)];
+        candidates
+            .into_iter()
+            .flatten()
+            .filter_map(|i| counter.get(i))
+            .filter(|s| s.t_mono_ns.abs_diff(t) <= MAX_UPDATE_BRACKET_NS)
+            .min_by_key(|s| s.t_mono_ns.abs_diff(t))
+    };
+    let (a, b) = (nearest(t0)?, nearest(t1)?);
+    Some((b.energy_mj as f64 - a.energy_mj as f64) / 1000.0)
 }
 
 /// How long after the work an update of the counter reflects it: the value NVML
@@ -1281,8 +1288,12 @@ mod tests {
         };
         let counter = [c(0, 10), c(50, 10), c(100, 30), c(150, 30), c(200, 50)];
         assert_eq!(counter_updates(&counter), vec![c(100, 30), c(200, 50)]);
+        // The read nearest each edge, before or after it.
         assert_eq!(raw_counter_delta_j(&counter, 60, 210), Some(0.040));
-        assert_eq!(raw_counter_delta_j(&counter[1..], 10, 210), None);
+        assert_eq!(raw_counter_delta_j(&counter, 90, 140), Some(0.0));
+        // No read within MAX_UPDATE_BRACKET_NS of an edge: no raw delta.
+        let far = [c(0, 10), c(500_000_000, 60)];
+        assert_eq!(raw_counter_delta_j(&far, 200_000_000, 400_000_000), None);
         let reset = [c(0, 10), c(50, 5)];
         assert_eq!(raw_counter_delta_j(&reset, 0, 60), None);
     }

@@ -13,9 +13,10 @@ Phases:
             at batch 1, 8 and 32, each shape with and without the harness's per-step
             streamer, interleaved, --repeats times, with quiet gaps between: the
             streamer's cost in window length and the power around each window.
-  readers   (--readers CMD) the same generate shapes, interleaved, with and without a
-            second process reading the counter back to back (CMD), without any other
-            reader: whether counter reads slow the inference.
+  readers   (--readers '{"name": "CMD", ...}') two of the generate shapes, streamer on,
+            interleaved, with no other process reading NVML and with each reader
+            running (e.g. one reading the counter back to back, one sampling power
+            and the rest at 20 Hz): whether those reads slow the inference.
 Changes no GPU setting.
 """
 import argparse
@@ -121,16 +122,20 @@ def generate_once(model, shape, streamer_on):
 
 
 def generate_phase(marks, model, repeats, gap_s, tag="", readers=None):
+    """Each shape, each condition, interleaved (the order rotates every repeat).
+    Without `readers`: the streamer on and off. With `readers` ({name: argv}): the
+    streamer on, with no other process reading NVML ("none") or with each reader."""
     shapes = SHAPES if readers is None else [SHAPES[0], SHAPES[2]]
     for shape in shapes:
         generate_once(model, shape, True)  # compile-free warm-up of this shape
+    conds = [True, False] if readers is None else ["none"] + sorted(readers)
     for r in range(repeats):
         for shape in shapes:
-            conds = [True, False] if r % 2 == 0 else [False, True]
-            for cond in conds:
+            k = r % len(conds)
+            for cond in conds[k:] + conds[:k]:
                 proc = None
-                if readers is not None and cond:
-                    proc = subprocess.Popen(readers, stdout=subprocess.DEVNULL,
+                if readers is not None and cond != "none":
+                    proc = subprocess.Popen(readers[cond], stdout=subprocess.DEVNULL,
                                             stderr=subprocess.DEVNULL)
                     time.sleep(0.5)
                 quiet(marks, gap_s)
@@ -149,7 +154,7 @@ def main():
     p.add_argument("--phase", choices=["edges+generate", "readers"], default="edges+generate")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--gap", type=float, default=1.0)
-    p.add_argument("--readers", help="command line of the second counter reader")
+    p.add_argument("--readers", help='JSON {"name": "command line", ...} of other NVML readers')
     args = p.parse_args()
     marks = Marks(args.marks)
     if args.phase == "edges+generate":
@@ -158,7 +163,8 @@ def main():
         generate_phase(marks, model, args.repeats, args.gap)
     else:
         model = build_model()
-        generate_phase(marks, model, args.repeats, 0.3, tag="_rd", readers=args.readers.split())
+        readers = {k: v.split() for k, v in json.loads(args.readers).items()}
+        generate_phase(marks, model, args.repeats, 0.3, tag="_rd", readers=readers)
 
 
 if __name__ == "__main__":
