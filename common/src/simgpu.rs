@@ -8,9 +8,10 @@
 //!
 //! The model, all of it closed-form between calls (so the state at a time does not depend
 //! on how often it was advanced, up to floating-point rounding):
-//! - Power follows its target with a first-order lag (`power_tau_s`, 20 ms: on the lent
-//!   H200 the counter's steps show the card's power settling within ~10 ms of a change of
-//!   work, so a quiet span after work is at idle power at once). The target is
+//! - Power follows its target with a first-order lag (`power_tau_s`, 5 ms: on the lent
+//!   H200 the counter's steps show the card's power settling within a few milliseconds
+//!   of a change of work, so a quiet span after work is at idle power at once). The
+//!   target is
 //!   `floor + (max_w - floor) * utilisation`, where the floor is `idle_w`, plus
 //!   `resident_extra_w` while a model is resident (the lent H100 idles at ~72 W without a
 //!   CUDA context and ~118 W while a process holds one). A small sine ripple
@@ -70,7 +71,7 @@ impl Default for SimParams {
             idle_w: 70.0,
             max_w: 350.0,
             resident_extra_w: 40.0,
-            power_tau_s: 0.02,
+            power_tau_s: 0.005,
             ripple_w: 0.3,
             ripple_hz: 1.7,
             ambient_c: 30.0,
@@ -334,13 +335,13 @@ mod tests {
     fn power_lags_its_target() {
         let mut m = model();
         m.set_load(1.0, T0 + S);
-        let r = m.sample(T0 + S + 20 * MS);
+        let r = m.sample(T0 + S + 5 * MS);
         let expected = 70.0 + 280.0 * (1.0 - (-1.0f64).exp());
         assert!((r.power_w - expected).abs() <= 0.3 + 1e-6, "{r:?}");
         let r = m.sample(T0 + S + 2 * S);
         assert!((r.power_w - 350.0).abs() < 0.4);
         m.set_load(0.0, T0 + 3 * S);
-        let r = m.sample(T0 + 3 * S + 20 * MS);
+        let r = m.sample(T0 + 3 * S + 5 * MS);
         let expected = 70.0 + 280.0 * (-1.0f64).exp();
         assert!((r.power_w - expected).abs() < 0.4, "{r:?} vs {expected}");
     }
