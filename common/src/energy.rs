@@ -511,34 +511,20 @@ fn dt_s(from: u64, to: u64) -> f64 {
 /// RMS bracket / sqrt(12 n) at the fitted power), the scatter of the values about the
 /// line (RMS residual / sqrt n), and the spread of the steps' powers times the gap
 /// from the edge to the nearest update (a power that was not quite constant).
-fn quiet_edge(
-    updates: &[Update],
-    t: u64,
-    lo: u64,
-    hi: u64,
-    period_ns: u64,
-) -> Option<(f64, EdgeEstimate)> {
-    let pts: Vec<&Update> = updates
-        .iter()
-        .filter(|u| {
-            let v = u.t_mono_ns.saturating_sub(COUNTER_LAG_NS);
-            v >= lo && v <= hi
-        })
-        .collect();
+fn quiet_edge(pts: &[(&Update, u64)], t: u64) -> Option<(f64, EdgeEstimate)> {
     if pts.len() < 2 {
         return None;
     }
-    let instants = grid_instants(&pts, period_ns);
-    let v = |i: usize| instants[i].saturating_sub(COUNTER_LAG_NS);
-    let e_ref = pts[0].energy_mj;
+    let v = |i: usize| pts[i].1.saturating_sub(COUNTER_LAG_NS);
+    let e_ref = pts[0].0.energy_mj;
     let xy: Vec<(f64, f64)> = (0..pts.len())
-        .map(|i| (dt_s(t, v(i)), (pts[i].energy_mj - e_ref) as f64 / 1000.0))
+        .map(|i| (dt_s(t, v(i)), (pts[i].0.energy_mj - e_ref) as f64 / 1000.0))
         .collect();
     let fit = line_fit(&xy)?;
     let n = pts.len() as f64;
     let bracket_rms = (pts
         .iter()
-        .map(|u| (u.bracket_ns as f64 / NS_PER_S).powi(2))
+        .map(|(u, _)| (u.bracket_ns as f64 / NS_PER_S).powi(2))
         .sum::<f64>()
         / n)
         .sqrt();
@@ -569,40 +555,82 @@ fn quiet_edge(
     ))
 }
 
+/// The updates whose value instants (read time less [`COUNTER_LAG_NS`]) lie in
+/// `[lo, hi]`: those that hold only that span's energy.
+fn in_span(updates: &[Update], lo: u64, hi: u64) -> Vec<&Update> {
+    updates
+        .iter()
+        .filter(|u| {
+            let v = u.t_mono_ns.saturating_sub(COUNTER_LAG_NS);
+            v >= lo && v <= hi
+        })
+        .collect()
+}
+
+/// The updates of both quiet spans placed on one grid (one phase for both, so a phase
+/// error shifts both edges alike and cancels in the window's energy), split back into
+/// the two spans. A device whose period is not [`COUNTER_STEP_NS`] gets a grid per span:
+/// counting periods across the window needs the period known to a few parts per million.
+fn on_grid<'a>(
+    before: Vec<&'a Update>,
+    after: Vec<&'a Update>,
+    period_ns: u64,
+) -> (Vec<(&'a Update, u64)>, Vec<(&'a Update, u64)>) {
+    let pair = |pts: &[&'a Update], inst: &[u64]| -> Vec<(&'a Update, u64)> {
+        pts.iter().copied().zip(inst.iter().copied()).collect()
+    };
+    if period_ns == COUNTER_STEP_NS && !before.is_empty() && !after.is_empty() {
+        let all: Vec<&Update> = before.iter().chain(after.iter()).copied().collect();
+        let inst = grid_instants(&all, period_ns);
+        let (b, a) = inst.split_at(before.len());
+        return (pair(&before, b), pair(&after, a));
+    }
+    (
+        pair(&before, &grid_instants(&before, period_ns)),
+        pair(&after, &grid_instants(&after, period_ns)),
+    )
+}
+
 /// The instants the updates `pts` (sorted) were published at, on the counter's grid.
 ///
 /// NVML publishes on a fixed grid (every 100.000 ms on the H200, jitter about 1 ms),
-/// but a publication is now and then seen ~25 ms late, never early. So each update is
-/// placed on the grid `phase + k period` with `k` counted from the first update, and
-/// the phase is that of the least-late update (the earliest read time against the
-/// grid). Where the read times do not fit a grid of `period_ns` (an update more than a
-/// quarter period off it), the read times are used as they are.
+/// and an update is seen late by its read bracket (a few ms, up to ~20 ms while other
+/// readers share NVML) and now and then by a late publication (~25 ms), never early.
+/// So each update is placed on the grid `phase + k period`, `k` counted step by step
+/// from the previous update (a gap of about n periods is n steps), and the phase is that
+/// of the least-late update (the earliest read time against the grid). On the grid the
+/// steps are exactly a period apart, so the read jitter leaves the quiet power alone.
+/// Where the read times do not fit a grid of `period_ns` (an update later than
+/// [`MAX_UPDATE_BRACKET_NS`] against it) the read times are used as they are.
 fn grid_instants(pts: &[&Update], period_ns: u64) -> Vec<u64> {
     let read: Vec<u64> = pts.iter().map(|u| u.t_mono_ns).collect();
-    if period_ns == 0 {
+    if period_ns == 0 || read.is_empty() {
         return read;
     }
-    let t_first = read[0];
-    let ks: Vec<u64> = read
-        .iter()
-        .map(|r| ((r - t_first) as f64 / period_ns as f64).round() as u64)
-        .collect();
-    let ok = ks.windows(2).all(|w| w[1] > w[0])
-        && read.iter().zip(&ks).all(|(r, k)| {
-            (*r as f64 - t_first as f64 - (*k * period_ns) as f64).abs() < period_ns as f64 / 4.0
-        });
-    if !ok {
-        return read;
+    let mut ks = vec![0u64];
+    for w in read.windows(2) {
+        let steps = ((w[1] - w[0]) as f64 / period_ns as f64).round().max(1.0) as u64;
+        ks.push(ks[ks.len() - 1] + steps);
     }
     let phase = read
         .iter()
         .zip(&ks)
         .map(|(r, k)| *r as i128 - (*k * period_ns) as i128)
         .min()
-        .unwrap_or(t_first as i128);
-    ks.iter()
+        .unwrap_or(read[0] as i128);
+    let instants: Vec<u64> = ks
+        .iter()
         .map(|k| (phase + (*k * period_ns) as i128).max(0) as u64)
-        .collect()
+        .collect();
+    let fits = read
+        .iter()
+        .zip(&instants)
+        .all(|(r, g)| r.saturating_sub(*g) <= MAX_UPDATE_BRACKET_NS);
+    if fits {
+        instants
+    } else {
+        read
+    }
 }
 
 /// The counter's publication period: [`COUNTER_STEP_NS`] (100.000 ms on the H100 and
@@ -812,24 +840,15 @@ fn counter_interpolate(
     }
     let (t0, t1) = (w.t0, w.t1);
     let period = publication_period_ns(&updates);
-    let q0 = w.quiet_before.and_then(|q| {
-        quiet_edge(
-            &updates,
-            t0,
-            q.from_ns.saturating_add(QUIET_GUARD_NS),
-            t0,
-            period,
-        )
+    let before = w.quiet_before.map_or_else(Vec::new, |q| {
+        in_span(&updates, q.from_ns.saturating_add(QUIET_GUARD_NS), t0)
     });
-    let q1 = w.quiet_after.and_then(|q| {
-        quiet_edge(
-            &updates,
-            t1,
-            t1.saturating_add(QUIET_GUARD_NS),
-            q.to_ns,
-            period,
-        )
+    let after = w.quiet_after.map_or_else(Vec::new, |q| {
+        in_span(&updates, t1.saturating_add(QUIET_GUARD_NS), q.to_ns)
     });
+    let (before, after) = on_grid(before, after, period);
+    let q0 = quiet_edge(&before, t0);
+    let q1 = quiet_edge(&after, t1);
     if let (Some((e0, a)), Some((e1, b))) = (&q0, &q1) {
         let quiet_power_w = Some((a.power_w + b.power_w) / 2.0);
         return CounterResult {

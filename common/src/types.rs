@@ -201,7 +201,13 @@ pub struct RunResult {
     /// The resident idle (harness and model loaded, CUDA context held), measured after
     /// the run, and the energy adjusted with it: the dynamic energy of the work itself.
     pub resident_baseline: Option<BaselineRecord>,
+    /// `total_energy_j` less the resident idle over the window, where the resident idle
+    /// is the GPU's power in the quiet spans beside the window (`quiet_power_w`, its
+    /// idle at that moment and temperature) when both edges were quiet, else the
+    /// resident baseline; `energy_adjusted_resident_source` says which.
     pub energy_adjusted_resident_j: Option<f64>,
+    /// `quiet` or `resident_baseline`.
+    pub energy_adjusted_resident_source: Option<String>,
     /// The prefill-only differential window: its energy, calls and passes, J per
     /// prefill call (one batch), and the measured run's prefill share (window energy /
     /// passes) with decode = total - prefill; raw and device-idle adjusted.

@@ -58,6 +58,7 @@ pub const COLUMNS: &[&str] = &[
     "model_load_time_sec",
     "model_already_loaded",
     "energy_adjusted_resident_j",
+    "energy_adjusted_resident_source",
     "resident_baseline_power_w",
     "baseline_std_w",
     "baseline_settle_s",
@@ -211,6 +212,10 @@ pub fn row(r: &RunRow) -> serde_json::Map<String, Json> {
     m.insert(
         "energy_adjusted_resident_j".into(),
         f(&|x| json!(x.energy_adjusted_resident_j)),
+    );
+    m.insert(
+        "energy_adjusted_resident_source".into(),
+        f(&|x| json!(x.energy_adjusted_resident_source)),
     );
     m.insert(
         "resident_baseline_power_w".into(),

@@ -58,6 +58,7 @@ pub fn column_type(name: &str) -> Option<DataType> {
         | "last_failure"
         | "environment_hash"
         | "energy_edge_rule"
+        | "energy_adjusted_resident_source"
         | "itl_measurement_mode" => DataType::Utf8,
         // Arrays, stored as their JSON text (`[0,1]`).
         "gpu_indices" | "gpu_energy_j" => DataType::Utf8,

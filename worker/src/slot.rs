@@ -1326,6 +1326,15 @@ impl Slot {
         } else {
             None
         };
+        // The resident idle to subtract for the dynamic energy: the quiet spans' power
+        // beside this very window (the GPU's idle at this temperature; on the H200 the
+        // cached baseline drifted ~1 W over a campaign, 2-15 % of a low-power run's
+        // dynamic energy), else the resident baseline.
+        let resident_idle = match (we.quiet_power_w, resident.as_ref()) {
+            (Some(q), Some(_)) => Some((q, "quiet")),
+            (_, Some(r)) => Some((r.mean_power_w, "resident_baseline")),
+            (_, None) => None,
+        };
         let per_token = |e: f64| {
             if output_tokens > 0 {
                 e / output_tokens as f64
@@ -1436,9 +1445,9 @@ impl Slot {
             lease_to_measure_s: (t0.saturating_sub(lease_mono)) as f64 / 1e9,
             harness_metrics: metrics,
             warmup: transcript.warmup.unwrap_or(serde_json::Value::Null),
-            energy_adjusted_resident_j: resident
-                .as_ref()
-                .map(|r| adjusted_energy(we.energy_j, r.mean_power_w, duration_s).adjusted_j),
+            energy_adjusted_resident_j: resident_idle
+                .map(|(w, _)| adjusted_energy(we.energy_j, w, duration_s).adjusted_j),
+            energy_adjusted_resident_source: resident_idle.map(|(_, source)| source.to_string()),
             resident_baseline: resident,
             prefill_window_energy_j: prefill.as_ref().map(|(e, _)| e.energy_j),
             prefill_window_s: prefill.as_ref().map(|(e, _)| e.duration_s),
