@@ -511,7 +511,7 @@ fn dt_s(from: u64, to: u64) -> f64 {
 /// RMS bracket / sqrt(12 n) at the fitted power), the scatter of the values about the
 /// line (RMS residual / sqrt n), and the spread of the steps' powers times the gap
 /// from the edge to the nearest update (a power that was not quite constant).
-fn quiet_edge(pts: &[(&Update, u64)], t: u64) -> Option<(f64, EdgeEstimate)> {
+fn quiet_edge(pts: &[Placed<'_>], t: u64) -> Option<(f64, EdgeEstimate)> {
     if pts.len() < 2 {
         return None;
     }
@@ -567,6 +567,9 @@ fn in_span(updates: &[Update], lo: u64, hi: u64) -> Vec<&Update> {
         .collect()
 }
 
+/// An update and the grid instant it was published at.
+type Placed<'a> = (&'a Update, u64);
+
 /// The updates of both quiet spans placed on one grid (one phase for both, so a phase
 /// error shifts both edges alike and cancels in the window's energy), split back into
 /// the two spans. A device whose period is not [`COUNTER_STEP_NS`] gets a grid per span:
@@ -575,8 +578,8 @@ fn on_grid<'a>(
     before: Vec<&'a Update>,
     after: Vec<&'a Update>,
     period_ns: u64,
-) -> (Vec<(&'a Update, u64)>, Vec<(&'a Update, u64)>) {
-    let pair = |pts: &[&'a Update], inst: &[u64]| -> Vec<(&'a Update, u64)> {
+) -> (Vec<Placed<'a>>, Vec<Placed<'a>>) {
+    let pair = |pts: &[&'a Update], inst: &[u64]| -> Vec<Placed<'a>> {
         pts.iter().copied().zip(inst.iter().copied()).collect()
     };
     if period_ns == COUNTER_STEP_NS && !before.is_empty() && !after.is_empty() {
