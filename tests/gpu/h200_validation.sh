@@ -27,7 +27,7 @@ N=$(python3 -c "import json; print(len(json.load(open('$OUT/grid.json'))['runs']
 deadline=$(( $(date +%s) + ${WAIT_S:-480} ))
 wait_done "$ID" "$N" "$deadline" || echo "campaign $ID not finished in time"
 echo "campaign wall: $(( $(date +%s) - $(cat $W/t0) )) s"
-$B/lem-coord status "$ID" --coordinator "$A" | tee "$OUT/status.txt"
+$B/lem-coord status "$ID" --coordinator "$A"
 $B/lem-coord results "$ID" --format jsonl --coordinator "$A" > "$OUT/results.jsonl"
 sleep 1; touch /tmp/stop-ref; wait $REFPID
 cat "$OUT/reference_stats.json"; echo
@@ -35,5 +35,6 @@ python3 tests/gpu/energy_reference.py --trace "$REF" --results "$OUT/results.jso
   --grid "$OUT/grid.json" --fixture "$OUT/h200-live-windows.json" \
   --summary "$OUT/summary.json" | tee "$OUT/validation.txt"
 gzip -c "$REF" > "$OUT/reference.jsonl.gz"
-cp $W/w0.log "$OUT/worker.log"; tail -c 2000000 $W/w0/slot-0/harness.log > "$OUT/harness.log"
+cp $W/w0.log "$OUT/worker.log"
+rm -f "$OUT/smi.txt"   # printed above; at most 8 files come back
 ls -la "$OUT"
