@@ -38,27 +38,6 @@ print("field POWER_INSTANT:", cost(lambda: N.nvmlDeviceGetFieldValues(h, [fid]),
 print("nvmlDeviceGetTemperature:", cost(lambda: N.nvmlDeviceGetTemperature(h, 0), 500))
 PY
 
-echo "== 2. a second counter reader against generate() ($(left) s left)"
-python3 tests/gpu/h200_probe.py --phase readers --marks "$OUT/marks_readers.jsonl" --repeats 5 \
-  --readers "{\"counter_back_to_back\": \"$B/lem-gpu-trace --seconds 120 --power-interval-ms 1000 --counter-interval-ms 0 --out /tmp/r1.jsonl\",
-              \"sampler_20hz\": \"$B/lem-gpu-trace --seconds 120 --power-interval-ms 50 --counter-interval-ms 100000 --out /tmp/r2.jsonl\"}" \
-  2>&1 | grep -v Warning | tail -3
-python3 - "$OUT/marks_readers.jsonl" <<'PY' | tee "$OUT/readers.txt"
-import json, sys, statistics as st
-from collections import defaultdict
-d = defaultdict(list)
-for l in open(sys.argv[1]):
-    m = json.loads(l)
-    d[(m["name"], m["reader"])].append((m["t1_ns"] - m["t0_ns"]) / 1e9)
-for name in sorted({k[0] for k in d}):
-    base = d[(name, "none")]
-    print("%s: no other reader %.3f +- %.3f s (n=%d)" % (name, st.mean(base), st.stdev(base), len(base)))
-    for cond in sorted({k[1] for k in d if k[0] == name and k[1] != "none"}):
-        v = d[(name, cond)]
-        print("%s: with %s %.3f +- %.3f s (n=%d): %+.1f%%" % (name, cond, st.mean(v), st.stdev(v), len(v),
-              (st.mean(v) - st.mean(base)) / st.mean(base) * 100))
-PY
-
 echo "== 3. per-token timing and idle repeatability ($(left) s left)"
 WORKER_ARGS="--prefill-window-seconds 0 --per-token-timing when-profiling" start_fleet
 ID1=$($B/lem-coord submit tests/gpu/h200-per-token.yaml --coordinator "$A" | tail -1)
@@ -91,6 +70,33 @@ for l in open(sys.argv[2]):
         r.get("resident_baseline_std_w"), r.get("quiet_power_w")))
 PY
 
+pkill -f "$B/lem-worker"; sleep 1   # no NVML reader of ours during part 2's "none"
+echo "== 2. a second counter reader against generate() ($(left) s left)"
+python3 tests/gpu/h200_probe.py --phase readers --marks "$OUT/marks_readers.jsonl" --repeats 5 \
+  --readers "{\"counter_back_to_back\": \"$B/lem-gpu-trace --seconds 120 --power-interval-ms 1000 --counter-interval-ms 0 --out /tmp/r1.jsonl\",
+              \"sampler_20hz\": \"$B/lem-gpu-trace --seconds 120 --power-interval-ms 50 --counter-interval-ms 100000 --out /tmp/r2.jsonl\"}" \
+  2>&1 | grep -v Warning | tail -3
+python3 - "$OUT/marks_readers.jsonl" <<'PY' | tee "$OUT/readers.txt"
+import json, sys, statistics as st
+from collections import defaultdict
+d = defaultdict(list)
+for l in open(sys.argv[1]):
+    m = json.loads(l)
+    d[(m["name"], m["reader"])].append((m["t1_ns"] - m["t0_ns"]) / 1e9)
+for name in sorted({k[0] for k in d}):
+    base = d[(name, "none")]
+    print("%s: no other reader %.3f +- %.3f s (n=%d)" % (name, st.mean(base), st.stdev(base), len(base)))
+    for cond in sorted({k[1] for k in d if k[0] == name and k[1] != "none"}):
+        v = d[(name, cond)]
+        print("%s: with %s %.3f +- %.3f s (n=%d): %+.1f%%" % (name, cond, st.mean(v), st.stdev(v), len(v),
+              (st.mean(v) - st.mean(base)) / st.mean(base) * 100))
+PY
+
+if ! $B/lem-worker --help | grep -q -- --device-isolation || [ "$(left)" -lt 100 ]; then
+  cp $W/w0.log "$OUT/worker.log" 2>/dev/null
+  echo "== 4. device isolation: skipped (this lem-worker has no --device-isolation, or $(left) s left)"
+  pkill -f "$B/lem-worker"; pkill -f "$B/lem-coord"; exit 0
+fi
 echo "== 4. device isolation ($(left) s left)"
 python3 -c "import torch, time; x = torch.ones(1 << 26, device='cuda'); torch.cuda.synchronize(); open('/tmp/foreign.pid','w').write(str(__import__('os').getpid())); time.sleep(600)" &
 FOREIGN=$!
