@@ -10,6 +10,7 @@
 pub mod energy;
 pub mod gpus;
 pub mod harness;
+pub mod isolation;
 pub mod lease;
 pub mod pyjson;
 pub mod quality;

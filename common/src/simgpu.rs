@@ -294,6 +294,55 @@ impl SimGpuModel {
     }
 }
 
+/// The environment variable naming the simulated GPU's foreign-process file, a TEST
+/// HOOK of the simulated GPU only: the worker's simulated GPUs report the processes it
+/// declares as holding them (`lem-worker --device-isolation`, docs/measurement.md).
+/// Real GPUs never read it; their processes come from NVML.
+pub const FOREIGN_PROCESSES_ENV: &str = "LEM_SIMGPU_FOREIGN_PROCESSES";
+
+/// One process the simulated GPU's test hook declares as holding a simulated GPU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeclaredProcess {
+    pub gpu_index: u32,
+    pub pid: u32,
+    /// `None` for `-`: the memory "not available", as NVML reports it on some cards.
+    pub used_memory_mb: Option<u64>,
+}
+
+/// Parses the test hook's file: one process per line, `GPU PID [MIB|-]` separated by
+/// white space; blank lines and `#` comments are skipped. The error names the line.
+pub fn parse_declared_processes(text: &str) -> Result<Vec<DeclaredProcess>, String> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let bad = || {
+            format!(
+                "line {}: {line:?} is not `GPU PID [MIB|-]` (e.g. `0 4242 512`)",
+                i + 1
+            )
+        };
+        let (gpu, pid, mem) = match fields.as_slice() {
+            [g, p] => (g, p, None),
+            [g, p, m] => (g, p, Some(*m)),
+            _ => return Err(bad()),
+        };
+        let used_memory_mb = match mem {
+            None | Some("-") => None,
+            Some(m) => Some(m.parse::<u64>().map_err(|_| bad())?),
+        };
+        out.push(DeclaredProcess {
+            gpu_index: gpu.parse().map_err(|_| bad())?,
+            pid: pid.parse().map_err(|_| bad())?,
+            used_memory_mb,
+        });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -468,5 +517,36 @@ mod tests {
         assert_eq!(utilisation_for("decode", 64), 0.9);
         assert_eq!(utilisation_for("idle", 1), 0.0);
         assert_eq!(utilisation_for("warmup?", 1), 0.0);
+    }
+
+    #[test]
+    fn declared_processes_parse_and_bad_lines_are_named() {
+        let text = "# gpu pid mib\n0 4242 512\n\n1 77 -   # memory not reported\n2 8\n";
+        let got = parse_declared_processes(text).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                DeclaredProcess {
+                    gpu_index: 0,
+                    pid: 4242,
+                    used_memory_mb: Some(512)
+                },
+                DeclaredProcess {
+                    gpu_index: 1,
+                    pid: 77,
+                    used_memory_mb: None
+                },
+                DeclaredProcess {
+                    gpu_index: 2,
+                    pid: 8,
+                    used_memory_mb: None
+                },
+            ]
+        );
+        assert_eq!(parse_declared_processes("").unwrap(), vec![]);
+        let e = parse_declared_processes("0 4242\nzero 1 2\n").unwrap_err();
+        assert!(e.starts_with("line 2:"), "{e}");
+        assert!(parse_declared_processes("0 1 2 3").is_err());
+        assert!(parse_declared_processes("0 1 lots").is_err());
     }
 }

@@ -1169,6 +1169,7 @@ async fn run(
             quiet_s: lem_worker::QUIET_S,
             per_token_timing: "always",
             drain: false,
+            device_isolation: lem_common::isolation::IsolationPolicy::Warn,
         };
         workers.push(tokio::spawn(lem_worker::run_worker(
             cfg,

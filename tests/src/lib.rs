@@ -22,6 +22,17 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, bin: &str, args: &[&str], dir: &Path) -> Proc {
+        Proc::spawn_with_env(name, bin, args, &[], dir)
+    }
+
+    /// [`Proc::spawn`] with extra environment variables.
+    pub fn spawn_with_env(
+        name: &str,
+        bin: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        dir: &Path,
+    ) -> Proc {
         use std::os::unix::process::CommandExt;
         let stdout = dir.join(format!("{name}.stdout"));
         let stderr = dir.join(format!("{name}.stderr"));
@@ -31,6 +42,7 @@ impl Proc {
             .stdout(std::fs::File::create(&stdout).unwrap())
             .stderr(std::fs::File::create(&stderr).unwrap())
             .env("LEM_LOG", "info")
+            .envs(env.iter().copied())
             .process_group(0)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));

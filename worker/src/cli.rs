@@ -65,6 +65,13 @@ pub struct Args {
     /// llem does; otherwise per-batch latency, llem's per_request_batch).
     #[arg(long, value_enum, default_value_t = PerTokenTiming::Always)]
     pub per_token_timing: PerTokenTiming,
+    /// What a slot does when a process other than the worker's own (its harness and
+    /// the harness's children) holds a measured GPU before a baseline or around the
+    /// measured window: `warn` measures and flags the result (`gpu_shared`, the
+    /// processes, a warning); `refuse` does not measure (the run fails as retryable
+    /// and goes back to pending) and leases nothing while the process holds the GPU.
+    #[arg(long, value_enum, default_value_t = DeviceIsolation::Warn)]
+    pub device_isolation: DeviceIsolation,
     /// On SIGTERM/SIGINT, stop the run in progress and hand it back to the coordinator
     /// (it goes back to pending and the attempt does not count) instead of finishing it.
     #[arg(long)]
@@ -87,6 +94,22 @@ impl PerTokenTiming {
         match self {
             PerTokenTiming::Always => "always",
             PerTokenTiming::WhenProfiling => "when_profiling",
+        }
+    }
+}
+
+/// `--device-isolation`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceIsolation {
+    Warn,
+    Refuse,
+}
+
+impl DeviceIsolation {
+    pub fn policy(self) -> lem_common::isolation::IsolationPolicy {
+        match self {
+            DeviceIsolation::Warn => lem_common::isolation::IsolationPolicy::Warn,
+            DeviceIsolation::Refuse => lem_common::isolation::IsolationPolicy::Refuse,
         }
     }
 }
@@ -182,6 +205,7 @@ pub fn main_impl() -> std::process::ExitCode {
         quiet_s: args.quiet_ms as f64 / 1000.0,
         per_token_timing: args.per_token_timing.wire(),
         drain: args.drain,
+        device_isolation: args.device_isolation.policy(),
     };
     let drain = args.drain;
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");

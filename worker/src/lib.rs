@@ -14,6 +14,7 @@ pub mod clock;
 pub mod env;
 pub mod frame;
 pub mod gpu_claim;
+pub mod isolation;
 pub mod join;
 pub mod journal;
 pub mod nvml;
@@ -83,6 +84,9 @@ pub struct WorkerConfig {
     pub per_token_timing: &'static str,
     /// On SIGTERM, hand the current run back instead of finishing it.
     pub drain: bool,
+    /// `--device-isolation`: what a slot does when a process other than its own
+    /// holds a measured GPU (flag the result, or refuse to measure).
+    pub device_isolation: lem_common::isolation::IsolationPolicy,
 }
 
 /// Whether this machine has an NVIDIA GPU whose management library can be loaded.
@@ -194,12 +198,14 @@ fn start_gpu(
         let gpu = SimulatedGpu::new(gpu_index);
         let load: Arc<dyn LoadSink> = Arc::new(gpu.clone());
         let counter: Box<dyn telemetry::CounterSource> = Box::new(gpu.clone());
+        let processes = Arc::new(gpu.clone());
         let sampler = Sampler::start(
             Box::new(gpu),
             cfg.sample_interval,
             RING_CAPACITY,
             Some((counter, cfg.counter_interval)),
         );
+        let sampler = sampler.with_processes(processes);
         let snapshot = serde_json::json!({"name": sampler.description.name, "simulated": true});
         return Ok((sampler, load, snapshot));
     };
@@ -217,7 +223,9 @@ fn start_gpu(
             "this GPU has no energy counter: energy is the power integral alone"
         );
     }
-    let sampler = Sampler::start(Box::new(gpu), cfg.sample_interval, RING_CAPACITY, counter);
+    let processes = Arc::new(gpu.processes());
+    let sampler = Sampler::start(Box::new(gpu), cfg.sample_interval, RING_CAPACITY, counter)
+        .with_processes(processes);
     Ok((sampler, Arc::new(telemetry::NoLoadSink), snapshot))
 }
 
@@ -380,6 +388,11 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
         engines: capabilities,
     };
     check_admission(&endpoint, &register).await?;
+    if nvml.is_some() && isolation::in_child_pid_namespace() {
+        tracing::warn!(
+            "this worker runs in its own PID namespace (a container without --pid=host): NVML reports the host's pids, so the device isolation check cannot tell this worker's harness from other processes and flags it (start the container with --pid=host)"
+        );
+    }
     let tls = matches!(endpoint.security, transport::Security::Tls(_));
     tracing::info!(worker = %worker, slots = ?groups, python = %py_version, engines = ?offered, simulated = cfg.simulate_gpu, tls, "worker starting");
     let host_env = env::host_snapshot(&py_version);
@@ -403,6 +416,7 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
         slot.quiet_s = cfg.quiet_s;
         slot.per_token_timing = cfg.per_token_timing;
         slot.drain = cfg.drain;
+        slot.isolation = cfg.device_isolation;
         slot
     };
     let mut lanes = Vec::new();

@@ -1,5 +1,6 @@
 //! Real NVIDIA GPUs through NVML (nvml-wrapper): the fast telemetry read, the energy
-//! counter read, and the per-GPU part of the environment snapshot.
+//! counter read, the per-GPU part of the environment snapshot, and the GPU's process
+//! list for the device isolation check.
 //!
 //! NVML's total-energy counter costs milliseconds per read on an H100 (2.8-3.9 ms
 //! seen) while a power read costs about a microsecond, so the two are read by
@@ -12,10 +13,17 @@ use std::sync::Arc;
 use anyhow::{anyhow, Context as _};
 use nvml_wrapper::bitmasks::device::ThrottleReasons;
 use nvml_wrapper::enum_wrappers::device::{Clock, PerformanceState, TemperatureSensor};
+use nvml_wrapper::enums::device::UsedGpuMemory;
+use nvml_wrapper::error::NvmlError;
+use nvml_wrapper::struct_wrappers::device::ProcessInfo;
 use nvml_wrapper::Nvml;
 use serde_json::json;
 
-use crate::telemetry::{CounterSource, GpuDescription, GpuTelemetry, TelemetrySample};
+use lem_common::isolation::GpuProcess;
+
+use crate::telemetry::{
+    CounterSource, GpuDescription, GpuProcesses, GpuTelemetry, TelemetrySample,
+};
 
 /// Loads NVML; the error says what is missing.
 pub fn init() -> anyhow::Result<Arc<Nvml>> {
@@ -107,6 +115,14 @@ impl NvmlGpu {
         })
     }
 
+    /// A lister of this GPU's processes, for the device isolation check.
+    pub fn processes(&self) -> NvmlProcesses {
+        NvmlProcesses {
+            nvml: self.nvml.clone(),
+            index: self.index,
+        }
+    }
+
     /// The per-GPU part of the environment snapshot. Only getters.
     pub fn snapshot(&self) -> serde_json::Value {
         let Ok(d) = self.nvml.device_by_index(self.index) else {
@@ -179,5 +195,61 @@ impl CounterSource for NvmlCounter {
         let d = self.nvml.device_by_index(self.index)?;
         d.total_energy_consumption()
             .context("nvmlDeviceGetTotalEnergyConsumption")
+    }
+}
+
+/// Lists one GPU's processes through NVML: those with a compute context, with a
+/// graphics context, and MPS clients. NVML reports pids of the host's PID namespace
+/// (the driver knows no other), so a worker in a container without the host's PID
+/// namespace sees them as pids it does not have: foreign, with no name.
+pub struct NvmlProcesses {
+    nvml: Arc<Nvml>,
+    index: u32,
+}
+
+impl GpuProcesses for NvmlProcesses {
+    fn gpu_processes(&self) -> anyhow::Result<Vec<GpuProcess>> {
+        let d = self
+            .nvml
+            .device_by_index(self.index)
+            .with_context(|| format!("NVML device {}", self.index))?;
+        let mut all = d
+            .running_compute_processes()
+            .context("nvmlDeviceGetComputeRunningProcesses")?;
+        // Graphics contexts and MPS clients where the card and driver report them;
+        // a datacenter card may answer "not supported".
+        for (what, listed) in [
+            (
+                "nvmlDeviceGetGraphicsRunningProcesses",
+                d.running_graphics_processes(),
+            ),
+            (
+                "nvmlDeviceGetMPSComputeRunningProcesses",
+                d.mps_running_compute_processes(),
+            ),
+        ] {
+            match listed {
+                Ok(p) => all.extend(p),
+                Err(
+                    NvmlError::NotSupported
+                    | NvmlError::FunctionNotFound
+                    | NvmlError::FailedToLoadSymbol(_),
+                ) => {}
+                Err(e) => return Err(anyhow!("{what}: {e}")),
+            }
+        }
+        Ok(all
+            .into_iter()
+            .map(|p: ProcessInfo| GpuProcess {
+                pid: p.pid,
+                gpu_index: self.index,
+                // The H200's driver may say "not available" for a process's memory.
+                used_memory_mb: match p.used_gpu_memory {
+                    UsedGpuMemory::Used(bytes) => Some(bytes / (1024 * 1024)),
+                    UsedGpuMemory::Unavailable => None,
+                },
+                name: None,
+            })
+            .collect())
     }
 }

@@ -116,6 +116,15 @@ impl ProcessHarness {
         self.alive()
     }
 
+    /// The server's pid while it runs: with its descendants, the processes of this
+    /// slot that may hold its GPUs (the device isolation check).
+    pub fn pid(&mut self) -> Option<u32> {
+        if !self.alive() {
+            return None;
+        }
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
     fn alive(&mut self) -> bool {
         match self.child.as_mut() {
             Some(c) => matches!(c.try_wait(), Ok(None)),
@@ -341,11 +350,15 @@ impl ProcessHarness {
     }
 
     /// Stops the server: SIGTERM to its process group, a grace period, then SIGKILL.
+    /// Returns once no process of the group is left: processes the server started
+    /// (an engine's workers) may outlive it by a moment while holding their CUDA
+    /// contexts, and the device-idle baseline after a stop must see none of ours.
     pub async fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
         };
         if let Some(pid) = child.id() {
+            let deadline = tokio::time::Instant::now() + STOP_GRACE;
             // SAFETY: signalling the process group we created for this child.
             unsafe {
                 libc::kill(-(pid as i32), libc::SIGTERM);
@@ -358,6 +371,24 @@ impl ProcessHarness {
                     libc::kill(-(pid as i32), libc::SIGKILL);
                 }
                 let _ = child.wait().await;
+            }
+            let mut killed = false;
+            while crate::isolation::group_has_members(pid) {
+                if tokio::time::Instant::now() > deadline && !killed {
+                    // SAFETY: as above; the group's leader was our child.
+                    unsafe {
+                        libc::kill(-(pid as i32), libc::SIGKILL);
+                    }
+                    killed = true;
+                } else if tokio::time::Instant::now() > deadline + STOP_GRACE {
+                    tracing::warn!(
+                        slot = self.slot,
+                        pgid = pid,
+                        "processes of the stopped harness's group are still alive"
+                    );
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
         let _ = std::fs::remove_file(&self.socket);

@@ -21,6 +21,10 @@ use anyhow::anyhow;
 use lem_common::energy::{adjusted_energy, sum_windows, window_energy_in, EnergyMethod, Window};
 use lem_common::gpus::choose_gpus;
 use lem_common::harness::{run_request_line, RunOutcome, RunRequest, RunTranscript};
+use lem_common::isolation::{
+    decide, describe_processes, foreign_processes, merge, shared_warnings, CheckPoint,
+    IsolationPolicy, Verdict,
+};
 use lem_common::rpc::{
     CompleteRequest, CompleteStatus, CoordinatorClient, FailRequest, LeaseGrant, LeaseReply,
     LeaseRequest, RegisterRequest, RenewRequest, RpcError, RpcErrorKind,
@@ -28,13 +32,14 @@ use lem_common::rpc::{
 use lem_common::stats;
 use lem_common::thermal::{self, GateDecision, GatePolicy, GateReason};
 use lem_common::types::{
-    format_utc_ms, BaselineRecord, FailureClass, GpuFigures, RunResult, WorkerId,
+    format_utc_ms, BaselineRecord, FailureClass, ForeignProcess, GpuFigures, RunResult, WorkerId,
 };
 use lem_common::Value;
 use tokio::sync::watch;
 
 use crate::clock::{mono_ns, unix_ms};
 use crate::env::Environment;
+use crate::isolation;
 use crate::journal::{Journal, JournalLease, Report};
 use crate::pool::{DynPool, SetState};
 use crate::runtime::ProcessHarness;
@@ -56,6 +61,9 @@ const TIMESERIES_POINTS: usize = 240;
 const JOURNAL_PROBE_INTERVAL: Duration = Duration::from_secs(10);
 /// Default per-run timeout (llem's `experiment_timeout_seconds` default).
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
+/// Under `--device-isolation refuse`, how often a slot whose GPUs another process
+/// holds lists them again before leasing.
+const UNSHARED_RECHECK: Duration = Duration::from_secs(2);
 /// A dynamic pool told that its next run needs more GPUs than are free asks again
 /// when one of its runs frees GPUs, or after this long (the run may have gone to
 /// another worker meanwhile).
@@ -100,6 +108,11 @@ pub struct Slot {
     pub drain: bool,
     /// The dynamic pool this slot is a lease lane of (`--gpu-groups dynamic`).
     pub pool: Option<Arc<DynPool>>,
+    /// `--device-isolation`: what to do when another process holds a measured GPU.
+    pub isolation: IsolationPolicy,
+    /// When the slot last logged that it is not leasing because another process
+    /// holds its GPUs (logged once a minute).
+    isolation_logged: Option<tokio::time::Instant>,
     baseline: Option<CachedBaseline>,
     /// Resident idle per model key, with the time it was measured.
     resident: Option<(String, CachedBaseline)>,
@@ -130,6 +143,34 @@ pub struct CachedBaseline {
     /// Each GPU's share, in slot order.
     per_gpu: Vec<GpuIdle>,
     measured_mono_ns: u64,
+}
+
+/// A baseline as a run uses it: the slot's record and each GPU's share, in slot order.
+type RunBaseline = (BaselineRecord, Vec<GpuIdle>);
+
+/// A run's failure: its class and message.
+type Failure = (FailureClass, String);
+
+/// What a run's device isolation checks found: the other processes seen on its GPUs
+/// (`warn`), GPUs that could not be listed, and other notes for its warnings.
+#[derive(Debug, Default)]
+struct IsolationLog {
+    foreign: Vec<ForeignProcess>,
+    errors: std::collections::BTreeSet<String>,
+    notes: Vec<String>,
+}
+
+impl IsolationLog {
+    fn warnings(&self) -> Vec<String> {
+        let mut out = shared_warnings(&self.foreign);
+        out.extend(self.notes.iter().cloned());
+        out.extend(
+            self.errors
+                .iter()
+                .map(|e| format!("device isolation not checked on {e}")),
+        );
+        out
+    }
 }
 
 /// One GPU's idle power and temperature.
@@ -228,6 +269,8 @@ impl Slot {
             per_token_timing: "always",
             drain: false,
             pool: None,
+            isolation: IsolationPolicy::Warn,
+            isolation_logged: None,
             baseline: None,
             resident: None,
             client: None,
@@ -322,6 +365,11 @@ impl Slot {
                 }
                 continue;
             }
+            // Under `refuse`, a run leased while another process holds the GPUs
+            // would only be refused (and spend an attempt): wait until none does.
+            if !self.wait_for_unshared_gpus(&stop).await {
+                break;
+            }
             // Cool down after the last run before asking for the next one.
             if let (Some((ended, gap_s)), None) = (self.last_run, &self.pre_gate) {
                 let remaining = gap_s - ended.elapsed().as_secs_f64();
@@ -410,6 +458,27 @@ impl Slot {
                 r = pool.reserve() => r,
                 _ = stop.changed() => return false,
             };
+            // Under `refuse`, GPUs another process holds are not offered: a run on
+            // them would only be refused (and spend an attempt).
+            let shared = self.shared_pool_gpus(pool, &reserved).await;
+            let reserved = if shared.is_empty() {
+                reserved
+            } else {
+                pool.unreserve(&shared);
+                let clean: Vec<u32> = reserved
+                    .into_iter()
+                    .filter(|g| !shared.contains(g))
+                    .collect();
+                if clean.is_empty() {
+                    drop(turn);
+                    tokio::select! {
+                        _ = tokio::time::sleep(UNSHARED_RECHECK) => {}
+                        _ = stop.changed() => return false,
+                    }
+                    return !*stop.borrow();
+                }
+                clean
+            };
             let req = LeaseRequest {
                 worker: self.worker.clone(),
                 slot: self.index,
@@ -465,6 +534,131 @@ impl Slot {
             self.handle_grant(client, grant, stop).await;
             self.unbind(pool, model).await;
             return !*stop.borrow();
+        }
+    }
+
+    /// Under `--device-isolation refuse`, waits until no process but the slot's own
+    /// holds its GPUs, listing them every [`UNSHARED_RECHECK`]; false if the worker
+    /// stops meanwhile. Under `warn` returns at once.
+    async fn wait_for_unshared_gpus(&mut self, stop: &watch::Receiver<bool>) -> bool {
+        if self.isolation != IsolationPolicy::Refuse {
+            return true;
+        }
+        loop {
+            let own = self.harness.pid();
+            let foreign = foreign_now(self.samplers.clone(), self.gpus.clone(), move || {
+                isolation::own_pids(own)
+            })
+            .await;
+            if foreign.is_empty() {
+                if self.isolation_logged.take().is_some() {
+                    tracing::info!(
+                        slot = self.index,
+                        "no other process holds the GPUs now; leasing"
+                    );
+                }
+                return true;
+            }
+            self.log_not_leasing(&foreign);
+            let mut stopped = stop.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(UNSHARED_RECHECK) => {}
+                _ = stopped.changed() => return false,
+            }
+            if *stop.borrow() {
+                return false;
+            }
+        }
+    }
+
+    /// Under `--device-isolation refuse`, the GPUs of `reserved` that a process other
+    /// than the worker's own holds (an idle harness of the pool is the worker's: a
+    /// run on its GPUs stops or reuses it). Empty under `warn`.
+    async fn shared_pool_gpus(&mut self, pool: &DynPool, reserved: &[u32]) -> Vec<u32> {
+        if self.isolation != IsolationPolicy::Refuse {
+            return vec![];
+        }
+        let foreign = foreign_now(
+            pool.samplers_of(reserved),
+            reserved.to_vec(),
+            isolation::worker_and_descendants,
+        )
+        .await;
+        if foreign.is_empty() {
+            if self.isolation_logged.take().is_some() {
+                tracing::info!(
+                    slot = self.index,
+                    "no other process holds the pool's free GPUs now"
+                );
+            }
+            return vec![];
+        }
+        self.log_not_leasing(&foreign);
+        let mut shared: Vec<u32> = foreign.iter().map(|f| f.gpu_index).collect();
+        shared.dedup();
+        shared
+    }
+
+    /// Logs (once a minute) that GPUs are not leased on because others hold them.
+    fn log_not_leasing(&mut self, foreign: &[ForeignProcess]) {
+        if self
+            .isolation_logged
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(60))
+        {
+            return;
+        }
+        self.isolation_logged = Some(tokio::time::Instant::now());
+        tracing::warn!(
+            slot = self.index,
+            processes = %describe_processes(foreign),
+            "not leasing on GPUs other processes hold (--device-isolation refuse); checking again every {} s",
+            UNSHARED_RECHECK.as_secs()
+        );
+    }
+
+    /// Lists the processes on the run's GPUs at `at` and applies the slot's policy:
+    /// `Ok(true)` when another process holds one (`warn`: recorded in `log`),
+    /// `Ok(false)` when none does (GPUs that could not be listed are noted in `log`),
+    /// and under `refuse` the run's retryable failure, naming them.
+    async fn isolation_check(
+        &mut self,
+        at: CheckPoint,
+        log: &mut IsolationLog,
+    ) -> Result<bool, Failure> {
+        let harness = self.harness.pid();
+        let (samplers, gpus) = (self.samplers.clone(), self.gpus.clone());
+        let listed = tokio::task::spawn_blocking(move || {
+            (
+                isolation::list(&samplers, &gpus),
+                isolation::own_pids(harness),
+            )
+        })
+        .await;
+        let (listing, own) = match listed {
+            Ok(l) => l,
+            Err(e) => {
+                log.errors
+                    .insert(format!("the slot's GPUs: the listing failed ({e})"));
+                return Ok(false);
+            }
+        };
+        log.errors.extend(listing.errors);
+        match decide(&listing.processes, &own, at, self.isolation) {
+            Verdict::Clean => Ok(false),
+            Verdict::Shared(foreign) => {
+                tracing::warn!(
+                    slot = self.index,
+                    seen = at.seen(),
+                    processes = %describe_processes(&foreign),
+                    "a measured GPU is shared with other processes; the result is flagged"
+                );
+                merge(&mut log.foreign, &foreign);
+                Ok(true)
+            }
+            Verdict::Refuse { message, .. } => {
+                tracing::warn!(slot = self.index, %message, "refusing to measure");
+                Err((FailureClass::Infrastructure, message))
+            }
         }
     }
 
@@ -935,9 +1129,18 @@ impl Slot {
         (record, per_gpu)
     }
 
-    /// The device-idle baseline for this run, per llem's strategy: measured with no
-    /// model of ours resident (the harness unloads first), then reused while fresh.
-    async fn baseline_for(&mut self, s: &BaselineSettings) -> BaselineRecord {
+    /// The device-idle baseline for this run (the slot's record and each GPU's
+    /// share), per llem's strategy: measured with no process of ours holding the GPUs
+    /// (the harness is stopped first), then reused while fresh. The GPUs' processes
+    /// are listed before and after each measurement: a baseline measured while
+    /// another process held a GPU is used for this run only and never cached (`warn`),
+    /// and under `refuse` the run fails instead. A `validated` spot check on a shared
+    /// GPU would say nothing: it waits for a later run and the cached value is used.
+    async fn baseline_for(
+        &mut self,
+        s: &BaselineSettings,
+        log: &mut IsolationLog,
+    ) -> Result<RunBaseline, Failure> {
         let now = mono_ns();
         let age_s = |b: &CachedBaseline| (now - b.measured_mono_ns) as f64 / 1e9;
         let reuse = match (&self.baseline, s.strategy.as_str()) {
@@ -947,45 +1150,86 @@ impl Slot {
         if reuse && s.strategy == "validated" && self.runs_since_check >= s.validation_interval {
             // Spot check: 5 s of device idle against the cached value.
             self.stop_harness_for_baseline().await;
-            let (spot, _) = self.measure_idle(5.0, "device", "validated").await;
-            self.runs_since_check = 0;
-            let cached = self.baseline.as_ref().expect("reuse implies cached");
-            let drift = (spot.mean_power_w - cached.record.mean_power_w).abs()
-                / cached.record.mean_power_w.max(1e-9);
-            if drift > s.drift_threshold {
-                tracing::warn!(slot = self.index, drift, "baseline drifted; re-measuring");
-                let (record, per_gpu) =
-                    self.measure_idle(s.duration_s, "device", &s.strategy).await;
-                self.baseline = Some(CachedBaseline {
-                    record,
-                    per_gpu,
-                    measured_mono_ns: mono_ns(),
-                });
+            let mut spot_log = IsolationLog::default();
+            let mut shared = self
+                .isolation_check(CheckPoint::BeforeBaseline, &mut spot_log)
+                .await?;
+            if !shared {
+                let (spot, _) = self.measure_idle(5.0, "device", "validated").await;
+                shared = self
+                    .isolation_check(CheckPoint::AfterBaseline, &mut spot_log)
+                    .await?;
+                if !shared {
+                    self.runs_since_check = 0;
+                    let cached = self.baseline.as_ref().expect("reuse implies cached");
+                    let drift = (spot.mean_power_w - cached.record.mean_power_w).abs()
+                        / cached.record.mean_power_w.max(1e-9);
+                    if drift > s.drift_threshold {
+                        tracing::warn!(slot = self.index, drift, "baseline drifted; re-measuring");
+                        if let Some(run_only) = self.measure_device_idle(s, log).await? {
+                            return Ok(run_only);
+                        }
+                    }
+                }
+            }
+            log.errors.extend(spot_log.errors);
+            if shared {
+                log.notes.push(format!(
+                    "baseline spot check postponed: {}; the cached baseline (measured with no other process on the GPUs) was used",
+                    describe_processes(&spot_log.foreign)
+                ));
             }
         } else if !reuse {
             self.stop_harness_for_baseline().await;
-            let (record, per_gpu) = self.measure_idle(s.duration_s, "device", &s.strategy).await;
-            self.baseline = Some(CachedBaseline {
-                record,
-                per_gpu,
-                measured_mono_ns: mono_ns(),
-            });
-            self.runs_since_check = 0;
+            if let Some(run_only) = self.measure_device_idle(s, log).await? {
+                return Ok(run_only);
+            }
         }
         self.runs_since_check += 1;
         let b = self.baseline.as_ref().expect("baseline set above");
         let mut rec = b.record.clone();
         rec.cache_age_s = (mono_ns() - b.measured_mono_ns) as f64 / 1e9;
         rec.strategy = s.strategy.clone();
-        rec
+        Ok((rec, b.per_gpu.clone()))
     }
 
-    /// Device idle means no process of ours holds a CUDA context: unloading weights
-    /// is not enough (the context keeps the H100 at P0, ~118 W instead of ~72 W), so
-    /// the harness server is stopped; the next run starts it again.
+    /// Measures the device idle (the harness already stopped) between two isolation
+    /// checks. With no other process on the GPUs it becomes the cached baseline and
+    /// `None` is returned; on a shared GPU (`warn`) it is returned for this run only
+    /// and the cache is left as it was.
+    async fn measure_device_idle(
+        &mut self,
+        s: &BaselineSettings,
+        log: &mut IsolationLog,
+    ) -> Result<Option<RunBaseline>, Failure> {
+        let before = self
+            .isolation_check(CheckPoint::BeforeBaseline, log)
+            .await?;
+        let (record, per_gpu) = self.measure_idle(s.duration_s, "device", &s.strategy).await;
+        let after = self.isolation_check(CheckPoint::AfterBaseline, log).await?;
+        if before || after {
+            return Ok(Some((record, per_gpu)));
+        }
+        self.baseline = Some(CachedBaseline {
+            record,
+            per_gpu,
+            measured_mono_ns: mono_ns(),
+        });
+        self.runs_since_check = 0;
+        Ok(None)
+    }
+
     /// The resident idle for `model`: measured now (model loaded, after a run) unless
-    /// a fresh enough value for the same model is cached.
-    async fn resident_baseline_for(&mut self, s: &BaselineSettings, model: &str) -> BaselineRecord {
+    /// a fresh enough value for the same model is cached. Measured while another
+    /// process held a GPU (`warn`), it is used for this run only and never cached;
+    /// under `refuse` none is measured then (the run's own figures stand, and a
+    /// warning says why the resident figures are missing).
+    async fn resident_baseline_for(
+        &mut self,
+        s: &BaselineSettings,
+        model: &str,
+        log: &mut IsolationLog,
+    ) -> Option<RunBaseline> {
         let now = mono_ns();
         let fresh_enough = self.resident.as_ref().is_some_and(|(m, b)| {
             m == model
@@ -993,9 +1237,32 @@ impl Slot {
                 && ((now - b.measured_mono_ns) as f64 / 1e9) < s.cache_ttl_s
         });
         if !fresh_enough {
+            let before = match self
+                .isolation_check(CheckPoint::BeforeResidentBaseline, log)
+                .await
+            {
+                Ok(b) => b,
+                Err((_, message)) => {
+                    log.notes.push(message);
+                    return None;
+                }
+            };
             let (record, per_gpu) = self
                 .measure_idle(s.duration_s, "resident", &s.strategy)
                 .await;
+            let after = match self
+                .isolation_check(CheckPoint::AfterResidentBaseline, log)
+                .await
+            {
+                Ok(a) => a,
+                Err((_, message)) => {
+                    log.notes.push(message);
+                    return None;
+                }
+            };
+            if before || after {
+                return Some((record, per_gpu));
+            }
             self.resident = Some((
                 model.to_string(),
                 CachedBaseline {
@@ -1008,9 +1275,12 @@ impl Slot {
         let (_, b) = self.resident.as_ref().expect("set above");
         let mut rec = b.record.clone();
         rec.cache_age_s = (mono_ns() - b.measured_mono_ns) as f64 / 1e9;
-        rec
+        Some((rec, b.per_gpu.clone()))
     }
 
+    /// Device idle means no process of ours holds a CUDA context: unloading weights
+    /// is not enough (the context keeps the H100 at P0, ~118 W instead of ~72 W), so
+    /// the harness server is stopped; the next run starts it again.
     async fn stop_harness_for_baseline(&mut self) {
         self.harness.stop().await;
         self.load.on_resident(false, mono_ns());
@@ -1030,19 +1300,28 @@ impl Slot {
             )
         })?;
         let mut warnings = Vec::new();
+        // What the device isolation checks find, before each baseline and around the
+        // window; under `refuse` a check that finds another process ends the run here.
+        let mut iso = IsolationLog::default();
 
         // Baseline first (it may unload the model), then the thermal gate.
         let bs = BaselineSettings::from_config(&config);
-        let baseline = if bs.enabled {
-            Some(self.baseline_for(&bs).await)
+        let (baseline, baseline_gpus) = if bs.enabled {
+            let (record, per_gpu) = self.baseline_for(&bs, &mut iso).await?;
+            (Some(record), Some(per_gpu))
         } else {
             warnings.push(
                 "measurement.baseline.enabled is false: energy_adjusted_j is not reported"
                     .to_string(),
             );
-            None
+            (None, None)
         };
-        let idle_temps = self.idle_temps();
+        // The idle temperatures of the baseline this run uses (one measured for this
+        // run only, on a shared GPU, is not in the cache).
+        let idle_temps = match &baseline_gpus {
+            Some(per_gpu) => per_gpu.iter().map(|g| Some(g.temp_c)).collect(),
+            None => self.idle_temps(),
+        };
         let gate = self.gate_after_lease(grant.gap_before_s, &idle_temps).await;
         if gate.reason == GateReason::Timeout {
             warnings.push(format!(
@@ -1072,6 +1351,9 @@ impl Slot {
         // inside a window; without, in a burst from each window edge.
         let quiet_burst = Duration::from_secs_f64(self.quiet_s + 0.1);
         let quiet = self.quiet_s > 0.0;
+        // The last look at the GPUs before the run goes to the harness.
+        self.isolation_check(CheckPoint::BeforeWindow, &mut iso)
+            .await?;
         let started_ms = unix_ms();
         let mut transcript = RunTranscript::default();
         let load = self.load.clone();
@@ -1127,6 +1409,10 @@ impl Slot {
             // Every harness/transport failure is the host's, not the config's.
             return Err((FailureClass::Infrastructure, e.to_string()));
         }
+        // Who held the GPUs as the window ended (NVML keeps no history: a process
+        // that came and went inside the window is not seen).
+        self.isolation_check(CheckPoint::AfterWindow, &mut iso)
+            .await?;
         let ended_ms = unix_ms();
         let (metrics, engine_version) = match transcript.outcome.clone() {
             Some(RunOutcome::Result {
@@ -1321,19 +1607,22 @@ impl Slot {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
-        let resident = if bs.enabled {
-            Some(self.resident_baseline_for(&bs, &model_key).await)
-        } else {
-            None
+        let (resident, resident_gpus) = match bs.enabled {
+            true => match self.resident_baseline_for(&bs, &model_key, &mut iso).await {
+                Some((record, per_gpu)) => (Some(record), Some(per_gpu)),
+                None => (None, None),
+            },
+            false => (None, None),
         };
+        warnings.extend(iso.warnings());
         // The resident idle to subtract for the dynamic energy: the quiet spans' power
         // beside this very window (the GPU's idle at this temperature; on the H200 the
         // cached baseline drifted ~1 W over a campaign, 2-15 % of a low-power run's
         // dynamic energy), else the resident baseline.
-        let resident_idle = match (we.quiet_power_w, resident.as_ref()) {
-            (Some(q), Some(_)) => Some((q, "quiet")),
-            (_, Some(r)) => Some((r.mean_power_w, "resident_baseline")),
-            (_, None) => None,
+        let resident_idle = match (bs.enabled, we.quiet_power_w, resident.as_ref()) {
+            (true, Some(q), _) => Some((q, "quiet")),
+            (true, None, Some(r)) => Some((r.mean_power_w, "resident_baseline")),
+            _ => None,
         };
         let per_token = |e: f64| {
             if output_tokens > 0 {
@@ -1347,11 +1636,8 @@ impl Slot {
             EnergyMethod::CounterInterpolated => "counter_interpolated".to_string(),
             EnergyMethod::PowerIntegral => "power_integral".to_string(),
         };
-        let idle_of = |cached: Option<&CachedBaseline>, i: usize, used: bool| {
-            cached
-                .filter(|_| used)
-                .and_then(|c| c.per_gpu.get(i))
-                .map(|g| g.power_w)
+        let idle_of = |per_gpu: Option<&Vec<GpuIdle>>, i: usize| {
+            per_gpu.and_then(|g| g.get(i)).map(|g| g.power_w)
         };
         let gpus: Vec<GpuFigures> = self
             .samplers
@@ -1368,12 +1654,8 @@ impl Slot {
                     energy_integral_j: e.integral_j,
                     energy_counter_raw_j: e.counter_delta_raw_j,
                     mean_power_w: e.mean_power_w,
-                    baseline_power_w: idle_of(self.baseline.as_ref(), i, baseline.is_some()),
-                    resident_baseline_power_w: idle_of(
-                        self.resident.as_ref().map(|(_, b)| b),
-                        i,
-                        resident.is_some(),
-                    ),
+                    baseline_power_w: idle_of(baseline_gpus.as_ref(), i),
+                    resident_baseline_power_w: idle_of(resident_gpus.as_ref(), i),
                     max_temp_c: gpu_max_temp(&in_windows[i]),
                 }
             })
@@ -1420,9 +1702,8 @@ impl Slot {
             quiet_power_w: we.quiet_power_w,
             window_start_mono_ns: t0,
             window_end_mono_ns: t1,
-            // Filled in by the device isolation check (not yet wired).
-            gpu_shared: false,
-            gpu_foreign_processes: Vec::new(),
+            gpu_shared: !iso.foreign.is_empty(),
+            gpu_foreign_processes: iso.foreign,
             short_window: we.short_window,
             mean_power_w: we.mean_power_w,
             n_power_samples: we.n_power_samples,
@@ -1496,6 +1777,21 @@ impl Slot {
         }
         Ok(result)
     }
+}
+
+/// The processes other than `own()`'s on `gpus` (their samplers, in order) now,
+/// listed off the executor; a GPU that cannot be listed counts as unshared.
+async fn foreign_now(
+    samplers: Vec<Arc<Sampler>>,
+    gpus: Vec<u32>,
+    own: impl FnOnce() -> std::collections::BTreeSet<u32> + Send + 'static,
+) -> Vec<ForeignProcess> {
+    tokio::task::spawn_blocking(move || {
+        let listing = isolation::list(&samplers, &gpus);
+        foreign_processes(&listing.processes, &own(), CheckPoint::BeforeWindow)
+    })
+    .await
+    .unwrap_or_default()
 }
 
 /// The library versions a run's harness reported (`versions` in its result), kept in

@@ -11,8 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use lem_common::energy::{CounterSample, PowerSample};
-use lem_common::simgpu::{SimGpuModel, SimParams};
+use lem_common::isolation::GpuProcess;
+use lem_common::simgpu::{parse_declared_processes, SimGpuModel, SimParams, FOREIGN_PROCESSES_ENV};
 
 use crate::clock::mono_ns;
 
@@ -48,6 +50,13 @@ pub struct GpuDescription {
 pub trait GpuTelemetry: Send {
     fn describe(&self) -> GpuDescription;
     fn read(&mut self, t_mono_ns: u64) -> anyhow::Result<TelemetrySample>;
+}
+
+/// Lists the processes that hold one GPU (NVML's compute and graphics process lists),
+/// for the device isolation check (`lem_common::isolation`). Getters only.
+pub trait GpuProcesses: Send + Sync {
+    /// The GPU's processes; `name` is left `None` (the worker reads it from `/proc`).
+    fn gpu_processes(&self) -> anyhow::Result<Vec<GpuProcess>>;
 }
 
 /// A slow energy counter read on its own thread (NVML's costs milliseconds).
@@ -122,6 +131,47 @@ impl CounterSource for SimulatedGpu {
     }
 }
 
+/// The simulated GPU's processes: none, unless the TEST HOOK of the simulated GPU
+/// names a file in `LEM_SIMGPU_FOREIGN_PROCESSES` (`GPU PID [MIB|-]` per line,
+/// `lem_common::simgpu::parse_declared_processes`). The file is read at every
+/// listing, and a declared process is listed on its GPU while it is alive, as NVML
+/// lists a process while it holds a context. Real GPUs never read the file.
+impl GpuProcesses for SimulatedGpu {
+    fn gpu_processes(&self) -> anyhow::Result<Vec<GpuProcess>> {
+        let Some(path) = std::env::var_os(FOREIGN_PROCESSES_ENV) else {
+            return Ok(vec![]);
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "{FOREIGN_PROCESSES_ENV}: cannot read {}",
+                        std::path::Path::new(&path).display()
+                    )
+                })
+            }
+        };
+        let declared = parse_declared_processes(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{FOREIGN_PROCESSES_ENV}: {}: {e}",
+                std::path::Path::new(&path).display()
+            )
+        })?;
+        Ok(declared
+            .into_iter()
+            .filter(|d| d.gpu_index == self.slot && crate::isolation::is_alive(d.pid))
+            .map(|d| GpuProcess {
+                pid: d.pid,
+                gpu_index: d.gpu_index,
+                used_memory_mb: d.used_memory_mb,
+                name: None,
+            })
+            .collect())
+    }
+}
+
 impl LoadSink for SimulatedGpu {
     fn on_phase(&self, phase: &str, batch_size: u32, t_mono_ns: u64) {
         let util = lem_common::simgpu::utilisation_for(phase, batch_size);
@@ -182,6 +232,9 @@ pub struct Sampler {
     pub has_counter_thread: bool,
     errors: Arc<Mutex<Option<String>>>,
     jitter: Arc<Mutex<JitterStats>>,
+    /// Lists the GPU's processes for the device isolation check; `None` where the
+    /// source cannot (the check then says so in the result).
+    processes: Option<Arc<dyn GpuProcesses>>,
 }
 
 fn push_bounded<T>(ring: &Mutex<VecDeque<T>>, capacity: usize, item: T) {
@@ -329,7 +382,19 @@ impl Sampler {
             has_counter_thread,
             errors,
             jitter,
+            processes: None,
         }
+    }
+
+    /// The same sampler, whose GPU's processes `processes` lists.
+    pub fn with_processes(mut self, processes: Arc<dyn GpuProcesses>) -> Sampler {
+        self.processes = Some(processes);
+        self
+    }
+
+    /// What lists this GPU's processes, if anything does.
+    pub fn processes(&self) -> Option<Arc<dyn GpuProcesses>> {
+        self.processes.clone()
     }
 
     /// Samples with `t0 - margin <= t <= t1 + margin`.

@@ -4,6 +4,7 @@ mod bad_input;
 mod faults;
 mod flow;
 mod gpus;
+mod isolation;
 mod security;
 
 pub const COORD: &str = env!("CARGO_BIN_EXE_lem-coord-shim");
@@ -85,6 +86,17 @@ pub fn start_worker(dir: &Path, addr: &str, name: &str) -> Proc {
 
 /// [`start_worker`] with more flags (`--gpus 4 --gpu-groups 0,1;2;3`).
 pub fn start_worker_with(dir: &Path, addr: &str, name: &str, extra: &[&str]) -> Proc {
+    start_worker_env(dir, addr, name, extra, &[])
+}
+
+/// [`start_worker_with`] with extra environment variables.
+pub fn start_worker_env(
+    dir: &Path,
+    addr: &str,
+    name: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Proc {
     let wdir = dir.join(name);
     let mut args = vec![
         "--coordinator",
@@ -96,7 +108,7 @@ pub fn start_worker_with(dir: &Path, addr: &str, name: &str, extra: &[&str]) -> 
         name,
     ];
     args.extend_from_slice(extra);
-    Proc::spawn(name, WORKER, &args, dir)
+    Proc::spawn_with_env(name, WORKER, &args, env, dir)
 }
 
 /// A one-thread runtime for an in-test RPC client.
