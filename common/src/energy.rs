@@ -173,6 +173,10 @@ pub struct WindowEnergy {
     /// slopes), in watts: its resident idle right around the window. `None` unless both
     /// edges were quiet.
     pub quiet_power_w: Option<f64>,
+    /// The standard error of `quiet_power_w` in watts, from the scatter of the quiet
+    /// steps' powers (the counter's own noise): what subtracting it over the window
+    /// leaves uncertain in the dynamic energy is this times the window.
+    pub quiet_power_se_w: Option<f64>,
 }
 
 /// A window's two edge estimates.
@@ -472,6 +476,10 @@ pub struct EdgeEstimate {
     pub uncertainty_j: f64,
     /// Counter updates the estimate used.
     pub n_updates: usize,
+    /// A quiet edge's steps between those updates, as powers in watts (on the grid):
+    /// their scatter is the counter's own noise at constant power.
+    #[serde(default)]
+    pub step_powers_w: Vec<f64>,
 }
 
 /// One counter update: the read that first saw a new value, and how long before it
@@ -551,8 +559,33 @@ fn quiet_edge(pts: &[Placed<'_>], t: u64) -> Option<(f64, EdgeEstimate)> {
             power_w: fit.slope,
             uncertainty_j,
             n_updates: pts.len(),
+            step_powers_w: step_powers,
         },
     ))
+}
+
+/// The standard error of the quiet power (the mean of the two edges' line slopes), in
+/// watts, from the scatter of all their steps' powers: the counter's own step-to-step
+/// noise at constant power (about 1.3 W per 100 ms step on the H200). `None` with fewer
+/// than three steps in all.
+fn quiet_power_se_w(a: &EdgeEstimate, b: &EdgeEstimate) -> Option<f64> {
+    let all: Vec<f64> = a
+        .step_powers_w
+        .iter()
+        .chain(&b.step_powers_w)
+        .copied()
+        .collect();
+    let (na, nb) = (a.step_powers_w.len(), b.step_powers_w.len());
+    if all.len() < 3 || na == 0 || nb == 0 {
+        return None;
+    }
+    // Each span's mean about its own mean (the two may differ by a real drift).
+    let ss = |v: &[f64]| {
+        let m = v.iter().sum::<f64>() / v.len() as f64;
+        v.iter().map(|p| (p - m).powi(2)).sum::<f64>()
+    };
+    let var = (ss(&a.step_powers_w) + ss(&b.step_powers_w)) / (all.len() - 2).max(1) as f64;
+    Some((var / na as f64 + var / nb as f64).sqrt() / 2.0)
 }
 
 /// The updates whose value instants (read time less [`COUNTER_LAG_NS`]) lie in
@@ -792,6 +825,7 @@ fn carry_edge(
                     power_w: p,
                     uncertainty_j: unpinned_j + p.abs() * bracket_s / 2.0,
                     n_updates,
+                    step_powers_w: Vec::new(),
                 },
             )
         }
@@ -807,6 +841,7 @@ fn carry_edge(
                     power_w: p,
                     uncertainty_j: e.abs() + p.abs() * bracket_s / 2.0,
                     n_updates: 1,
+                    step_powers_w: Vec::new(),
                 },
             )
         }
@@ -817,8 +852,9 @@ struct CounterResult {
     status: CounterStatus,
     /// Energy, extrapolated ns and the two edges, present when `status` is `Used`.
     energy: Option<(f64, u64, [EdgeEstimate; 2])>,
-    /// Power of the quiet spans beside both edges (mean of the two), when both were used.
-    quiet_power_w: Option<f64>,
+    /// Power of the quiet spans beside both edges (mean of the two), when both were
+    /// used, and its standard error.
+    quiet_power_w: Option<(f64, Option<f64>)>,
 }
 
 fn counter_interpolate(
@@ -853,7 +889,7 @@ fn counter_interpolate(
     let q0 = quiet_edge(&before, t0);
     let q1 = quiet_edge(&after, t1);
     if let (Some((e0, a)), Some((e1, b))) = (&q0, &q1) {
-        let quiet_power_w = Some((a.power_w + b.power_w) / 2.0);
+        let quiet_power_w = Some(((a.power_w + b.power_w) / 2.0, quiet_power_se_w(a, b)));
         return CounterResult {
             status: CounterStatus::Used,
             energy: Some((e1 - e0, 0, [a.clone(), b.clone()])),
@@ -948,7 +984,7 @@ pub fn window_energy_in(
             status = CounterStatus::Implausible;
         }
     }
-    let quiet_power_w = counter_result.quiet_power_w.filter(|_| chosen.is_some());
+    let quiet = counter_result.quiet_power_w.filter(|_| chosen.is_some());
     let (energy_j, method, extrapolated_ns, edges) = match chosen {
         Some((e, x, edges)) => (e, EnergyMethod::CounterInterpolated, x, Some(edges)),
         None => (
@@ -981,7 +1017,8 @@ pub fn window_energy_in(
         uncertainty_j,
         edge_rule: edges.as_ref().map(|[a, b]| a.rule.max(b.rule)),
         edges: edges.map(|[start, end]| WindowEdges { start, end }),
-        quiet_power_w,
+        quiet_power_w: quiet.map(|(w, _)| w),
+        quiet_power_se_w: quiet.and_then(|(_, se)| se),
     })
 }
 
@@ -1057,6 +1094,7 @@ pub fn sum_windows(parts: &[WindowEnergy]) -> Option<WindowEnergy> {
             .and_then(|r| r.into_iter().max()),
         edges: None,
         quiet_power_w: sum_opt(&|p| p.quiet_power_w),
+        quiet_power_se_w: sum_opt(&|p| p.quiet_power_se_w.map(|s| s * s)).map(f64::sqrt),
     })
 }
 

@@ -24,6 +24,11 @@ use crate::types::RunResult;
 /// subtracted from the run is not the idle the run actually sat at.
 pub const RESIDENT_IDLE_DRIFT_W: f64 = 2.0;
 
+/// `energy_adjusted_resident_uncertainty_j` above this share of the dynamic energy, in
+/// percent, flags it: the run drew too little above idle for its dynamic energy to mean
+/// much.
+pub const DYNAMIC_UNCERTAINTY_FLAG_PCT: f64 = 10.0;
+
 /// One quality problem of a run. [`Flag::name`] is the stable name written in exports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Flag {
@@ -44,6 +49,8 @@ pub enum Flag {
     /// The quiet power beside the window and the resident idle differ by more than
     /// [`RESIDENT_IDLE_DRIFT_W`].
     ResidentIdleDrift,
+    /// The dynamic energy is uncertain by more than [`DYNAMIC_UNCERTAINTY_FLAG_PCT`].
+    DynamicEnergyUncertain,
     /// Thermal throttling was seen in the window.
     ThrottleThermal,
     /// Power-cap throttling was seen in the window.
@@ -62,7 +69,7 @@ pub enum Flag {
 
 impl Flag {
     /// Every flag, in the order [`flags`] lists them.
-    pub const ALL: [Flag; 15] = [
+    pub const ALL: [Flag; 16] = [
         Flag::Simulated,
         Flag::PowerIntegral,
         Flag::ShortWindow,
@@ -71,6 +78,7 @@ impl Flag {
         Flag::BaselineNotSubtracted,
         Flag::EnergyClamped,
         Flag::ResidentIdleDrift,
+        Flag::DynamicEnergyUncertain,
         Flag::ThrottleThermal,
         Flag::ThrottlePower,
         Flag::HwSlowdown,
@@ -91,6 +99,7 @@ impl Flag {
             Flag::BaselineNotSubtracted => "baseline_not_subtracted",
             Flag::EnergyClamped => "energy_clamped",
             Flag::ResidentIdleDrift => "resident_idle_drift",
+            Flag::DynamicEnergyUncertain => "dynamic_energy_uncertain",
             Flag::ThrottleThermal => "throttle_thermal",
             Flag::ThrottlePower => "throttle_power",
             Flag::HwSlowdown => "hw_slowdown",
@@ -133,6 +142,9 @@ impl Flag {
             }
             Flag::ResidentIdleDrift => {
                 "the GPU's quiet power beside the window differs from the resident idle baseline by more than 2 W: the resident-adjusted energy is off by that power times the window"
+            }
+            Flag::DynamicEnergyUncertain => {
+                "the run drew so little above its idle power that its dynamic energy (energy_adjusted_resident_j) is uncertain by more than 10 % (energy_adjusted_resident_uncertainty_j): compare total energies, or measure a longer window"
             }
             Flag::ThrottleThermal => {
                 "the GPU throttled for temperature during the window: speed and energy are not those of a cool GPU"
@@ -250,6 +262,13 @@ fn has(r: &RunResult, flag: Flag) -> bool {
         Flag::ResidentIdleDrift => {
             resident_idle_drift_w(r).is_some_and(|d| d > RESIDENT_IDLE_DRIFT_W)
         }
+        Flag::DynamicEnergyUncertain => match (
+            r.energy_adjusted_resident_uncertainty_j,
+            r.energy_adjusted_resident_j,
+        ) {
+            (Some(u), Some(e)) => u > e.abs() * DYNAMIC_UNCERTAINTY_FLAG_PCT / 100.0,
+            _ => false,
+        },
         Flag::ThrottleThermal => r.throttle_thermal,
         Flag::ThrottlePower => r.throttle_power,
         Flag::HwSlowdown => r.hw_slowdown,
@@ -324,6 +343,10 @@ mod tests {
             }),
             (Flag::EnergyClamped, |r| r.energy_adjusted_clamped = true),
             (Flag::ResidentIdleDrift, |r| r.quiet_power_w = Some(117.5)),
+            (Flag::DynamicEnergyUncertain, |r| {
+                r.energy_adjusted_resident_j = Some(10.0);
+                r.energy_adjusted_resident_uncertainty_j = Some(1.5);
+            }),
             (Flag::ThrottleThermal, |r| r.throttle_thermal = true),
             (Flag::ThrottlePower, |r| r.throttle_power = true),
             (Flag::HwSlowdown, |r| r.hw_slowdown = true),

@@ -208,6 +208,11 @@ pub struct RunResult {
     pub energy_adjusted_resident_j: Option<f64>,
     /// `quiet` or `resident_baseline`.
     pub energy_adjusted_resident_source: Option<String>,
+    /// What `energy_adjusted_resident_j` could be off by, in joules, when it subtracted
+    /// the quiet power: the quiet power's standard error (the counter's step noise)
+    /// times the window, with `energy_uncertainty_j`, in quadrature. A run drawing only
+    /// a few watts above idle has a dynamic energy no finer than this.
+    pub energy_adjusted_resident_uncertainty_j: Option<f64>,
     /// The prefill-only differential window: its energy, calls and passes, J per
     /// prefill call (one batch), and the measured run's prefill share (window energy /
     /// passes) with decode = total - prefill; raw and device-idle adjusted.
@@ -281,7 +286,7 @@ impl RunResult {
     /// a result holding one must not be published).
     pub fn non_finite_fields(&self) -> Vec<&'static str> {
         let opt = |v: Option<f64>| v.is_none_or(f64::is_finite);
-        let checks: [(&'static str, bool); 30] = [
+        let checks: [(&'static str, bool); 31] = [
             ("duration_s", self.duration_s.is_finite()),
             ("total_energy_j", self.total_energy_j.is_finite()),
             ("energy_integral_j", opt(self.energy_integral_j)),
@@ -289,6 +294,10 @@ impl RunResult {
             ("energy_disagreement_pct", opt(self.energy_disagreement_pct)),
             ("energy_uncertainty_j", opt(self.energy_uncertainty_j)),
             ("quiet_power_w", opt(self.quiet_power_w)),
+            (
+                "energy_adjusted_resident_uncertainty_j",
+                opt(self.energy_adjusted_resident_uncertainty_j),
+            ),
             ("mean_power_w", self.mean_power_w.is_finite()),
             ("energy_adjusted_j", opt(self.energy_adjusted_j)),
             ("baseline_power_w", opt(self.baseline_power_w)),

@@ -59,6 +59,7 @@ pub const COLUMNS: &[&str] = &[
     "model_already_loaded",
     "energy_adjusted_resident_j",
     "energy_adjusted_resident_source",
+    "energy_adjusted_resident_uncertainty_j",
     "resident_baseline_power_w",
     "baseline_std_w",
     "baseline_settle_s",
@@ -216,6 +217,10 @@ pub fn row(r: &RunRow) -> serde_json::Map<String, Json> {
     m.insert(
         "energy_adjusted_resident_source".into(),
         f(&|x| json!(x.energy_adjusted_resident_source)),
+    );
+    m.insert(
+        "energy_adjusted_resident_uncertainty_j".into(),
+        f(&|x| json!(x.energy_adjusted_resident_uncertainty_j)),
     );
     m.insert(
         "resident_baseline_power_w".into(),

@@ -93,6 +93,7 @@ pub fn column_type(name: &str) -> Option<DataType> {
         | "thermal_wait_s"
         | "model_load_time_sec"
         | "energy_adjusted_resident_j"
+        | "energy_adjusted_resident_uncertainty_j"
         | "resident_baseline_power_w"
         | "baseline_std_w"
         | "baseline_settle_s"

@@ -142,6 +142,8 @@ fn raise_every_flag(r: &mut RunResult) {
         ..Default::default()
     });
     r.quiet_power_w = Some(126.0);
+    r.energy_adjusted_resident_j = Some(12.0);
+    r.energy_adjusted_resident_uncertainty_j = Some(3.0);
     r.throttle_thermal = true;
     r.throttle_power = true;
     r.hw_slowdown = true;

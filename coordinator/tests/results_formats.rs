@@ -203,6 +203,8 @@ fn every_flag_result() -> RunResult {
         energy_uncertainty_flagged: true,
         energy_edge_rule: Some("power_trace".into()),
         quiet_power_w: Some(125.5),
+        energy_adjusted_resident_j: Some(12.0),
+        energy_adjusted_resident_uncertainty_j: Some(3.0),
         resident_baseline: Some(BaselineRecord {
             kind: "resident".into(),
             mean_power_w: 120.0,

@@ -1729,6 +1729,12 @@ impl Slot {
             energy_adjusted_resident_j: resident_idle
                 .map(|(w, _)| adjusted_energy(we.energy_j, w, duration_s).adjusted_j),
             energy_adjusted_resident_source: resident_idle.map(|(_, source)| source.to_string()),
+            energy_adjusted_resident_uncertainty_j: resident_idle
+                .filter(|(_, source)| *source == "quiet")
+                .and(we.quiet_power_se_w)
+                .map(|se| {
+                    ((se * duration_s).powi(2) + we.uncertainty_j.unwrap_or(0.0).powi(2)).sqrt()
+                }),
             resident_baseline: resident,
             prefill_window_energy_j: prefill.as_ref().map(|(e, _)| e.energy_j),
             prefill_window_s: prefill.as_ref().map(|(e, _)| e.duration_s),
