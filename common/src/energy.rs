@@ -38,7 +38,8 @@
 //!   line's value at the edge. Only the quiet span's own power is ever carried, never
 //!   another phase's, and the read-timing errors of the two edges, both carried at
 //!   the same idle power, largely cancel. Against a second process reading the counter
-//!   every ~3 ms on the lent H200 this agrees to 0.04 % on average (docs/validation/h200.md).
+//!   every ~4 ms on the lent H200, 22 live windows agreed to 0.008 % on average (2 s
+//!   or more) and 0.05 % (0.5-2 s) (docs/validation/h200.md).
 //! * **Carried edges** ([`EdgeRule::StepCarry`]), for an edge with no quiet span beside
 //!   it: the nearest update, carried by the power of a neighbouring counter step (the
 //!   counter's own power; NVML's sampled power lags by hundreds of milliseconds on
