@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # The H200 probe (docs/validation/h200.md, "H200 facts"): the energy counter read back
 # to back by lem-gpu-trace while tests/gpu/h200_probe.py runs matmul edges and
-# random-weight Llama 1.1B generate() with and without the per-step streamer; then the
-# same shapes with and without a second back-to-back counter reader; then NVML's
-# instant power field. Binaries in .carry/bin. Writes to $OUT. Changes no GPU setting.
+# random-weight Llama 1.1B generate() with and without the per-step streamer; then
+# NVML's instant power field. (Other readers' cost: h200_extras.sh.) Binaries in .carry/bin. Writes to $OUT. Changes no GPU setting.
 set -u
 B=$PWD/.carry/bin
 OUT=${OUT:-/tmp/out}
@@ -18,8 +17,6 @@ sleep 4
 python3 tests/gpu/h200_probe.py --marks "$OUT/marks.jsonl" --repeats "${REPEATS:-5}" 2>&1 | grep -v Warning | tail -5
 sleep 2; touch /tmp/stop; wait $TP
 cat "$OUT/trace_stats.json"; echo
-python3 tests/gpu/h200_probe.py --phase readers --marks "$OUT/marks_readers.jsonl" --repeats "${REPEATS:-5}" \
-  --readers $B/lem-gpu-trace --seconds 120 --power-interval-ms 1000 --counter-interval-ms 0 --out /tmp/reader.jsonl 2>&1 | tail -3
 python3 - "$OUT/instant.json" <<'PY'
 import json, sys, time, threading
 import pynvml as N
