@@ -2,7 +2,9 @@
 # The H200 probe (docs/validation/h200.md, "H200 facts"): the energy counter read back
 # to back by lem-gpu-trace while tests/gpu/h200_probe.py runs matmul edges and
 # random-weight Llama 1.1B generate() with and without the per-step streamer; then
-# NVML's instant power field. (Other readers' cost: h200_extras.sh.) Binaries in .carry/bin. Writes to $OUT. Changes no GPU setting.
+# NVML's instant power field.
+# (Other readers' cost: h200_extras.sh.) Binaries in .carry/bin. Writes to $OUT.
+# Changes no GPU setting.
 set -u
 B=$PWD/.carry/bin
 OUT=${OUT:-/tmp/out}
