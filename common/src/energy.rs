@@ -1551,6 +1551,29 @@ mod tests {
             out
         }
 
+        /// The window with its 350 ms quiet spans, and the worker's reads over them.
+        fn quiet_window(&self, rng: &mut XorShift) -> (Window, Vec<CounterSample>) {
+            let lead = Quiet {
+                from_ns: self.t0 - 350 * MS,
+                to_ns: self.t0,
+            };
+            let tail = Quiet {
+                from_ns: self.t1,
+                to_ns: self.t1 + 350 * MS,
+            };
+            let counter = self.reads(
+                &[(lead.from_ns, lead.to_ns), (tail.from_ns, tail.to_ns)],
+                rng,
+            );
+            let w = Window {
+                t0: self.t0,
+                t1: self.t1,
+                quiet_before: Some(lead),
+                quiet_after: Some(tail),
+            };
+            (w, counter)
+        }
+
         fn power_samples(&self) -> Vec<PowerSample> {
             // 20 Hz, a moving average over the last second (Hopper's lagging sensor).
             (0..((self.t1 + self.quiet_ns + 3 * S) / (50 * MS)))
@@ -1589,24 +1612,7 @@ mod tests {
                 quiet_ns: 350 * MS,
             };
             let truth = run.energy(run.t1) - run.energy(run.t0);
-            let lead = Quiet {
-                from_ns: t0 - 350 * MS,
-                to_ns: t0,
-            };
-            let tail = Quiet {
-                from_ns: run.t1,
-                to_ns: run.t1 + 350 * MS,
-            };
-            let counter = run.reads(
-                &[(lead.from_ns, lead.to_ns), (tail.from_ns, tail.to_ns)],
-                &mut rng,
-            );
-            let w = Window {
-                t0,
-                t1: run.t1,
-                quiet_before: Some(lead),
-                quiet_after: Some(tail),
-            };
+            let (w, counter) = run.quiet_window(&mut rng);
             let e = window_energy_in(&run.power_samples(), &counter, &w).unwrap();
             assert_eq!(e.edge_rule, Some(EdgeRule::Quiet), "{e:?}");
             let err = (e.energy_j - truth) / truth * 100.0;
@@ -1695,24 +1701,7 @@ mod tests {
             quiet_ns: 350 * MS,
         };
         let truth = run.energy(run.t1) - run.energy(run.t0);
-        let lead = Quiet {
-            from_ns: run.t0 - 350 * MS,
-            to_ns: run.t0,
-        };
-        let tail = Quiet {
-            from_ns: run.t1,
-            to_ns: run.t1 + 350 * MS,
-        };
-        let counter = run.reads(
-            &[(lead.from_ns, lead.to_ns), (tail.from_ns, tail.to_ns)],
-            &mut rng,
-        );
-        let w = Window {
-            t0: run.t0,
-            t1: run.t1,
-            quiet_before: Some(lead),
-            quiet_after: Some(tail),
-        };
+        let (w, counter) = run.quiet_window(&mut rng);
         let e = window_energy_in(&run.power_samples(), &counter, &w).unwrap();
         assert_eq!(e.method, EnergyMethod::CounterInterpolated);
         assert!(!e.short_window, "{e:?}");
