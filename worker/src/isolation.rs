@@ -58,6 +58,15 @@ pub fn own_pids(harness: Option<u32>) -> BTreeSet<u32> {
     own
 }
 
+/// The worker's own pids while the slot's harness runs as `harness` (its server and
+/// everything it started, as [`crate::harness_runtime::HarnessRuntime::own_pids`]
+/// lists them): with the worker itself.
+pub fn own_set(harness: &[u32]) -> BTreeSet<u32> {
+    let mut own = BTreeSet::from([std::process::id()]);
+    own.extend(harness.iter().copied());
+    own
+}
+
 /// The worker and every process descended from it (all its harness servers): a
 /// dynamic pool's own processes before a run is bound to GPUs (an idle harness kept
 /// warm on a GPU is the worker's, and a run on that GPU stops or reuses it).

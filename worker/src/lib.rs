@@ -14,6 +14,7 @@ pub mod clock;
 pub mod env;
 pub mod frame;
 pub mod gpu_claim;
+pub mod harness_runtime;
 pub mod isolation;
 pub mod join;
 pub mod journal;
@@ -35,8 +36,8 @@ use lem_common::rpc::{RegisterRequest, RpcErrorKind, SlotInfo};
 use lem_common::types::{EngineCapability, WorkerId, KNOWN_ENGINES};
 use tokio::sync::watch;
 
+use crate::harness_runtime::{HarnessFactory, HarnessRuntime};
 use crate::pool::{group_snapshot, DynPool, PoolGpu};
-use crate::runtime::ProcessHarness;
 use crate::slot::Slot;
 use crate::telemetry::{LoadSink, Sampler, SimulatedGpu};
 use crate::transport::Endpoint;
@@ -180,7 +181,7 @@ async fn check_admission(endpoint: &Endpoint, register: &RegisterRequest) -> any
 struct Planned {
     index: u32,
     group: Vec<u32>,
-    harness: ProcessHarness,
+    harness: Box<dyn HarnessRuntime>,
     samplers: Vec<Arc<telemetry::Sampler>>,
     loads: Vec<Arc<dyn LoadSink>>,
     snapshots: Vec<serde_json::Value>,
@@ -311,6 +312,10 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
     let (endpoint, worker) = endpoint_and_name(&cfg)?;
     let py_version = runtime::check_python(&cfg.python).await?;
     let server_py = runtime::install_harness(&cfg.data_dir.join("harness"))?;
+    let factory: Arc<dyn HarnessFactory> = Arc::new(runtime::ProcessFactory {
+        python: cfg.python.clone(),
+        server_py: server_py.clone(),
+    });
     let host = hostname();
 
     let mut slots = Vec::new();
@@ -339,14 +344,14 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
         } else {
             vec![]
         };
-        let mut harness = ProcessHarness::new(&cfg.python, server_py.clone(), &dir, index, gpu_env);
-        harness.ensure_started().await.with_context(|| {
+        let mut harness = factory.make(&dir, index, group, gpu_env);
+        let pong = harness.ensure_started().await.with_context(|| {
             format!(
                 "slot {index}: harness did not start (log: {})",
                 harness.log_path().display()
             )
         })?;
-        engines.get_or_insert_with(|| harness.engines.clone());
+        engines.get_or_insert_with(|| pong.engines.clone());
         slot_infos.push(SlotInfo {
             index,
             gpu_name: samplers[0].description.name.clone(),
@@ -431,8 +436,7 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
         });
         let pool = Arc::new(DynPool::new(
             gpus.collect(),
-            &cfg.python,
-            server_py.clone(),
+            factory.clone(),
             &cfg.data_dir,
             nvml.is_some(),
             host_env.clone(),

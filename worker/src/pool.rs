@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use crate::clock::mono_ns;
 use crate::env::Environment;
-use crate::runtime::ProcessHarness;
+use crate::harness_runtime::{HarnessFactory, HarnessRuntime};
 use crate::slot::CachedBaseline;
 use crate::telemetry::{FanOutLoad, LoadSink, Sampler};
 
@@ -37,7 +37,7 @@ pub struct PoolGpu {
 pub struct Shelved {
     pub gpus: Vec<u32>,
     pub model: Option<String>,
-    pub harness: ProcessHarness,
+    pub harness: Box<dyn HarnessRuntime>,
 }
 
 /// What runs on one device set measured, kept for the next run on the same set.
@@ -66,8 +66,7 @@ pub struct DynPool {
     sets: Mutex<HashMap<Vec<u32>, SetState>>,
     /// Per GPU: when its last run ended, and that run's gap.
     last_end: Mutex<HashMap<u32, (tokio::time::Instant, f64)>>,
-    python: String,
-    server_py: PathBuf,
+    factory: Arc<dyn HarnessFactory>,
     data_dir: PathBuf,
     /// Real GPUs: each harness gets `CUDA_VISIBLE_DEVICES` of its set.
     real_gpus: bool,
@@ -93,8 +92,7 @@ pub fn group_snapshot(snapshots: &[serde_json::Value]) -> serde_json::Value {
 impl DynPool {
     pub fn new(
         gpus: Vec<PoolGpu>,
-        python: &str,
-        server_py: PathBuf,
+        factory: Arc<dyn HarnessFactory>,
         data_dir: &Path,
         real_gpus: bool,
         host_env: serde_json::Value,
@@ -108,8 +106,7 @@ impl DynPool {
             shelf: tokio::sync::Mutex::new(Vec::new()),
             sets: Mutex::new(HashMap::new()),
             last_end: Mutex::new(HashMap::new()),
-            python: python.to_string(),
-            server_py,
+            factory,
             data_dir: data_dir.to_path_buf(),
             real_gpus,
             host_env,
@@ -122,7 +119,7 @@ impl DynPool {
     }
 
     /// A harness for `gpus`, not started (the run starts it).
-    pub fn new_harness(&self, gpus: &[u32]) -> ProcessHarness {
+    pub fn new_harness(&self, gpus: &[u32]) -> Box<dyn HarnessRuntime> {
         let env = if self.real_gpus {
             crate::harness_gpu_env(gpus)
         } else {
@@ -132,22 +129,16 @@ impl DynPool {
         if let Err(e) = std::fs::create_dir_all(&dir) {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot create the harness directory");
         }
-        ProcessHarness::new(
-            &self.python,
-            self.server_py.clone(),
-            &dir,
-            gpus.first().copied().unwrap_or(0),
-            env,
-        )
+        self.factory
+            .make(&dir, gpus.first().copied().unwrap_or(0), gpus, env)
     }
 
     /// What a lane holds while it has no run: a harness never started.
-    pub fn placeholder_harness(&self, lane: u32) -> ProcessHarness {
-        ProcessHarness::new(
-            &self.python,
-            self.server_py.clone(),
+    pub fn placeholder_harness(&self, lane: u32) -> Box<dyn HarnessRuntime> {
+        self.factory.make(
             &self.data_dir.join(format!("lane-{lane}")),
             lane,
+            &[],
             vec![],
         )
     }
@@ -219,7 +210,7 @@ impl DynPool {
     /// or a new one. Idle harnesses that see any of these GPUs are stopped (they
     /// would hold memory and a CUDA context on the run's GPUs, and the device
     /// baseline must see none of ours).
-    pub async fn take_harness(&self, gpus: &[u32]) -> ProcessHarness {
+    pub async fn take_harness(&self, gpus: &[u32]) -> Box<dyn HarnessRuntime> {
         let mut shelf = self.shelf.lock().await;
         let mut exact = None;
         let mut evicted = Vec::new();
@@ -242,7 +233,12 @@ impl DynPool {
 
     /// Keeps an idle harness warm for the next run on the same GPUs (one that is
     /// not running is dropped).
-    pub async fn shelve(&self, gpus: &[u32], model: Option<String>, mut harness: ProcessHarness) {
+    pub async fn shelve(
+        &self,
+        gpus: &[u32],
+        model: Option<String>,
+        mut harness: Box<dyn HarnessRuntime>,
+    ) {
         if !harness.is_running() {
             return;
         }

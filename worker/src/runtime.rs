@@ -11,7 +11,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
+use futures::future::BoxFuture;
 use lem_common::harness::HarnessEvent;
+
+use crate::harness_runtime::{EventSink, HarnessFactory, HarnessRuntime, Pong};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
@@ -405,6 +408,92 @@ impl Drop for ProcessHarness {
                 }
             }
         }
+    }
+}
+
+impl HarnessRuntime for ProcessHarness {
+    fn kind(&self) -> &'static str {
+        "process"
+    }
+
+    fn ensure_started(&mut self) -> BoxFuture<'_, Result<Pong, HarnessError>> {
+        Box::pin(async move {
+            let body = ProcessHarness::ensure_started(self).await?;
+            Ok(Pong {
+                engines: self.engines.clone(),
+                body,
+            })
+        })
+    }
+
+    fn run<'a>(
+        &'a mut self,
+        request_line: &'a str,
+        timeout: Duration,
+        cancel: BoxFuture<'a, String>,
+        on_event: EventSink<'a>,
+    ) -> BoxFuture<'a, Result<(), HarnessError>> {
+        Box::pin(ProcessHarness::run(
+            self,
+            request_line,
+            timeout,
+            cancel,
+            on_event,
+        ))
+    }
+
+    fn stop(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(ProcessHarness::stop(self))
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.alive()
+    }
+
+    fn own_pids(&mut self) -> Vec<u32> {
+        match self.pid() {
+            Some(pid) => crate::isolation::own_pids(Some(pid))
+                .into_iter()
+                .filter(|p| *p != std::process::id())
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    fn dataset_path(&self, source: &str) -> PathBuf {
+        ProcessHarness::dataset_path(self, source)
+    }
+
+    fn engines(&self) -> &[String] {
+        &self.engines
+    }
+
+    fn log_path(&self) -> &Path {
+        &self.log
+    }
+}
+
+/// Makes [`ProcessHarness`]es: `lem-worker --runtime process`.
+pub struct ProcessFactory {
+    pub python: String,
+    pub server_py: PathBuf,
+}
+
+impl HarnessFactory for ProcessFactory {
+    fn make(
+        &self,
+        dir: &Path,
+        slot: u32,
+        _gpus: &[u32],
+        gpu_env: Vec<(String, String)>,
+    ) -> Box<dyn HarnessRuntime> {
+        Box::new(ProcessHarness::new(
+            &self.python,
+            self.server_py.clone(),
+            dir,
+            slot,
+            gpu_env,
+        ))
     }
 }
 

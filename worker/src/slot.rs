@@ -39,10 +39,10 @@ use tokio::sync::watch;
 
 use crate::clock::{mono_ns, unix_ms};
 use crate::env::Environment;
+use crate::harness_runtime::HarnessRuntime;
 use crate::isolation;
 use crate::journal::{Journal, JournalLease, Report};
 use crate::pool::{DynPool, SetState};
-use crate::runtime::ProcessHarness;
 use crate::telemetry::{power_samples, LoadSink, Sampler};
 use crate::transport;
 
@@ -89,7 +89,7 @@ pub struct Slot {
     pub host: String,
     pub coordinator: transport::Endpoint,
     pub register: RegisterRequest,
-    pub harness: ProcessHarness,
+    pub harness: Box<dyn HarnessRuntime>,
     /// The GPU indices of this slot (its group), and one sampler per GPU, in order.
     /// In a dynamic pool: those of the run in progress.
     pub gpus: Vec<u32>,
@@ -244,7 +244,7 @@ impl Slot {
         host: String,
         coordinator: transport::Endpoint,
         register: RegisterRequest,
-        harness: ProcessHarness,
+        harness: Box<dyn HarnessRuntime>,
         gpus: Vec<u32>,
         samplers: Vec<Arc<Sampler>>,
         load: Arc<dyn LoadSink>,
@@ -545,9 +545,9 @@ impl Slot {
             return true;
         }
         loop {
-            let own = self.harness.pid();
+            let own = self.harness.own_pids();
             let foreign = foreign_now(self.samplers.clone(), self.gpus.clone(), move || {
-                isolation::own_pids(own)
+                isolation::own_set(&own)
             })
             .await;
             if foreign.is_empty() {
@@ -625,12 +625,12 @@ impl Slot {
         at: CheckPoint,
         log: &mut IsolationLog,
     ) -> Result<bool, Failure> {
-        let harness = self.harness.pid();
+        let harness = self.harness.own_pids();
         let (samplers, gpus) = (self.samplers.clone(), self.gpus.clone());
         let listed = tokio::task::spawn_blocking(move || {
             (
                 isolation::list(&samplers, &gpus),
-                isolation::own_pids(harness),
+                isolation::own_set(&harness),
             )
         })
         .await;
@@ -1370,7 +1370,7 @@ impl Slot {
         };
         let res = self
             .harness
-            .run(&request, RUN_TIMEOUT, cancel_fut, |ev| {
+            .run(&request, RUN_TIMEOUT, Box::pin(cancel_fut), &mut |ev| {
                 match ev.event.as_str() {
                     "phase" => load.on_phase(
                         ev.str_field("phase").unwrap_or("idle"),
