@@ -28,6 +28,26 @@ pub struct Pong {
     pub body: serde_json::Value,
 }
 
+/// The study's limits on one run (llem's `study_execution`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RunLimits {
+    /// The whole run, from the request to its last event
+    /// (`experiment_timeout_seconds`, llem's default 600 s).
+    pub timeout: Duration,
+    /// Longest gap between two of the harness's events (`stdout_silence_timeout_seconds`,
+    /// llem's default 300 s); `None` = no watchdog (llem's 0).
+    pub silence: Option<Duration>,
+}
+
+impl Default for RunLimits {
+    fn default() -> Self {
+        RunLimits {
+            timeout: Duration::from_secs(600),
+            silence: Some(Duration::from_secs(300)),
+        }
+    }
+}
+
 /// Called with every event of a run, in order.
 pub type EventSink<'a> = &'a mut (dyn FnMut(&HarnessEvent) + Send);
 
@@ -41,13 +61,14 @@ pub trait HarnessRuntime: Send + Sync {
     fn ensure_started(&mut self) -> BoxFuture<'_, Result<Pong, HarnessError>>;
 
     /// Runs one request line and streams its events to `on_event` until `result` or
-    /// `error`. `timeout` bounds the whole run; `cancel` resolving (with the reason)
-    /// stops it. A run that breaks off leaves the server stopped, so the next run
-    /// starts a fresh one.
+    /// `error`. `limits` bound the whole run and the silence between events
+    /// ([`HarnessError::Timeout`], [`HarnessError::Silent`]); `cancel` resolving (with
+    /// the reason) stops it. A run that breaks off leaves the server stopped, so the
+    /// next run starts a fresh one.
     fn run<'a>(
         &'a mut self,
         request_line: &'a str,
-        timeout: Duration,
+        limits: RunLimits,
         cancel: BoxFuture<'a, String>,
         on_event: EventSink<'a>,
     ) -> BoxFuture<'a, Result<(), HarnessError>>;

@@ -14,7 +14,7 @@ use anyhow::{anyhow, Context as _};
 use futures::future::BoxFuture;
 use lem_common::harness::HarnessEvent;
 
-use crate::harness_runtime::{EventSink, HarnessFactory, HarnessRuntime, Pong};
+use crate::harness_runtime::{EventSink, HarnessFactory, HarnessRuntime, Pong, RunLimits};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
@@ -58,6 +58,10 @@ pub enum HarnessError {
     Eof { log: String },
     #[error("run exceeded its timeout of {0:.0} s (study_execution.experiment_timeout_seconds)")]
     Timeout(f64),
+    #[error(
+        "the harness sent nothing for {0:.0} s (study_execution.stdout_silence_timeout_seconds)"
+    )]
+    Silent(f64),
     #[error("run stopped: {0}")]
     Cancelled(String),
 }
@@ -281,7 +285,7 @@ impl ProcessHarness {
     async fn request_raw(
         &self,
         line: &str,
-        timeout: Option<Duration>,
+        limits: Option<RunLimits>,
         mut on_event: impl FnMut(&HarnessEvent),
     ) -> Result<(), HarnessError> {
         let mut stream = UnixStream::connect(&self.socket)
@@ -292,12 +296,18 @@ impl ProcessHarness {
             .await
             .map_err(|e| HarnessError::Io(e.to_string()))?;
         let mut lines = BufReader::new(stream).lines();
+        let silence = limits.and_then(|l| l.silence);
         let read_all = async {
-            while let Some(l) = lines
-                .next_line()
-                .await
-                .map_err(|e| HarnessError::Io(e.to_string()))?
-            {
+            loop {
+                let next = match silence {
+                    Some(s) => tokio::time::timeout(s, lines.next_line())
+                        .await
+                        .map_err(|_| HarnessError::Silent(s.as_secs_f64()))?,
+                    None => lines.next_line().await,
+                };
+                let Some(l) = next.map_err(|e| HarnessError::Io(e.to_string()))? else {
+                    break;
+                };
                 if l.trim().is_empty() {
                     continue;
                 }
@@ -306,10 +316,10 @@ impl ProcessHarness {
             }
             Ok::<(), HarnessError>(())
         };
-        match timeout {
-            Some(t) => tokio::time::timeout(t, read_all)
+        match limits {
+            Some(l) => tokio::time::timeout(l.timeout, read_all)
                 .await
-                .map_err(|_| HarnessError::Timeout(t.as_secs_f64()))?,
+                .map_err(|_| HarnessError::Timeout(l.timeout.as_secs_f64()))?,
             None => read_all.await,
         }
     }
@@ -320,14 +330,14 @@ impl ProcessHarness {
     pub async fn run(
         &mut self,
         request_line: &str,
-        timeout: Duration,
+        limits: RunLimits,
         cancel: impl std::future::Future<Output = String>,
         mut on_event: impl FnMut(&HarnessEvent),
     ) -> Result<(), HarnessError> {
         self.ensure_started().await?;
         let mut finished = false;
         let outcome = {
-            let fut = self.request_raw(request_line, Some(timeout), |e| {
+            let fut = self.request_raw(request_line, Some(limits), |e| {
                 if e.event == "result" || e.event == "error" {
                     finished = true;
                 }
@@ -429,14 +439,14 @@ impl HarnessRuntime for ProcessHarness {
     fn run<'a>(
         &'a mut self,
         request_line: &'a str,
-        timeout: Duration,
+        limits: RunLimits,
         cancel: BoxFuture<'a, String>,
         on_event: EventSink<'a>,
     ) -> BoxFuture<'a, Result<(), HarnessError>> {
         Box::pin(ProcessHarness::run(
             self,
             request_line,
-            timeout,
+            limits,
             cancel,
             on_event,
         ))

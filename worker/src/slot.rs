@@ -39,7 +39,7 @@ use tokio::sync::watch;
 
 use crate::clock::{mono_ns, unix_ms};
 use crate::env::Environment;
-use crate::harness_runtime::HarnessRuntime;
+use crate::harness_runtime::{HarnessRuntime, RunLimits};
 use crate::isolation;
 use crate::journal::{Journal, JournalLease, Report};
 use crate::pool::{DynPool, SetState};
@@ -59,8 +59,6 @@ const COUNTER_BURST: Duration = Duration::from_millis(300);
 const TIMESERIES_POINTS: usize = 240;
 /// How often a slot whose journal failed tries writing it again.
 const JOURNAL_PROBE_INTERVAL: Duration = Duration::from_secs(10);
-/// Default per-run timeout (llem's `experiment_timeout_seconds` default).
-const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 /// Under `--device-isolation refuse`, how often a slot whose GPUs another process
 /// holds lists them again before leasing.
 const UNSHARED_RECHECK: Duration = Duration::from_secs(2);
@@ -1370,39 +1368,44 @@ impl Slot {
         };
         let res = self
             .harness
-            .run(&request, RUN_TIMEOUT, Box::pin(cancel_fut), &mut |ev| {
-                match ev.event.as_str() {
-                    "phase" => load.on_phase(
-                        ev.str_field("phase").unwrap_or("idle"),
-                        ev.u64_field("batch_size").unwrap_or(1) as u32,
-                        ev.t_mono_ns,
-                    ),
-                    "loaded" => load.on_resident(true, ev.t_mono_ns),
-                    "quiet_start" => {
-                        for s in samplers {
-                            s.counter_burst(quiet_burst);
+            .run(
+                &request,
+                RunLimits::default(),
+                Box::pin(cancel_fut),
+                &mut |ev| {
+                    match ev.event.as_str() {
+                        "phase" => load.on_phase(
+                            ev.str_field("phase").unwrap_or("idle"),
+                            ev.u64_field("batch_size").unwrap_or(1) as u32,
+                            ev.t_mono_ns,
+                        ),
+                        "loaded" => load.on_resident(true, ev.t_mono_ns),
+                        "quiet_start" => {
+                            for s in samplers {
+                                s.counter_burst(quiet_burst);
+                            }
                         }
-                    }
-                    "quiet_end" => {
-                        for s in samplers {
-                            s.counter_burst_stop();
+                        "quiet_end" => {
+                            for s in samplers {
+                                s.counter_burst_stop();
+                            }
                         }
-                    }
-                    "measure_start"
-                    | "measure_end"
-                    | "prefill_window_start"
-                    | "prefill_window_end"
-                        if !quiet =>
-                    {
-                        for s in samplers {
-                            s.counter_burst(COUNTER_BURST);
+                        "measure_start"
+                        | "measure_end"
+                        | "prefill_window_start"
+                        | "prefill_window_end"
+                            if !quiet =>
+                        {
+                            for s in samplers {
+                                s.counter_burst(COUNTER_BURST);
+                            }
                         }
+                        "error" | "result" => load.on_phase("idle", 1, ev.t_mono_ns),
+                        _ => {}
                     }
-                    "error" | "result" => load.on_phase("idle", 1, ev.t_mono_ns),
-                    _ => {}
-                }
-                transcript.handle_event(ev);
-            })
+                    transcript.handle_event(ev);
+                },
+            )
             .await;
         self.load.on_phase("idle", 1, mono_ns());
         if let Err(e) = res {
