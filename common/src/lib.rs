@@ -15,6 +15,7 @@ pub mod lease;
 pub mod pyjson;
 pub mod quality;
 pub mod rpc;
+pub mod run;
 pub mod simgpu;
 pub mod stats;
 pub mod study;

@@ -21,7 +21,6 @@ use tokio::sync::watch;
 use crate::clock::mono_ns;
 use crate::env::Environment;
 use crate::harness_runtime::{HarnessFactory, HarnessRuntime};
-use crate::slot::CachedBaseline;
 use crate::telemetry::{FanOutLoad, LoadSink, Sampler};
 
 /// One GPU of the pool, with what measures it.
@@ -41,12 +40,7 @@ pub struct Shelved {
 }
 
 /// What runs on one device set measured, kept for the next run on the same set.
-#[derive(Default)]
-pub struct SetState {
-    pub baseline: Option<CachedBaseline>,
-    pub resident: Option<(String, CachedBaseline)>,
-    pub runs_since_check: u32,
-}
+pub type SetState = lem_common::run::baseline::BaselineCache;
 
 /// The state a dynamic worker's lanes share.
 pub struct DynPool {
@@ -198,7 +192,7 @@ impl DynPool {
             .lock()
             .expect("sets lock")
             .iter()
-            .filter(|(_, st)| st.baseline.is_some())
+            .filter(|(_, st)| st.device.is_some())
             .map(|(set, _)| set.clone())
             .collect();
         measured.sort();

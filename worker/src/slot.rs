@@ -18,21 +18,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::anyhow;
-use lem_common::energy::{adjusted_energy, sum_windows, window_energy_in, EnergyMethod, Window};
+use lem_common::energy::Window;
 use lem_common::gpus::choose_gpus;
-use lem_common::harness::{run_request_line, RunOutcome, RunRequest, RunTranscript};
-use lem_common::isolation::{
-    decide, describe_processes, foreign_processes, merge, shared_warnings, CheckPoint,
-    IsolationPolicy, Verdict,
-};
+use lem_common::isolation::{describe_processes, foreign_processes, CheckPoint, IsolationPolicy};
 use lem_common::rpc::{
     CompleteRequest, CompleteStatus, CoordinatorClient, FailRequest, LeaseGrant, LeaseReply,
     LeaseRequest, RegisterRequest, RenewRequest, RpcError, RpcErrorKind,
 };
+use lem_common::run::baseline::{BaselineCache, GpuIdle, Idle};
+use lem_common::run::window::metrics_versions;
+use lem_common::run::{
+    Collected, Command, Effect, Failure, GpuCollected, Input, Leased, RunLifecycle, Settings, Where,
+};
 use lem_common::stats;
 use lem_common::thermal::{self, GateDecision, GatePolicy, GateReason};
 use lem_common::types::{
-    format_utc_ms, BaselineRecord, FailureClass, ForeignProcess, GpuFigures, RunResult, WorkerId,
+    format_utc_ms, BaselineRecord, FailureClass, ForeignProcess, RunResult, WorkerId,
 };
 use lem_common::Value;
 use tokio::sync::watch;
@@ -42,8 +43,8 @@ use crate::env::Environment;
 use crate::harness_runtime::{HarnessRuntime, RunLimits};
 use crate::isolation;
 use crate::journal::{Journal, JournalLease, Report};
-use crate::pool::{DynPool, SetState};
-use crate::telemetry::{power_samples, LoadSink, Sampler};
+use crate::pool::DynPool;
+use crate::telemetry::{LoadSink, Sampler};
 use crate::transport;
 
 /// How long one lease call may wait for work.
@@ -52,11 +53,6 @@ const LEASE_WAIT_MS: u64 = 20_000;
 const SETTLE_STD_W: f64 = 1.0;
 const SETTLE_DRIFT_W: f64 = 0.5;
 const SETTLE_MAX: Duration = Duration::from_secs(90);
-/// How long the energy counter is read back to back after each window edge: long
-/// enough to see two of its ~100 ms updates.
-const COUNTER_BURST: Duration = Duration::from_millis(300);
-/// Points kept in a result's timeseries (bucket means over the window).
-const TIMESERIES_POINTS: usize = 240;
 /// How often a slot whose journal failed tries writing it again.
 const JOURNAL_PROBE_INTERVAL: Duration = Duration::from_secs(10);
 /// Under `--device-isolation refuse`, how often a slot whose GPUs another process
@@ -111,12 +107,10 @@ pub struct Slot {
     /// When the slot last logged that it is not leasing because another process
     /// holds its GPUs (logged once a minute).
     isolation_logged: Option<tokio::time::Instant>,
-    baseline: Option<CachedBaseline>,
-    /// Resident idle per model key, with the time it was measured.
-    resident: Option<(String, CachedBaseline)>,
+    /// The idle baselines measured on this slot's GPUs, kept for the next runs (the
+    /// run lifecycle decides when they are reused).
+    cache: BaselineCache,
     client: Option<CoordinatorClient>,
-    /// Runs since the last baseline check (for llem's `validated` strategy).
-    runs_since_check: u32,
     /// The worker's journal (shared by its slots).
     journal: Arc<Journal>,
     /// The last journal write failed: lease nothing until a probe write succeeds.
@@ -132,84 +126,6 @@ pub struct Slot {
     /// The worker's stop request, once the lease loop runs: a report the coordinator
     /// cannot take is left in the journal instead of holding up the stop.
     stopping: Option<watch::Receiver<bool>>,
-}
-
-/// A measured idle baseline, reused while the run's strategy allows.
-pub struct CachedBaseline {
-    /// The slot's baseline: power summed over its GPUs, the hottest GPU's temperature.
-    record: BaselineRecord,
-    /// Each GPU's share, in slot order.
-    per_gpu: Vec<GpuIdle>,
-    measured_mono_ns: u64,
-}
-
-/// A baseline as a run uses it: the slot's record and each GPU's share, in slot order.
-type RunBaseline = (BaselineRecord, Vec<GpuIdle>);
-
-/// A run's failure: its class and message.
-type Failure = (FailureClass, String);
-
-/// What a run's device isolation checks found: the other processes seen on its GPUs
-/// (`warn`), GPUs that could not be listed, and other notes for its warnings.
-#[derive(Debug, Default)]
-struct IsolationLog {
-    foreign: Vec<ForeignProcess>,
-    errors: std::collections::BTreeSet<String>,
-    notes: Vec<String>,
-}
-
-impl IsolationLog {
-    fn warnings(&self) -> Vec<String> {
-        let mut out = shared_warnings(&self.foreign);
-        out.extend(self.notes.iter().cloned());
-        out.extend(
-            self.errors
-                .iter()
-                .map(|e| format!("device isolation not checked on {e}")),
-        );
-        out
-    }
-}
-
-/// One GPU's idle power and temperature.
-#[derive(Clone, Copy, Debug)]
-struct GpuIdle {
-    power_w: f64,
-    temp_c: f64,
-}
-
-/// The llem `measurement.baseline` settings of a run.
-struct BaselineSettings {
-    enabled: bool,
-    duration_s: f64,
-    strategy: String,
-    cache_ttl_s: f64,
-    validation_interval: u32,
-    drift_threshold: f64,
-}
-
-impl BaselineSettings {
-    fn from_config(config: &Value) -> Self {
-        let g = |k: &str| config.get_path(&format!("measurement.baseline.{k}"));
-        BaselineSettings {
-            enabled: g("enabled").and_then(Value::as_bool).unwrap_or(true),
-            duration_s: g("duration_seconds")
-                .and_then(Value::as_f64)
-                .unwrap_or(30.0),
-            strategy: g("strategy")
-                .and_then(Value::as_str)
-                .unwrap_or("validated")
-                .to_string(),
-            cache_ttl_s: g("cache_ttl_seconds")
-                .and_then(Value::as_f64)
-                .unwrap_or(7200.0),
-            validation_interval: g("validation_interval")
-                .and_then(Value::as_i64)
-                .unwrap_or(5)
-                .max(1) as u32,
-            drift_threshold: g("drift_threshold").and_then(Value::as_f64).unwrap_or(0.1),
-        }
-    }
 }
 
 fn ctx_with(timeout: Duration) -> tarpc::context::Context {
@@ -269,10 +185,8 @@ impl Slot {
             pool: None,
             isolation: IsolationPolicy::Warn,
             isolation_logged: None,
-            baseline: None,
-            resident: None,
+            cache: BaselineCache::default(),
             client: None,
-            runs_since_check: 0,
             journal,
             journal_broken: false,
             last_run: None,
@@ -614,52 +528,6 @@ impl Slot {
         );
     }
 
-    /// Lists the processes on the run's GPUs at `at` and applies the slot's policy:
-    /// `Ok(true)` when another process holds one (`warn`: recorded in `log`),
-    /// `Ok(false)` when none does (GPUs that could not be listed are noted in `log`),
-    /// and under `refuse` the run's retryable failure, naming them.
-    async fn isolation_check(
-        &mut self,
-        at: CheckPoint,
-        log: &mut IsolationLog,
-    ) -> Result<bool, Failure> {
-        let harness = self.harness.own_pids();
-        let (samplers, gpus) = (self.samplers.clone(), self.gpus.clone());
-        let listed = tokio::task::spawn_blocking(move || {
-            (
-                isolation::list(&samplers, &gpus),
-                isolation::own_set(&harness),
-            )
-        })
-        .await;
-        let (listing, own) = match listed {
-            Ok(l) => l,
-            Err(e) => {
-                log.errors
-                    .insert(format!("the slot's GPUs: the listing failed ({e})"));
-                return Ok(false);
-            }
-        };
-        log.errors.extend(listing.errors);
-        match decide(&listing.processes, &own, at, self.isolation) {
-            Verdict::Clean => Ok(false),
-            Verdict::Shared(foreign) => {
-                tracing::warn!(
-                    slot = self.index,
-                    seen = at.seen(),
-                    processes = %describe_processes(&foreign),
-                    "a measured GPU is shared with other processes; the result is flagged"
-                );
-                merge(&mut log.foreign, &foreign);
-                Ok(true)
-            }
-            Verdict::Refuse { message, .. } => {
-                tracing::warn!(slot = self.index, %message, "refusing to measure");
-                Err((FailureClass::Infrastructure, message))
-            }
-        }
-    }
-
     /// A grant for more GPUs than the lane reserved (a coordinator bug): handed back
     /// without being started.
     async fn refuse_grant(&mut self, client: &CoordinatorClient, grant: LeaseGrant, free: usize) {
@@ -687,10 +555,7 @@ impl Slot {
         self.samplers = pool.samplers_of(gpus);
         self.load = pool.load_of(gpus);
         self.environment = pool.environment_of(gpus);
-        let state = pool.take_state(gpus);
-        self.baseline = state.baseline;
-        self.resident = state.resident;
-        self.runs_since_check = state.runs_since_check;
+        self.cache = pool.take_state(gpus);
         self.last_run = pool.last_run_of(gpus);
         self.pre_gate = None;
     }
@@ -701,14 +566,7 @@ impl Slot {
         let gpus = std::mem::take(&mut self.gpus);
         let harness = std::mem::replace(&mut self.harness, pool.placeholder_harness(self.index));
         pool.shelve(&gpus, Some(model), harness).await;
-        pool.put_state(
-            &gpus,
-            SetState {
-                baseline: self.baseline.take(),
-                resident: self.resident.take(),
-                runs_since_check: self.runs_since_check,
-            },
-        );
+        pool.put_state(&gpus, std::mem::take(&mut self.cache));
         self.samplers.clear();
         pool.release(&gpus, self.last_run);
     }
@@ -988,9 +846,10 @@ impl Slot {
     fn idle_temps(&self) -> Vec<Option<f64>> {
         (0..self.samplers.len())
             .map(|i| {
-                self.baseline
+                self.cache
+                    .device
                     .as_ref()
-                    .and_then(|b| b.per_gpu.get(i))
+                    .and_then(|b| b.idle.per_gpu.get(i))
                     .map(|g| g.temp_c)
             })
             .collect()
@@ -1041,12 +900,7 @@ impl Slot {
     /// Measures idle power: waits until power is flat, then averages a window.
     /// On a multi-GPU slot every GPU must have settled; the record's power is the sum
     /// over the GPUs (their spreads added in quadrature), its temperature the hottest.
-    async fn measure_idle(
-        &self,
-        duration_s: f64,
-        kind: &str,
-        strategy: &str,
-    ) -> (BaselineRecord, Vec<GpuIdle>) {
+    async fn measure_idle(&self, duration_s: f64, kind: &str, strategy: &str) -> Idle {
         // Settled = the last 3 s are flat (spread under SETTLE_STD_W) and no lower than
         // the 3 s before them by more than SETTLE_DRIFT_W: NVML's power is a lagging
         // average on the H100, and after a CUDA context goes away the card keeps
@@ -1124,156 +978,7 @@ impl Slot {
             cache_age_s: 0.0,
             measured_at: format_utc_ms(unix_ms()),
         };
-        (record, per_gpu)
-    }
-
-    /// The device-idle baseline for this run (the slot's record and each GPU's
-    /// share), per llem's strategy: measured with no process of ours holding the GPUs
-    /// (the harness is stopped first), then reused while fresh. The GPUs' processes
-    /// are listed before and after each measurement: a baseline measured while
-    /// another process held a GPU is used for this run only and never cached (`warn`),
-    /// and under `refuse` the run fails instead. A `validated` spot check on a shared
-    /// GPU would say nothing: it waits for a later run and the cached value is used.
-    async fn baseline_for(
-        &mut self,
-        s: &BaselineSettings,
-        log: &mut IsolationLog,
-    ) -> Result<RunBaseline, Failure> {
-        let now = mono_ns();
-        let age_s = |b: &CachedBaseline| (now - b.measured_mono_ns) as f64 / 1e9;
-        let reuse = match (&self.baseline, s.strategy.as_str()) {
-            (Some(_), "fresh") | (None, _) => false,
-            (Some(b), _) => age_s(b) < s.cache_ttl_s,
-        };
-        if reuse && s.strategy == "validated" && self.runs_since_check >= s.validation_interval {
-            // Spot check: 5 s of device idle against the cached value.
-            self.stop_harness_for_baseline().await;
-            let mut spot_log = IsolationLog::default();
-            let mut shared = self
-                .isolation_check(CheckPoint::BeforeBaseline, &mut spot_log)
-                .await?;
-            if !shared {
-                let (spot, _) = self.measure_idle(5.0, "device", "validated").await;
-                shared = self
-                    .isolation_check(CheckPoint::AfterBaseline, &mut spot_log)
-                    .await?;
-                if !shared {
-                    self.runs_since_check = 0;
-                    let cached = self.baseline.as_ref().expect("reuse implies cached");
-                    let drift = (spot.mean_power_w - cached.record.mean_power_w).abs()
-                        / cached.record.mean_power_w.max(1e-9);
-                    if drift > s.drift_threshold {
-                        tracing::warn!(slot = self.index, drift, "baseline drifted; re-measuring");
-                        if let Some(run_only) = self.measure_device_idle(s, log).await? {
-                            return Ok(run_only);
-                        }
-                    }
-                }
-            }
-            log.errors.extend(spot_log.errors);
-            if shared {
-                log.notes.push(format!(
-                    "baseline spot check postponed: {}; the cached baseline (measured with no other process on the GPUs) was used",
-                    describe_processes(&spot_log.foreign)
-                ));
-            }
-        } else if !reuse {
-            self.stop_harness_for_baseline().await;
-            if let Some(run_only) = self.measure_device_idle(s, log).await? {
-                return Ok(run_only);
-            }
-        }
-        self.runs_since_check += 1;
-        let b = self.baseline.as_ref().expect("baseline set above");
-        let mut rec = b.record.clone();
-        rec.cache_age_s = (mono_ns() - b.measured_mono_ns) as f64 / 1e9;
-        rec.strategy = s.strategy.clone();
-        Ok((rec, b.per_gpu.clone()))
-    }
-
-    /// Measures the device idle (the harness already stopped) between two isolation
-    /// checks. With no other process on the GPUs it becomes the cached baseline and
-    /// `None` is returned; on a shared GPU (`warn`) it is returned for this run only
-    /// and the cache is left as it was.
-    async fn measure_device_idle(
-        &mut self,
-        s: &BaselineSettings,
-        log: &mut IsolationLog,
-    ) -> Result<Option<RunBaseline>, Failure> {
-        let before = self
-            .isolation_check(CheckPoint::BeforeBaseline, log)
-            .await?;
-        let (record, per_gpu) = self.measure_idle(s.duration_s, "device", &s.strategy).await;
-        let after = self.isolation_check(CheckPoint::AfterBaseline, log).await?;
-        if before || after {
-            return Ok(Some((record, per_gpu)));
-        }
-        self.baseline = Some(CachedBaseline {
-            record,
-            per_gpu,
-            measured_mono_ns: mono_ns(),
-        });
-        self.runs_since_check = 0;
-        Ok(None)
-    }
-
-    /// The resident idle for `model`: measured now (model loaded, after a run) unless
-    /// a fresh enough value for the same model is cached. Measured while another
-    /// process held a GPU (`warn`), it is used for this run only and never cached;
-    /// under `refuse` none is measured then (the run's own figures stand, and a
-    /// warning says why the resident figures are missing).
-    async fn resident_baseline_for(
-        &mut self,
-        s: &BaselineSettings,
-        model: &str,
-        log: &mut IsolationLog,
-    ) -> Option<RunBaseline> {
-        let now = mono_ns();
-        let fresh_enough = self.resident.as_ref().is_some_and(|(m, b)| {
-            m == model
-                && s.strategy != "fresh"
-                && ((now - b.measured_mono_ns) as f64 / 1e9) < s.cache_ttl_s
-        });
-        if !fresh_enough {
-            let before = match self
-                .isolation_check(CheckPoint::BeforeResidentBaseline, log)
-                .await
-            {
-                Ok(b) => b,
-                Err((_, message)) => {
-                    log.notes.push(message);
-                    return None;
-                }
-            };
-            let (record, per_gpu) = self
-                .measure_idle(s.duration_s, "resident", &s.strategy)
-                .await;
-            let after = match self
-                .isolation_check(CheckPoint::AfterResidentBaseline, log)
-                .await
-            {
-                Ok(a) => a,
-                Err((_, message)) => {
-                    log.notes.push(message);
-                    return None;
-                }
-            };
-            if before || after {
-                return Some((record, per_gpu));
-            }
-            self.resident = Some((
-                model.to_string(),
-                CachedBaseline {
-                    record,
-                    per_gpu,
-                    measured_mono_ns: mono_ns(),
-                },
-            ));
-        }
-        let (_, b) = self.resident.as_ref().expect("set above");
-        let mut rec = b.record.clone();
-        rec.cache_age_s = (mono_ns() - b.measured_mono_ns) as f64 / 1e9;
-        Some((rec, b.per_gpu.clone()))
+        Idle { record, per_gpu }
     }
 
     /// Device idle means no process of ours holds a CUDA context: unloading weights
@@ -1284,270 +989,189 @@ impl Slot {
         self.load.on_resident(false, mono_ns());
     }
 
-    /// Runs one experiment and measures it. Errors carry the failure class.
+    /// Runs one experiment and measures it: the driver of its [`RunLifecycle`], which
+    /// decides every step; this only carries the steps out. Errors carry the failure
+    /// class.
     async fn measure(
         &mut self,
         grant: &LeaseGrant,
         lease_mono: u64,
-        mut cancel: watch::Receiver<Option<String>>,
-    ) -> Result<RunResult, (FailureClass, String)> {
-        let config = lem_common::pyjson::parse(&grant.config_json).map_err(|e| {
-            (
-                FailureClass::Configuration,
-                format!("the coordinator sent a config that is not JSON: {e}"),
-            )
-        })?;
-        let mut warnings = Vec::new();
-        // What the device isolation checks find, before each baseline and around the
-        // window; under `refuse` a check that finds another process ends the run here.
-        let mut iso = IsolationLog::default();
-
-        // Baseline first (it may unload the model), then the thermal gate.
-        let bs = BaselineSettings::from_config(&config);
-        let (baseline, baseline_gpus) = if bs.enabled {
-            let (record, per_gpu) = self.baseline_for(&bs, &mut iso).await?;
-            (Some(record), Some(per_gpu))
-        } else {
-            warnings.push(
-                "measurement.baseline.enabled is false: energy_adjusted_j is not reported"
-                    .to_string(),
-            );
-            (None, None)
-        };
-        // The idle temperatures of the baseline this run uses (one measured for this
-        // run only, on a shared GPU, is not in the cache).
-        let idle_temps = match &baseline_gpus {
-            Some(per_gpu) => per_gpu.iter().map(|g| Some(g.temp_c)).collect(),
-            None => self.idle_temps(),
-        };
-        let gate = self.gate_after_lease(grant.gap_before_s, &idle_temps).await;
-        if gate.reason == GateReason::Timeout {
-            warnings.push(format!(
-                "thermal gate timed out after {:.0} s: the GPU was still cooling",
-                gate.waited_s
-            ));
-        }
-
-        // The run itself.
-        let source = config
-            .get_path("task.dataset.source")
-            .and_then(Value::as_str)
-            .unwrap_or("aienergyscore");
-        let dataset_path = self.harness.dataset_path(source);
-        let run_id = grant.run.to_string();
-        let dataset = dataset_path.to_string_lossy();
-        let request = run_request_line(&RunRequest {
-            run_id: &run_id,
-            config_json: &grant.config_json,
-            dataset_path: &dataset,
-            prefill_window_seconds: self.prefill_window_s,
-            quiet_seconds: self.quiet_s,
-            per_token_timing: self.per_token_timing,
-            force_cold_start: false,
-        });
-        // With quiet spans, the counter is read back to back over each span and never
-        // inside a window; without, in a burst from each window edge.
-        let quiet_burst = Duration::from_secs_f64(self.quiet_s + 0.1);
-        let quiet = self.quiet_s > 0.0;
-        // The last look at the GPUs before the run goes to the harness.
-        self.isolation_check(CheckPoint::BeforeWindow, &mut iso)
-            .await?;
-        let started_ms = unix_ms();
-        let mut transcript = RunTranscript::default();
-        let load = self.load.clone();
-        let samplers = &self.samplers;
-        let cancel_fut = async move {
-            loop {
-                if let Some(why) = cancel.borrow().clone() {
-                    return why;
-                }
-                if cancel.changed().await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            }
-        };
-        let res = self
-            .harness
-            .run(
-                &request,
-                RunLimits::default(),
-                Box::pin(cancel_fut),
-                &mut |ev| {
-                    match ev.event.as_str() {
-                        "phase" => load.on_phase(
-                            ev.str_field("phase").unwrap_or("idle"),
-                            ev.u64_field("batch_size").unwrap_or(1) as u32,
-                            ev.t_mono_ns,
-                        ),
-                        "loaded" => load.on_resident(true, ev.t_mono_ns),
-                        "quiet_start" => {
-                            for s in samplers {
-                                s.counter_burst(quiet_burst);
-                            }
-                        }
-                        "quiet_end" => {
-                            for s in samplers {
-                                s.counter_burst_stop();
-                            }
-                        }
-                        "measure_start"
-                        | "measure_end"
-                        | "prefill_window_start"
-                        | "prefill_window_end"
-                            if !quiet =>
-                        {
-                            for s in samplers {
-                                s.counter_burst(COUNTER_BURST);
-                            }
-                        }
-                        "error" | "result" => load.on_phase("idle", 1, ev.t_mono_ns),
-                        _ => {}
-                    }
-                    transcript.handle_event(ev);
-                },
-            )
-            .await;
-        self.load.on_phase("idle", 1, mono_ns());
-        if let Err(e) = res {
-            // Every harness/transport failure is the host's, not the config's.
-            return Err((FailureClass::Infrastructure, e.to_string()));
-        }
-        // Who held the GPUs as the window ended (NVML keeps no history: a process
-        // that came and went inside the window is not seen).
-        self.isolation_check(CheckPoint::AfterWindow, &mut iso)
-            .await?;
-        let ended_ms = unix_ms();
-        let (metrics, engine_version) = match transcript.outcome.clone() {
-            Some(RunOutcome::Result {
-                metrics,
-                engine_version,
-            }) => (metrics, engine_version),
-            Some(RunOutcome::Error { class, message }) => return Err((class, message)),
-            None => {
+        cancel: watch::Receiver<Option<String>>,
+    ) -> Result<RunResult, Failure> {
+        let mut cancel = Some(cancel);
+        let mut lc = RunLifecycle::new(
+            Leased {
+                run_id: grant.run.to_string(),
+                engine: grant.engine.clone(),
+                config_json: grant.config_json.clone(),
+                gap_before_s: grant.gap_before_s,
+                lease_mono_ns: lease_mono,
+            },
+            Settings {
+                prefill_window_s: self.prefill_window_s,
+                quiet_s: self.quiet_s,
+                per_token_timing: self.per_token_timing.to_string(),
+                isolation: self.isolation,
+            },
+            Where {
+                worker: self.worker.0.clone(),
+                host: self.host.clone(),
+                slot: self.index,
+                gpus: self.gpus.clone(),
+                gpu_descriptions: self
+                    .samplers
+                    .iter()
+                    .map(|s| {
+                        let d = &s.description;
+                        (d.name.clone(), d.uuid.clone(), d.simulated)
+                    })
+                    .collect(),
+            },
+            self.cache.clone(),
+        );
+        loop {
+            let Some(command) = lc.poll(mono_ns()) else {
                 return Err((
                     FailureClass::Infrastructure,
-                    "harness ended without a result".into(),
-                ))
-            }
-        };
-        let Some(window) = transcript.window() else {
-            return Err((
-                FailureClass::Infrastructure,
-                "harness result has no measure_start/measure_end window".into(),
-            ));
-        };
-        let (t0, t1) = (window.t0, window.t1);
-        // The counter reads reach past the window by the quiet spans beside it.
+                    "worker bug: the run lifecycle stopped without finishing".into(),
+                ));
+            };
+            let input = match command {
+                Command::Finish(outcome) => {
+                    return outcome.map(|result| {
+                        let mut result = *result;
+                        let versions = metrics_versions(&result.harness_metrics);
+                        (result.environment, result.environment_hash) =
+                            self.environment.with_engine(&versions);
+                        result
+                    });
+                }
+                Command::StopHarness => {
+                    self.stop_harness_for_baseline().await;
+                    Input::HarnessStopped
+                }
+                Command::ListProcesses(at) => self.list_processes(at).await,
+                Command::MeasureIdle {
+                    kind,
+                    duration_s,
+                    strategy,
+                } => Input::Idle(self.measure_idle(duration_s, kind.as_str(), strategy).await),
+                Command::Remember(cache) => {
+                    self.cache = *cache;
+                    continue;
+                }
+                Command::WaitGate { gap_s, idle_temps } => {
+                    let gate = self.gate_after_lease(gap_s, &idle_temps).await;
+                    Input::GateOpened {
+                        waited_s: gate.waited_s,
+                        reason: gate.reason,
+                    }
+                }
+                Command::ResolveDataset(source) => Input::Dataset(
+                    self.harness
+                        .dataset_path(&source)
+                        .to_string_lossy()
+                        .into_owned(),
+                ),
+                Command::Dispatch { request_line } => {
+                    let started_unix_ms = unix_ms();
+                    let (load, samplers) = (self.load.clone(), &self.samplers);
+                    let mut cancel = cancel.take().expect("one dispatch per run");
+                    let cancel_fut = async move {
+                        loop {
+                            if let Some(why) = cancel.borrow().clone() {
+                                return why;
+                            }
+                            if cancel.changed().await.is_err() {
+                                std::future::pending::<()>().await;
+                            }
+                        }
+                    };
+                    let res = self
+                        .harness
+                        .run(
+                            &request_line,
+                            RunLimits::default(),
+                            Box::pin(cancel_fut),
+                            &mut |ev| {
+                                for effect in lc.handle_event(ev) {
+                                    apply(&effect, samplers, load.as_ref());
+                                }
+                            },
+                        )
+                        .await;
+                    self.load.on_phase("idle", 1, mono_ns());
+                    Input::HarnessEnded {
+                        result: res.map_err(|e| e.to_string()),
+                        started_unix_ms,
+                        ended_unix_ms: unix_ms(),
+                    }
+                }
+                Command::Collect { run, prefill } => {
+                    Input::Collected(self.collect(&run, prefill.as_ref()).await)
+                }
+            };
+            lc.handle(input, mono_ns());
+        }
+    }
+
+    /// The processes on the slot's GPUs and the worker's own (itself, its harness and
+    /// everything the harness started), listed off the executor.
+    async fn list_processes(&mut self, _at: CheckPoint) -> Input {
+        let harness = self.harness.own_pids();
+        let (samplers, gpus) = (self.samplers.clone(), self.gpus.clone());
+        let listed = tokio::task::spawn_blocking(move || {
+            (
+                isolation::list(&samplers, &gpus),
+                isolation::own_set(&harness),
+            )
+        })
+        .await;
+        match listed {
+            Ok((listing, own)) => Input::Processes {
+                listed: listing.processes,
+                own,
+                errors: listing.errors,
+            },
+            Err(e) => Input::Processes {
+                listed: vec![],
+                own: Default::default(),
+                errors: vec![format!("the slot's GPUs: the listing failed ({e})")],
+            },
+        }
+    }
+
+    /// Each GPU's samples and counter reads around the run's window and the prefill
+    /// window, once the counter bursts are over and the samplers are past the window.
+    async fn collect(&self, run: &Window, prefill: Option<&Window>) -> Collected {
+        // The counter reads reach past a window by the quiet spans beside it.
         let reach = |w: &Window| {
             let before = w.quiet_before.map_or(0, |q| w.t0.saturating_sub(q.from_ns));
             let after = w.quiet_after.map_or(0, |q| q.to_ns.saturating_sub(w.t1));
             before.max(after)
         };
-
-        // Energy over the harness's window, per GPU of the slot, then summed.
         let interval_ns = self.samplers[0].interval.as_nanos() as u64;
         let margin = 2 * interval_ns + 200_000_000;
-        let mut per_gpu_energy = Vec::new();
-        let mut per_gpu_samples = Vec::new();
+        let mut gpus = Vec::new();
         for sampler in &self.samplers {
             sampler.wait_counter_burst().await;
-            sampler.wait_past(t1 + 2 * interval_ns).await;
-            let samples = sampler.window(t0, t1, margin);
-            let counter = sampler.counter_window(t0, t1, margin + 500_000_000 + reach(&window));
-            let we =
-                window_energy_in(&power_samples(&samples), &counter, &window).map_err(|e| {
-                    (
-                        FailureClass::Infrastructure,
-                        format!(
-                            "no usable samples of GPU {} for the window ({e}); sampler: {}",
-                            sampler.description.uuid,
-                            sampler.last_error().unwrap_or_else(|| "no error".into())
-                        ),
-                    )
-                })?;
-            per_gpu_energy.push(we);
-            per_gpu_samples.push(samples);
+            sampler.wait_past(run.t1 + 2 * interval_ns).await;
+            let window = |w: &Window| {
+                (
+                    sampler.window(w.t0, w.t1, margin),
+                    sampler.counter_window(w.t0, w.t1, margin + 500_000_000 + reach(w)),
+                )
+            };
+            let (samples, counter) = window(run);
+            let (prefill_samples, prefill_counter) = prefill.map(window).unwrap_or_default();
+            gpus.push(GpuCollected {
+                samples,
+                counter,
+                prefill_samples,
+                prefill_counter,
+                last_error: sampler.last_error(),
+            });
         }
-        let we = sum_windows(&per_gpu_energy).expect("a slot has at least one GPU");
-        if we.disagreement_flagged {
-            warnings.push(format!(
-                "energy counter and power integral disagree by {:.1}%",
-                we.disagreement_pct.unwrap_or(0.0)
-            ));
-        }
-        if we.short_window {
-            warnings.push("short window: fewer than one counter step or two power samples".into());
-        }
-        if we.uncertainty_flagged {
-            warnings.push(format!(
-                "the window's edges may be off by {:.2} J ({:.1}% of its energy): {}",
-                we.uncertainty_j.unwrap_or(0.0),
-                we.uncertainty_j.unwrap_or(0.0) / we.energy_j.abs().max(1e-9) * 100.0,
-                match we.edge_rule {
-                    Some(lem_common::energy::EdgeRule::Quiet) | None =>
-                        "too few counter updates for its length",
-                    Some(_) =>
-                        "an edge was carried through a counter step that no quiet span isolated",
-                }
-            ));
-        }
-        // Temperatures and throttling: the samples inside the window, or for a window
-        // shorter than the sampling interval, the samples nearest its edges; on a
-        // multi-GPU slot the hottest GPU's temperatures and any GPU's throttling.
-        let in_windows: Vec<Vec<&crate::telemetry::TelemetrySample>> = per_gpu_samples
-            .iter()
-            .map(|samples| {
-                let mut in_window: Vec<_> = samples
-                    .iter()
-                    .filter(|s| s.t_mono_ns >= t0 && s.t_mono_ns <= t1)
-                    .collect();
-                if in_window.is_empty() {
-                    let before = samples.iter().rev().find(|s| s.t_mono_ns < t0);
-                    let after = samples.iter().find(|s| s.t_mono_ns > t1);
-                    in_window.extend(before.into_iter().chain(after));
-                }
-                in_window
-            })
-            .collect();
-        let hottest = |f: &dyn Fn(&[&crate::telemetry::TelemetrySample]) -> Option<f64>| {
-            in_windows
-                .iter()
-                .filter_map(|w| f(w))
-                .fold(None, |acc: Option<f64>, t| {
-                    Some(acc.map_or(t, |a| a.max(t)))
-                })
-        };
-        let start_temp = hottest(&|w| w.first().map(|s| s.temp_c));
-        let end_temp = hottest(&|w| w.last().map(|s| s.temp_c));
-        let gpu_max_temp = |w: &[&crate::telemetry::TelemetrySample]| {
-            w.iter().map(|s| s.temp_c).fold(f64::MIN, f64::max).max(0.0)
-        };
-        let max_temp = hottest(&|w| Some(gpu_max_temp(w)));
-        let any = |f: &dyn Fn(&crate::telemetry::TelemetrySample) -> bool| {
-            in_windows.iter().flatten().any(|s| f(s))
-        };
-        let throttle = any(&|s| s.throttle_thermal);
-        if throttle {
-            warnings.push("thermal throttling seen during the window".into());
-        }
-        let throttle_power = any(&|s| s.throttle_power);
-        if throttle_power {
-            warnings.push("power-cap throttling seen during the window".into());
-        }
-        let hw_slowdown = any(&|s| s.hw_slowdown);
-        if hw_slowdown {
-            warnings.push("hardware slowdown seen during the window".into());
-        }
-        let clocks: Vec<u32> = in_windows
-            .iter()
-            .flatten()
-            .map(|s| s.sm_clock_mhz)
-            .collect();
-        if let Some(w) = engine_version_warning(&grant.engine, engine_version.as_deref()) {
-            warnings.push(w);
-        }
-        let versions = metrics_versions(&metrics);
-        let (environment, environment_hash) = self.environment.with_engine(&versions);
         let jitter = self.samplers.iter().map(|s| s.jitter()).fold(
             crate::telemetry::JitterStats::default(),
             |a, j| crate::telemetry::JitterStats {
@@ -1556,235 +1180,27 @@ impl Slot {
                 max_late_us: a.max_late_us.max(j.max_late_us),
             },
         );
-        let groups: Vec<&[crate::telemetry::TelemetrySample]> =
-            per_gpu_samples.iter().map(|s| s.as_slice()).collect();
-        let timeseries = downsample(&groups, &self.gpus, t0, t1, TIMESERIES_POINTS);
-        let input_tokens = metrics
-            .get("input_tokens")
-            .and_then(|v| v.as_u64())
-            .unwrap_or(0);
-        let output_tokens = metrics
-            .get("output_tokens")
-            .and_then(|v| v.as_u64())
-            .unwrap_or(0);
-        let n_prompts = metrics
-            .get("n_prompts")
-            .and_then(|v| v.as_u64())
-            .unwrap_or(0);
-        let duration_s = we.duration_s;
-        let adjusted = baseline
-            .as_ref()
-            .map(|b| adjusted_energy(we.energy_j, b.mean_power_w, duration_s));
-        if adjusted.is_some_and(|a| a.clamped) {
-            warnings.push("baseline-adjusted energy was negative and was clamped to 0".into());
-        }
-        // Prefill energy by the differential method: the prefill-only window's energy
-        // per pass over the run's batches; decode is the rest of the run.
-        let mut prefill = None;
-        if let (Some(pw), Some(pwin)) = (
-            transcript.prefill_window.clone(),
-            transcript.prefill_window_edges(),
-        ) {
-            if pw.passes > 0 && pw.calls > 0 {
-                let (start, end) = (pwin.t0, pwin.t1);
-                let parts: Result<Vec<_>, _> = self
-                    .samplers
-                    .iter()
-                    .map(|sampler| {
-                        let s = sampler.window(start, end, margin);
-                        let c =
-                            sampler.counter_window(start, end, margin + 500_000_000 + reach(&pwin));
-                        window_energy_in(&power_samples(&s), &c, &pwin)
-                    })
-                    .collect();
-                match parts.map(|p| sum_windows(&p).expect("a slot has at least one GPU")) {
-                    Ok(e) => prefill = Some((e, pw)),
-                    Err(e) => warnings.push(format!("prefill window energy unavailable: {e}")),
-                }
-            }
-        }
-        // Resident idle: the model stays loaded after the run; measure it (cached per
-        // model and strategy like the device idle) so the dynamic energy can be given.
-        let model_key = config
-            .get_path("task.model")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        let (resident, resident_gpus) = match bs.enabled {
-            true => match self.resident_baseline_for(&bs, &model_key, &mut iso).await {
-                Some((record, per_gpu)) => (Some(record), Some(per_gpu)),
-                None => (None, None),
-            },
-            false => (None, None),
-        };
-        warnings.extend(iso.warnings());
-        // The resident idle to subtract for the dynamic energy: the quiet spans' power
-        // beside this very window (the GPU's idle at this temperature; on the H200 the
-        // cached baseline drifted ~1 W over a campaign, 2-15 % of a low-power run's
-        // dynamic energy), else the resident baseline.
-        let resident_idle = match (bs.enabled, we.quiet_power_w, resident.as_ref()) {
-            (true, Some(q), _) => Some((q, "quiet")),
-            (true, None, Some(r)) => Some((r.mean_power_w, "resident_baseline")),
-            _ => None,
-        };
-        let per_token = |e: f64| {
-            if output_tokens > 0 {
-                e / output_tokens as f64
-            } else {
-                0.0
-            }
-        };
-        let desc = &self.samplers[0].description;
-        let method_name = |m: EnergyMethod| match m {
-            EnergyMethod::CounterInterpolated => "counter_interpolated".to_string(),
-            EnergyMethod::PowerIntegral => "power_integral".to_string(),
-        };
-        let idle_of = |per_gpu: Option<&Vec<GpuIdle>>, i: usize| {
-            per_gpu.and_then(|g| g.get(i)).map(|g| g.power_w)
-        };
-        let gpus: Vec<GpuFigures> = self
-            .samplers
-            .iter()
-            .enumerate()
-            .map(|(i, sampler)| {
-                let e = &per_gpu_energy[i];
-                GpuFigures {
-                    index: self.gpus[i],
-                    name: sampler.description.name.clone(),
-                    uuid: sampler.description.uuid.clone(),
-                    total_energy_j: e.energy_j,
-                    energy_method: method_name(e.method),
-                    energy_integral_j: e.integral_j,
-                    energy_counter_raw_j: e.counter_delta_raw_j,
-                    mean_power_w: e.mean_power_w,
-                    baseline_power_w: idle_of(baseline_gpus.as_ref(), i),
-                    resident_baseline_power_w: idle_of(resident_gpus.as_ref(), i),
-                    max_temp_c: gpu_max_temp(&in_windows[i]),
-                }
-            })
-            .collect();
-        let result = RunResult {
-            worker: self.worker.0.clone(),
-            host: self.host.clone(),
-            slot: self.index,
-            gpu_name: desc.name.clone(),
-            gpu_uuid: desc.uuid.clone(),
-            simulated: desc.simulated,
-            engine: grant.engine.clone(),
-            engine_version,
-            model_name: config
-                .get_path("task.model")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
-            started_at: format_utc_ms(started_ms),
-            ended_at: format_utc_ms(ended_ms),
-            n_prompts,
-            input_tokens,
-            output_tokens,
-            duration_s,
-            total_energy_j: we.energy_j,
-            energy_method: method_name(we.method),
-            energy_integral_j: we.integral_j,
-            energy_counter_raw_j: we.counter_delta_raw_j,
-            energy_disagreement_pct: we.disagreement_pct,
-            energy_disagreement_flagged: we.disagreement_flagged,
-            energy_uncertainty_j: we.uncertainty_j,
-            energy_uncertainty_flagged: we.uncertainty_flagged,
-            energy_edge_rule: we.edge_rule.map(|r| {
-                serde_json::to_value(r)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default()
-            }),
-            energy_edges: we
-                .edges
-                .as_ref()
-                .and_then(|e| serde_json::to_value(e).ok())
-                .unwrap_or(serde_json::Value::Null),
-            quiet_power_w: we.quiet_power_w,
-            window_start_mono_ns: t0,
-            window_end_mono_ns: t1,
-            gpu_shared: !iso.foreign.is_empty(),
-            gpu_foreign_processes: iso.foreign,
-            short_window: we.short_window,
-            mean_power_w: we.mean_power_w,
-            n_power_samples: we.n_power_samples,
-            energy_adjusted_j: adjusted.map(|a| a.adjusted_j),
-            energy_adjusted_clamped: adjusted.is_some_and(|a| a.clamped),
-            baseline_power_w: baseline.as_ref().map(|b| b.mean_power_w),
-            baseline: baseline.clone(),
-            avg_tokens_per_second: (input_tokens + output_tokens) as f64 / duration_s,
-            output_tokens_per_second: output_tokens as f64 / duration_s,
-            avg_energy_per_token_j: per_token(we.energy_j),
-            energy_per_token_adjusted_j: adjusted.map(|a| per_token(a.adjusted_j)),
-            start_temp_c: start_temp.unwrap_or(0.0),
-            max_temp_c: max_temp.unwrap_or(0.0),
-            end_temp_c: end_temp.unwrap_or(0.0),
-            thermal_wait_s: gate.waited_s,
-            thermal_wait_reason: gate.reason.as_str().to_string(),
-            throttle_thermal: throttle,
-            model_load_seconds: transcript.load_seconds,
-            model_already_loaded: transcript.already_loaded.unwrap_or(false),
-            lease_to_measure_s: (t0.saturating_sub(lease_mono)) as f64 / 1e9,
-            harness_metrics: metrics,
-            warmup: transcript.warmup.unwrap_or(serde_json::Value::Null),
-            energy_adjusted_resident_j: resident_idle
-                .map(|(w, _)| adjusted_energy(we.energy_j, w, duration_s).adjusted_j),
-            energy_adjusted_resident_source: resident_idle.map(|(_, source)| source.to_string()),
-            energy_adjusted_resident_uncertainty_j: resident_idle
-                .filter(|(_, source)| *source == "quiet")
-                .and(we.quiet_power_se_w)
-                .map(|se| {
-                    ((se * duration_s).powi(2) + we.uncertainty_j.unwrap_or(0.0).powi(2)).sqrt()
-                }),
-            resident_baseline: resident,
-            prefill_window_energy_j: prefill.as_ref().map(|(e, _)| e.energy_j),
-            prefill_window_s: prefill.as_ref().map(|(e, _)| e.duration_s),
-            prefill_calls: prefill.as_ref().map(|(_, p)| p.calls).unwrap_or(0),
-            prefill_passes: prefill.as_ref().map(|(_, p)| p.passes).unwrap_or(0),
-            prefill_energy_per_call_j: prefill.as_ref().map(|(e, p)| e.energy_j / p.calls as f64),
-            prefill_energy_j: prefill.as_ref().map(|(e, p)| e.energy_j / p.passes as f64),
-            decode_energy_j: prefill
-                .as_ref()
-                .map(|(e, p)| (we.energy_j - e.energy_j / p.passes as f64).max(0.0)),
-            prefill_energy_adjusted_j: prefill.as_ref().and_then(|(e, p)| {
-                baseline.as_ref().map(|b| {
-                    adjusted_energy(e.energy_j, b.mean_power_w, e.duration_s).adjusted_j
-                        / p.passes as f64
-                })
-            }),
-            decode_energy_adjusted_j: prefill.as_ref().and_then(|(e, p)| {
-                let b = baseline.as_ref()?;
-                let run_adj = adjusted_energy(we.energy_j, b.mean_power_w, duration_s).adjusted_j;
-                let pre_adj = adjusted_energy(e.energy_j, b.mean_power_w, e.duration_s).adjusted_j
-                    / p.passes as f64;
-                Some((run_adj - pre_adj).max(0.0))
-            }),
-            environment,
-            environment_hash,
-            timeseries,
-            sm_clock_min_mhz: clocks.iter().copied().min().unwrap_or(0),
-            sm_clock_max_mhz: clocks.iter().copied().max().unwrap_or(0),
-            throttle_power,
-            hw_slowdown,
+        Collected {
+            gpus,
             sample_interval_ms: self.samplers[0].interval.as_secs_f64() * 1000.0,
             sampler_mean_late_us: jitter.mean_late_us,
             sampler_max_late_us: jitter.max_late_us,
-            warnings,
-            gpu_indices: self.gpus.clone(),
-            gpus,
-        };
-        // JSON has no NaN: a non-finite number would poison the connection, and a
-        // wrong number must never be published. Refuse the result instead.
-        let bad = result.non_finite_fields();
-        if !bad.is_empty() {
-            return Err((
-                FailureClass::Infrastructure,
-                format!("measurement produced non-finite values in {} (a worker bug; the run will be retried)", bad.join(", ")),
-            ));
         }
-        Ok(result)
+    }
+}
+
+/// Applies what the run lifecycle asks for while the harness runs: counter bursts on
+/// every GPU of the run, and the load of the simulated GPU.
+fn apply(effect: &Effect, samplers: &[Arc<Sampler>], load: &dyn LoadSink) {
+    match effect {
+        Effect::CounterBurst(d) => samplers.iter().for_each(|s| s.counter_burst(*d)),
+        Effect::CounterBurstStop => samplers.iter().for_each(|s| s.counter_burst_stop()),
+        Effect::Phase {
+            phase,
+            batch_size,
+            t_mono_ns,
+        } => load.on_phase(phase, *batch_size, *t_mono_ns),
+        Effect::Resident { t_mono_ns } => load.on_resident(true, *t_mono_ns),
     }
 }
 
@@ -1801,232 +1217,4 @@ async fn foreign_now(
     })
     .await
     .unwrap_or_default()
-}
-
-/// The library versions a run's harness reported (`versions` in its result), kept in
-/// the environment snapshot.
-fn metrics_versions(metrics: &serde_json::Value) -> serde_json::Value {
-    metrics
-        .get("versions")
-        .cloned()
-        .unwrap_or(serde_json::Value::Null)
-}
-
-/// A warning when the engine version a run saw differs from the version llem 0.7.0's
-/// parameter registry is pinned to (its parameters and defaults may differ).
-fn engine_version_warning(engine: &str, seen: Option<&str>) -> Option<String> {
-    let pinned = lem_common::study::schema::pinned_engine_version(engine)?;
-    match seen {
-        Some(v) if v == pinned => None,
-        Some(v) => Some(format!(
-            "engine {engine} {v} differs from the version the parameter registry is pinned to ({pinned}); parameters and defaults may differ"
-        )),
-        None => Some(format!(
-            "engine {engine} did not report its version (registry pinned to {pinned})"
-        )),
-    }
-}
-
-/// The samples of `[t0, t1]`; for a window shorter than the sampling interval, the
-/// samples nearest its edges, placed at the edges.
-fn window_samples(
-    samples: &[crate::telemetry::TelemetrySample],
-    t0: u64,
-    t1: u64,
-) -> Vec<crate::telemetry::TelemetrySample> {
-    let mut inside: Vec<_> = samples
-        .iter()
-        .filter(|s| s.t_mono_ns >= t0 && s.t_mono_ns <= t1)
-        .cloned()
-        .collect();
-    if inside.is_empty() {
-        let before = samples.iter().rev().find(|s| s.t_mono_ns < t0);
-        let after = samples.iter().find(|s| s.t_mono_ns > t1);
-        for (s, at) in before
-            .into_iter()
-            .map(|s| (s, t0))
-            .chain(after.map(|s| (s, t1)))
-        {
-            let mut s = s.clone();
-            s.t_mono_ns = at;
-            inside.push(s);
-        }
-    }
-    inside
-}
-
-/// One bucket's means: seconds from `t0`, power, temperature, SM clock.
-type BucketMeans = (f64, f64, f64, f64);
-
-/// `n` buckets of equal length over `[t0, t1]`, each the mean of its samples (none
-/// where it has none).
-fn bucket_means(
-    inside: &[crate::telemetry::TelemetrySample],
-    t0: u64,
-    t1: u64,
-    n: usize,
-) -> Vec<Option<BucketMeans>> {
-    let span = (t1 - t0).max(1) as f64;
-    let mut acc = vec![(0usize, 0.0, 0.0, 0.0, 0.0); n];
-    for s in inside {
-        let i = (((s.t_mono_ns - t0) as f64 / span) * n as f64) as usize;
-        let b = &mut acc[i.min(n - 1)];
-        b.0 += 1;
-        b.1 += (s.t_mono_ns - t0) as f64 / 1e9;
-        b.2 += s.power_w;
-        b.3 += s.temp_c;
-        b.4 += s.sm_clock_mhz as f64;
-    }
-    acc.into_iter()
-        .map(|(k, t, p, c, m)| {
-            let k = k as f64;
-            (k > 0.0).then(|| (t / k, p / k, c / k, m / k))
-        })
-        .collect()
-}
-
-fn round3(v: f64) -> f64 {
-    (v * 1000.0).round() / 1000.0
-}
-
-/// The window's telemetry, downsampled for storage: at most `max_points` buckets of
-/// equal length over `[t0, t1]`, each the mean of the samples in it. Times are
-/// seconds from `t0`.
-///
-/// For a group of GPUs (`per_gpu`, one sample list per GPU of `gpus`, in order) the
-/// buckets are the same for every GPU and only those where every GPU has samples are
-/// kept: `power_w` is the group's (the sum of the GPUs' means, as the run's energy is
-/// a sum), `temp_c` the hottest GPU's, `sm_clock_mhz` the slowest GPU's, and
-/// `per_gpu` holds each GPU's own columns on the same `t_s`.
-fn downsample(
-    per_gpu: &[&[crate::telemetry::TelemetrySample]],
-    gpus: &[u32],
-    t0: u64,
-    t1: u64,
-    max_points: usize,
-) -> serde_json::Value {
-    let inside: Vec<Vec<_>> = per_gpu.iter().map(|s| window_samples(s, t0, t1)).collect();
-    let fewest = inside.iter().map(Vec::len).min().unwrap_or(0);
-    let n = max_points.clamp(1, fewest.max(1));
-    let buckets: Vec<Vec<Option<BucketMeans>>> =
-        inside.iter().map(|s| bucket_means(s, t0, t1, n)).collect();
-    let kept: Vec<usize> = (0..n)
-        .filter(|&i| !buckets.is_empty() && buckets.iter().all(|g| g[i].is_some()))
-        .collect();
-    let at = |g: usize, i: usize| buckets[g][i].expect("kept buckets have samples");
-    let column =
-        |f: &dyn Fn(usize) -> f64| -> Vec<f64> { kept.iter().map(|&i| round3(f(i))).collect() };
-    let k = buckets.len().max(1);
-    let mut out = serde_json::json!({
-        "n_raw_samples": inside.iter().map(Vec::len).sum::<usize>(),
-        "downsampling": format!("bucket means, at most {max_points} points"),
-        "t_s": column(&|i| (0..buckets.len()).map(|g| at(g, i).0).sum::<f64>() / k as f64),
-        "power_w": column(&|i| (0..buckets.len()).map(|g| at(g, i).1).sum()),
-        "temp_c": column(&|i| (0..buckets.len()).map(|g| at(g, i).2).fold(f64::MIN, f64::max)),
-        "sm_clock_mhz": column(&|i| (0..buckets.len()).map(|g| at(g, i).3).fold(f64::MAX, f64::min)),
-    });
-    if buckets.len() > 1 {
-        let per: Vec<serde_json::Value> = (0..buckets.len())
-            .map(|g| {
-                serde_json::json!({
-                    "gpu": gpus.get(g).copied().unwrap_or(g as u32),
-                    "power_w": column(&|i| at(g, i).1),
-                    "temp_c": column(&|i| at(g, i).2),
-                    "sm_clock_mhz": column(&|i| at(g, i).3),
-                })
-            })
-            .collect();
-        out["per_gpu"] = serde_json::Value::Array(per);
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::engine_version_warning;
-
-    use super::downsample;
-    use crate::telemetry::TelemetrySample;
-
-    /// Samples every `step_ms` over `[0, 1 s]` at `power` W, `temp` C, `clock` MHz.
-    fn samples(step_ms: u64, power: f64, temp: f64, clock: u32) -> Vec<TelemetrySample> {
-        (0..=1000 / step_ms)
-            .map(|i| TelemetrySample {
-                t_mono_ns: i * step_ms * 1_000_000,
-                power_w: power,
-                temp_c: temp,
-                sm_clock_mhz: clock,
-                ..Default::default()
-            })
-            .collect()
-    }
-
-    #[test]
-    fn one_gpu_keeps_its_own_columns_and_no_per_gpu_part() {
-        let a = samples(50, 100.0, 40.0, 1980);
-        let ts = downsample(&[&a], &[3], 0, 1_000_000_000, 10);
-        assert_eq!(ts["power_w"].as_array().unwrap().len(), 10);
-        assert!(ts["power_w"].as_array().unwrap().iter().all(|p| p == 100.0));
-        assert_eq!(ts["n_raw_samples"], 21);
-        assert!(ts.get("per_gpu").is_none());
-    }
-
-    #[test]
-    fn a_group_sums_power_takes_the_hottest_and_slowest_gpu_and_keeps_each_gpu() {
-        // GPU 0 sampled every 50 ms, GPU 1 every 100 ms (a slower sampler): the
-        // buckets are the same for both and set by the sparser one.
-        let a = samples(50, 100.0, 40.0, 1980);
-        let b = samples(100, 250.0, 55.0, 1755);
-        let ts = downsample(&[&a, &b], &[0, 1], 0, 1_000_000_000, 240);
-        let n = ts["t_s"].as_array().unwrap().len();
-        assert_eq!(n, 11, "{ts}");
-        assert!(ts["power_w"].as_array().unwrap().iter().all(|p| p == 350.0));
-        assert!(ts["temp_c"].as_array().unwrap().iter().all(|t| t == 55.0));
-        assert!(ts["sm_clock_mhz"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|c| c == 1755.0));
-        let per = ts["per_gpu"].as_array().unwrap();
-        assert_eq!(per.len(), 2);
-        assert_eq!(
-            (per[0]["gpu"].clone(), per[1]["gpu"].clone()),
-            (0.into(), 1.into())
-        );
-        for (g, w) in [(0, 100.0), (1, 250.0)] {
-            let p = per[g]["power_w"].as_array().unwrap();
-            assert_eq!(p.len(), n);
-            assert!(p.iter().all(|x| x == w));
-        }
-        assert_eq!(ts["n_raw_samples"], 21 + 11);
-    }
-
-    #[test]
-    fn a_bucket_missing_on_one_gpu_is_left_out() {
-        let a = samples(50, 100.0, 40.0, 1980);
-        // GPU 1 has no samples in the second half of the window.
-        let b: Vec<_> = samples(50, 200.0, 50.0, 1980)
-            .into_iter()
-            .filter(|s| s.t_mono_ns < 500_000_000)
-            .collect();
-        let ts = downsample(&[&a, &b], &[0, 1], 0, 1_000_000_000, 4);
-        let t: Vec<f64> = ts["t_s"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap())
-            .collect();
-        assert_eq!(t.len(), 2, "{ts}");
-        assert!(t.iter().all(|&x| x < 0.5), "{t:?}");
-        assert!(ts["power_w"].as_array().unwrap().iter().all(|p| p == 300.0));
-    }
-
-    #[test]
-    fn engine_version_mismatch_warns() {
-        assert_eq!(engine_version_warning("transformers", Some("5.14.1")), None);
-        let w = engine_version_warning("transformers", Some("5.17.0")).unwrap();
-        assert!(w.contains("5.17.0") && w.contains("5.14.1"), "{w}");
-        assert!(engine_version_warning("transformers", None).is_some());
-        assert_eq!(engine_version_warning("synthetic", Some("0.1.0")), None);
-    }
 }

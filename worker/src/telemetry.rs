@@ -12,31 +12,13 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use lem_common::energy::{CounterSample, PowerSample};
+use lem_common::energy::CounterSample;
 use lem_common::isolation::GpuProcess;
 use lem_common::simgpu::{parse_declared_processes, SimGpuModel, SimParams, FOREIGN_PROCESSES_ENV};
 
 use crate::clock::mono_ns;
 
-/// One reading of a GPU.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct TelemetrySample {
-    pub t_mono_ns: u64,
-    pub power_w: f64,
-    /// The total-energy counter (mJ since driver load), where the GPU has one.
-    pub energy_mj: Option<u64>,
-    pub temp_c: f64,
-    pub sm_clock_mhz: u32,
-    pub mem_clock_mhz: u32,
-    pub pstate: u32,
-    pub util_pct: f64,
-    pub throttle_thermal: bool,
-    /// Software power cap or hardware power brake.
-    pub throttle_power: bool,
-    /// Hardware slowdown (external power or thermal signal).
-    pub hw_slowdown: bool,
-    pub memory_used_mb: u64,
-}
+pub use lem_common::run::sample::TelemetrySample;
 
 /// What a GPU is, for results and registration.
 #[derive(Clone, Debug, PartialEq)]
@@ -493,13 +475,4 @@ impl Drop for Sampler {
     }
 }
 
-/// The power samples of a window, for the energy module.
-pub fn power_samples(samples: &[TelemetrySample]) -> Vec<PowerSample> {
-    samples
-        .iter()
-        .map(|s| PowerSample {
-            t_mono_ns: s.t_mono_ns,
-            power_w: s.power_w,
-        })
-        .collect()
-}
+pub use lem_common::run::sample::power_samples;
