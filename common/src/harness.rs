@@ -36,7 +36,84 @@ pub enum EventParseError {
     },
 }
 
+/// What a harness event says, typed (docker/harness/README.md lists them). An event
+/// this worker does not know is [`Event::Other`]: the harness can grow.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event<'a> {
+    Loaded {
+        already_loaded: Option<bool>,
+        load_seconds: Option<f64>,
+    },
+    WarmupDone,
+    QuietStart,
+    QuietEnd,
+    MeasureStart,
+    MeasureEnd,
+    Phase {
+        phase: &'a str,
+        batch_size: u32,
+    },
+    PrefillWindowStart,
+    PrefillWindowEnd {
+        calls: u64,
+        passes: u64,
+    },
+    FirstToken,
+    RequestEnd,
+    /// The run's result (`metrics`, `engine_version`, `versions`: see the body).
+    Result,
+    Error {
+        class: FailureClass,
+        message: &'a str,
+    },
+    Pong,
+    Other(&'a str),
+}
+
 impl HarnessEvent {
+    /// The event, typed.
+    pub fn kind(&self) -> Event<'_> {
+        match self.event.as_str() {
+            "loaded" => Event::Loaded {
+                already_loaded: self.bool_field("already_loaded"),
+                load_seconds: self.f64_field("load_seconds"),
+            },
+            "warmup_done" => Event::WarmupDone,
+            "quiet_start" => Event::QuietStart,
+            "quiet_end" => Event::QuietEnd,
+            "measure_start" => Event::MeasureStart,
+            "measure_end" => Event::MeasureEnd,
+            "phase" => Event::Phase {
+                phase: self.str_field("phase").unwrap_or("idle"),
+                batch_size: self.u64_field("batch_size").unwrap_or(1) as u32,
+            },
+            "prefill_window_start" => Event::PrefillWindowStart,
+            "prefill_window_end" => Event::PrefillWindowEnd {
+                calls: self.u64_field("calls").unwrap_or(0),
+                passes: self.u64_field("passes").unwrap_or(0),
+            },
+            "first_token" => Event::FirstToken,
+            "request_end" => Event::RequestEnd,
+            "result" => Event::Result,
+            "error" => Event::Error {
+                class: match self.str_field("class") {
+                    Some("configuration") => FailureClass::Configuration,
+                    _ => FailureClass::Infrastructure,
+                },
+                message: self
+                    .str_field("message")
+                    .unwrap_or("harness reported an error without a message"),
+            },
+            "pong" => Event::Pong,
+            other => Event::Other(other),
+        }
+    }
+
+    /// Whether the event ends a run (its `result` or `error`).
+    pub fn ends_run(&self) -> bool {
+        matches!(self.kind(), Event::Result | Event::Error { .. })
+    }
+
     pub fn parse(line: &str) -> Result<HarnessEvent, EventParseError> {
         serde_json::from_str(line).map_err(|source| EventParseError::NotJson {
             line: line.chars().take(200).collect(),
@@ -149,49 +226,50 @@ pub struct RunTranscript {
 impl RunTranscript {
     /// Folds one event in. Unknown events are ignored so the harness can grow.
     pub fn handle_event(&mut self, ev: &HarnessEvent) {
-        match ev.event.as_str() {
-            "loaded" => {
-                self.loaded_at_ns = Some(ev.t_mono_ns);
-                self.already_loaded = ev.bool_field("already_loaded");
-                self.load_seconds = ev.f64_field("load_seconds");
+        let t = ev.t_mono_ns;
+        match ev.kind() {
+            Event::Loaded {
+                already_loaded,
+                load_seconds,
+            } => {
+                self.loaded_at_ns = Some(t);
+                self.already_loaded = already_loaded;
+                self.load_seconds = load_seconds;
             }
-            "warmup_done" => {
+            Event::WarmupDone => {
                 self.warmup = Some(serde_json::Value::Object(ev.body.clone()));
             }
-            "measure_start" => self.measure_start_ns = Some(ev.t_mono_ns),
-            "measure_end" => self.measure_end_ns = Some(ev.t_mono_ns),
-            "phase" => self.phases.push(PhaseMark {
-                t_mono_ns: ev.t_mono_ns,
-                phase: ev.str_field("phase").unwrap_or("idle").to_string(),
-                batch_size: ev.u64_field("batch_size").unwrap_or(1) as u32,
+            Event::MeasureStart => self.measure_start_ns = Some(t),
+            Event::MeasureEnd => self.measure_end_ns = Some(t),
+            Event::Phase { phase, batch_size } => self.phases.push(PhaseMark {
+                t_mono_ns: t,
+                phase: phase.to_string(),
+                batch_size,
             }),
-            "prefill_window_start" => {
+            Event::PrefillWindowStart => {
                 self.prefill_window = Some(PrefillWindow {
-                    start_ns: ev.t_mono_ns,
+                    start_ns: t,
                     ..Default::default()
                 })
             }
-            "prefill_window_end" => {
+            Event::PrefillWindowEnd { calls, passes } => {
                 if let Some(w) = self.prefill_window.as_mut() {
-                    w.end_ns = Some(ev.t_mono_ns);
-                    w.calls = ev.u64_field("calls").unwrap_or(0);
-                    w.passes = ev.u64_field("passes").unwrap_or(0);
+                    w.end_ns = Some(t);
+                    w.calls = calls;
+                    w.passes = passes;
                 }
             }
-            "quiet_start" => self.quiet_open = Some(ev.t_mono_ns),
-            "quiet_end" => {
+            Event::QuietStart => self.quiet_open = Some(t),
+            Event::QuietEnd => {
                 if let Some(from_ns) = self.quiet_open.take() {
-                    if ev.t_mono_ns > from_ns {
-                        self.quiet.push(Quiet {
-                            from_ns,
-                            to_ns: ev.t_mono_ns,
-                        });
+                    if t > from_ns {
+                        self.quiet.push(Quiet { from_ns, to_ns: t });
                     }
                 }
             }
-            "first_token" => self.n_first_tokens += 1,
-            "request_end" => self.n_requests_ended += 1,
-            "result" => {
+            Event::FirstToken => self.n_first_tokens += 1,
+            Event::RequestEnd => self.n_requests_ended += 1,
+            Event::Result => {
                 let mut metrics = ev
                     .body
                     .get("metrics")
@@ -206,20 +284,13 @@ impl RunTranscript {
                     engine_version: ev.str_field("engine_version").map(str::to_string),
                 })
             }
-            "error" => {
-                let class = match ev.str_field("class") {
-                    Some("configuration") => FailureClass::Configuration,
-                    _ => FailureClass::Infrastructure,
-                };
+            Event::Error { class, message } => {
                 self.outcome = Some(RunOutcome::Error {
                     class,
-                    message: ev
-                        .str_field("message")
-                        .unwrap_or("harness reported an error without a message")
-                        .to_string(),
+                    message: message.to_string(),
                 });
             }
-            _ => {}
+            Event::Pong | Event::Other(_) => {}
         }
     }
 

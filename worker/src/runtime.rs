@@ -275,7 +275,7 @@ impl ProcessHarness {
             .await?;
         events
             .into_iter()
-            .find(|e| e.event == "pong")
+            .find(|e| e.kind() == lem_common::harness::Event::Pong)
             .map(|e| serde_json::Value::Object(e.body))
             .ok_or_else(|| HarnessError::Io("no pong".into()))
     }
@@ -338,7 +338,7 @@ impl ProcessHarness {
         let mut finished = false;
         let outcome = {
             let fut = self.request_raw(request_line, Some(limits), |e| {
-                if e.event == "result" || e.event == "error" {
+                if e.ends_run() {
                     finished = true;
                 }
                 on_event(e)

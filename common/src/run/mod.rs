@@ -30,7 +30,7 @@ use std::time::Duration;
 use crate::energy::{
     adjusted_energy, sum_windows, window_energy_in, EdgeRule, EnergyMethod, Window, WindowEnergy,
 };
-use crate::harness::{HarnessEvent, RunOutcome, RunTranscript};
+use crate::harness::{Event, HarnessEvent, RunOutcome, RunTranscript};
 use crate::isolation::{
     decide, describe_processes, merge, shared_warnings, CheckPoint, GpuProcess, IsolationPolicy,
     Verdict,
@@ -619,27 +619,30 @@ impl RunLifecycle {
     pub fn handle_event(&mut self, ev: &HarnessEvent) -> Vec<Effect> {
         let quiet = self.settings.quiet_s > 0.0;
         let mut out = Vec::new();
-        match ev.event.as_str() {
-            "phase" => out.push(Effect::Phase {
-                phase: ev.str_field("phase").unwrap_or("idle").to_string(),
-                batch_size: ev.u64_field("batch_size").unwrap_or(1) as u32,
+        match ev.kind() {
+            Event::Phase { phase, batch_size } => out.push(Effect::Phase {
+                phase: phase.to_string(),
+                batch_size,
                 t_mono_ns: ev.t_mono_ns,
             }),
-            "loaded" => out.push(Effect::Resident {
+            Event::Loaded { .. } => out.push(Effect::Resident {
                 t_mono_ns: ev.t_mono_ns,
             }),
             // With quiet spans the counter is read back to back over each span and
             // never inside a window; without, in a burst from each window edge.
-            "quiet_start" => out.push(Effect::CounterBurst(Duration::from_secs_f64(
+            Event::QuietStart => out.push(Effect::CounterBurst(Duration::from_secs_f64(
                 self.settings.quiet_s + 0.1,
             ))),
-            "quiet_end" => out.push(Effect::CounterBurstStop),
-            "measure_start" | "measure_end" | "prefill_window_start" | "prefill_window_end"
+            Event::QuietEnd => out.push(Effect::CounterBurstStop),
+            Event::MeasureStart
+            | Event::MeasureEnd
+            | Event::PrefillWindowStart
+            | Event::PrefillWindowEnd { .. }
                 if !quiet =>
             {
                 out.push(Effect::CounterBurst(EDGE_BURST))
             }
-            "error" | "result" => out.push(Effect::Phase {
+            Event::Result | Event::Error { .. } => out.push(Effect::Phase {
                 phase: "idle".into(),
                 batch_size: 1,
                 t_mono_ns: ev.t_mono_ns,
