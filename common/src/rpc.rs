@@ -171,6 +171,23 @@ pub struct LeaseGrant {
     /// GPUs the run needs (its tensor-parallel size, as the coordinator read it).
     #[serde(default = "one")]
     pub tp_size: u32,
+    /// The study's limit on the whole run (`study_execution.experiment_timeout_seconds`).
+    #[serde(default = "default_run_timeout_s")]
+    pub experiment_timeout_s: f64,
+    /// The study's limit on the harness's silence between events
+    /// (`study_execution.stdout_silence_timeout_seconds`; 0 = no watchdog).
+    #[serde(default = "default_silence_s")]
+    pub stdout_silence_timeout_s: f64,
+}
+
+/// llem's `experiment_timeout_seconds` default.
+pub fn default_run_timeout_s() -> f64 {
+    600.0
+}
+
+/// llem's `stdout_silence_timeout_seconds` default.
+pub fn default_silence_s() -> f64 {
+    300.0
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

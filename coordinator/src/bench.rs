@@ -129,6 +129,8 @@ fn populate(store: &Store, n: u64) -> anyhow::Result<()> {
             n_configs: k,
             skipped: vec![],
             warnings: vec![],
+            experiment_timeout_s: 600.0,
+            stdout_silence_timeout_s: 300.0,
         };
         store.create_campaign(rec, runs)?;
         left -= k;

@@ -55,6 +55,14 @@ pub fn check_fleet_support(
     Ok(())
 }
 
+/// What every lease of a campaign carries besides the run.
+#[derive(Clone, Debug)]
+struct LeaseFacts {
+    study_name: Option<String>,
+    experiment_timeout_s: f64,
+    stdout_silence_timeout_s: f64,
+}
+
 /// Checks a study's size against [`MAX_STUDY_BYTES`]; the error names the file.
 pub fn check_study_size(src: &StudySource) -> Result<(), String> {
     let bytes = src.text.len() + src.base.as_ref().map(|(_, t)| t.len()).unwrap_or(0);
@@ -96,7 +104,9 @@ pub struct Shared {
     last_seen: Mutex<HashMap<WorkerId, u64>>,
     /// Each campaign's study name, for lease grants (a campaign's name never
     /// changes; reading its record per lease would parse its whole study text).
-    study_names: Mutex<HashMap<CampaignId, Option<String>>>,
+    /// Per campaign, what every lease of it carries besides the run: the study's name
+    /// and run limits (read once from the manifest).
+    study_names: Mutex<HashMap<CampaignId, LeaseFacts>>,
 }
 
 impl Shared {
@@ -450,19 +460,22 @@ impl Coordinator for CoordService {
                     .expect("study names lock")
                     .get(&id)
                     .cloned();
-                let study_name = match cached {
-                    Some(name) => name,
+                let facts = match cached {
+                    Some(facts) => facts,
                     None => {
                         let shared = self.shared.clone();
-                        let name = blocking(move || shared.store.campaign(id))
-                            .await?
-                            .study_name;
+                        let c = blocking(move || shared.store.campaign(id)).await?;
+                        let facts = LeaseFacts {
+                            study_name: c.study_name,
+                            experiment_timeout_s: c.experiment_timeout_s,
+                            stdout_silence_timeout_s: c.stdout_silence_timeout_s,
+                        };
                         self.shared
                             .study_names
                             .lock()
                             .expect("study names lock")
-                            .insert(id, name.clone());
-                        name
+                            .insert(id, facts.clone());
+                        facts
                     }
                 };
                 let lease = rec.lease.lease.as_ref().expect("granted lease");
@@ -477,8 +490,10 @@ impl Coordinator for CoordService {
                     cycle: rec.cycle,
                     config_json: rec.config_json.clone(),
                     gap_before_s: rec.gap_before_s,
-                    study_name,
+                    study_name: facts.study_name,
                     tp_size: rec.tp_size,
+                    experiment_timeout_s: facts.experiment_timeout_s,
+                    stdout_silence_timeout_s: facts.stdout_silence_timeout_s,
                 })));
             }
             tokio::select! {
@@ -611,6 +626,8 @@ impl Coordinator for CoordService {
                 .map(|s| serde_json::json!({"reason": s.reason, "rule_id": s.rule_id, "config": s.config.to_json()}))
                 .collect(),
             warnings: plan.warnings.clone(),
+            experiment_timeout_s: plan.execution.experiment_timeout_seconds,
+            stdout_silence_timeout_s: plan.execution.stdout_silence_timeout_seconds,
         };
         let (n_configs, n_skipped, warnings) = (
             plan.n_configs as u64,

@@ -138,6 +138,11 @@ pub struct CampaignRecord {
     pub n_configs: u64,
     pub skipped: Vec<serde_json::Value>,
     pub warnings: Vec<String>,
+    /// The study's run limits (`study_execution`), handed to workers with each lease.
+    #[serde(default = "lem_common::rpc::default_run_timeout_s")]
+    pub experiment_timeout_s: f64,
+    #[serde(default = "lem_common::rpc::default_silence_s")]
+    pub stdout_silence_timeout_s: f64,
 }
 
 /// One run: its place in the plan and its lease record.
@@ -1319,6 +1324,8 @@ mod tests {
             n_configs: 1,
             skipped: vec![],
             warnings: vec![],
+            experiment_timeout_s: 600.0,
+            stdout_silence_timeout_s: 300.0,
         }
     }
 

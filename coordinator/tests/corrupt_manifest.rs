@@ -19,6 +19,8 @@ fn seed_manifest(dir: &std::path::Path) -> CampaignId {
         n_configs: 4,
         skipped: vec![],
         warnings: vec![],
+        experiment_timeout_s: 600.0,
+        stdout_silence_timeout_s: 300.0,
     };
     let runs: Vec<NewRun> = (0..40)
         .map(|i| NewRun {

@@ -338,6 +338,8 @@ mod tests {
             gap_before_s: 0.0,
             study_name: None,
             tp_size: 1,
+            experiment_timeout_s: 600.0,
+            stdout_silence_timeout_s: 300.0,
         }
     }
 

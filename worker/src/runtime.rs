@@ -56,11 +56,9 @@ pub enum HarnessError {
     Io(String),
     #[error("harness closed the connection before the run finished (server log: {log})")]
     Eof { log: String },
-    #[error("run exceeded its timeout of {0:.0} s (study_execution.experiment_timeout_seconds)")]
+    #[error("run exceeded its timeout of {0} s (study_execution.experiment_timeout_seconds)")]
     Timeout(f64),
-    #[error(
-        "the harness sent nothing for {0:.0} s (study_execution.stdout_silence_timeout_seconds)"
-    )]
+    #[error("the harness sent nothing for {0} s (study_execution.stdout_silence_timeout_seconds)")]
     Silent(f64),
     #[error("run stopped: {0}")]
     Cancelled(String),

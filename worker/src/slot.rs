@@ -1006,6 +1006,9 @@ impl Slot {
                 config_json: grant.config_json.clone(),
                 gap_before_s: grant.gap_before_s,
                 lease_mono_ns: lease_mono,
+                timeout: Duration::from_secs_f64(grant.experiment_timeout_s.max(1.0)),
+                silence: (grant.stdout_silence_timeout_s > 0.0)
+                    .then(|| Duration::from_secs_f64(grant.stdout_silence_timeout_s)),
             },
             Settings {
                 prefill_window_s: self.prefill_window_s,
@@ -1073,7 +1076,11 @@ impl Slot {
                         .to_string_lossy()
                         .into_owned(),
                 ),
-                Command::Dispatch { request_line } => {
+                Command::Dispatch {
+                    request_line,
+                    timeout,
+                    silence,
+                } => {
                     let started_unix_ms = unix_ms();
                     let (load, samplers) = (self.load.clone(), &self.samplers);
                     let mut cancel = cancel.take().expect("one dispatch per run");
@@ -1091,7 +1098,7 @@ impl Slot {
                         .harness
                         .run(
                             &request_line,
-                            RunLimits::default(),
+                            RunLimits { timeout, silence },
                             Box::pin(cancel_fut),
                             &mut |ev| {
                                 for effect in lc.handle_event(ev) {

@@ -87,6 +87,10 @@ pub struct Leased {
     pub gap_before_s: f64,
     /// When the lease was granted (CLOCK_MONOTONIC ns).
     pub lease_mono_ns: u64,
+    /// The study's limit on the whole run, and on the harness's silence between
+    /// events (`None`: no watchdog).
+    pub timeout: Duration,
+    pub silence: Option<Duration>,
 }
 
 /// Which idle figure to measure.
@@ -133,8 +137,13 @@ pub enum Command {
     /// Where the harness finds the prompt file `source` names, then [`Input::Dataset`].
     ResolveDataset(String),
     /// Send this request line to the harness and feed every event to
-    /// [`RunLifecycle::handle_event`], then [`Input::HarnessEnded`].
-    Dispatch { request_line: String },
+    /// [`RunLifecycle::handle_event`], then [`Input::HarnessEnded`]. The run may last
+    /// `timeout` and the harness may be silent for `silence` (the study's limits).
+    Dispatch {
+        request_line: String,
+        timeout: Duration,
+        silence: Option<Duration>,
+    },
     /// Collect each GPU's samples and counter reads around the run's window (and the
     /// prefill window's), then [`Input::Collected`].
     Collect {
@@ -523,7 +532,11 @@ impl RunLifecycle {
                 Ok(_) => {
                     self.stage = Stage::Running;
                     let request_line = self.request_line();
-                    self.pending.push_back(Command::Dispatch { request_line });
+                    self.pending.push_back(Command::Dispatch {
+                        request_line,
+                        timeout: self.leased.timeout,
+                        silence: self.leased.silence,
+                    });
                 }
             },
             (
@@ -1410,7 +1423,7 @@ mod tests {
                     Command::ResolveDataset(source) => {
                         Input::Dataset(format!("/data/{source}.jsonl"))
                     }
-                    Command::Dispatch { request_line } => {
+                    Command::Dispatch { request_line, .. } => {
                         let v: serde_json::Value = serde_json::from_str(&request_line).unwrap();
                         let quiet_s = v["quiet_seconds"].as_f64().unwrap();
                         if self.harness_fails {
@@ -1474,6 +1487,8 @@ mod tests {
                 config_json: config,
                 gap_before_s: 1.0,
                 lease_mono_ns: world.now,
+                timeout: Duration::from_secs(600),
+                silence: Some(Duration::from_secs(300)),
             },
             Settings {
                 prefill_window_s: 0.0,

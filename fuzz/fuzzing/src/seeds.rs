@@ -253,6 +253,8 @@ fn sample_responses() -> Vec<(&'static str, CoordinatorResponse)> {
         gap_before_s: 1.5,
         study_name: Some("s".into()),
         tp_size: 1,
+        experiment_timeout_s: 600.0,
+        stdout_silence_timeout_s: 300.0,
     };
     vec![
         (

@@ -235,3 +235,47 @@ fn runs_of_an_engine_no_worker_has_are_blocked_with_a_reason() {
     );
     assert_eq!(s["state"], "cancelled", "{s}");
 }
+
+#[test]
+fn the_studys_own_limits_cut_a_run_and_say_which() {
+    // study_execution.experiment_timeout_seconds bounds a run (llem's default 600 s; the
+    // worker used a constant before), and stdout_silence_timeout_seconds is a watchdog
+    // on the harness's events. A run cut by either fails with the limit and its value.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (coord, addr) = start_coordinator(dir);
+    let worker = crate::start_worker_with(dir, &addr, "w", &["--prefill-window-seconds", "0"]);
+    let head = "task:\n  model: synthetic/limits\n  dataset:\n    n_prompts: 1\n  max_input_tokens: 16\n  max_output_tokens: 4\nengine: synthetic\nserving_mode: offline\nmeasurement:\n  baseline:\n    enabled: false\noffline:\n  warmup:\n    enabled: false\nsweep: {}\n";
+    for (name, body, needle) in [
+        (
+            "timeout.yaml",
+            // Four decoding steps of 1.5 s: the run needs 4.5 s, the study allows 2 s.
+            "synthetic:\n  engine_params:\n    load_seconds: 0.1\n    decode_ms_per_step: 1500.0\nstudy_execution:\n  n_cycles: 1\n  experiment_timeout_seconds: 2\n",
+            "timeout of 2 s (study_execution.experiment_timeout_seconds)",
+        ),
+        (
+            "silence.yaml",
+            // A 4 s model load with nothing said: the study allows 1.5 s of silence.
+            "synthetic:\n  engine_params:\n    load_seconds: 4.0\nstudy_execution:\n  n_cycles: 1\n  stdout_silence_timeout_seconds: 1.5\n",
+            "sent nothing for 1.5 s (study_execution.stdout_silence_timeout_seconds)",
+        ),
+    ] {
+        let study = dir.join(name);
+        std::fs::write(&study, format!("{head}{body}")).unwrap();
+        let args = ["submit", study.to_str().unwrap(), "--coordinator", &addr];
+        let out = run(COORD, &args);
+        assert!(out.status.success(), "{}", describe(&args, &out));
+        let id = campaign_id(&out.stdout);
+        let rows = wait_for(
+            "the run to fail on the study's limit",
+            Duration::from_secs(120),
+            &[&coord, &worker],
+            || {
+                let rows = crate::results_jsonl(&id, &["--coordinator", &addr]);
+                let failure = rows[0]["last_failure"].as_str()?.to_string();
+                failure.contains(needle).then_some(rows)
+            },
+        );
+        assert_ne!(rows[0]["state"], "done", "{}", rows[0]);
+    }
+}
