@@ -178,6 +178,9 @@ pub struct LeaseGrant {
     /// (`study_execution.stdout_silence_timeout_seconds`; 0 = no watchdog).
     #[serde(default = "default_silence_s")]
     pub stdout_silence_timeout_s: f64,
+    /// Start this run cold: recycle the harness and load the model anew.
+    #[serde(default)]
+    pub force_cold_start: bool,
 }
 
 /// llem's `experiment_timeout_seconds` default.
@@ -245,6 +248,10 @@ pub struct SubmitRequest {
     pub path: String,
     pub text: String,
     pub base: Option<(String, String)>,
+    /// Every run of the campaign starts cold: the harness (its container, on the
+    /// docker runtime) is recycled and the model loaded anew (`submit --force-cold-start`).
+    #[serde(default)]
+    pub force_cold_start: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -189,6 +189,9 @@ pub struct RunResult {
     pub throttle_thermal: bool,
     pub model_load_seconds: Option<f64>,
     pub model_already_loaded: bool,
+    /// The run was asked to start cold (`submit --force-cold-start`): the harness was
+    /// recycled and the model loaded anew before it (`model_load_seconds` says how long).
+    pub cold_start: bool,
     /// Seconds from the lease being granted to the harness's `measure_start`.
     pub lease_to_measure_s: f64,
     /// The harness's own metrics (latency, token length distributions) as it sent them.

@@ -131,6 +131,7 @@ fn populate(store: &Store, n: u64) -> anyhow::Result<()> {
             warnings: vec![],
             experiment_timeout_s: 600.0,
             stdout_silence_timeout_s: 300.0,
+            force_cold_start: false,
         };
         store.create_campaign(rec, runs)?;
         left -= k;
@@ -514,6 +515,7 @@ pub async fn manifest(opts: &ManifestBench) -> anyhow::Result<ManifestReport> {
                 path: "bench-manifest.yaml".into(),
                 text: study,
                 base: None,
+                force_cold_start: false,
             },
         )
         .await?

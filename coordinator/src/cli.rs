@@ -221,6 +221,10 @@ pub enum Command {
         /// Go on past the grid-size limit (10,000 configs).
         #[arg(long)]
         allow_large_grid: bool,
+        /// Start every run cold: the worker recycles the harness (its container, on the
+        /// docker runtime) and loads the model anew before each run.
+        #[arg(long)]
+        force_cold_start: bool,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -383,8 +387,17 @@ pub fn main_impl(cli: Cli) -> Result<(), CliError> {
             Command::Submit {
                 study,
                 allow_large_grid,
+                force_cold_start,
                 connect,
-            } => submit(&study, allow_large_grid, &connect.endpoint()?).await,
+            } => {
+                submit(
+                    &study,
+                    allow_large_grid,
+                    force_cold_start,
+                    &connect.endpoint()?,
+                )
+                .await
+            }
             Command::Status {
                 campaign,
                 json,
@@ -678,7 +691,12 @@ fn print_plan_summary(path: &Path, plan: &CompactPlan) {
     }
 }
 
-async fn submit(path: &Path, allow_large_grid: bool, addr: &Endpoint) -> Result<(), CliError> {
+async fn submit(
+    path: &Path,
+    allow_large_grid: bool,
+    force_cold_start: bool,
+    addr: &Endpoint,
+) -> Result<(), CliError> {
     let (src, plan) = read_study(path, allow_large_grid)?;
     print_plan_summary(path, &plan);
     let client = connect(addr).await?;
@@ -691,6 +709,7 @@ async fn submit(path: &Path, allow_large_grid: bool, addr: &Endpoint) -> Result<
                     path: src.path.clone(),
                     text: src.text.clone(),
                     base: src.base.clone(),
+                    force_cold_start,
                 },
             )
             .await,
@@ -1203,6 +1222,7 @@ async fn drive_local_run(
                     path: src.path.clone(),
                     text: src.text.clone(),
                     base: src.base.clone(),
+                    force_cold_start: false,
                 },
             )
             .await,

@@ -57,6 +57,7 @@ pub const COLUMNS: &[&str] = &[
     "thermal_wait_s",
     "model_load_time_sec",
     "model_already_loaded",
+    "cold_start",
     "energy_adjusted_resident_j",
     "energy_adjusted_resident_source",
     "energy_adjusted_resident_uncertainty_j",
@@ -210,6 +211,7 @@ pub fn row(r: &RunRow) -> serde_json::Map<String, Json> {
         "model_already_loaded".into(),
         f(&|x| json!(x.model_already_loaded)),
     );
+    m.insert("cold_start".into(), f(&|x| json!(x.cold_start)));
     m.insert(
         "energy_adjusted_resident_j".into(),
         f(&|x| json!(x.energy_adjusted_resident_j)),

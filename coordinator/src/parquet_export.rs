@@ -107,6 +107,7 @@ pub fn column_type(name: &str) -> Option<DataType> {
         | "decode_energy_adjusted_j" => DataType::Float64,
         "energy_adjusted_clamped"
         | "model_already_loaded"
+        | "cold_start"
         | "simulated"
         | "throttle_thermal"
         | "throttle_power"

@@ -61,6 +61,7 @@ struct LeaseFacts {
     study_name: Option<String>,
     experiment_timeout_s: f64,
     stdout_silence_timeout_s: f64,
+    force_cold_start: bool,
 }
 
 /// Checks a study's size against [`MAX_STUDY_BYTES`]; the error names the file.
@@ -469,6 +470,7 @@ impl Coordinator for CoordService {
                             study_name: c.study_name,
                             experiment_timeout_s: c.experiment_timeout_s,
                             stdout_silence_timeout_s: c.stdout_silence_timeout_s,
+                            force_cold_start: c.force_cold_start,
                         };
                         self.shared
                             .study_names
@@ -494,6 +496,7 @@ impl Coordinator for CoordService {
                     tp_size: rec.tp_size,
                     experiment_timeout_s: facts.experiment_timeout_s,
                     stdout_silence_timeout_s: facts.stdout_silence_timeout_s,
+                    force_cold_start: facts.force_cold_start,
                 })));
             }
             tokio::select! {
@@ -628,6 +631,7 @@ impl Coordinator for CoordService {
             warnings: plan.warnings.clone(),
             experiment_timeout_s: plan.execution.experiment_timeout_seconds,
             stdout_silence_timeout_s: plan.execution.stdout_silence_timeout_seconds,
+            force_cold_start: req.force_cold_start,
         };
         let (n_configs, n_skipped, warnings) = (
             plan.n_configs as u64,

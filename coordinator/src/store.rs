@@ -143,6 +143,9 @@ pub struct CampaignRecord {
     pub experiment_timeout_s: f64,
     #[serde(default = "lem_common::rpc::default_silence_s")]
     pub stdout_silence_timeout_s: f64,
+    /// Every run starts cold (`submit --force-cold-start`).
+    #[serde(default)]
+    pub force_cold_start: bool,
 }
 
 /// One run: its place in the plan and its lease record.
@@ -1326,6 +1329,7 @@ mod tests {
             warnings: vec![],
             experiment_timeout_s: 600.0,
             stdout_silence_timeout_s: 300.0,
+            force_cold_start: false,
         }
     }
 

@@ -21,6 +21,7 @@ fn seed_manifest(dir: &std::path::Path) -> CampaignId {
         warnings: vec![],
         experiment_timeout_s: 600.0,
         stdout_silence_timeout_s: 300.0,
+        force_cold_start: false,
     };
     let runs: Vec<NewRun> = (0..40)
         .map(|i| NewRun {

@@ -340,6 +340,7 @@ mod tests {
             tp_size: 1,
             experiment_timeout_s: 600.0,
             stdout_silence_timeout_s: 300.0,
+            force_cold_start: false,
         }
     }
 

@@ -1009,6 +1009,7 @@ impl Slot {
                 timeout: Duration::from_secs_f64(grant.experiment_timeout_s.max(1.0)),
                 silence: (grant.stdout_silence_timeout_s > 0.0)
                     .then(|| Duration::from_secs_f64(grant.stdout_silence_timeout_s)),
+                force_cold_start: grant.force_cold_start,
             },
             Settings {
                 prefill_window_s: self.prefill_window_s,

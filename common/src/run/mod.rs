@@ -91,6 +91,8 @@ pub struct Leased {
     /// events (`None`: no watchdog).
     pub timeout: Duration,
     pub silence: Option<Duration>,
+    /// Start cold: recycle the harness and load the model anew.
+    pub force_cold_start: bool,
 }
 
 /// Which idle figure to measure.
@@ -266,6 +268,8 @@ enum Stage {
     },
     Gate,
     Dataset,
+    /// Waiting for the harness to stop before a cold start.
+    Recycling,
     /// Waiting for the process listing before dispatching the run.
     WindowCheckBefore,
     Running,
@@ -515,8 +519,19 @@ impl RunLifecycle {
             }
             (Stage::Dataset, Input::Dataset(path)) => {
                 self.got.transcript = RunTranscript::default();
-                self.stage = Stage::WindowCheckBefore;
                 self.dataset = Some(path);
+                if self.leased.force_cold_start {
+                    // A cold start: a fresh harness (container), imports and load.
+                    self.stage = Stage::Recycling;
+                    self.pending.push_back(Command::StopHarness);
+                } else {
+                    self.stage = Stage::WindowCheckBefore;
+                    self.pending
+                        .push_back(Command::ListProcesses(CheckPoint::BeforeWindow));
+                }
+            }
+            (Stage::Recycling, Input::HarnessStopped) => {
+                self.stage = Stage::WindowCheckBefore;
                 self.pending
                     .push_back(Command::ListProcesses(CheckPoint::BeforeWindow));
             }
@@ -674,7 +689,7 @@ impl RunLifecycle {
             prefill_window_seconds: self.settings.prefill_window_s,
             quiet_seconds: self.settings.quiet_s,
             per_token_timing: &self.settings.per_token_timing,
-            force_cold_start: false,
+            force_cold_start: self.leased.force_cold_start,
         })
     }
 
@@ -1161,6 +1176,7 @@ impl RunLifecycle {
             throttle_thermal: throttle,
             model_load_seconds: got.transcript.load_seconds,
             model_already_loaded: got.transcript.already_loaded.unwrap_or(false),
+            cold_start: self.leased.force_cold_start,
             lease_to_measure_s: t0.saturating_sub(self.leased.lease_mono_ns) as f64 / 1e9,
             harness_metrics: metrics,
             warmup: got
@@ -1489,6 +1505,7 @@ mod tests {
                 lease_mono_ns: world.now,
                 timeout: Duration::from_secs(600),
                 silence: Some(Duration::from_secs(300)),
+                force_cold_start: false,
             },
             Settings {
                 prefill_window_s: 0.0,
@@ -1693,6 +1710,29 @@ mod tests {
             .iter()
             .any(|w| w.contains("baseline.enabled is false")));
         assert!(!w.commands.iter().any(|c| c.starts_with("idle:")));
+    }
+
+    #[test]
+    fn a_cold_start_recycles_the_harness_before_the_run() {
+        let mut w = World::new();
+        let mut lc = lifecycle(&w, CACHED, IsolationPolicy::Warn, 0.35);
+        w.drive(&mut lc).unwrap();
+        w.commands.clear();
+        let mut lc = lifecycle(&w, CACHED, IsolationPolicy::Warn, 0.35);
+        lc.leased.force_cold_start = true;
+        let r = w.drive(&mut lc).unwrap();
+        assert_eq!(
+            &w.commands[..5],
+            [
+                "Remember",
+                "WaitGate",
+                "ResolveDataset",
+                "StopHarness",
+                "list:window"
+            ]
+        );
+        assert!(r.cold_start);
+        assert!(lc.request_line().contains(r#""force_cold_start": true"#));
     }
 
     #[test]

@@ -208,6 +208,7 @@ fn sample_requests() -> Vec<(&'static str, CoordinatorRequest)> {
                         "task: {model: m}\nsweep:\n  synthetic.engine_params.batch_size: [1, 2]\n"
                             .into(),
                     base: Some(("base.yaml".into(), "engine: synthetic\n".into())),
+                    force_cold_start: false,
                 },
             },
         ),
@@ -255,6 +256,7 @@ fn sample_responses() -> Vec<(&'static str, CoordinatorResponse)> {
         tp_size: 1,
         experiment_timeout_s: 600.0,
         stdout_silence_timeout_s: 300.0,
+        force_cold_start: false,
     };
     vec![
         (

@@ -279,3 +279,46 @@ fn the_studys_own_limits_cut_a_run_and_say_which() {
         assert_ne!(rows[0]["state"], "done", "{}", rows[0]);
     }
 }
+
+#[test]
+fn a_campaign_submitted_cold_starts_every_run_cold() {
+    // `submit --force-cold-start`: each run's harness is recycled and the model loaded
+    // anew, and the result says so (`cold_start`, `model_already_loaded` false, the load
+    // time); without it the second run of a model finds it loaded.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (coord, addr) = start_coordinator(dir);
+    let worker = crate::start_worker_with(dir, &addr, "w", &["--prefill-window-seconds", "0"]);
+    let study = dir.join("cold.yaml");
+    std::fs::write(
+        &study,
+        "task:\n  model: synthetic/cold\n  dataset:\n    n_prompts: 2\n  max_input_tokens: 16\n  max_output_tokens: 4\nengine: synthetic\nserving_mode: offline\nmeasurement:\n  baseline:\n    enabled: false\noffline:\n  warmup:\n    enabled: false\nsynthetic:\n  engine_params:\n    load_seconds: 0.5\nsweep:\n  synthetic.engine_params.batch_size: [1, 2]\nstudy_execution:\n  n_cycles: 1\n",
+    )
+    .unwrap();
+    for (cold, flags) in [(false, vec![]), (true, vec!["--force-cold-start"])] {
+        let mut args = vec!["submit", study.to_str().unwrap(), "--coordinator", &addr];
+        args.extend(flags);
+        let out = run(COORD, &args);
+        assert!(out.status.success(), "{}", describe(&args, &out));
+        let id = campaign_id(&out.stdout);
+        let rows = wait_for(
+            "both runs to be done",
+            Duration::from_secs(120),
+            &[&coord, &worker],
+            || {
+                let rows = crate::results_jsonl(&id, &["--coordinator", &addr]);
+                rows.iter().all(|r| r["state"] == "done").then_some(rows)
+            },
+        );
+        for r in &rows {
+            assert_eq!(r["cold_start"], cold, "{r}");
+            if cold {
+                assert_eq!(r["model_already_loaded"], false, "{r}");
+                assert!(r["model_load_time_sec"].as_f64().unwrap() >= 0.4, "{r}");
+            }
+        }
+        if !cold {
+            assert_eq!(rows[1]["model_already_loaded"], true, "{}", rows[1]);
+        }
+    }
+}

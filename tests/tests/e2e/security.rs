@@ -657,6 +657,7 @@ fn garbage_and_slowloris_are_closed_and_service_goes_on() {
                     path: "huge-grid.yaml".into(),
                     text,
                     base: None,
+                    force_cold_start: false,
                 },
             )
             .await
