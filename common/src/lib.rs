@@ -12,6 +12,7 @@ pub mod gpus;
 pub mod harness;
 pub mod isolation;
 pub mod lease;
+pub mod policy;
 pub mod pyjson;
 pub mod quality;
 pub mod rpc;

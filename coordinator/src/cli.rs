@@ -1187,6 +1187,7 @@ async fn run(
             prefill_window_s: 3.0,
             quiet_s: lem_worker::QUIET_S,
             per_token_timing: "always",
+            trust_remote_code: lem_worker::cli::trust_remote_code_env(),
             drain: false,
             device_isolation: lem_common::isolation::IsolationPolicy::Warn,
         };

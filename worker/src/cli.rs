@@ -65,6 +65,11 @@ pub struct Args {
     /// llem does; otherwise per-batch latency, llem's per_request_batch).
     #[arg(long, value_enum, default_value_t = PerTokenTiming::Always)]
     pub per_token_timing: PerTokenTiming,
+    /// Let studies run model repositories' own Python on this host
+    /// (`trust_remote_code`). Off unless given (or LLEM_TRUST_REMOTE_CODE is set to
+    /// 1/true/yes/on for the worker): a study that asks for it is refused here.
+    #[arg(long)]
+    pub trust_remote_code: bool,
     /// What a slot does when a process other than the worker's own (its harness and
     /// the harness's children) holds a measured GPU before a baseline or around the
     /// measured window: `warn` measures and flags the result (`gpu_shared`, the
@@ -204,6 +209,7 @@ pub fn main_impl() -> std::process::ExitCode {
         prefill_window_s: args.prefill_window_seconds,
         quiet_s: args.quiet_ms as f64 / 1000.0,
         per_token_timing: args.per_token_timing.wire(),
+        trust_remote_code: args.trust_remote_code || trust_remote_code_env(),
         drain: args.drain,
         device_isolation: args.device_isolation.policy(),
     };
@@ -234,4 +240,14 @@ pub fn main_impl() -> std::process::ExitCode {
             std::process::ExitCode::from(1)
         }
     }
+}
+
+/// llem's host gate for remote code: `LLEM_TRUST_REMOTE_CODE` set to 1/true/yes/on.
+pub fn trust_remote_code_env() -> bool {
+    std::env::var("LLEM_TRUST_REMOTE_CODE").is_ok_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "1" | "true" | "yes" | "on"
+        )
+    })
 }

@@ -83,6 +83,8 @@ pub struct WorkerConfig {
     pub quiet_s: f64,
     /// The harness's `per_token_timing`: `always` or `when_profiling`.
     pub per_token_timing: &'static str,
+    /// Studies may run model repositories' own Python here (`--trust-remote-code`).
+    pub trust_remote_code: bool,
     /// On SIGTERM, hand the current run back instead of finishing it.
     pub drain: bool,
     /// `--device-isolation`: what a slot does when a process other than its own
@@ -315,6 +317,7 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
     let factory: Arc<dyn HarnessFactory> = Arc::new(runtime::ProcessFactory {
         python: cfg.python.clone(),
         server_py: server_py.clone(),
+        env: policy_env(cfg.trust_remote_code),
     });
     let host = hostname();
 
@@ -420,6 +423,9 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
         slot.prefill_window_s = cfg.prefill_window_s;
         slot.quiet_s = cfg.quiet_s;
         slot.per_token_timing = cfg.per_token_timing;
+        slot.host_policy = lem_common::policy::HostPolicy {
+            trust_remote_code: cfg.trust_remote_code,
+        };
         slot.drain = cfg.drain;
         slot.isolation = cfg.device_isolation;
         slot
@@ -484,4 +490,14 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
         Some(e) => bail!("{e}"),
         None => Ok(()),
     }
+}
+
+/// The harness environment the host's policy sets: llem's remote-code gate, on exactly
+/// when the worker allows remote code (the harness refuses a study's
+/// `trust_remote_code` otherwise, whatever the worker's own environment says).
+pub fn policy_env(trust_remote_code: bool) -> Vec<(String, String)> {
+    vec![(
+        "LLEM_TRUST_REMOTE_CODE".into(),
+        if trust_remote_code { "1" } else { "0" }.into(),
+    )]
 }

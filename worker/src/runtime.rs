@@ -485,6 +485,9 @@ impl HarnessRuntime for ProcessHarness {
 pub struct ProcessFactory {
     pub python: String,
     pub server_py: PathBuf,
+    /// Environment every harness gets besides its GPUs' (the host's policy:
+    /// `LLEM_TRUST_REMOTE_CODE=1` under `--trust-remote-code`).
+    pub env: Vec<(String, String)>,
 }
 
 impl HarnessFactory for ProcessFactory {
@@ -495,12 +498,14 @@ impl HarnessFactory for ProcessFactory {
         _gpus: &[u32],
         gpu_env: Vec<(String, String)>,
     ) -> Box<dyn HarnessRuntime> {
+        let mut env = gpu_env;
+        env.extend(self.env.iter().cloned());
         Box::new(ProcessHarness::new(
             &self.python,
             self.server_py.clone(),
             dir,
             slot,
-            gpu_env,
+            env,
         ))
     }
 }

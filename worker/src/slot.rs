@@ -97,6 +97,8 @@ pub struct Slot {
     pub quiet_s: f64,
     /// The harness's `per_token_timing`.
     pub per_token_timing: &'static str,
+    /// What this host lets a study decide (remote code, host files, credentials).
+    pub host_policy: lem_common::policy::HostPolicy,
     /// On a stop request, cancel the run in progress and hand it back
     /// (`lem-worker --drain`) instead of finishing it.
     pub drain: bool,
@@ -181,6 +183,7 @@ impl Slot {
             prefill_window_s: 3.0,
             quiet_s: 0.35,
             per_token_timing: "always",
+            host_policy: Default::default(),
             drain: false,
             pool: None,
             isolation: IsolationPolicy::Warn,
@@ -1016,6 +1019,7 @@ impl Slot {
                 quiet_s: self.quiet_s,
                 per_token_timing: self.per_token_timing.to_string(),
                 isolation: self.isolation,
+                host: self.host_policy,
             },
             Where {
                 worker: self.worker.0.clone(),

@@ -63,6 +63,8 @@ pub struct Settings {
     /// The harness's `per_token_timing`.
     pub per_token_timing: String,
     pub isolation: IsolationPolicy,
+    /// What this host lets a study decide ([`crate::policy`]).
+    pub host: crate::policy::HostPolicy,
 }
 
 /// Who runs it and where: the parts of the result that do not come from the run.
@@ -378,11 +380,16 @@ impl RunLifecycle {
     }
 
     fn start(&mut self, now_ns: u64) {
-        if self.config.is_none() {
+        let Some(config) = &self.config else {
             return self.fail(
                 FailureClass::Configuration,
                 "the coordinator sent a config that is not JSON",
             );
+        };
+        // The host's policy wins over the study: refused before anything runs.
+        if let Some(why) = crate::policy::refusal(config, &self.settings.host) {
+            let message = format!("worker {} refuses the run: {why}", self.place.worker);
+            return self.fail(FailureClass::Configuration, message);
         }
         if !self.baseline_settings.enabled {
             self.got.warnings.push(
@@ -1512,6 +1519,7 @@ mod tests {
                 quiet_s,
                 per_token_timing: "always".into(),
                 isolation,
+                host: crate::policy::HostPolicy::default(),
             },
             Where {
                 worker: "w".into(),
@@ -1733,6 +1741,25 @@ mod tests {
         );
         assert!(r.cold_start);
         assert!(lc.request_line().contains(r#""force_cold_start": true"#));
+    }
+
+    #[test]
+    fn a_study_asking_for_remote_code_is_refused_before_anything_runs() {
+        let mut w = World::new();
+        let mut lc = lifecycle(&w, CACHED, IsolationPolicy::Warn, 0.35);
+        lc.config.as_mut().unwrap().as_map_mut().unwrap().insert(
+            "passthrough_kwargs".into(),
+            crate::yaml::load("{trust_remote_code: true}", "t")
+                .unwrap()
+                .value,
+        );
+        let (class, message) = w.drive(&mut lc).unwrap_err();
+        assert_eq!(class, FailureClass::Configuration);
+        assert!(
+            message.contains("passthrough_kwargs.trust_remote_code"),
+            "{message}"
+        );
+        assert_eq!(w.commands, ["Finish"]);
     }
 
     #[test]

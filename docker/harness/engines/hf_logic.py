@@ -294,6 +294,12 @@ def load_plan(config, environ=None):
         if key not in DECLARED_ENGINE_PARAMS:
             kwargs[key] = value
     kwargs.update(passthrough_kwargs(config))
+    # The host decides whether a model repository's own code may run, never the study
+    # (the worker refuses such a study first; this is the harness's own guard).
+    if kwargs.get("trust_remote_code") and not trust_remote_code_enabled(environ):
+        raise ConfigError("trust_remote_code is asked for by the study (engine_params or "
+                          "passthrough_kwargs) but this host does not allow remote code "
+                          "(LLEM_TRUST_REMOTE_CODE is off; lem-worker --trust-remote-code)")
     for key in ("dtype", "torch_dtype"):
         if key in kwargs:  # a passthrough dtype wins over engine_params.dtype
             dtype_name = resolve_dtype_name(kwargs.pop(key), "passthrough " + key)

@@ -48,6 +48,19 @@ class KwargMappingTests(unittest.TestCase):
         self.assertTrue(g["streaming"])
         self.assertEqual(g["itl_measurement_mode"], "true_streaming")
 
+    def test_remote_code_follows_the_host_gate_not_the_study(self):
+        for where in ("passthrough_kwargs", "engine_params"):
+            if where == "passthrough_kwargs":
+                cfg = llem_dump(model="org/model")
+                cfg["passthrough_kwargs"] = {"trust_remote_code": True}
+            else:
+                cfg = llem_dump(model="org/model", engine_params={"trust_remote_code": True})
+            with self.assertRaises(ConfigError) as e:
+                L.load_plan(cfg, environ={})
+            self.assertIn("LLEM_TRUST_REMOTE_CODE", e.exception.message)
+            plan = L.load_plan(cfg, environ={"LLEM_TRUST_REMOTE_CODE": "1"})
+            self.assertTrue(plan["kwargs"]["trust_remote_code"])
+
     def test_engine_params_split_between_load_and_generate(self):
         cfg = llem_dump(model="org/model", engine_params={
             "dtype": "float16", "attn_implementation": "sdpa", "use_cache": True,

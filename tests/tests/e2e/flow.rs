@@ -322,3 +322,56 @@ fn a_campaign_submitted_cold_starts_every_run_cold() {
         }
     }
 }
+
+#[test]
+fn a_study_asking_for_remote_code_runs_only_where_the_host_allows_it() {
+    // `passthrough_kwargs: {trust_remote_code: true}` would run a model repository's own
+    // Python on every host; the host's policy wins: refused at lease with the reason,
+    // unless the worker runs with --trust-remote-code.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (coord, addr) = start_coordinator(dir);
+    let study = dir.join("remote.yaml");
+    std::fs::write(
+        &study,
+        "task:\n  model: synthetic/remote\n  dataset:\n    n_prompts: 1\n  max_input_tokens: 16\n  max_output_tokens: 4\nengine: synthetic\nserving_mode: offline\nmeasurement:\n  baseline:\n    enabled: false\noffline:\n  warmup:\n    enabled: false\npassthrough_kwargs:\n  trust_remote_code: true\nsweep: {}\nstudy_execution:\n  n_cycles: 1\n",
+    )
+    .unwrap();
+    for (name, flags, done) in [
+        ("strict", vec!["--prefill-window-seconds", "0"], false),
+        (
+            "trusting",
+            vec!["--prefill-window-seconds", "0", "--trust-remote-code"],
+            true,
+        ),
+    ] {
+        let worker = crate::start_worker_with(dir, &addr, name, &flags);
+        let args = ["submit", study.to_str().unwrap(), "--coordinator", &addr];
+        let out = run(COORD, &args);
+        assert!(out.status.success(), "{}", describe(&args, &out));
+        let id = campaign_id(&out.stdout);
+        let row = wait_for(
+            "the run to end",
+            Duration::from_secs(120),
+            &[&coord, &worker],
+            || {
+                let rows = crate::results_jsonl(&id, &["--coordinator", &addr]);
+                (rows[0]["state"] == "done" || rows[0]["state"] == "failed")
+                    .then(|| rows[0].clone())
+            },
+        );
+        if done {
+            assert_eq!(row["state"], "done", "{row}");
+        } else {
+            assert_eq!(row["state"], "failed", "{row}");
+            let why = row["last_failure"].as_str().unwrap();
+            assert!(
+                why.contains("passthrough_kwargs.trust_remote_code")
+                    && why.contains("--trust-remote-code")
+                    && why.contains("strict"),
+                "{why}"
+            );
+        }
+        drop(worker);
+    }
+}
