@@ -192,6 +192,13 @@ pub struct RunResult {
     /// The run was asked to start cold (`submit --force-cold-start`): the harness was
     /// recycled and the model loaded anew before it (`model_load_seconds` says how long).
     pub cold_start: bool,
+    /// GPU memory in use (MiB, summed over the run's GPUs) as the run began and as it
+    /// ended (NVML).
+    pub gpu_memory_before_mb: Option<u64>,
+    pub gpu_memory_after_mb: Option<u64>,
+    /// Why the harness (its container, on the docker runtime) was recycled after this
+    /// run: its GPU memory grew past `lem-worker --recycle-memory-growth-mb`.
+    pub harness_recycled: Option<String>,
     /// Seconds from the lease being granted to the harness's `measure_start`.
     pub lease_to_measure_s: f64,
     /// The harness's own metrics (latency, token length distributions) as it sent them.

@@ -1188,6 +1188,7 @@ async fn run(
             quiet_s: lem_worker::QUIET_S,
             per_token_timing: "always",
             trust_remote_code: lem_worker::cli::trust_remote_code_env(),
+            recycle_memory_growth_mb: 4096,
             drain: false,
             device_isolation: lem_common::isolation::IsolationPolicy::Warn,
         };

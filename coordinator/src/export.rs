@@ -58,6 +58,9 @@ pub const COLUMNS: &[&str] = &[
     "model_load_time_sec",
     "model_already_loaded",
     "cold_start",
+    "gpu_memory_before_mb",
+    "gpu_memory_after_mb",
+    "harness_recycled",
     "energy_adjusted_resident_j",
     "energy_adjusted_resident_source",
     "energy_adjusted_resident_uncertainty_j",
@@ -212,6 +215,15 @@ pub fn row(r: &RunRow) -> serde_json::Map<String, Json> {
         f(&|x| json!(x.model_already_loaded)),
     );
     m.insert("cold_start".into(), f(&|x| json!(x.cold_start)));
+    m.insert(
+        "gpu_memory_before_mb".into(),
+        f(&|x| json!(x.gpu_memory_before_mb)),
+    );
+    m.insert(
+        "gpu_memory_after_mb".into(),
+        f(&|x| json!(x.gpu_memory_after_mb)),
+    );
+    m.insert("harness_recycled".into(), f(&|x| json!(x.harness_recycled)));
     m.insert(
         "energy_adjusted_resident_j".into(),
         f(&|x| json!(x.energy_adjusted_resident_j)),

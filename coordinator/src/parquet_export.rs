@@ -59,6 +59,7 @@ pub fn column_type(name: &str) -> Option<DataType> {
         | "environment_hash"
         | "energy_edge_rule"
         | "energy_adjusted_resident_source"
+        | "harness_recycled"
         | "itl_measurement_mode" => DataType::Utf8,
         // Arrays, stored as their JSON text (`[0,1]`).
         "gpu_indices" | "gpu_energy_j" => DataType::Utf8,
@@ -74,7 +75,9 @@ pub fn column_type(name: &str) -> Option<DataType> {
         | "sm_clock_min_mhz"
         | "sm_clock_max_mhz"
         | "window_start_mono_ns"
-        | "window_end_mono_ns" => DataType::Int64,
+        | "window_end_mono_ns"
+        | "gpu_memory_before_mb"
+        | "gpu_memory_after_mb" => DataType::Int64,
         "total_energy_j"
         | "energy_adjusted_j"
         | "baseline_power_w"

@@ -70,6 +70,10 @@ pub struct Args {
     /// 1/true/yes/on for the worker): a study that asks for it is refused here.
     #[arg(long)]
     pub trust_remote_code: bool,
+    /// GPU memory growth (MiB) past what the harness held after loading its model that
+    /// recycles the harness (its container, on the docker runtime) after a run; 0 never.
+    #[arg(long, default_value_t = 4096)]
+    pub recycle_memory_growth_mb: u64,
     /// What a slot does when a process other than the worker's own (its harness and
     /// the harness's children) holds a measured GPU before a baseline or around the
     /// measured window: `warn` measures and flags the result (`gpu_shared`, the
@@ -210,6 +214,7 @@ pub fn main_impl() -> std::process::ExitCode {
         quiet_s: args.quiet_ms as f64 / 1000.0,
         per_token_timing: args.per_token_timing.wire(),
         trust_remote_code: args.trust_remote_code || trust_remote_code_env(),
+        recycle_memory_growth_mb: args.recycle_memory_growth_mb,
         drain: args.drain,
         device_isolation: args.device_isolation.policy(),
     };

@@ -85,6 +85,8 @@ pub struct WorkerConfig {
     pub per_token_timing: &'static str,
     /// Studies may run model repositories' own Python here (`--trust-remote-code`).
     pub trust_remote_code: bool,
+    /// GPU memory growth that recycles the harness after a run (0: never).
+    pub recycle_memory_growth_mb: u64,
     /// On SIGTERM, hand the current run back instead of finishing it.
     pub drain: bool,
     /// `--device-isolation`: what a slot does when a process other than its own
@@ -426,6 +428,7 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
         slot.host_policy = lem_common::policy::HostPolicy {
             trust_remote_code: cfg.trust_remote_code,
         };
+        slot.recycle_memory_growth_mb = cfg.recycle_memory_growth_mb;
         slot.drain = cfg.drain;
         slot.isolation = cfg.device_isolation;
         slot

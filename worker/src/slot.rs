@@ -99,6 +99,11 @@ pub struct Slot {
     pub per_token_timing: &'static str,
     /// What this host lets a study decide (remote code, host files, credentials).
     pub host_policy: lem_common::policy::HostPolicy,
+    /// GPU memory growth that recycles the harness after a run (0: never).
+    pub recycle_memory_growth_mb: u64,
+    /// The GPU memory the harness held after its last run that loaded a model, and
+    /// that model (the lifecycle measures growth from it).
+    memory_mark: Option<(String, u64)>,
     /// On a stop request, cancel the run in progress and hand it back
     /// (`lem-worker --drain`) instead of finishing it.
     pub drain: bool,
@@ -184,6 +189,8 @@ impl Slot {
             quiet_s: 0.35,
             per_token_timing: "always",
             host_policy: Default::default(),
+            recycle_memory_growth_mb: 4096,
+            memory_mark: None,
             drain: false,
             pool: None,
             isolation: IsolationPolicy::Warn,
@@ -989,6 +996,7 @@ impl Slot {
     /// the harness server is stopped; the next run starts it again.
     async fn stop_harness_for_baseline(&mut self) {
         self.harness.stop().await;
+        self.memory_mark = None;
         self.load.on_resident(false, mono_ns());
     }
 
@@ -1020,6 +1028,7 @@ impl Slot {
                 per_token_timing: self.per_token_timing.to_string(),
                 isolation: self.isolation,
                 host: self.host_policy,
+                recycle_memory_growth_mb: self.recycle_memory_growth_mb,
             },
             Where {
                 worker: self.worker.0.clone(),
@@ -1034,6 +1043,7 @@ impl Slot {
                         (d.name.clone(), d.uuid.clone(), d.simulated)
                     })
                     .collect(),
+                memory_mark: self.memory_mark.clone(),
             },
             self.cache.clone(),
         );
@@ -1066,6 +1076,10 @@ impl Slot {
                 } => Input::Idle(self.measure_idle(duration_s, kind.as_str(), strategy).await),
                 Command::Remember(cache) => {
                     self.cache = *cache;
+                    continue;
+                }
+                Command::MarkMemory(mark) => {
+                    self.memory_mark = mark;
                     continue;
                 }
                 Command::WaitGate { gap_s, idle_temps } => {

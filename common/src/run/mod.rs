@@ -65,6 +65,9 @@ pub struct Settings {
     pub isolation: IsolationPolicy,
     /// What this host lets a study decide ([`crate::policy`]).
     pub host: crate::policy::HostPolicy,
+    /// GPU memory growth (MiB, over the run's GPUs) past the memory held after the
+    /// model was loaded that recycles the harness after a run (0: never).
+    pub recycle_memory_growth_mb: u64,
 }
 
 /// Who runs it and where: the parts of the result that do not come from the run.
@@ -77,6 +80,10 @@ pub struct Where {
     /// whether it is the simulated GPU.
     pub gpus: Vec<u32>,
     pub gpu_descriptions: Vec<(String, String, bool)>,
+    /// The GPU memory (MiB, summed over the GPUs) the harness held after its last run
+    /// that loaded a model, and that model (`task.model`): the mark memory growth is
+    /// measured from.
+    pub memory_mark: Option<(String, u64)>,
 }
 
 /// The run as it was leased.
@@ -132,6 +139,8 @@ pub enum Command {
     },
     /// Keep this for the next runs on these GPUs.
     Remember(Box<BaselineCache>),
+    /// Keep this as the harness's memory mark (see [`Where::memory_mark`]).
+    MarkMemory(Option<(String, u64)>),
     /// Wait the gap, then until the GPUs have cooled (`idle_temps` per GPU, from the
     /// baseline in use), then [`Input::GateOpened`].
     WaitGate {
@@ -286,6 +295,11 @@ enum Stage {
     ResidentMeasure {
         shared_before: bool,
     },
+    /// Waiting for the harness to stop after a run whose memory grew too much; then
+    /// the run finishes with `outcome`.
+    RecyclingAfter {
+        outcome: Result<Box<RunResult>, Failure>,
+    },
     Finished,
 }
 
@@ -312,6 +326,10 @@ struct Measured {
     prefill: Option<WindowEnergy>,
     samples: Vec<Vec<TelemetrySample>>,
     collected: Collected,
+    /// GPU memory (MiB, summed over the GPUs) as the run began and as it ended.
+    memory_mb: Option<(u64, u64)>,
+    /// Why the harness is recycled after this run, if it is.
+    recycle: Option<String>,
 }
 
 /// One leased run's lifecycle (see the module docs for the contract).
@@ -371,6 +389,11 @@ impl RunLifecycle {
     }
 
     fn finish(&mut self, outcome: Result<Box<RunResult>, Failure>) {
+        if outcome.as_ref().is_ok_and(|r| r.harness_recycled.is_some()) {
+            self.stage = Stage::RecyclingAfter { outcome };
+            self.pending.push_back(Command::StopHarness);
+            return;
+        }
         self.stage = Stage::Finished;
         self.pending.push_back(Command::Finish(outcome));
     }
@@ -536,6 +559,10 @@ impl RunLifecycle {
                     self.pending
                         .push_back(Command::ListProcesses(CheckPoint::BeforeWindow));
                 }
+            }
+            (Stage::RecyclingAfter { outcome }, Input::HarnessStopped) => {
+                self.stage = Stage::Finished;
+                self.pending.push_back(Command::Finish(outcome));
             }
             (Stage::Recycling, Input::HarnessStopped) => {
                 self.stage = Stage::WindowCheckBefore;
@@ -907,6 +934,18 @@ impl RunLifecycle {
             .iter()
             .map(|g| window::window_samples(&g.samples, run.t0, run.t1))
             .collect();
+        let memory_mb = c
+            .gpus
+            .iter()
+            .map(|g| {
+                Some((
+                    g.samples.first()?.memory_used_mb,
+                    g.samples.last()?.memory_used_mb,
+                ))
+            })
+            .collect::<Option<Vec<_>>>()
+            .map(|v| v.iter().fold((0, 0), |a, m| (a.0 + m.0, a.1 + m.1)));
+        let recycle = memory_mb.and_then(|(_, after)| self.memory_rule(after));
         self.got.window = Some(Measured {
             run,
             energy,
@@ -914,8 +953,33 @@ impl RunLifecycle {
             prefill,
             samples,
             collected: c,
+            memory_mb,
+            recycle,
         });
         Ok(())
+    }
+
+    /// The memory mark after this run, and why the harness is recycled, if it is: a
+    /// run that loaded its model sets the mark; a run of the same model whose GPU
+    /// memory ended more than `recycle_memory_growth_mb` above it recycles the harness
+    /// (a leak, or a cache that would crowd the next run).
+    fn memory_rule(&mut self, after_mb: u64) -> Option<String> {
+        let model = self.model();
+        if self.got.transcript.already_loaded == Some(false) {
+            self.pending
+                .push_back(Command::MarkMemory(Some((model, after_mb))));
+            return None;
+        }
+        let threshold = self.settings.recycle_memory_growth_mb;
+        let (mark_model, mark) = self.place.memory_mark.clone()?;
+        if threshold == 0 || mark_model != model || after_mb <= mark + threshold {
+            return None;
+        }
+        self.pending.push_back(Command::MarkMemory(None));
+        Some(format!(
+            "GPU memory ended at {after_mb} MiB, {} MiB above the {mark} MiB held after the model was loaded (threshold {threshold} MiB, lem-worker --recycle-memory-growth-mb): the harness was recycled after the run",
+            after_mb - mark
+        ))
     }
 
     fn resident_or_assemble(&mut self, now_ns: u64) {
@@ -1184,6 +1248,9 @@ impl RunLifecycle {
             model_load_seconds: got.transcript.load_seconds,
             model_already_loaded: got.transcript.already_loaded.unwrap_or(false),
             cold_start: self.leased.force_cold_start,
+            gpu_memory_before_mb: m.memory_mb.map(|(b, _)| b),
+            gpu_memory_after_mb: m.memory_mb.map(|(_, a)| a),
+            harness_recycled: m.recycle.clone(),
             lease_to_measure_s: t0.saturating_sub(self.leased.lease_mono_ns) as f64 / 1e9,
             harness_metrics: metrics,
             warmup: got
@@ -1273,6 +1340,11 @@ mod tests {
         cache: BaselineCache,
         /// The run's window as the harness reports it.
         window: (u64, u64),
+        /// The harness loads the model in the next run (else it is already loaded).
+        loads: bool,
+        /// GPU memory in use (MiB).
+        memory_mb: u64,
+        mark: Option<(String, u64)>,
     }
 
     impl World {
@@ -1286,6 +1358,9 @@ mod tests {
                 effects: vec![],
                 cache: BaselineCache::default(),
                 window: (0, 0),
+                loads: false,
+                memory_mb: 0,
+                mark: None,
             }
         }
 
@@ -1337,6 +1412,7 @@ mod tests {
                     power_w: self.power(t),
                     temp_c: 40.0,
                     sm_clock_mhz: 1980,
+                    memory_used_mb: self.memory_mb,
                     ..Default::default()
                 })
                 .collect()
@@ -1371,11 +1447,8 @@ mod tests {
                 HarnessEvent::parse(&format!(r#"{{"event":"{name}","t_mono_ns":{at}{body}}}"#))
                     .unwrap()
             };
-            let mut out = vec![ev(
-                "loaded",
-                t + 400 * MS,
-                r#","already_loaded":true,"load_seconds":0.0"#,
-            )];
+            let loaded = format!(r#","already_loaded":{},"load_seconds":0.0"#, !self.loads);
+            let mut out = vec![ev("loaded", t + 400 * MS, &loaded)];
             if q > 0 {
                 out.push(ev("quiet_start", a - q, ""));
                 out.push(ev("quiet_end", a, ""));
@@ -1434,6 +1507,10 @@ mod tests {
                     }
                     Command::Remember(cache) => {
                         self.cache = *cache;
+                        continue;
+                    }
+                    Command::MarkMemory(mark) => {
+                        self.mark = mark;
                         continue;
                     }
                     Command::WaitGate { gap_s, .. } => {
@@ -1520,6 +1597,7 @@ mod tests {
                 per_token_timing: "always".into(),
                 isolation,
                 host: crate::policy::HostPolicy::default(),
+                recycle_memory_growth_mb: 4096,
             },
             Where {
                 worker: "w".into(),
@@ -1527,6 +1605,7 @@ mod tests {
                 slot: 0,
                 gpus: vec![0],
                 gpu_descriptions: vec![("Simulated".into(), "SIM-0".into(), true)],
+                memory_mark: world.mark.clone(),
             },
             world.cache.clone(),
         )
@@ -1760,6 +1839,44 @@ mod tests {
             "{message}"
         );
         assert_eq!(w.commands, ["Finish"]);
+    }
+
+    #[test]
+    fn gpu_memory_growth_past_the_threshold_recycles_the_harness() {
+        let mut w = World::new();
+        // The run that loads the model sets the mark.
+        w.loads = true;
+        w.memory_mb = 20_000;
+        let mut lc = lifecycle(&w, CACHED, IsolationPolicy::Warn, 0.35);
+        let r = w.drive(&mut lc).unwrap();
+        assert_eq!(w.mark, Some(("m".to_string(), 20_000)));
+        assert_eq!(
+            (r.gpu_memory_before_mb, r.gpu_memory_after_mb),
+            (Some(20_000), Some(20_000))
+        );
+        assert_eq!(r.harness_recycled, None);
+        // Within the threshold: nothing happens.
+        w.loads = false;
+        w.memory_mb = 23_000;
+        w.commands.clear();
+        let mut lc = lifecycle(&w, CACHED, IsolationPolicy::Warn, 0.35);
+        assert_eq!(w.drive(&mut lc).unwrap().harness_recycled, None);
+        assert_eq!(w.commands.last().map(String::as_str), Some("Finish"));
+        // Past it: the harness is stopped after the run, and the result says why.
+        w.memory_mb = 25_000;
+        w.commands.clear();
+        let mut lc = lifecycle(&w, CACHED, IsolationPolicy::Warn, 0.35);
+        let r = w.drive(&mut lc).unwrap();
+        let why = r.harness_recycled.expect("recycled");
+        assert!(
+            why.contains("5000 MiB above") && why.contains("4096"),
+            "{why}"
+        );
+        assert_eq!(
+            &w.commands[w.commands.len() - 2..],
+            ["StopHarness", "Finish"]
+        );
+        assert_eq!(w.mark, None);
     }
 
     #[test]
