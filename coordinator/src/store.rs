@@ -1563,13 +1563,10 @@ mod tests {
         // bound, then taken although b runs are still pending.
         let store = Store::open(dir.path()).unwrap();
         let mut order = vec![];
-        loop {
-            let Some(r) = store
-                .lease_next_warm(&w, 0, &pools, &warm_b, 0, &policy)
-                .unwrap()
-            else {
-                break;
-            };
+        while let Some(r) = store
+            .lease_next_warm(&w, 0, &pools, &warm_b, 0, &policy)
+            .unwrap()
+        {
             order.push(r.key.seq);
         }
         let at_bound: Vec<u32> = (2..=MAX_PASSED_OVER).collect();
