@@ -112,7 +112,11 @@ pub struct LeaseRequest {
     pub slot: u32,
     /// How long the coordinator may hold the call open waiting for work.
     pub wait_ms: u64,
-    /// Models this slot has resident, as `(engine, model)`, for warm affinity.
+    /// Models this slot has resident, as `(engine, task.model)`, for warm affinity:
+    /// the coordinator may grant a run of one of them before earlier runs, within the
+    /// bound of [`crate::schedule`] (docs/lease-protocol.md#warm-affinity). A fixed
+    /// slot: its last successful run's, while its harness runs. A dynamic pool's lane:
+    /// those of the idle harnesses whose GPUs it reserved.
     pub warm: Vec<(String, String)>,
     /// GPUs in this slot: only runs whose tensor-parallel size is exactly this are
     /// granted. For a dynamic pool (`max_gpus` > 0): the pool's size.

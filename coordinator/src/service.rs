@@ -444,6 +444,7 @@ impl Coordinator for CoordService {
                 slot: req.slot,
                 pools,
                 max_gpus: req.max_gpus.min(req.gpus.max(1)),
+                warm: req.warm.clone(),
             };
             let got = match commit(&self.shared, op).await? {
                 WriteOutcome::Leased(got) => got,

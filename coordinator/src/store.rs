@@ -32,8 +32,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use lem_common::gpus::{pool_grant, PoolGrant};
 use lem_common::lease::{self, CompleteOutcome, LeasePolicy, LeaseRecord, RunState};
+use lem_common::schedule::{self, Candidate, PoolChoice, WarmPolicy};
 use lem_common::types::{
     CampaignId, EngineCapability, FailureClass, FencingToken, RunKey, RunResult, WorkerId,
 };
@@ -166,6 +166,15 @@ pub struct RunRecord {
     /// many GPUs is granted it.
     #[serde(default = "one_gpu")]
     pub tp_size: u32,
+    /// How many times a lease took a later run while this one was pending and could
+    /// have been taken (warm affinity, `lem_common::schedule`): kept here so the
+    /// bound on it holds across coordinator restarts. Absent (0) in older records.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub passed_over: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 fn one_gpu() -> u32 {
@@ -583,6 +592,9 @@ pub enum WriteOp {
         /// grant it only if it needs at most this many GPUs, else nothing
         /// ([`WriteOutcome::LeaseBlocked`], `lem_common::gpus::pool_grant`).
         max_gpus: u32,
+        /// The slot's warm `(engine, model)` pairs: a later run of one of them may
+        /// be granted first, within the bound of `lem_common::schedule`.
+        warm: Vec<(String, String)>,
     },
     Renew {
         key: RunKey,
@@ -644,43 +656,80 @@ fn apply_op(
             slot,
             pools,
             max_gpus,
+            warm,
         } => {
-            // The first run in (campaign, seq) order among the pools, and its pool.
-            let mut best: Option<(u64, u32, &str)> = None;
+            let warm_policy = WarmPolicy::default();
+            // The first pending runs among the pools in (campaign, seq) order, with
+            // the GPUs each needs: one when nothing is warm, else the scheduler's
+            // window.
+            let window = if warm.is_empty() {
+                1
+            } else {
+                warm_policy.window
+            };
+            let mut keys: Vec<(u64, u32, u32)> = Vec::new();
             {
                 let pending = txn.open_table(PENDING)?;
                 for pool in pools {
-                    let first = pending
-                        .range((pool.as_str(), 0, 0)..=(pool.as_str(), u64::MAX, u32::MAX))?
-                        .next();
-                    if let Some(item) = first {
+                    let (_, gpus) = parse_pool(pool);
+                    let range = pending
+                        .range((pool.as_str(), 0, 0)..=(pool.as_str(), u64::MAX, u32::MAX))?;
+                    for item in range.take(window) {
                         let (k, _) = item?;
                         let (_, c, s) = k.value();
-                        if best.is_none_or(|(bc, bs, _)| (c, s) < (bc, bs)) {
-                            best = Some((c, s, pool.as_str()));
-                        }
+                        keys.push((c, s, gpus));
                     }
                 }
             }
-            let Some((c, s, pool)) = best else {
-                return Ok(WriteOutcome::Leased(None));
-            };
-            if *max_gpus > 0 {
-                let (_, needs) = parse_pool(pool);
-                if let PoolGrant::Blocked { needs_gpus } = pool_grant(needs, *max_gpus) {
-                    return Ok(WriteOutcome::LeaseBlocked { needs_gpus });
-                }
-            }
-            let key = RunKey {
+            keys.sort_unstable();
+            keys.truncate(window);
+            let run_key = |&(c, s, _): &(u64, u32, u32)| RunKey {
                 campaign: CampaignId(c),
                 seq: s,
             };
-            let old = get_run(txn, key)?;
+            let Some(head) = keys.first() else {
+                return Ok(WriteOutcome::Leased(None));
+            };
+            // The records the scheduler needs: the first run's, and the rest of the
+            // window's only when that one is not warm.
+            let mut records = vec![get_run(txn, run_key(head))?];
+            let head_warm = schedule::is_warm(&candidate(&records[0], head.2), warm);
+            if !warm.is_empty() && !head_warm {
+                for k in &keys[1..] {
+                    records.push(get_run(txn, run_key(k))?);
+                }
+            }
+            let candidates: Vec<Candidate> = records
+                .iter()
+                .zip(&keys)
+                .map(|(r, k)| candidate(r, k.2))
+                .collect();
+            let i = if *max_gpus > 0 {
+                match schedule::choose_in_pool(&candidates, warm, *max_gpus, &warm_policy) {
+                    Some(PoolChoice::Take(i)) => i,
+                    Some(PoolChoice::Blocked { needs_gpus }) => {
+                        return Ok(WriteOutcome::LeaseBlocked { needs_gpus })
+                    }
+                    None => return Ok(WriteOutcome::Leased(None)),
+                }
+            } else {
+                match schedule::choose(&candidates, warm, &warm_policy) {
+                    Some(i) => i,
+                    None => return Ok(WriteOutcome::Leased(None)),
+                }
+            };
+            let old = &records[i];
             let token = FencingToken(peek_counter(txn, "next_token")?);
             let mut new = old.clone();
             new.lease = lease::handle_grant(&old.lease, worker, *slot, token, now_ms, policy)?;
             next_counter(txn, "next_token")?;
-            put_run(txn, Some(&old), &new)?;
+            // The runs before it were passed over once more.
+            for passed in &records[..i] {
+                let mut counted = passed.clone();
+                counted.passed_over += 1;
+                put_run(txn, Some(passed), &counted)?;
+            }
+            put_run(txn, Some(old), &new)?;
             fill_config(&txn.open_table(CONFIGS)?, &mut new)?;
             Ok(WriteOutcome::Leased(Some(new)))
         }
@@ -749,6 +798,16 @@ fn apply_op(
             put_run(txn, Some(&old), &new)?;
             Ok(WriteOutcome::Failed(new))
         }
+    }
+}
+
+/// What the scheduler sees of a pending run that needs `gpus` GPUs.
+fn candidate(rec: &RunRecord, gpus: u32) -> Candidate<'_> {
+    Candidate {
+        engine: &rec.engine,
+        model: &rec.model,
+        gpus,
+        passed_over: rec.passed_over,
     }
 }
 
@@ -858,6 +917,7 @@ impl Store {
                 config_json: String::new(),
                 lease: LeaseRecord::new_pending(),
                 tp_size: r.tp_size.max(1),
+                passed_over: 0,
             };
             let pool = pending_pool(&rec.engine, rec.tp_size);
             pending.insert((pool.as_str(), id.0, rec.key.seq), ())?;
@@ -1001,11 +1061,27 @@ impl Store {
         now_ms: u64,
         policy: &LeasePolicy,
     ) -> Result<Option<RunRecord>, StoreError> {
+        self.lease_next_warm(worker, slot, pools, &[], now_ms, policy)
+    }
+
+    /// [`Store::lease_next`] for a slot with the models `warm` loaded: a later run
+    /// of one of them may come first, within the bound of `lem_common::schedule`
+    /// (each run it passes over counts it in [`RunRecord::passed_over`]).
+    pub fn lease_next_warm(
+        &self,
+        worker: &WorkerId,
+        slot: u32,
+        pools: &[String],
+        warm: &[(String, String)],
+        now_ms: u64,
+        policy: &LeasePolicy,
+    ) -> Result<Option<RunRecord>, StoreError> {
         let op = WriteOp::Lease {
             worker: worker.clone(),
             slot,
             pools: pools.to_vec(),
             max_gpus: 0,
+            warm: warm.to_vec(),
         };
         match self.write_one(&op, now_ms, policy)? {
             WriteOutcome::Leased(r) => Ok(r),
@@ -1408,6 +1484,7 @@ mod tests {
                 slot: 0,
                 pools: pools.clone(),
                 max_gpus: free,
+                warm: vec![],
             };
             match store.write_one(&op, 0, &policy).unwrap() {
                 WriteOutcome::Leased(r) => Ok(r.map(|r| (r.key.seq, r.tp_size))),
@@ -1436,11 +1513,117 @@ mod tests {
             slot: 0,
             pools: vec![pending_pool("synthetic", 8)],
             max_gpus: 0,
+            warm: vec![],
         };
         assert!(matches!(
             store.write_one(&op, 0, &policy).unwrap(),
             WriteOutcome::Leased(Some(r)) if r.tp_size == 8
         ));
+    }
+
+    /// Runs of the synthetic engine of `models`, one GPU each, in this order.
+    fn runs_of_models(models: &[&str]) -> Vec<NewRun> {
+        let mut rs = runs(&vec!["synthetic"; models.len()]);
+        for (r, m) in rs.iter_mut().zip(models) {
+            r.model = m.to_string();
+        }
+        rs
+    }
+
+    #[test]
+    fn a_warm_run_is_leased_first_and_a_cold_one_waits_at_most_the_bound() {
+        use lem_common::schedule::MAX_PASSED_OVER;
+        let dir = tempfile::tempdir().unwrap();
+        let policy = LeasePolicy::default();
+        let w = WorkerId("w".into());
+        let pools = [pending_pool("synthetic", 1)];
+        let warm_b = [("synthetic".to_string(), "b".to_string())];
+        // Study order: one run of model a, then more runs of b than the bound.
+        let n_b = MAX_PASSED_OVER as usize + 2;
+        let models: Vec<&str> = std::iter::once("a")
+            .chain(std::iter::repeat_n("b", n_b))
+            .collect();
+        let id = {
+            let store = Store::open(dir.path()).unwrap();
+            let id = store
+                .create_campaign(campaign(), runs_of_models(&models))
+                .unwrap();
+            // A slot with b warm gets the b run behind the cold a run.
+            let r = store
+                .lease_next_warm(&w, 0, &pools, &warm_b, 0, &policy)
+                .unwrap()
+                .unwrap();
+            assert_eq!((r.key.seq, r.model.as_str()), (1, "b"));
+            let a = store
+                .run_state(RunKey {
+                    campaign: id,
+                    seq: 0,
+                })
+                .unwrap();
+            assert_eq!(a.passed_over, 1);
+            id
+        };
+        // The count survives a restart: the a run is passed over exactly up to the
+        // bound, then taken although b runs are still pending.
+        let store = Store::open(dir.path()).unwrap();
+        let mut order = vec![];
+        while let Some(r) = store
+            .lease_next_warm(&w, 0, &pools, &warm_b, 0, &policy)
+            .unwrap()
+        {
+            order.push(r.key.seq);
+        }
+        let at_bound: Vec<u32> = (2..=MAX_PASSED_OVER).collect();
+        let rest: Vec<u32> = (MAX_PASSED_OVER + 1..=n_b as u32).collect();
+        assert_eq!(order, [at_bound, vec![0], rest].concat(), "{order:?}");
+        let a = store
+            .run_state(RunKey {
+                campaign: id,
+                seq: 0,
+            })
+            .unwrap();
+        assert_eq!(a.passed_over, MAX_PASSED_OVER);
+        // Runs of b were never passed over; every run was leased once.
+        for seq in 1..=n_b as u32 {
+            let r = store.run_state(RunKey { campaign: id, seq }).unwrap();
+            assert_eq!((r.passed_over, r.lease.attempts), (0, 1), "{seq}");
+        }
+        assert_eq!(store.counts(id).unwrap().leased, 1 + n_b as u64);
+    }
+
+    #[test]
+    fn a_dynamic_pool_takes_a_warm_run_only_if_the_first_still_fits() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = LeasePolicy::default();
+        let w = WorkerId("w".into());
+        let store = Store::open(dir.path()).unwrap();
+        // Study order: a on 2 GPUs, then b on 1, twice.
+        let mut rs = runs_of_models(&["a", "b", "b"]);
+        rs[0].tp_size = 2;
+        store.create_campaign(campaign(), rs).unwrap();
+        let pools: Vec<String> = (1..=4).map(|k| pending_pool("synthetic", k)).collect();
+        let lease = |free: u32| {
+            let op = WriteOp::Lease {
+                worker: w.clone(),
+                slot: 0,
+                pools: pools.clone(),
+                max_gpus: free,
+                warm: vec![("synthetic".to_string(), "b".to_string())],
+            };
+            match store.write_one(&op, 0, &policy).unwrap() {
+                WriteOutcome::Leased(r) => Ok(r.map(|r| r.key.seq)),
+                WriteOutcome::LeaseBlocked { needs_gpus } => Err(needs_gpus),
+                other => panic!("{other:?}"),
+            }
+        };
+        // One GPU free: the 2-GPU run blocks the pool, warm or not.
+        assert_eq!(lease(1), Err(2));
+        // Three: the warm b run, and the a run still fits in the other two.
+        assert_eq!(lease(3), Ok(Some(1)));
+        // Two: the b run would leave the a run too few; the a run.
+        assert_eq!(lease(2), Ok(Some(0)));
+        assert_eq!(lease(1), Ok(Some(2)));
+        assert_eq!(lease(4), Ok(None));
     }
 
     #[test]
@@ -1562,6 +1745,7 @@ mod tests {
             slot: 0,
             pools: pools.clone(),
             max_gpus: 0,
+            warm: vec![],
         };
         // Two leases in one batch get two different runs, in order.
         let out = store.apply_batch(&[lease(&a), lease(&b)], 1_000, &policy);

@@ -452,7 +452,7 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
         ));
         // The harness that found the engines sees the whole pool: kept warm for a
         // run of that size, stopped by the first run on fewer GPUs.
-        pool.shelve(&p.group, None, p.harness).await;
+        pool.shelve(&p.group, None, None, p.harness).await;
         // One lane per GPU: enough for a TP-1 run on every GPU at once.
         for lane in 0..pool.size() {
             let placeholder = Planned {

@@ -36,6 +36,9 @@ pub struct PoolGpu {
 pub struct Shelved {
     pub gpus: Vec<u32>,
     pub model: Option<String>,
+    /// The `(engine, model)` its last run loaded, when that run succeeded: what a
+    /// lease reports warm ([`DynPool::warm_models`]).
+    pub loaded: Option<(String, String)>,
     pub harness: Box<dyn HarnessRuntime>,
 }
 
@@ -200,6 +203,23 @@ impl DynPool {
         out
     }
 
+    /// The `(engine, model)` pairs loaded in idle harnesses whose GPUs are all in
+    /// `free` (a lane's reservation): the lease's warm set, so the coordinator may
+    /// grant a run that finds its model loaded (`lem_common::schedule`).
+    pub async fn warm_models(&self, free: &[u32]) -> Vec<(String, String)> {
+        let mut shelf = self.shelf.lock().await;
+        let mut warm = Vec::new();
+        for s in shelf.iter_mut() {
+            if let Some(pair) = &s.loaded {
+                let usable = s.gpus.iter().all(|g| free.contains(g));
+                if usable && s.harness.is_running() && !warm.contains(pair) {
+                    warm.push(pair.clone());
+                }
+            }
+        }
+        warm
+    }
+
     /// The harness for a run on `gpus`: the idle one that sees exactly these GPUs,
     /// or a new one. Idle harnesses that see any of these GPUs are stopped (they
     /// would hold memory and a CUDA context on the run's GPUs, and the device
@@ -226,11 +246,13 @@ impl DynPool {
     }
 
     /// Keeps an idle harness warm for the next run on the same GPUs (one that is
-    /// not running is dropped).
+    /// not running is dropped). `loaded`: the `(engine, model)` its last run loaded,
+    /// if that run succeeded.
     pub async fn shelve(
         &self,
         gpus: &[u32],
         model: Option<String>,
+        loaded: Option<(String, String)>,
         mut harness: Box<dyn HarnessRuntime>,
     ) {
         if !harness.is_running() {
@@ -239,6 +261,7 @@ impl DynPool {
         self.shelf.lock().await.push(Shelved {
             gpus: gpus.to_vec(),
             model,
+            loaded,
             harness,
         });
     }

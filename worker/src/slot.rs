@@ -133,6 +133,10 @@ pub struct Slot {
     /// The worker's stop request, once the lease loop runs: a report the coordinator
     /// cannot take is left in the journal instead of holding up the stop.
     stopping: Option<watch::Receiver<bool>>,
+    /// The `(engine, task.model)` the harness loaded for the last run that
+    /// succeeded, sent with each lease while the harness runs (warm affinity,
+    /// `lem_common::schedule`); cleared when the harness is stopped.
+    warm: Option<(String, String)>,
 }
 
 fn ctx_with(timeout: Duration) -> tarpc::context::Context {
@@ -203,6 +207,7 @@ impl Slot {
             pre_gate: None,
             fatal: None,
             stopping: None,
+            warm: None,
         }
     }
 
@@ -303,11 +308,15 @@ impl Slot {
                 };
                 self.pre_gate = Some((gate, tokio::time::Instant::now()));
             }
+            let warm = match &self.warm {
+                Some(pair) if self.harness.is_running() => vec![pair.clone()],
+                _ => vec![],
+            };
             let req = LeaseRequest {
                 worker: self.worker.clone(),
                 slot: self.index,
                 wait_ms: LEASE_WAIT_MS,
-                warm: vec![],
+                warm,
                 gpus: self.samplers.len() as u32,
                 max_gpus: 0,
             };
@@ -405,7 +414,7 @@ impl Slot {
                 worker: self.worker.clone(),
                 slot: self.index,
                 wait_ms: LEASE_WAIT_MS,
-                warm: vec![],
+                warm: pool.warm_models(&reserved).await,
                 gpus: pool.size(),
                 max_gpus: reserved.len() as u32,
             };
@@ -575,7 +584,8 @@ impl Slot {
     async fn unbind(&mut self, pool: &DynPool, model: String) {
         let gpus = std::mem::take(&mut self.gpus);
         let harness = std::mem::replace(&mut self.harness, pool.placeholder_harness(self.index));
-        pool.shelve(&gpus, Some(model), harness).await;
+        pool.shelve(&gpus, Some(model), self.warm.take(), harness)
+            .await;
         pool.put_state(&gpus, std::mem::take(&mut self.cache));
         self.samplers.clear();
         pool.release(&gpus, self.last_run);
@@ -684,6 +694,9 @@ impl Slot {
             })
         };
         let mut outcome = self.measure(&grant, lease_mono, cancel_rx).await;
+        if let Ok(result) = &outcome {
+            self.warm = Some((result.engine.clone(), result.model_name.clone()));
+        }
         renewer.abort();
         if let Some(d) = drainer {
             d.abort();
@@ -997,6 +1010,7 @@ impl Slot {
     async fn stop_harness_for_baseline(&mut self) {
         self.harness.stop().await;
         self.memory_mark = None;
+        self.warm = None;
         self.load.on_resident(false, mono_ns());
     }
 

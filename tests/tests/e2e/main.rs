@@ -6,6 +6,7 @@ mod flow;
 mod gpus;
 mod isolation;
 mod security;
+mod warm;
 
 pub const COORD: &str = env!("CARGO_BIN_EXE_lem-coord-shim");
 pub const WORKER: &str = env!("CARGO_BIN_EXE_lem-worker-shim");
