@@ -534,6 +534,33 @@ class LifecycleTests(TmpDirMixin, unittest.TestCase):
         self.assertEqual(proc.wait(10), 0)
         self.assertFalse(os.path.exists(sock))
 
+    def test_log_file(self):
+        sock = self.sock()
+        log = os.path.join(os.path.dirname(sock), "harness.log")
+        with open(log, "w") as fh:
+            fh.write("earlier line\n")
+        proc = subprocess.Popen([sys.executable, SERVER, "--socket", sock, "--log-file", log],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            wait_socket(sock, proc)
+            send(sock, {"type": "shutdown"})
+            out, err = proc.communicate(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self.assertEqual(proc.returncode, 0)
+        self.assertEqual((out, err), (b"", b""))
+        with open(log) as fh:
+            text = fh.read()
+        self.assertTrue(text.startswith("earlier line\n"), text)
+        self.assertIn("listening on", text)
+        bad = subprocess.run([sys.executable, SERVER, "--socket", sock,
+                              "--log-file", os.path.join(log, "nope")],
+                             capture_output=True, timeout=30)
+        self.assertEqual(bad.returncode, 2)
+        self.assertIn(b"cannot open --log-file", bad.stderr)
+
     def test_stale_socket_removed_live_socket_kept(self):
         sock = self.sock()
         stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
