@@ -594,6 +594,22 @@ class LifecycleTests(TmpDirMixin, unittest.TestCase):
 
 # --------------------------------------------------------------------------------------
 class UnitTests(TmpDirMixin, unittest.TestCase):
+    def test_client_reads_event_names_and_arguments_without_argparse(self):
+        import client
+        self.assertEqual(client.event_name(b'{"event":"pong","pid":1}'), "pong")
+        self.assertEqual(client.event_name(b'{"pid": 1, "event": "result"}'), "result")
+        self.assertEqual(client.event_name(b'{"event":"a\\"b","x":1}'), 'a"b')
+        self.assertIsNone(client.event_name(b"garbage"))
+        self.assertIsNone(client.event_name(b'["event"]'))
+        self.assertEqual(client.parse_args(["--socket", "/s"]), (("/s", 0.0), None))
+        self.assertEqual(client.parse_args(["--socket=/s", "--connect-wait-seconds", "2.5"]),
+                         (("/s", 2.5), None))
+        for bad in ([], ["--socket"], ["--sock", "/s"], ["--socket", "/s",
+                                                         "--connect-wait-seconds", "x"]):
+            parsed, problem = client.parse_args(bad)
+            self.assertIsNone(parsed, bad)
+            self.assertIn("usage:", problem)
+
     def test_percentile_matches_numpy_linear(self):
         # Reference values from numpy 2.4 numpy.percentile (default method "linear"),
         # bit for bit (numpy gives 3.8499999999999996, not 3.85).
