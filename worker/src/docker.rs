@@ -917,7 +917,7 @@ impl DockerHarness {
                     self.exec_client(&id, request_line, 2.0, limits.silence, &mut *on_event),
                 );
                 tokio::select! {
-                    r = exec => r.unwrap_or_else(|_| Err(HarnessError::Timeout(limits.timeout.as_secs_f64()))),
+                    r = exec => r.unwrap_or(Err(HarnessError::Timeout(limits.timeout.as_secs_f64()))),
                     why = &mut cancel => Err(HarnessError::Cancelled(why)),
                 }
             };
