@@ -316,28 +316,36 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
     let journal = Arc::new(journal);
     let (endpoint, worker) = endpoint_and_name(&cfg)?;
     // The process runtime runs the embedded harness with the host's Python; the
-    // docker runtime, the image's (its Python version comes with the first pong).
-    let (factory, mut py_version): (Arc<dyn HarnessFactory>, Option<String>) = match &cfg.runtime {
-        RuntimeConfig::Process => {
-            let py_version = runtime::check_python(&cfg.python).await?;
-            let server_py = runtime::install_harness(&cfg.data_dir.join("harness"))?;
-            let factory = runtime::ProcessFactory {
-                python: cfg.python.clone(),
-                server_py,
-            };
-            (Arc::new(factory), Some(py_version))
-        }
-        RuntimeConfig::Docker {
-            image,
-            allow_images,
-        } => {
-            let factory =
-                docker::DockerFactory::start(&cfg.data_dir, &worker.0, image, allow_images).await?;
-            let pinned = factory.image();
-            tracing::info!(image = %pinned.name, id = %pinned.id, harness = ?pinned.harness_version, "docker runtime");
-            (Arc::new(factory), None)
-        }
-    };
+    // docker runtime, the image's (its Python version comes with the first pong, and
+    // the image, pinned by id, goes into every result's environment).
+    let (factory, mut py_version, image_env): (Arc<dyn HarnessFactory>, Option<String>, _) =
+        match &cfg.runtime {
+            RuntimeConfig::Process => {
+                let py_version = runtime::check_python(&cfg.python).await?;
+                let server_py = runtime::install_harness(&cfg.data_dir.join("harness"))?;
+                let factory = runtime::ProcessFactory {
+                    python: cfg.python.clone(),
+                    server_py,
+                };
+                (Arc::new(factory), Some(py_version), None)
+            }
+            RuntimeConfig::Docker {
+                image,
+                allow_images,
+            } => {
+                let factory =
+                    docker::DockerFactory::start(&cfg.data_dir, &worker.0, image, allow_images)
+                        .await?;
+                let pinned = factory.image();
+                tracing::info!(image = %pinned.name, id = %pinned.id, harness = ?pinned.harness_version, "docker runtime");
+                let image_env = serde_json::json!({
+                    "name": pinned.name,
+                    "id": pinned.id,
+                    "harness_version": pinned.harness_version,
+                });
+                (Arc::new(factory), None, Some(image_env))
+            }
+        };
     let host = hostname();
 
     let mut slots = Vec::new();
@@ -430,7 +438,10 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
     let py_version = py_version.unwrap_or_default();
     let tls = matches!(endpoint.security, transport::Security::Tls(_));
     tracing::info!(worker = %worker, slots = ?groups, python = %py_version, engines = ?offered, simulated = cfg.simulate_gpu, tls, "worker starting");
-    let host_env = env::host_snapshot(&py_version);
+    let mut host_env = env::host_snapshot(&py_version);
+    if let Some(image) = image_env {
+        host_env["harness_image"] = image;
+    }
     let new_slot = |index: u32, p: Planned, environment: env::Environment| {
         let load: Arc<dyn LoadSink> = Arc::new(telemetry::FanOutLoad(p.loads));
         let mut slot = Slot::new(
