@@ -64,6 +64,17 @@ present() {
 }
 present && exit 0
 
+# One build at a time per cache dir (parallel tests call this script at once): a
+# second caller waits, then finds the image.
+CACHE_DIR="${LEM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/lem-fleet}"
+mkdir -p "$CACHE_DIR" || die "cannot create the cache dir $CACHE_DIR (set LEM_CACHE_DIR to a writable directory)"
+exec 9>"$CACHE_DIR/images.lock"
+if ! flock -n 9; then
+    say "another image build is running (lock $CACHE_DIR/images.lock); waiting for it"
+    flock 9
+fi
+present && exit 0
+
 # --- Build: a context holding only the harness files, readable by any user ---------
 # (the worker runs the container as its own uid, which owns none of these files).
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/lem-images.XXXXXX")
