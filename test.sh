@@ -2,10 +2,12 @@
 # Runs the whole test suite: formatting, clippy, the Rust unit, integration and
 # end-to-end tests (real processes on loopback), the across-hosts test (containers on
 # a private Docker network, on the base image docker/base-image.sh builds without a
-# registry), the llem differential test against llem's own code (installed into
-# .venv-llem from PyPI on first use), and the Python harness tests. Idempotent; CI
-# runs exactly this (.ci/run). LEM_SKIP_DOCKER=1 skips the across-hosts test on a
-# machine without Docker (never in CI). See docs/testing.md.
+# registry), the docker runtime's tests (workers with --runtime docker, on the harness
+# image docker/images.sh builds from the base image), the llem differential test
+# against llem's own code (installed into .venv-llem from PyPI on first use), and the
+# Python harness tests. Idempotent; CI runs exactly this (.ci/run). LEM_SKIP_DOCKER=1
+# skips the tests that need Docker on a machine without it (never in CI). See
+# docs/testing.md.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -33,18 +35,21 @@ else
     echo "test: llem reference not found at $LLEM_SHARED (set LLEM_SHARED); the llem tests will fail" >&2
 fi
 
-# The across-hosts test's base image: cached, so a no-op once built (docs/testing.md).
+# The images of the tests that need Docker: the base image (the across-hosts test) and
+# the harness image on it (the docker runtime's tests); cached, so a no-op once built
+# (docs/testing.md).
 skip_docker=()
 if [ "${LEM_SKIP_DOCKER:-}" = 1 ]; then
     echo "test: ************************************************************************" >&2
     echo "test: LEM_SKIP_DOCKER=1: SKIPPING the across-hosts test (containers on a Docker" >&2
-    echo "test: network). CI never sets this; run it before you push Docker-facing changes." >&2
+    echo "test: network) and the docker runtime's tests (docker_runtime_*). CI never sets" >&2
+    echo "test: this; run them before you push Docker-facing changes." >&2
     echo "test: ************************************************************************" >&2
-    skip_docker=(-- --skip containers_across_hosts)
+    skip_docker=(-- --skip containers_across_hosts --skip docker_runtime)
 else
-    need docker "the across-hosts test runs containers; install Docker Engine, or set LEM_SKIP_DOCKER=1 to skip that test on this machine"
-    echo "==> docker/base-image.sh"
-    docker/base-image.sh
+    need docker "the across-hosts and docker runtime tests run containers; install Docker Engine, or set LEM_SKIP_DOCKER=1 to skip those tests on this machine"
+    echo "==> docker/images.sh (and docker/base-image.sh)"
+    docker/images.sh
 fi
 
 echo "==> cargo fmt --check"

@@ -316,6 +316,14 @@ pub enum Command {
         /// has --local-workers simulated GPUs (at least as many as the groups name).
         #[arg(long)]
         gpu_groups: Option<String>,
+        /// Where the local workers run their harness servers, as `lem-worker
+        /// --runtime`: `process` or `docker` (a warm container of --image).
+        #[arg(long, value_parser = ["process", "docker"], default_value = "process")]
+        runtime: String,
+        /// With --runtime docker: the harness image (docker/images.sh). The local
+        /// workers are allowed to run this image (its id, pinned at their start).
+        #[arg(long, default_value = lem_worker::docker::DEFAULT_IMAGE)]
+        image: String,
     },
 }
 
@@ -441,7 +449,16 @@ pub fn main_impl(cli: Cli) -> Result<(), CliError> {
                 python,
                 allow_large_grid,
                 gpu_groups,
+                runtime,
+                image,
             } => {
+                let runtime = match runtime.as_str() {
+                    "docker" => lem_worker::RuntimeConfig::Docker {
+                        allow_images: vec![image.clone()],
+                        image,
+                    },
+                    _ => lem_worker::RuntimeConfig::Process,
+                };
                 run(
                     &study,
                     local_workers,
@@ -450,6 +467,7 @@ pub fn main_impl(cli: Cli) -> Result<(), CliError> {
                     &python,
                     allow_large_grid,
                     gpu_groups,
+                    runtime,
                 )
                 .await
             }
@@ -1120,6 +1138,7 @@ async fn run(
     python: &str,
     allow_large_grid: bool,
     gpu_groups: Option<String>,
+    runtime: lem_worker::RuntimeConfig,
 ) -> Result<(), CliError> {
     let (src, plan) = read_study(path, allow_large_grid)?;
     print_plan_summary(path, &plan);
@@ -1191,6 +1210,7 @@ async fn run(
             recycle_memory_growth_mb: 4096,
             drain: false,
             device_isolation: lem_common::isolation::IsolationPolicy::Warn,
+            runtime: runtime.clone(),
         };
         workers.push(tokio::spawn(lem_worker::run_worker(
             cfg,

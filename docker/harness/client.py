@@ -6,22 +6,30 @@ and copies the server's JSON-line events to stdout.
 
 Exit status:
   0  the final event was `result`, `pong`, `unloaded` or `bye`
-  2  usage error (no request line on stdin)
+  2  usage error (no request line on stdin, bad arguments)
   3  the final event was `error`
   4  the server is unreachable (no socket, nobody listening) within the wait
   5  the connection ended without a final event (server crashed or was stopped)
 Diagnostics go to stderr. Standard library only, no imports from this directory.
+
+The docker runtime starts this once per run (`docker exec`), so it imports as little
+as it can: no argparse, the C cores of socket and signal only, and `json` only for an event line whose name is not in its
+usual place (the server always writes `{"event":"NAME",...` first).
 """
 
-import argparse
-import json
-import signal
-import socket
 import sys
-import time
+
+try:
+    # The C module behind `socket`: importing `socket` itself costs about 10 ms
+    # (enum, selectors), half of this client's start, and nothing of it is needed.
+    import _socket as socket
+except ImportError:  # pragma: no cover (an interpreter without it)
+    import socket
 
 SUCCESS_EVENTS = ("result", "pong", "unloaded", "bye")
 EXIT_OK, EXIT_USAGE, EXIT_ERROR_EVENT, EXIT_UNREACHABLE, EXIT_NO_FINAL = 0, 2, 3, 4, 5
+USAGE = "usage: client.py --socket PATH [--connect-wait-seconds S]"
+EVENT_PREFIX = b'{"event":"'
 
 
 def err(message):
@@ -29,7 +37,51 @@ def err(message):
     sys.stderr.flush()
 
 
+def parse_args(argv):
+    """(socket path, connect wait seconds), or an error message."""
+    opts = {"--socket": None, "--connect-wait-seconds": "0"}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-h", "--help"):
+            return None, USAGE
+        name, eq, value = arg.partition("=")
+        if name not in opts:
+            return None, "unknown argument %r\n%s" % (arg, USAGE)
+        if not eq:
+            i += 1
+            if i == len(argv):
+                return None, "%s needs a value\n%s" % (name, USAGE)
+            value = argv[i]
+        opts[name] = value
+        i += 1
+    if opts["--socket"] is None:
+        return None, "--socket is required\n%s" % USAGE
+    try:
+        wait = float(opts["--connect-wait-seconds"])
+    except ValueError:
+        return None, "--connect-wait-seconds must be a number\n%s" % USAGE
+    return (opts["--socket"], wait), None
+
+
+def event_name(line):
+    """The `event` of an event line, or None if it is not a JSON object with one."""
+    if line.startswith(EVENT_PREFIX):
+        end = line.find(b'"', len(EVENT_PREFIX))
+        name = line[len(EVENT_PREFIX):end]
+        if end > 0 and b"\\" not in name:
+            return name.decode("utf-8", "replace")
+    import json  # noqa: E402  (rare: only for lines written some other way)
+    try:
+        event = json.loads(line.decode("utf-8")).get("event")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return None
+    return event if isinstance(event, str) else None
+
+
 def connect(path, wait_s):
+    import time  # noqa: E402
+
     deadline = time.monotonic() + max(0.0, wait_s)
     while True:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -45,14 +97,20 @@ def connect(path, wait_s):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="lem fleet harness client")
-    p.add_argument("--socket", required=True)
-    p.add_argument("--connect-wait-seconds", type=float, default=0.0,
-                   help="keep retrying the connection this long (default 0: one try)")
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    parsed, problem = parse_args(sys.argv[1:] if argv is None else argv)
+    if problem is not None:
+        if problem == USAGE:
+            sys.stdout.write(USAGE + "\n")
+            return EXIT_OK
+        err(problem)
+        return EXIT_USAGE
+    path, wait_s = parsed
     try:
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # stdout closed: just die
-    except (AttributeError, ValueError):
+        # `_signal`, not `signal`, which would import enum (5 ms).
+        import _signal  # noqa: E402
+
+        _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)  # stdout closed: just die
+    except (ImportError, AttributeError, ValueError):
         pass
 
     line = sys.stdin.buffer.readline()
@@ -64,7 +122,7 @@ def main(argv=None):
     if not line.endswith(b"\n"):
         line += b"\n"
 
-    sock = connect(args.socket, args.connect_wait_seconds)
+    sock = connect(path, wait_s)
     if sock is None:
         return EXIT_UNREACHABLE
     out = sys.stdout.buffer
@@ -83,10 +141,7 @@ def main(argv=None):
                     continue
                 out.write(ev_line + b"\n")
                 out.flush()
-                try:
-                    event = json.loads(ev_line.decode("utf-8")).get("event")
-                except (ValueError, UnicodeDecodeError, AttributeError):
-                    continue
+                event = event_name(ev_line)
                 if event in SUCCESS_EVENTS or event == "error":
                     final = event
     except OSError as exc:

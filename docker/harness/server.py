@@ -3,7 +3,7 @@
 
     python3 server.py --socket PATH [--slot N] [--idle-exit-seconds S]
                       [--prefill-window-seconds S]
-                      [--parent-pid PID | --no-parent-watch]
+                      [--parent-pid PID | --no-parent-watch] [--log-file PATH]
                       [--max-thermal-floor-seconds S]
 
 Serves JSON-line requests over a Unix stream socket, one connection at a time;
@@ -340,11 +340,35 @@ def parse_args(argv):
                         "server exits once its parent pid differs from this")
     p.add_argument("--no-parent-watch", action="store_true",
                    help="do not exit when the parent process dies")
+    p.add_argument("--log-file", default=None,
+                   help="append the log (stdout and stderr) to this file instead of writing "
+                        "it to stdout/stderr (the docker runtime keeps it in the slot's "
+                        "directory)")
     return p.parse_args(argv)
+
+
+def redirect_log(path):
+    """Points fds 1 and 2 at `path` (appending), so engine libraries' own output lands
+    there too. Returns an error message, or None."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError as exc:
+        return "cannot open --log-file %s: %s" % (path, exc)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    return None
 
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.log_file:
+        problem = redirect_log(args.log_file)
+        if problem:
+            print(problem, file=sys.stderr)
+            return EXIT_USAGE
     if not 0 <= args.prefill_window_seconds <= MAX_PREFILL_WINDOW_S:
         print("--prefill-window-seconds must be in [0, %g]" % MAX_PREFILL_WINDOW_S,
               file=sys.stderr)

@@ -33,17 +33,33 @@ impl Proc {
         env: &[(&str, &str)],
         dir: &Path,
     ) -> Proc {
+        Proc::spawn_as(name, bin, args, env, dir, None)
+    }
+
+    /// [`Proc::spawn_with_env`] as user `uid:gid` (the test must be root to ask).
+    pub fn spawn_as(
+        name: &str,
+        bin: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        dir: &Path,
+        user: Option<(u32, u32)>,
+    ) -> Proc {
         use std::os::unix::process::CommandExt;
         let stdout = dir.join(format!("{name}.stdout"));
         let stderr = dir.join(format!("{name}.stderr"));
-        let child = Command::new(bin)
-            .args(args)
+        let mut cmd = Command::new(bin);
+        cmd.args(args)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout).unwrap())
             .stderr(std::fs::File::create(&stderr).unwrap())
             .env("LEM_LOG", "info")
             .envs(env.iter().copied())
-            .process_group(0)
+            .process_group(0);
+        if let Some((uid, gid)) = user {
+            cmd.uid(uid).gid(gid);
+        }
+        let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
         Proc {
@@ -304,4 +320,74 @@ pub fn repo_root() -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf()
+}
+
+/// Whether `LEM_SKIP_DOCKER=1` asks to skip the tests that need Docker; says so loudly
+/// (a skipped test is never a silent pass).
+pub fn skip_docker(test: &str) -> bool {
+    let skip = std::env::var("LEM_SKIP_DOCKER").is_ok_and(|v| v == "1");
+    if skip {
+        eprintln!("SKIPPED {test}: LEM_SKIP_DOCKER=1 (this test needs Docker; CI never sets it)");
+    }
+    skip
+}
+
+/// Builds (or finds) the harness image with docker/images.sh (which builds the base
+/// image first, both cached); returns its tag.
+pub fn harness_image() -> String {
+    let script = repo_root().join("docker/images.sh");
+    let out = run(script.to_str().unwrap(), &[]);
+    assert!(
+        out.status.success(),
+        "docker/images.sh failed; this test needs Docker (LEM_SKIP_DOCKER=1 ./test.sh skips it)\n{}",
+        describe(&[script.to_str().unwrap()], &out)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .expect("images.sh prints the tag last")
+        .trim()
+        .to_string()
+}
+
+/// The ids (full) and states of the containers, running or not, labelled `label`
+/// (`key=value`), from the docker CLI (tests may use it; the product may not).
+pub fn containers_labelled(label: &str) -> Vec<(String, String)> {
+    let filter = format!("label={label}");
+    let args = [
+        "ps",
+        "-a",
+        "--no-trunc",
+        "--filter",
+        &filter,
+        "--format",
+        "{{.ID}} {{.State}}",
+    ];
+    let out = run("docker", &args);
+    assert!(out.status.success(), "{}", describe(&args, &out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (id, state) = l.trim().split_once(' ')?;
+            Some((id.to_string(), state.to_string()))
+        })
+        .collect()
+}
+
+/// The user a test runs a worker of the docker runtime as, so that a file the
+/// worker or its containers write as root stands out: `None` (the test's own user)
+/// unless the test runs as root; then nobody (65534) in the group that owns the
+/// Docker socket, if that group may use it.
+pub fn unprivileged_docker_user() -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: getuid cannot fail.
+    if unsafe { libc::getuid() } != 0 {
+        return None;
+    }
+    let socket = std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(String::from))
+        .unwrap_or_else(|| "/var/run/docker.sock".into());
+    let meta = std::fs::metadata(&socket).ok()?;
+    (meta.gid() != 0 && meta.mode() & 0o060 == 0o060).then_some((65534, meta.gid()))
 }

@@ -20,9 +20,20 @@ pub struct Args {
     /// Directory for the worker's harness, logs and journal.
     #[arg(long, env = "LEM_WORKER_DATA_DIR", default_value = "lem-data/worker")]
     pub data_dir: PathBuf,
-    /// Runtime for the harness: `process` (a child process; the only one so far).
-    #[arg(long, default_value = "process", value_parser = ["process"])]
-    pub runtime: String,
+    /// Where each slot's resident harness server runs: `process` (a child of the
+    /// worker) or `docker` (the main process of a warm container of --image; each
+    /// run is an exec of the harness client in it).
+    #[arg(long, env = "LEM_RUNTIME", value_enum, default_value_t = Runtime::Process)]
+    pub runtime: Runtime,
+    /// With --runtime docker: the harness image (built by docker/images.sh). It runs
+    /// only if its id is on the allowlist (--allow-image, DATA_DIR/allowed-images).
+    #[arg(long, env = "LEM_IMAGE", default_value = crate::docker::DEFAULT_IMAGE)]
+    pub image: String,
+    /// With --runtime docker: an image this worker may run, by id (`sha256:...`) or
+    /// by name (resolved to its id at start, and that id pinned). Repeatable; the ids
+    /// in DATA_DIR/allowed-images (one per line) are allowed too.
+    #[arg(long = "allow-image", value_name = "ID_OR_NAME")]
+    pub allow_images: Vec<String>,
     /// Use a labelled simulated GPU (results carry `simulated: true`).
     #[arg(long, env = "LEM_SIMULATE_GPU")]
     pub simulate_gpu: bool,
@@ -90,6 +101,13 @@ pub struct Args {
     pub python: String,
 }
 
+/// `--runtime`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Runtime {
+    Process,
+    Docker,
+}
+
 /// `--per-token-timing`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PerTokenTiming {
@@ -141,6 +159,47 @@ pub enum WorkerCommand {
         #[arg(long, env = "LEM_WORKER_NAME")]
         name: Option<String>,
     },
+    /// Measure the worker's runtimes on this machine (docs/performance.md).
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Per-run overhead of the docker runtime: an exec into the resident container
+    /// (model loaded) against a fresh container created, started, run and removed,
+    /// in turns; the synthetic engine, no GPU. Prints
+    /// `dispatch warm_p50_ms=X cold_p50_ms=Y ratio=Z` last.
+    Dispatch {
+        /// Runs of each mode.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// The harness image (docker/images.sh).
+        #[arg(long, env = "LEM_IMAGE", default_value = crate::docker::DEFAULT_IMAGE)]
+        image: String,
+    },
+}
+
+fn bench_main(what: &BenchCommand) -> std::process::ExitCode {
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match what {
+        BenchCommand::Dispatch { runs, image } => {
+            match rt.block_on(crate::bench::dispatch(image, *runs)) {
+                Ok(report) => {
+                    for line in report.lines() {
+                        println!("{line}");
+                    }
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("lem-worker: error: {e:#}");
+                    std::process::ExitCode::from(1)
+                }
+            }
+        }
+    }
 }
 
 fn join_main(
@@ -193,6 +252,9 @@ pub fn main_impl() -> std::process::ExitCode {
     {
         return join_main(coordinator, token, data_dir, name.as_deref());
     }
+    if let Some(WorkerCommand::Bench { what }) = &args.command {
+        return bench_main(what);
+    }
     let cfg = crate::WorkerConfig {
         coordinator: args.coordinator,
         data_dir: args.data_dir,
@@ -217,6 +279,13 @@ pub fn main_impl() -> std::process::ExitCode {
         recycle_memory_growth_mb: args.recycle_memory_growth_mb,
         drain: args.drain,
         device_isolation: args.device_isolation.policy(),
+        runtime: match args.runtime {
+            Runtime::Process => crate::RuntimeConfig::Process,
+            Runtime::Docker => crate::RuntimeConfig::Docker {
+                image: args.image,
+                allow_images: args.allow_images,
+            },
+        },
     };
     let drain = args.drain;
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");

@@ -19,6 +19,21 @@ use lem_common::harness::HarnessEvent;
 
 pub use crate::runtime::HarnessError;
 
+/// `lem-worker --runtime`: where each slot's harness server runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum RuntimeConfig {
+    /// A child process of the worker ([`crate::runtime::ProcessFactory`]).
+    #[default]
+    Process,
+    /// A warm container of `image` ([`crate::docker::DockerFactory`]), which runs only
+    /// if its id is allowed: by `allow_images` (ids, or names pinned to their ids at
+    /// start) or by `DATA_DIR/allowed-images`.
+    Docker {
+        image: String,
+        allow_images: Vec<String>,
+    },
+}
+
 /// The harness server's answer to a ping.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Pong {

@@ -9,8 +9,10 @@
 //! mutual TLS as the worker named there; one without speaks plain TCP, which only
 //! a coordinator on loopback (or started with `--insecure`) answers.
 
+pub mod bench;
 pub mod cli;
 pub mod clock;
+pub mod docker;
 pub mod env;
 pub mod frame;
 pub mod gpu_claim;
@@ -36,6 +38,7 @@ use lem_common::rpc::{RegisterRequest, RpcErrorKind, SlotInfo};
 use lem_common::types::{EngineCapability, WorkerId, KNOWN_ENGINES};
 use tokio::sync::watch;
 
+pub use crate::harness_runtime::RuntimeConfig;
 use crate::harness_runtime::{HarnessFactory, HarnessRuntime};
 use crate::pool::{group_snapshot, DynPool, PoolGpu};
 use crate::slot::Slot;
@@ -92,6 +95,8 @@ pub struct WorkerConfig {
     /// `--device-isolation`: what a slot does when a process other than its own
     /// holds a measured GPU (flag the result, or refuse to measure).
     pub device_isolation: lem_common::isolation::IsolationPolicy,
+    /// `--runtime` (with `--image` and `--allow-image`): where harness servers run.
+    pub runtime: RuntimeConfig,
 }
 
 /// Whether this machine has an NVIDIA GPU whose management library can be loaded.
@@ -314,13 +319,39 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
     }
     let journal = Arc::new(journal);
     let (endpoint, worker) = endpoint_and_name(&cfg)?;
-    let py_version = runtime::check_python(&cfg.python).await?;
-    let server_py = runtime::install_harness(&cfg.data_dir.join("harness"))?;
-    let factory: Arc<dyn HarnessFactory> = Arc::new(runtime::ProcessFactory {
-        python: cfg.python.clone(),
-        server_py: server_py.clone(),
-        env: policy_env(cfg.trust_remote_code),
-    });
+    // The process runtime runs the embedded harness with the host's Python; the
+    // docker runtime, the image's (its Python version comes with the first pong, and
+    // the image, pinned by id, goes into every result's environment).
+    let (factory, mut py_version, image_env): (Arc<dyn HarnessFactory>, Option<String>, _) =
+        match &cfg.runtime {
+            RuntimeConfig::Process => {
+                let py_version = runtime::check_python(&cfg.python).await?;
+                let server_py = runtime::install_harness(&cfg.data_dir.join("harness"))?;
+                let factory = runtime::ProcessFactory {
+                    python: cfg.python.clone(),
+                    server_py,
+                    env: policy_env(cfg.trust_remote_code),
+                };
+                (Arc::new(factory), Some(py_version), None)
+            }
+            RuntimeConfig::Docker {
+                image,
+                allow_images,
+            } => {
+                let factory =
+                    docker::DockerFactory::start(&cfg.data_dir, &worker.0, image, allow_images)
+                        .await?
+                        .with_env(policy_env(cfg.trust_remote_code));
+                let pinned = factory.image();
+                tracing::info!(image = %pinned.name, id = %pinned.id, harness = ?pinned.harness_version, "docker runtime");
+                let image_env = serde_json::json!({
+                    "name": pinned.name,
+                    "id": pinned.id,
+                    "harness_version": pinned.harness_version,
+                });
+                (Arc::new(factory), None, Some(image_env))
+            }
+        };
     let host = hostname();
 
     let mut slots = Vec::new();
@@ -357,6 +388,13 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
             )
         })?;
         engines.get_or_insert_with(|| pong.engines.clone());
+        if py_version.is_none() {
+            py_version = pong
+                .body
+                .get("python")
+                .and_then(|v| v.as_str())
+                .map(String::from);
+        }
         slot_infos.push(SlotInfo {
             index,
             gpu_name: samplers[0].description.name.clone(),
@@ -403,9 +441,13 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
             "this worker runs in its own PID namespace (a container without --pid=host): NVML reports the host's pids, so the device isolation check cannot tell this worker's harness from other processes and flags it (start the container with --pid=host)"
         );
     }
+    let py_version = py_version.unwrap_or_default();
     let tls = matches!(endpoint.security, transport::Security::Tls(_));
     tracing::info!(worker = %worker, slots = ?groups, python = %py_version, engines = ?offered, simulated = cfg.simulate_gpu, tls, "worker starting");
-    let host_env = env::host_snapshot(&py_version);
+    let mut host_env = env::host_snapshot(&py_version);
+    if let Some(image) = image_env {
+        host_env["harness_image"] = image;
+    }
     let new_slot = |index: u32, p: Planned, environment: env::Environment| {
         let load: Arc<dyn LoadSink> = Arc::new(telemetry::FanOutLoad(p.loads));
         let mut slot = Slot::new(

@@ -534,6 +534,33 @@ class LifecycleTests(TmpDirMixin, unittest.TestCase):
         self.assertEqual(proc.wait(10), 0)
         self.assertFalse(os.path.exists(sock))
 
+    def test_log_file(self):
+        sock = self.sock()
+        log = os.path.join(os.path.dirname(sock), "harness.log")
+        with open(log, "w") as fh:
+            fh.write("earlier line\n")
+        proc = subprocess.Popen([sys.executable, SERVER, "--socket", sock, "--log-file", log],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            wait_socket(sock, proc)
+            send(sock, {"type": "shutdown"})
+            out, err = proc.communicate(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self.assertEqual(proc.returncode, 0)
+        self.assertEqual((out, err), (b"", b""))
+        with open(log) as fh:
+            text = fh.read()
+        self.assertTrue(text.startswith("earlier line\n"), text)
+        self.assertIn("listening on", text)
+        bad = subprocess.run([sys.executable, SERVER, "--socket", sock,
+                              "--log-file", os.path.join(log, "nope")],
+                             capture_output=True, timeout=30)
+        self.assertEqual(bad.returncode, 2)
+        self.assertIn(b"cannot open --log-file", bad.stderr)
+
     def test_stale_socket_removed_live_socket_kept(self):
         sock = self.sock()
         stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -567,6 +594,22 @@ class LifecycleTests(TmpDirMixin, unittest.TestCase):
 
 # --------------------------------------------------------------------------------------
 class UnitTests(TmpDirMixin, unittest.TestCase):
+    def test_client_reads_event_names_and_arguments_without_argparse(self):
+        import client
+        self.assertEqual(client.event_name(b'{"event":"pong","pid":1}'), "pong")
+        self.assertEqual(client.event_name(b'{"pid": 1, "event": "result"}'), "result")
+        self.assertEqual(client.event_name(b'{"event":"a\\"b","x":1}'), 'a"b')
+        self.assertIsNone(client.event_name(b"garbage"))
+        self.assertIsNone(client.event_name(b'["event"]'))
+        self.assertEqual(client.parse_args(["--socket", "/s"]), (("/s", 0.0), None))
+        self.assertEqual(client.parse_args(["--socket=/s", "--connect-wait-seconds", "2.5"]),
+                         (("/s", 2.5), None))
+        for bad in ([], ["--socket"], ["--sock", "/s"], ["--socket", "/s",
+                                                         "--connect-wait-seconds", "x"]):
+            parsed, problem = client.parse_args(bad)
+            self.assertIsNone(parsed, bad)
+            self.assertIn("usage:", problem)
+
     def test_percentile_matches_numpy_linear(self):
         # Reference values from numpy 2.4 numpy.percentile (default method "linear"),
         # bit for bit (numpy gives 3.8499999999999996, not 3.85).
