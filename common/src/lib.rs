@@ -17,6 +17,7 @@ pub mod pyjson;
 pub mod quality;
 pub mod rpc;
 pub mod run;
+pub mod runner;
 pub mod schedule;
 pub mod simgpu;
 pub mod stats;

@@ -97,6 +97,11 @@ pub struct RegisterRequest {
     pub worker_version: String,
     pub slots: Vec<SlotInfo>,
     pub engines: Vec<EngineCapability>,
+    /// Where its harness runs: only runs whose study's `runners:`/`images:` this
+    /// runtime meets are leased to it ([`crate::runner`]). Absent from older workers
+    /// (they ran `process`).
+    #[serde(default)]
+    pub runtime: crate::runner::WorkerRuntime,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -325,6 +330,8 @@ pub struct WorkerInfo {
     pub worker_version: String,
     pub slots: Vec<SlotInfo>,
     pub engines: Vec<EngineCapability>,
+    #[serde(default)]
+    pub runtime: crate::runner::WorkerRuntime,
     pub registered_at: String,
     pub last_seen: String,
     pub last_seen_s_ago: f64,

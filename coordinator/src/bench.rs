@@ -116,6 +116,7 @@ fn populate(store: &Store, n: u64) -> anyhow::Result<()> {
             gap_before_s: 0.0,
             config_json: r#"{"engine":"synthetic","task":{"model":"bench"}}"#.into(),
             tp_size: 1,
+            need: Default::default(),
         });
         let rec = CampaignRecord {
             id: lem_common::types::CampaignId(0),
@@ -132,6 +133,7 @@ fn populate(store: &Store, n: u64) -> anyhow::Result<()> {
             experiment_timeout_s: 600.0,
             stdout_silence_timeout_s: 300.0,
             force_cold_start: false,
+            runner_needs: Default::default(),
         };
         store.create_campaign(rec, runs)?;
         left -= k;
@@ -176,6 +178,7 @@ async fn register(client: &CoordinatorClient, worker: &WorkerId) -> anyhow::Resu
                     reason: None,
                     version: None,
                 }],
+                runtime: lem_common::runner::WorkerRuntime::process(),
             },
         )
         .await?

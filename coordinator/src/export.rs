@@ -87,6 +87,9 @@ pub const COLUMNS: &[&str] = &[
     "worker",
     "host",
     "slot",
+    "runner",
+    "image",
+    "image_id",
     "tp_size",
     "gpu_indices",
     "gpu_energy_j",
@@ -286,6 +289,31 @@ pub fn row(r: &RunRow) -> serde_json::Map<String, Json> {
     m.insert("worker".into(), f(&|x| json!(x.worker)));
     m.insert("host".into(), f(&|x| json!(x.host)));
     m.insert("slot".into(), f(&|x| json!(x.slot)));
+    // The runtime the worker ran it in: a container of the image in its environment
+    // (docker runtime), else a process.
+    let image = |x: &lem_common::types::RunResult, k: &str| {
+        x.environment
+            .pointer("/host/harness_image")
+            .map(|i| i[k].clone())
+    };
+    m.insert(
+        "runner".into(),
+        f(&|x| {
+            json!(if image(x, "id").is_some() {
+                "container"
+            } else {
+                "process"
+            })
+        }),
+    );
+    m.insert(
+        "image".into(),
+        f(&|x| image(x, "name").unwrap_or(json!(null))),
+    );
+    m.insert(
+        "image_id".into(),
+        f(&|x| image(x, "id").unwrap_or(json!(null))),
+    );
     m.insert(
         "tp_size".into(),
         json!(lem_common::pyjson::parse(&r.config_json)

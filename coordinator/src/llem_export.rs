@@ -343,13 +343,33 @@ impl<'a> RunBundle<'a> {
             ("drain_duration_s", Value::Null),
             ("drain_energy_j", Value::Null),
         ]);
-        let runner = map([
-            ("mode", s("process")),
-            ("image", Value::Null),
-            ("source", s("default")),
-            ("image_source", Value::Null),
-            ("image_digest", Value::Null),
-        ]);
+        // The runtime the worker ran it in: a container of the image in the result's
+        // environment (docker runtime), else a process. The fleet's worker decided
+        // (`source: worker`); the study's runners:/images: only chose which workers may.
+        let runner = match res.environment.pointer("/host/harness_image") {
+            Some(img) => map([
+                ("mode", s("container")),
+                (
+                    "image",
+                    img.get("name")
+                        .and_then(serde_json::Value::as_str)
+                        .map(s)
+                        .unwrap_or(Value::Null),
+                ),
+                ("source", s("worker")),
+                ("image_source", s("worker")),
+                // llem's digest is a registry's (`repo@sha256:...`); a locally built
+                // image has none. Its id is in fleet.json's environment.
+                ("image_digest", Value::Null),
+            ]),
+            None => map([
+                ("mode", s("process")),
+                ("image", Value::Null),
+                ("source", s("worker")),
+                ("image_source", Value::Null),
+                ("image_digest", Value::Null),
+            ]),
+        };
         RunBundle {
             row,
             res,

@@ -6,7 +6,7 @@
 //! waits on a [`Notify`] that fires whenever runs become pending (a submit, an
 //! expired lease, a failure that will be retried).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,6 +17,7 @@ use lem_common::rpc::{
     LeaseRequest, RegisterReply, RegisterRequest, RenewReply, RenewRequest, RpcError, RpcErrorKind,
     RunRow, SubmitReply, SubmitRequest, WorkerInfo,
 };
+use lem_common::runner::{RunnerNeed, WorkerRuntime};
 use lem_common::study::{self, PlanOptions, StudySource};
 use lem_common::types::{format_utc_ms, CampaignId, WorkerId};
 use lem_common::PROTOCOL_VERSION;
@@ -95,8 +96,13 @@ pub struct Shared {
     pub pki: Option<Arc<Pki>>,
     /// Fires when runs may have become pending.
     pub work_available: Notify,
-    /// Engines each registered worker can run (a cache of the `workers` table).
-    engines_by_worker: Mutex<HashMap<WorkerId, Vec<String>>>,
+    /// Engines each registered worker can run and the runtime it runs them in (a
+    /// cache of the `workers` table).
+    engines_by_worker: Mutex<HashMap<WorkerId, (Vec<String>, WorkerRuntime)>>,
+    /// Every runner need a campaign's runs have (the study's `runners:`/`images:`),
+    /// [`RunnerNeed::Any`] among them: a lease asks for the pools of those its
+    /// worker's runtime meets.
+    runner_needs: Mutex<BTreeSet<RunnerNeed>>,
     /// Set when the coordinator is shutting down: no new leases.
     pub stopping: std::sync::atomic::AtomicBool,
     /// When each worker last called in (memory only; the store keeps the
@@ -148,7 +154,11 @@ impl Shared {
     ) -> Result<Arc<Shared>, StoreError> {
         let mut map = HashMap::new();
         for w in store.workers()? {
-            map.insert(w.worker.clone(), available_engines(&w));
+            map.insert(w.worker.clone(), (available_engines(&w), w.runtime.clone()));
+        }
+        let mut needs = BTreeSet::from([RunnerNeed::Any]);
+        for c in store.campaigns()? {
+            needs.extend(c.runner_needs.into_values());
         }
         let store = Arc::new(store);
         Ok(Arc::new(Shared {
@@ -158,6 +168,7 @@ impl Shared {
             pki,
             work_available: Notify::new(),
             engines_by_worker: Mutex::new(map),
+            runner_needs: Mutex::new(needs),
             stopping: Default::default(),
             last_seen: Default::default(),
             study_names: Default::default(),
@@ -272,15 +283,31 @@ impl CoordService {
                 .iter()
                 .filter(|w| now.saturating_sub(shared.last_seen_ms(w)) < WORKER_STALE_MS)
                 .collect();
-            for (engine, tp_size, n) in shared.store.pending_by_pool(id)? {
+            for (engine, tp_size, need, n) in shared.store.pending_by_pool(id)? {
                 let runs_engine =
                     |w: &WorkerRecord| w.engines.iter().any(|e| e.engine == engine && e.available);
                 let has_group = |w: &WorkerRecord| w.slots.iter().any(|s| s.hosts(tp_size));
-                if live.iter().any(|w| runs_engine(w) && has_group(w)) {
+                let meets = |w: &WorkerRecord| need.met_by(&w.runtime);
+                if live
+                    .iter()
+                    .any(|w| runs_engine(w) && has_group(w) && meets(w))
+                {
                     continue;
                 }
                 let reason = if live.is_empty() {
                     "no worker is connected".to_string()
+                } else if live.iter().any(|w| runs_engine(w) && has_group(w)) {
+                    let why: Vec<String> = live
+                        .iter()
+                        .filter(|w| runs_engine(w) && has_group(w))
+                        .map(|w| format!("{}: {}", w.worker, w.runtime.describe()))
+                        .collect();
+                    format!(
+                        "the study's runners:/images: ask for {} to run {engine}, and no connected worker that runs {engine} has it ({}); {}",
+                        need.describe(),
+                        why.join("; "),
+                        need.fix()
+                    )
                 } else if live.iter().any(|w| runs_engine(w)) {
                     let why: Vec<String> = live
                         .iter()
@@ -384,8 +411,9 @@ impl Coordinator for CoordService {
             registered_at: format_utc_ms(now),
             last_seen_ms: now,
             runs_done: 0,
+            runtime: req.runtime.clone(),
         };
-        let engines = available_engines(&rec);
+        let engines = (available_engines(&rec), req.runtime);
         let shared = self.shared.clone();
         blocking(move || shared.store.upsert_worker(&rec)).await?;
         self.shared
@@ -409,7 +437,7 @@ impl Coordinator for CoordService {
             .expect("engines map lock")
             .get(&req.worker)
             .cloned();
-        let Some(engines) = engines else {
+        let Some((engines, runtime)) = engines else {
             return Err(RpcError::new(
                 RpcErrorKind::NotRegistered,
                 format!("worker {} is not registered; register first", req.worker),
@@ -435,9 +463,24 @@ impl Coordinator for CoordService {
             } else {
                 req.gpus.max(1)..=req.gpus.max(1)
             };
+            // And of the runner needs this worker's runtime meets.
+            let needs: Vec<RunnerNeed> = self
+                .shared
+                .runner_needs
+                .lock()
+                .expect("runner needs lock")
+                .iter()
+                .filter(|n| n.met_by(&runtime))
+                .cloned()
+                .collect();
             let pools: Vec<String> = engines
                 .iter()
-                .flat_map(|e| sizes.clone().map(move |k| pending_pool(e, k)))
+                .flat_map(|e| {
+                    let needs = &needs;
+                    sizes
+                        .clone()
+                        .flat_map(move |k| needs.iter().map(move |n| pending_pool(e, k, n)))
+                })
                 .collect();
             let op = WriteOp::Lease {
                 worker: req.worker.clone(),
@@ -613,6 +656,10 @@ impl Coordinator for CoordService {
         // What llem accepts but the fleet would not measure as asked is refused here,
         // naming the config and the key, before anything is stored.
         check_fleet_support(&req.path, &plan.configs).map_err(invalid)?;
+        // llem checks `runners:`/`images:` only as a run starts; the fleet at submit.
+        let runner_needs =
+            lem_common::runner::study_needs(plan.runners.as_ref(), plan.images.as_ref())
+                .map_err(|e| invalid(format!("{}: {e}", req.path)))?;
         let n_runs = plan.runs.len() as u64;
         let record = CampaignRecord {
             id: CampaignId(0),
@@ -633,7 +680,15 @@ impl Coordinator for CoordService {
             experiment_timeout_s: plan.execution.experiment_timeout_seconds,
             stdout_silence_timeout_s: plan.execution.stdout_silence_timeout_seconds,
             force_cold_start: req.force_cold_start,
+            runner_needs: runner_needs.clone(),
         };
+        // Known before any of the campaign's runs is pending, so a lease looking for
+        // them asks for their pools.
+        self.shared
+            .runner_needs
+            .lock()
+            .expect("runner needs lock")
+            .extend(runner_needs.values().cloned());
         let (n_configs, n_skipped, warnings) = (
             plan.n_configs as u64,
             plan.skipped.len() as u64,
@@ -652,6 +707,7 @@ impl Coordinator for CoordService {
                     gap_before_s: r.gap_before_seconds,
                     config_json: c.config_json.clone(),
                     tp_size: c.tp_size,
+                    need: lem_common::runner::need_of(&runner_needs, &c.engine),
                 }
             });
             shared.store.create_campaign(record, runs)
@@ -809,6 +865,7 @@ impl Coordinator for CoordService {
                     worker_version: w.worker_version,
                     slots: w.slots,
                     engines: w.engines,
+                    runtime: w.runtime,
                     registered_at: w.registered_at,
                     runs_done: w.runs_done,
                 })

@@ -28,11 +28,13 @@
 //! * `client_certs`: SHA-256 of a worker's certificate -> worker id, how a mutual-TLS
 //!   connection learns who it is (docs/security.md).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use lem_common::lease::{self, CompleteOutcome, LeasePolicy, LeaseRecord, RunState};
+use lem_common::runner::{RunnerNeed, WorkerRuntime};
 use lem_common::schedule::{self, Candidate, PoolChoice, WarmPolicy};
 use lem_common::types::{
     CampaignId, EngineCapability, FailureClass, FencingToken, RunKey, RunResult, WorkerId,
@@ -146,6 +148,10 @@ pub struct CampaignRecord {
     /// Every run starts cold (`submit --force-cold-start`).
     #[serde(default)]
     pub force_cold_start: bool,
+    /// The study's `runners:`/`images:` as each engine's need of a worker's runtime
+    /// (`lem_common::runner`); engines it does not name run anywhere.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub runner_needs: BTreeMap<String, RunnerNeed>,
 }
 
 /// One run: its place in the plan and its lease record.
@@ -171,6 +177,15 @@ pub struct RunRecord {
     /// bound on it holds across coordinator restarts. Absent (0) in older records.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub passed_over: u32,
+    /// What the run needs of a worker's runtime (the study's `runners:`/`images:` for
+    /// its engine); part of its pending pool. Absent ([`RunnerNeed::Any`]) in older
+    /// records.
+    #[serde(default, skip_serializing_if = "is_any")]
+    pub need: RunnerNeed,
+}
+
+fn is_any(n: &RunnerNeed) -> bool {
+    *n == RunnerNeed::Any
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -181,22 +196,29 @@ fn one_gpu() -> u32 {
     1
 }
 
-/// The pending-index pool of runs of `engine` needing `tp_size` GPUs: the engine's
-/// name for one GPU (so manifests from before multi-GPU slots read the same), else
-/// `engine/tpK`.
-pub fn pending_pool(engine: &str, tp_size: u32) -> String {
+/// The pending-index pool of runs of `engine` needing `tp_size` GPUs and a runtime
+/// that meets `need`: the engine's name for one GPU (so manifests from before
+/// multi-GPU slots read the same), else `engine/tpK`; then the need's
+/// [`RunnerNeed::pool_suffix`] (none for [`RunnerNeed::Any`], so manifests from
+/// before study runners read the same).
+pub fn pending_pool(engine: &str, tp_size: u32, need: &RunnerNeed) -> String {
+    let suffix = need.pool_suffix();
     if tp_size <= 1 {
-        engine.to_string()
+        format!("{engine}{suffix}")
     } else {
-        format!("{engine}/tp{tp_size}")
+        format!("{engine}/tp{tp_size}{suffix}")
     }
 }
 
-/// The engine and GPU count of a pending-index pool.
-fn parse_pool(pool: &str) -> (String, u32) {
-    match pool.split_once("/tp") {
-        Some((engine, k)) => (engine.to_string(), k.parse().unwrap_or(1)),
-        None => (pool.to_string(), 1),
+/// The engine, GPU count and runner need of a pending-index pool.
+fn parse_pool(pool: &str) -> (String, u32, RunnerNeed) {
+    let (base, need) = match pool.split_once('|') {
+        Some((base, tail)) => (base, RunnerNeed::from_pool_suffix(tail).unwrap_or_default()),
+        None => (pool, RunnerNeed::Any),
+    };
+    match base.split_once("/tp") {
+        Some((engine, k)) => (engine.to_string(), k.parse().unwrap_or(1), need),
+        None => (base.to_string(), 1, need),
     }
 }
 
@@ -220,6 +242,10 @@ pub struct WorkerRecord {
     pub registered_at: String,
     pub last_seen_ms: u64,
     pub runs_done: u64,
+    /// The runtime its harness runs in (`lem-worker --runtime`, `--image`); absent in
+    /// records from before runtimes were reported (those ran `process`).
+    #[serde(default)]
+    pub runtime: WorkerRuntime,
 }
 
 /// A worker's enrolment: the certificate it was issued when it joined. A later
@@ -241,6 +267,7 @@ pub struct NewRun {
     pub gap_before_s: f64,
     pub config_json: String,
     pub tp_size: u32,
+    pub need: RunnerNeed,
 }
 
 /// Counts per state for one campaign.
@@ -475,7 +502,7 @@ fn put_run(
         }
         bump_count(txn, key.0, new_state, 1)?;
         let mut pending = txn.open_table(PENDING)?;
-        let pool = pending_pool(&new.engine, new.tp_size);
+        let pool = pending_pool(&new.engine, new.tp_size, &new.need);
         let pool_count = pool_count_key(&pool);
         if old_state == Some(RunState::Pending) {
             pending.remove((pool.as_str(), key.0, key.1))?;
@@ -671,7 +698,7 @@ fn apply_op(
             {
                 let pending = txn.open_table(PENDING)?;
                 for pool in pools {
-                    let (_, gpus) = parse_pool(pool);
+                    let (_, gpus, _) = parse_pool(pool);
                     let range = pending
                         .range((pool.as_str(), 0, 0)..=(pool.as_str(), u64::MAX, u32::MAX))?;
                     for item in range.take(window) {
@@ -918,8 +945,9 @@ impl Store {
                 lease: LeaseRecord::new_pending(),
                 tp_size: r.tp_size.max(1),
                 passed_over: 0,
+                need: r.need,
             };
-            let pool = pending_pool(&rec.engine, rec.tp_size);
+            let pool = pending_pool(&rec.engine, rec.tp_size, &rec.need);
             pending.insert((pool.as_str(), id.0, rec.key.seq), ())?;
             run_table.insert((id.0, rec.key.seq), to_json(&rec).as_slice())?;
             *pool_counts.entry(pool).or_default() += 1;
@@ -996,10 +1024,13 @@ impl Store {
 
     /// Pending runs per engine and GPU count for a campaign (for the `blocked` report),
     /// from the per-pool counts: O(pools), not O(runs).
-    pub fn pending_by_pool(&self, id: CampaignId) -> Result<Vec<(String, u32, u64)>, StoreError> {
+    pub fn pending_by_pool(
+        &self,
+        id: CampaignId,
+    ) -> Result<Vec<(String, u32, RunnerNeed, u64)>, StoreError> {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(COUNTS)?;
-        let mut out: Vec<(String, u32, u64)> = Vec::new();
+        let mut out = Vec::new();
         let (from, to) = (POOL_COUNT_PREFIX, "pending0");
         for item in t.range((id.0, from)..(id.0, to))? {
             let (k, n) = item?;
@@ -1008,8 +1039,8 @@ impl Store {
                 continue;
             };
             if n.value() > 0 {
-                let (engine, tp) = parse_pool(pool);
-                out.push((engine, tp, n.value()));
+                let (engine, tp, need) = parse_pool(pool);
+                out.push((engine, tp, need, n.value()));
             }
         }
         Ok(out)
@@ -1406,6 +1437,7 @@ mod tests {
             experiment_timeout_s: 600.0,
             stdout_silence_timeout_s: 300.0,
             force_cold_start: false,
+            runner_needs: Default::default(),
         }
     }
 
@@ -1421,8 +1453,18 @@ mod tests {
                 gap_before_s: 0.0,
                 config_json: "{}".into(),
                 tp_size: 1,
+                need: RunnerNeed::Any,
             })
             .collect()
+    }
+
+    /// A campaign of `rs` created in a store at `dir`, and the store opened anew.
+    fn created_then_reopened(dir: &Path, rs: Vec<NewRun>) -> (Store, CampaignId) {
+        let id = Store::open(dir)
+            .unwrap()
+            .create_campaign(campaign(), rs)
+            .unwrap();
+        (Store::open(dir).unwrap(), id)
     }
 
     #[test]
@@ -1430,23 +1472,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let policy = LeasePolicy::default();
         let w = WorkerId("w".into());
-        let id = {
-            let store = Store::open(dir.path()).unwrap();
-            let mut rs = runs(&["synthetic", "synthetic", "synthetic"]);
-            rs[0].tp_size = 2;
-            rs[2].tp_size = 2;
-            store.create_campaign(campaign(), rs).unwrap()
-        };
-        let store = Store::open(dir.path()).unwrap();
+        let mut rs = runs(&["synthetic", "synthetic", "synthetic"]);
+        rs[0].tp_size = 2;
+        rs[2].tp_size = 2;
+        let (store, id) = created_then_reopened(dir.path(), rs);
         assert_eq!(
             store.pending_by_pool(id).unwrap(),
             vec![
-                ("synthetic".to_string(), 1, 1),
-                ("synthetic".to_string(), 2, 2)
+                ("synthetic".to_string(), 1, RunnerNeed::Any, 1),
+                ("synthetic".to_string(), 2, RunnerNeed::Any, 2)
             ]
         );
-        let one = [pending_pool("synthetic", 1)];
-        let two = [pending_pool("synthetic", 2)];
+        let one = [pending_pool("synthetic", 1, &RunnerNeed::Any)];
+        let two = [pending_pool("synthetic", 2, &RunnerNeed::Any)];
         let r = store.lease_next(&w, 0, &one, 0, &policy).unwrap().unwrap();
         assert_eq!((r.key.seq, r.tp_size), (1, 1));
         assert!(store.lease_next(&w, 0, &one, 0, &policy).unwrap().is_none());
@@ -1457,11 +1495,71 @@ mod tests {
         assert_eq!(
             store.pending_by_pool(id).unwrap(),
             vec![
-                ("synthetic".to_string(), 1, 1),
-                ("synthetic".to_string(), 2, 2)
+                ("synthetic".to_string(), 1, RunnerNeed::Any, 1),
+                ("synthetic".to_string(), 2, RunnerNeed::Any, 2)
             ]
         );
-        assert_eq!(parse_pool("vllm/tp4"), ("vllm".to_string(), 4));
+        assert_eq!(
+            parse_pool("vllm/tp4"),
+            ("vllm".to_string(), 4, RunnerNeed::Any)
+        );
+        assert_eq!(
+            parse_pool("vllm/tp4|container=reg:5000/v/llm@sha256:00"),
+            (
+                "vllm".to_string(),
+                4,
+                RunnerNeed::Container {
+                    image: Some("reg:5000/v/llm@sha256:00".into())
+                }
+            )
+        );
+    }
+
+    #[test]
+    fn a_run_with_a_runner_need_stays_in_its_own_pool_through_expiry_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = LeasePolicy::default();
+        let w = WorkerId("w".into());
+        let need = RunnerNeed::Container {
+            image: Some("lem-fleet/harness:1".into()),
+        };
+        let mut rs = runs(&["synthetic", "synthetic"]);
+        rs[1].need = need.clone();
+        let (store, id) = created_then_reopened(dir.path(), rs);
+        assert_eq!(
+            store.pending_by_pool(id).unwrap(),
+            vec![
+                ("synthetic".to_string(), 1, RunnerNeed::Any, 1),
+                ("synthetic".to_string(), 1, need.clone(), 1)
+            ]
+        );
+        let any = [pending_pool("synthetic", 1, &RunnerNeed::Any)];
+        let container = [pending_pool("synthetic", 1, &need)];
+        assert_eq!(container[0], "synthetic|container=lem-fleet/harness:1");
+        let r = store.lease_next(&w, 0, &any, 0, &policy).unwrap().unwrap();
+        assert_eq!(r.key.seq, 0);
+        assert!(store.lease_next(&w, 0, &any, 0, &policy).unwrap().is_none());
+        let r = store
+            .lease_next(&w, 1, &container, 0, &policy)
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.key.seq, &r.need), (1, &need));
+        assert_eq!(store.expire_leases(31_000, &policy).unwrap(), 2);
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store
+            .lease_next(&w, 0, &any, 40_000, &policy)
+            .unwrap()
+            .is_some());
+        assert!(store
+            .lease_next(&w, 0, &any, 40_000, &policy)
+            .unwrap()
+            .is_none());
+        let r = store
+            .lease_next(&w, 1, &container, 40_000, &policy)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.key.seq, 1);
     }
 
     #[test]
@@ -1477,7 +1575,9 @@ mod tests {
         }
         let id = store.create_campaign(campaign(), rs).unwrap();
         // A 4-GPU pool asks for the pools of sizes 1 to 4.
-        let pools: Vec<String> = (1..=4).map(|k| pending_pool("synthetic", k)).collect();
+        let pools: Vec<String> = (1..=4)
+            .map(|k| pending_pool("synthetic", k, &RunnerNeed::Any))
+            .collect();
         let lease = |free: u32| {
             let op = WriteOp::Lease {
                 worker: w.clone(),
@@ -1505,13 +1605,13 @@ mod tests {
         assert_eq!(lease(4), Ok(None));
         assert_eq!(
             store.pending_by_pool(id).unwrap(),
-            vec![("synthetic".to_string(), 8, 1)]
+            vec![("synthetic".to_string(), 8, RunnerNeed::Any, 1)]
         );
         // An exact-size lease (max_gpus 0) is unchanged by the blocking rule.
         let op = WriteOp::Lease {
             worker: w.clone(),
             slot: 0,
-            pools: vec![pending_pool("synthetic", 8)],
+            pools: vec![pending_pool("synthetic", 8, &RunnerNeed::Any)],
             max_gpus: 0,
             warm: vec![],
         };
@@ -1536,7 +1636,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let policy = LeasePolicy::default();
         let w = WorkerId("w".into());
-        let pools = [pending_pool("synthetic", 1)];
+        let pools = [pending_pool("synthetic", 1, &RunnerNeed::Any)];
         let warm_b = [("synthetic".to_string(), "b".to_string())];
         // Study order: one run of model a, then more runs of b than the bound.
         let n_b = MAX_PASSED_OVER as usize + 2;
@@ -1601,7 +1701,9 @@ mod tests {
         let mut rs = runs_of_models(&["a", "b", "b"]);
         rs[0].tp_size = 2;
         store.create_campaign(campaign(), rs).unwrap();
-        let pools: Vec<String> = (1..=4).map(|k| pending_pool("synthetic", k)).collect();
+        let pools: Vec<String> = (1..=4)
+            .map(|k| pending_pool("synthetic", k, &RunnerNeed::Any))
+            .collect();
         let lease = |free: u32| {
             let op = WriteOp::Lease {
                 worker: w.clone(),
@@ -1653,7 +1755,10 @@ mod tests {
         assert_eq!((c.pending, c.leased), (2, 1));
         assert_eq!(
             store.pending_by_pool(id).unwrap(),
-            vec![("synthetic".to_string(), 1, 1), ("vllm".to_string(), 1, 1)]
+            vec![
+                ("synthetic".to_string(), 1, RunnerNeed::Any, 1),
+                ("vllm".to_string(), 1, RunnerNeed::Any, 1)
+            ]
         );
         // Expiry returns it to pending.
         assert_eq!(store.expire_leases(1_000 + 31_000, &policy).unwrap(), 1);
@@ -1921,7 +2026,7 @@ mod tests {
         }
         assert_eq!(
             store.pending_by_pool(id).unwrap(),
-            vec![("synthetic".to_string(), 1, 2)],
+            vec![("synthetic".to_string(), 1, RunnerNeed::Any, 2)],
             "pool counts rebuilt"
         );
         assert_eq!(store.study_text(id).unwrap(), "study_name: old\n");
@@ -1935,7 +2040,7 @@ mod tests {
         assert_eq!(all[1].0.config_json, r#"{"seq": 1}"#);
         assert_eq!(
             store.pending_by_pool(id).unwrap(),
-            vec![("synthetic".to_string(), 1, 1)]
+            vec![("synthetic".to_string(), 1, RunnerNeed::Any, 1)]
         );
         // A newer schema is refused, naming both versions.
         drop(store);

@@ -22,6 +22,7 @@ fn seed_manifest(dir: &std::path::Path) -> CampaignId {
         experiment_timeout_s: 600.0,
         stdout_silence_timeout_s: 300.0,
         force_cold_start: false,
+        runner_needs: Default::default(),
     };
     let runs: Vec<NewRun> = (0..40)
         .map(|i| NewRun {
@@ -32,6 +33,7 @@ fn seed_manifest(dir: &std::path::Path) -> CampaignId {
             gap_before_s: 0.0,
             config_json: format!("{{\"i\": {i}}}"),
             tp_size: 1,
+            need: Default::default(),
         })
         .collect();
     let id = store.create_campaign(campaign, runs).unwrap();

@@ -159,6 +159,31 @@ pub enum WorkerCommand {
         #[arg(long, env = "LEM_WORKER_NAME")]
         name: Option<String>,
     },
+    /// Check what this host needs to measure with these flags (NVML and its GPUs,
+    /// other workers' GPU locks, disk space, Python and the engines it imports, or
+    /// Docker, its NVIDIA runtime, the image and the allowlist), each with the fix for
+    /// what is missing. Exit status 1 when a worker with these flags cannot run.
+    Check {
+        /// The runtime to check (as `lem-worker --runtime`).
+        #[arg(long, env = "LEM_RUNTIME", value_enum, default_value_t = Runtime::Process)]
+        runtime: Runtime,
+        /// With --runtime docker: the harness image.
+        #[arg(long, env = "LEM_IMAGE", default_value = crate::docker::DEFAULT_IMAGE)]
+        image: String,
+        /// With --runtime docker: images this worker may run (as `lem-worker --allow-image`).
+        #[arg(long = "allow-image", value_name = "ID_OR_NAME")]
+        allow_images: Vec<String>,
+        /// The worker's data dir.
+        #[arg(long, env = "LEM_WORKER_DATA_DIR", default_value = "lem-data/worker")]
+        data_dir: PathBuf,
+        /// With --runtime process: the Python the harness runs with.
+        #[arg(long, env = "LEM_PYTHON", default_value = "python3")]
+        python: String,
+        /// The worker will measure the labelled simulated GPU: a missing GPU or NVIDIA
+        /// runtime is a warning, not a failure.
+        #[arg(long, env = "LEM_SIMULATE_GPU")]
+        simulate_gpu: bool,
+    },
     /// Measure the worker's runtimes on this machine (docs/performance.md).
     Bench {
         #[command(subcommand)]
@@ -199,6 +224,17 @@ fn bench_main(what: &BenchCommand) -> std::process::ExitCode {
                 }
             }
         }
+    }
+}
+
+fn check_main(o: crate::check::Options) -> std::process::ExitCode {
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let items = rt.block_on(crate::check::run(&o));
+    print!("{}", crate::check::render(&items));
+    if items.iter().any(|i| i.status == crate::check::Status::Fail) {
+        std::process::ExitCode::from(1)
+    } else {
+        std::process::ExitCode::SUCCESS
     }
 }
 
@@ -254,6 +290,24 @@ pub fn main_impl() -> std::process::ExitCode {
     }
     if let Some(WorkerCommand::Bench { what }) = &args.command {
         return bench_main(what);
+    }
+    if let Some(WorkerCommand::Check {
+        runtime,
+        image,
+        allow_images,
+        data_dir,
+        python,
+        simulate_gpu,
+    }) = &args.command
+    {
+        return check_main(crate::check::Options {
+            runtime: *runtime,
+            image: image.clone(),
+            allow_images: allow_images.clone(),
+            data_dir: data_dir.clone(),
+            python: python.clone(),
+            simulate_gpu: *simulate_gpu,
+        });
     }
     let cfg = crate::WorkerConfig {
         coordinator: args.coordinator,

@@ -10,6 +10,7 @@
 //! a coordinator on loopback (or started with `--insecure`) answers.
 
 pub mod bench;
+pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod docker;
@@ -322,36 +323,47 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
     // The process runtime runs the embedded harness with the host's Python; the
     // docker runtime, the image's (its Python version comes with the first pong, and
     // the image, pinned by id, goes into every result's environment).
-    let (factory, mut py_version, image_env): (Arc<dyn HarnessFactory>, Option<String>, _) =
-        match &cfg.runtime {
-            RuntimeConfig::Process => {
-                let py_version = runtime::check_python(&cfg.python).await?;
-                let server_py = runtime::install_harness(&cfg.data_dir.join("harness"))?;
-                let factory = runtime::ProcessFactory {
-                    python: cfg.python.clone(),
-                    server_py,
-                    env: policy_env(cfg.trust_remote_code),
-                };
-                (Arc::new(factory), Some(py_version), None)
-            }
-            RuntimeConfig::Docker {
-                image,
-                allow_images,
-            } => {
-                let factory =
-                    docker::DockerFactory::start(&cfg.data_dir, &worker.0, image, allow_images)
-                        .await?
-                        .with_env(policy_env(cfg.trust_remote_code));
-                let pinned = factory.image();
-                tracing::info!(image = %pinned.name, id = %pinned.id, harness = ?pinned.harness_version, "docker runtime");
-                let image_env = serde_json::json!({
-                    "name": pinned.name,
-                    "id": pinned.id,
-                    "harness_version": pinned.harness_version,
-                });
-                (Arc::new(factory), None, Some(image_env))
-            }
-        };
+    let (factory, mut py_version, image_env, worker_runtime): (
+        Arc<dyn HarnessFactory>,
+        Option<String>,
+        _,
+        lem_common::runner::WorkerRuntime,
+    ) = match &cfg.runtime {
+        RuntimeConfig::Process => {
+            let py_version = runtime::check_python(&cfg.python).await?;
+            let server_py = runtime::install_harness(&cfg.data_dir.join("harness"))?;
+            let factory = runtime::ProcessFactory {
+                python: cfg.python.clone(),
+                server_py,
+                env: policy_env(cfg.trust_remote_code),
+            };
+            (
+                Arc::new(factory),
+                Some(py_version),
+                None,
+                lem_common::runner::WorkerRuntime::process(),
+            )
+        }
+        RuntimeConfig::Docker {
+            image,
+            allow_images,
+        } => {
+            let factory =
+                docker::DockerFactory::start(&cfg.data_dir, &worker.0, image, allow_images)
+                    .await?
+                    .with_env(policy_env(cfg.trust_remote_code));
+            let pinned = factory.image();
+            tracing::info!(image = %pinned.name, id = %pinned.id, harness = ?pinned.harness_version, "docker runtime");
+            let image_env = serde_json::json!({
+                "name": pinned.name,
+                "id": pinned.id,
+                "harness_version": pinned.harness_version,
+            });
+            let worker_runtime =
+                lem_common::runner::WorkerRuntime::docker(&pinned.name, &pinned.id);
+            (Arc::new(factory), None, Some(image_env), worker_runtime)
+        }
+    };
     let host = hostname();
 
     let mut slots = Vec::new();
@@ -434,6 +446,7 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
         worker_version: env!("CARGO_PKG_VERSION").to_string(),
         slots: slot_infos,
         engines: capabilities,
+        runtime: worker_runtime,
     };
     check_admission(&endpoint, &register).await?;
     if nvml.is_some() && isolation::in_child_pid_namespace() {

@@ -337,6 +337,11 @@ pub struct StudyPlan {
     pub dedup_mode: String,
     /// The run list before cycles (one canonical config per entry).
     pub run_list: Vec<Value>,
+    /// The study's `runners:` and `images:` as written (FORMAT.md 6.3): no hash covers
+    /// them and llem checks them only when a run starts; the coordinator checks them at
+    /// submit ([`crate::runner::study_needs`]). `None` when absent or null.
+    pub runners: Option<Value>,
+    pub images: Option<Value>,
 }
 
 /// The plan of [`plan_compact`]: everything [`StudyPlan`] says, with each run-list
@@ -362,6 +367,11 @@ pub struct CompactPlan<C = PlannedConfig> {
     pub dormant_observations: Vec<DormantObservation>,
     /// `resolved` or `off`.
     pub dedup_mode: String,
+    /// The study's `runners:` and `images:` as written (FORMAT.md 6.3): no hash covers
+    /// them and llem checks them only when a run starts; the coordinator checks them at
+    /// submit ([`crate::runner::study_needs`]). `None` when absent or null.
+    pub runners: Option<Value>,
+    pub images: Option<Value>,
     /// One entry per run-list entry (the run list before cycles), in run-list order:
     /// `StudyPlan::run_list[i]` is `configs[i]`. With `deduplicate_equivalent` (the
     /// default) every entry is a distinct config; with it off, equal configs repeat as
@@ -467,6 +477,8 @@ impl CompactPlan<RunListConfig> {
             dormant_observations: self.dormant_observations,
             dedup_mode: self.dedup_mode,
             run_list: self.configs.into_iter().map(|c| c.config).collect(),
+            runners: self.runners,
+            images: self.images,
         }
     }
 }
@@ -546,6 +558,8 @@ struct StudyParts {
     spans: Spans,
     study_name: Option<String>,
     execution: StudyExecution,
+    runners: Option<Value>,
+    images: Option<Value>,
     merged_fixed: Map,
     sweep: Map,
     entries: Vec<Value>,
@@ -758,11 +772,20 @@ fn prepare(src: &StudySource, opts: &PlanOptions) -> Result<Prepared, StudyError
         Some(Value::Seq(v)) => v.clone(),
         _ => Vec::new(),
     };
+    // FORMAT.md 7.1 step 3: null or empty is none.
+    let block = |k: &str| match raw.get(k) {
+        None | Some(Value::Null) => None,
+        Some(Value::Map(m)) if m.is_empty() => None,
+        Some(v) => Some(v.clone()),
+    };
+    let (runners, images) = (block("runners"), block("images"));
     Ok(Prepared::Study(Box::new(StudyParts {
         file,
         spans,
         study_name,
         execution,
+        runners,
+        images,
         merged_fixed,
         sweep,
         entries,
@@ -907,6 +930,8 @@ fn plan_kept<C>(
     let StudyParts {
         study_name,
         execution,
+        runners,
+        images,
         ..
     } = *parts;
     let total = n_valid_declared + skipped.len();
@@ -958,6 +983,8 @@ fn plan_kept<C>(
         warnings,
         dormant_observations: observations,
         dedup_mode: dedup_mode.into(),
+        runners,
+        images,
     };
     Ok(run_list.finish(head, cycle_order))
 }
@@ -1026,6 +1053,8 @@ impl<C> RunList<C> {
             warnings: head.warnings,
             dormant_observations: head.dormant_observations,
             dedup_mode: head.dedup_mode,
+            runners: head.runners,
+            images: head.images,
             configs: self.kept,
             runs,
         }
@@ -1043,6 +1072,8 @@ struct PlanHead {
     warnings: Vec<String>,
     dormant_observations: Vec<DormantObservation>,
     dedup_mode: String,
+    runners: Option<Value>,
+    images: Option<Value>,
 }
 
 /// A run-list index as a [`CompactRun::config`]; the grid limit keeps run lists far
@@ -1325,6 +1356,8 @@ fn plan_single<C>(
         warnings: Vec::new(),
         dormant_observations: Vec::new(),
         dedup_mode: "off".into(),
+        runners: None,
+        images: None,
     };
     // One run whatever the (default) execution block says.
     Ok(run_list.finish(head, |_, _, _| vec![0]))

@@ -142,6 +142,10 @@ fn sample_requests() -> Vec<(&'static str, CoordinatorRequest)> {
                         reason: Some("python module vllm is not installed".into()),
                         version: None,
                     }],
+                    runtime: lem_common::runner::WorkerRuntime::docker(
+                        "lem-fleet/harness:latest",
+                        "sha256:cb4ca8307279d3afd7df95c793753d7c826af1e08aa9438029ae1f924d75affe",
+                    ),
                 },
             },
         ),

@@ -193,6 +193,7 @@ fn a_worker_of_another_protocol_version_is_refused() {
                     worker_version: "9.9.9".into(),
                     slots: vec![],
                     engines: vec![],
+                    runtime: Default::default(),
                 },
             )
             .await
@@ -268,5 +269,92 @@ fn a_methodology_the_fleet_does_not_measure_is_refused_naming_the_key() {
         let args = ["grid", p.as_str()];
         let out = run(COORD, &args);
         assert!(out.status.success(), "{}", describe(&args, &out));
+    }
+}
+
+#[test]
+fn worker_check_names_what_a_process_worker_lacks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dd = tmp.path().join("w");
+    let dd = dd.to_str().unwrap();
+    // A Python that is not there: a failure naming the flag that fixes it.
+    let args = [
+        "check",
+        "--simulate-gpu",
+        "--data-dir",
+        dd,
+        "--python",
+        "/nonexistent/python3",
+    ];
+    let out = run(crate::WORKER, &args);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&args, &out));
+    assert!(report.contains("FAIL  python"), "{report}");
+    assert!(report.contains("--python"), "{report}");
+
+    // The host's Python: the harness starts and says which engines it runs.
+    let args = ["check", "--simulate-gpu", "--data-dir", dd];
+    let out = run(crate::WORKER, &args);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", describe(&args, &out));
+    assert!(report.contains("ok    python"), "{report}");
+    assert!(report.contains("engines"), "{report}");
+    assert!(report.contains("synthetic"), "{report}");
+
+    // Without --simulate-gpu a host with no NVIDIA driver fails, naming the fix
+    // (on a GPU host the NVML line is ok instead).
+    let args = ["check", "--data-dir", dd];
+    let out = run(crate::WORKER, &args);
+    let report = String::from_utf8_lossy(&out.stdout);
+    if report.contains("FAIL  nvml") {
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&args, &out));
+        assert!(report.contains("--simulate-gpu"), "{report}");
+    } else {
+        assert!(report.contains("ok    nvml"), "{report}");
+    }
+}
+
+#[test]
+fn a_bad_runner_is_refused_at_submit_with_llems_rename_hint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_coord, addr) = crate::start_coordinator(tmp.path());
+    for (block, needles) in [
+        (
+            "runners: {synthetic: docker}\n",
+            &["runners.synthetic", "renamed", "\"container\""][..],
+        ),
+        (
+            "runners: {synthetic: 'docker:img:1'}\n",
+            &["\"container:img:1\""][..],
+        ),
+        (
+            "runners: {synthetic: podman}\n",
+            &[
+                "runners.synthetic",
+                "valid: process, container, container:<image>",
+            ][..],
+        ),
+        (
+            "runners: {syntetic: process}\n",
+            &["runners.syntetic", "is not an engine"][..],
+        ),
+        (
+            "images: {synthetic: 7}\n",
+            &["images.synthetic: must be a string"][..],
+        ),
+    ] {
+        let p = write(
+            tmp.path(),
+            "runners.yaml",
+            &format!("{GOOD_HEAD}sweep:\n  task.max_output_tokens: [4]\n{block}"),
+        );
+        let args = ["submit", p.as_str(), "--coordinator", addr.as_str()];
+        let out = run(COORD, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}", describe(&args, &out));
+        assert!(err.contains("runners.yaml"), "{}", describe(&args, &out));
+        for n in needles {
+            assert!(err.contains(n), "{n:?}: {}", describe(&args, &out));
+        }
     }
 }

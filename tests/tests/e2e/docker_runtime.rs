@@ -410,3 +410,187 @@ fn docker_runtime_bench_dispatch_prints_per_mode_percentiles_and_a_summary() {
         assert!(v.parse::<f64>().is_ok_and(|x| x > 0.0), "{field}");
     }
 }
+
+/// The line of `lem-worker check`'s report for `item`.
+fn check_line<'a>(report: &'a str, item: &str) -> &'a str {
+    report
+        .lines()
+        .find(|l| l.get(6..).is_some_and(|rest| rest.starts_with(item)))
+        .unwrap_or_else(|| panic!("a {item:?} line in\n{report}"))
+}
+
+#[test]
+fn docker_runtime_check_reports_each_prerequisite_with_its_fix() {
+    if skip_docker("docker_runtime_check_reports_each_prerequisite_with_its_fix") {
+        return;
+    }
+    let image = harness_image();
+    let id = image_id(&image);
+    let tmp = tempdir();
+    let data_dir = tmp.path().join("w");
+    let dd = data_dir.to_str().unwrap();
+    let base = [
+        "check",
+        "--runtime",
+        "docker",
+        "--simulate-gpu",
+        "--data-dir",
+        dd,
+        "--image",
+        image.as_str(),
+    ];
+
+    // The image is there but not allowed: a failure, whose fix is the flag to pass.
+    let out = run(WORKER, &base);
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&base, &out));
+    assert!(check_line(&report, "docker").starts_with("ok"), "{report}");
+    assert!(
+        check_line(&report, "image").contains(&id),
+        "the image line names its id\n{report}"
+    );
+    assert!(
+        check_line(&report, "allowlist").starts_with("FAIL"),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!("fix: pass --allow-image {id}")),
+        "{report}"
+    );
+
+    // Allowed: every item is ok or a warning (the simulated GPU needs no NVIDIA
+    // runtime), the harness in a container of the image answers, and no container
+    // is left behind.
+    let mut allowed = base.to_vec();
+    allowed.extend(["--allow-image", id.as_str()]);
+    let out = run(WORKER, &allowed);
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{}", describe(&allowed, &out));
+    assert!(
+        check_line(&report, "allowlist").starts_with("ok"),
+        "{report}"
+    );
+    assert!(
+        check_line(&report, "engines").contains("synthetic"),
+        "the image's harness said which engines it runs\n{report}"
+    );
+    assert!(
+        report.lines().last().unwrap().ends_with(" 0 failure(s)"),
+        "{report}"
+    );
+    let left = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter", "label=lem.worker=check"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&left.stdout).trim().is_empty(),
+        "the check removed its container"
+    );
+
+    // An image that is not there: a failure naming the script that builds it.
+    let mut missing = base.to_vec();
+    missing[7] = "lem-fleet/no-such-image:0";
+    let out = run(WORKER, &missing);
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&missing, &out));
+    assert!(check_line(&report, "image").starts_with("FAIL"), "{report}");
+    assert!(report.contains("docker/images.sh"), "{report}");
+}
+
+/// `docker-6.yaml` with a `runners:` (and `images:`) block appended, written to `dir`.
+fn with_runners(dir: &Path, name: &str, block: &str) -> String {
+    let base = std::fs::read_to_string(repo_root().join("tests/fixtures/docker-6.yaml")).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{base}{block}")).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn submit_file(addr: &str, study: &str) -> String {
+    let args = ["submit", study, "--coordinator", addr];
+    let out = run(COORD, &args);
+    assert!(out.status.success(), "{}", describe(&args, &out));
+    campaign_id(&out.stdout)
+}
+
+#[test]
+fn docker_runtime_study_runners_choose_the_workers_that_run_each_engine() {
+    if skip_docker("docker_runtime_study_runners_choose_the_workers_that_run_each_engine") {
+        return;
+    }
+    let image = harness_image();
+    let id = image_id(&image);
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let (coord, addr) = start_coordinator(dir);
+    let process = crate::start_worker(dir, &addr, "wp");
+
+    // The study wants its engine in a container of the harness image: the process
+    // worker takes none of its runs, and the campaign says why and what to start.
+    let study = with_runners(
+        dir,
+        "container.yaml",
+        &format!("runners:\n  synthetic: container\nimages:\n  synthetic: {image}\n"),
+    );
+    let c1 = submit_file(&addr, &study);
+    let s = wait_for(
+        "the campaign to say it is blocked once the process worker registered",
+        Duration::from_secs(60),
+        &[&coord, &process],
+        || {
+            let s = status_json(&addr, &c1)?;
+            let registered = s["blocked"][0]["reason"]
+                .as_str()
+                .is_some_and(|r| !r.contains("no worker is connected"));
+            (s["state"] == "blocked" && registered).then_some(s)
+        },
+    );
+    assert_eq!(s["running"], 0, "{s}");
+    assert_eq!(s["done"], 0, "{s}");
+    let reason = s["blocked"][0]["reason"].as_str().unwrap().to_string();
+    for needle in [
+        format!("a container of image {image}"),
+        "wp: process runtime".to_string(),
+        format!("--runtime docker --image {image}"),
+    ] {
+        assert!(reason.contains(&needle), "{needle:?} in {reason}");
+    }
+
+    // A docker worker of that image comes: it runs all six, in its container.
+    let w = DockerWorker::start(dir, &addr, "wd", &image, &["--allow-image", &image], None);
+    let _cleanup = Cleanup(vec![w.label.clone()]);
+    let status = wait_finished(&addr, &c1, 6, &[&coord, &process, &w.proc]);
+    let rows = results_jsonl(&c1, &["--coordinator", &addr]);
+    check_exactly_once(&status, &rows, 6).unwrap_or_else(|e| panic!("{e}"));
+    for r in &rows {
+        assert_eq!(r["worker"], "wd", "{r}");
+        assert_eq!(r["runner"], "container", "{r}");
+        assert_eq!(r["image"], image.as_str(), "{r}");
+        assert_eq!(r["image_id"], id.as_str(), "{r}");
+    }
+
+    // `process`: only the process worker; an image by id (a 12-digit prefix, as
+    // `docker images` prints it) binds only containers, and a process may run it.
+    let study = with_runners(dir, "process.yaml", "runners:\n  synthetic: process\n");
+    let c2 = submit_file(&addr, &study);
+    let status = wait_finished(&addr, &c2, 6, &[&coord, &process, &w.proc]);
+    let rows = results_jsonl(&c2, &["--coordinator", &addr]);
+    check_exactly_once(&status, &rows, 6).unwrap_or_else(|e| panic!("{e}"));
+    assert!(rows.iter().all(|r| r["worker"] == "wp"), "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|r| r["runner"] == "process" && r["image_id"].is_null()),
+        "{rows:?}"
+    );
+
+    let short = &id["sha256:".len().."sha256:".len() + 12];
+    let study = with_runners(
+        dir,
+        "by-id.yaml",
+        &format!("runners:\n  synthetic: 'container:{short}'\n"),
+    );
+    let c3 = submit_file(&addr, &study);
+    let status = wait_finished(&addr, &c3, 6, &[&coord, &process, &w.proc]);
+    let rows = results_jsonl(&c3, &["--coordinator", &addr]);
+    check_exactly_once(&status, &rows, 6).unwrap_or_else(|e| panic!("{e}"));
+    assert!(rows.iter().all(|r| r["worker"] == "wd"), "{rows:?}");
+}

@@ -142,5 +142,6 @@ pub fn register_request(worker: &str) -> RegisterRequest {
             reason: None,
             version: None,
         }],
+        runtime: lem_common::runner::WorkerRuntime::process(),
     }
 }
