@@ -32,6 +32,7 @@ if HERE not in sys.path:
 sys.dont_write_bytecode = True  # keep the directory the worker wrote us into clean
 
 import engines  # noqa: E402
+from engines import hf_logic  # noqa: E402
 from protocol import (  # noqa: E402
     HARNESS_VERSION,
     INFRASTRUCTURE,
@@ -176,6 +177,9 @@ class Server:
         return {
             "pid": os.getpid(),
             "engines": engines.available_engines(),
+            # The host's remote-code policy as this server sees it (its environment):
+            # the worker checks it is the one it was started with.
+            "trust_remote_code": hf_logic.trust_remote_code_enabled(),
             "loaded_model_key": self.state.model_key,
             "loaded_engine": self.state.engine_name,
             "loaded_model": self.state.model,

@@ -374,6 +374,27 @@ pub fn containers_labelled(label: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Removes the containers labelled with each of its labels (`lem.data-dir=DIR`: the
+/// containers of the workers of the data dirs a test used) when dropped, however the
+/// test ends.
+pub struct RemoveContainers(pub Vec<String>);
+
+impl Drop for RemoveContainers {
+    fn drop(&mut self) {
+        for label in &self.0 {
+            let ids: Vec<String> = containers_labelled(label)
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect();
+            if !ids.is_empty() {
+                let mut args = vec!["rm", "-f", "-v"];
+                args.extend(ids.iter().map(String::as_str));
+                let _ = run("docker", &args);
+            }
+        }
+    }
+}
+
 /// The user a test runs a worker of the docker runtime as, so that a file the
 /// worker or its containers write as root stands out: `None` (the test's own user)
 /// unless the test runs as root; then nobody (65534) in the group that owns the

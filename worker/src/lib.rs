@@ -400,6 +400,7 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
             )
         })?;
         engines.get_or_insert_with(|| pong.engines.clone());
+        check_harness_policy(&pong.body, cfg.trust_remote_code, harness.log_path())?;
         if py_version.is_none() {
             py_version = pong
                 .body
@@ -550,6 +551,35 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
     }
 }
 
+/// Refuses to start when the harness does not see the host's remote-code policy the
+/// worker was started with (its pong's `trust_remote_code`): the environment did not
+/// reach it (a container runtime that drops it, a wrapper that sets it).
+fn check_harness_policy(
+    pong: &serde_json::Value,
+    trust_remote_code: bool,
+    log: &std::path::Path,
+) -> anyhow::Result<()> {
+    let Some(seen) = pong.get("trust_remote_code").and_then(|v| v.as_bool()) else {
+        anyhow::bail!(
+            "the harness did not report its remote-code policy (an older harness image? rebuild it with docker/images.sh); log: {}",
+            log.display()
+        );
+    };
+    if seen != trust_remote_code {
+        anyhow::bail!(
+            "the harness sees LLEM_TRUST_REMOTE_CODE {} but this worker was started with remote code {}: the host's policy did not reach it (log: {})",
+            if seen { "on" } else { "off" },
+            if trust_remote_code {
+                "allowed (--trust-remote-code)"
+            } else {
+                "off"
+            },
+            log.display()
+        );
+    }
+    Ok(())
+}
+
 /// The harness environment the host's policy sets: llem's remote-code gate, on exactly
 /// when the worker allows remote code (the harness refuses a study's
 /// `trust_remote_code` otherwise, whatever the worker's own environment says).
@@ -558,4 +588,32 @@ pub fn policy_env(trust_remote_code: bool) -> Vec<(String, String)> {
         "LLEM_TRUST_REMOTE_CODE".into(),
         if trust_remote_code { "1" } else { "0" }.into(),
     )]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_harness_that_does_not_see_the_hosts_policy_stops_the_worker() {
+        let log = std::path::Path::new("/data/slot-0/harness.log");
+        let pong = |on: bool| serde_json::json!({"trust_remote_code": on});
+        assert!(check_harness_policy(&pong(false), false, log).is_ok());
+        assert!(check_harness_policy(&pong(true), true, log).is_ok());
+        let e = check_harness_policy(&pong(true), false, log)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("LLEM_TRUST_REMOTE_CODE on") && e.contains("harness.log"),
+            "{e}"
+        );
+        let e = check_harness_policy(&pong(false), true, log)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--trust-remote-code"), "{e}");
+        let e = check_harness_policy(&serde_json::json!({}), false, log)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("docker/images.sh"), "{e}");
+    }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use lem_tests::{
     check_exactly_once, containers_labelled, describe, harness_image, repo_root, run, skip_docker,
-    unprivileged_docker_user, wait_for, ExactlyOnce, Proc,
+    unprivileged_docker_user, wait_for, ExactlyOnce, Proc, RemoveContainers,
 };
 use serde_json::Value;
 
@@ -92,25 +92,6 @@ impl DockerWorker {
     }
 }
 
-/// Removes the containers of the data dirs a test used, however it ends.
-struct Cleanup(Vec<String>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for label in &self.0 {
-            let ids: Vec<String> = containers_labelled(label)
-                .into_iter()
-                .map(|(id, _)| id)
-                .collect();
-            if !ids.is_empty() {
-                let mut args = vec!["rm", "-f", "-v"];
-                args.extend(ids.iter().map(String::as_str));
-                let _ = run("docker", &args);
-            }
-        }
-    }
-}
-
 /// A temp dir every user may enter (a worker running as nobody keeps its data dir
 /// in it).
 fn tempdir() -> tempfile::TempDir {
@@ -178,7 +159,7 @@ fn docker_runtime_serves_every_run_from_one_warm_container() {
     let (coord, addr) = start_coordinator(dir);
     let user = unprivileged_docker_user();
     let mut w = DockerWorker::start(dir, &addr, "wd", &image, &["--allow-image", &image], user);
-    let _cleanup = Cleanup(vec![w.label.clone()]);
+    let _cleanup = RemoveContainers(vec![w.label.clone()]);
     let container = w.wait_container("the worker's harness container", &[&coord], None);
 
     let id = submit(&addr, "docker-6.yaml");
@@ -251,7 +232,7 @@ fn docker_runtime_replaces_a_container_killed_mid_run_and_retries_the_run() {
     let (coord, addr) = start_coordinator(dir);
     let user = unprivileged_docker_user();
     let w = DockerWorker::start(dir, &addr, "wk", &image, &["--allow-image", &image], user);
-    let _cleanup = Cleanup(vec![w.label.clone()]);
+    let _cleanup = RemoveContainers(vec![w.label.clone()]);
     let first = w.wait_container("the worker's harness container", &[&coord], None);
 
     // Runs of about 3 s (slow decode steps): kill the container once a run is in it.
@@ -304,7 +285,7 @@ fn docker_runtime_refuses_an_image_off_its_allowlist() {
     let tmp = tempdir();
     let dir = tmp.path();
     let mut w = DockerWorker::start(dir, NO_COORDINATOR, "wa", &image, &[], None);
-    let _cleanup = Cleanup(vec![w.label.clone()]);
+    let _cleanup = RemoveContainers(vec![w.label.clone()]);
     let status = w.proc.wait_exit(Duration::from_secs(60));
     assert!(
         status.is_some_and(|s| !s.success()),
@@ -350,7 +331,7 @@ fn docker_runtime_removes_the_containers_of_a_killed_worker() {
     let dir = tmp.path();
     let allow = ["--allow-image", image.as_str()];
     let mut first = DockerWorker::start(dir, NO_COORDINATOR, "ws", &image, &allow, None);
-    let _cleanup = Cleanup(vec![first.label.clone()]);
+    let _cleanup = RemoveContainers(vec![first.label.clone()]);
     let old = first.wait_container("the first worker's container", &[], None);
     first.proc.kill();
     // A SIGKILLed worker cannot clean up: its container outlives it.
@@ -557,7 +538,7 @@ fn docker_runtime_study_runners_choose_the_workers_that_run_each_engine() {
 
     // A docker worker of that image comes: it runs all six, in its container.
     let w = DockerWorker::start(dir, &addr, "wd", &image, &["--allow-image", &image], None);
-    let _cleanup = Cleanup(vec![w.label.clone()]);
+    let _cleanup = RemoveContainers(vec![w.label.clone()]);
     let status = wait_finished(&addr, &c1, 6, &[&coord, &process, &w.proc]);
     let rows = results_jsonl(&c1, &["--coordinator", &addr]);
     check_exactly_once(&status, &rows, 6).unwrap_or_else(|e| panic!("{e}"));
@@ -593,4 +574,30 @@ fn docker_runtime_study_runners_choose_the_workers_that_run_each_engine() {
     let rows = results_jsonl(&c3, &["--coordinator", &addr]);
     check_exactly_once(&status, &rows, 6).unwrap_or_else(|e| panic!("{e}"));
     assert!(rows.iter().all(|r| r["worker"] == "wd"), "{rows:?}");
+}
+
+#[test]
+fn docker_runtime_study_asking_for_remote_code_runs_only_where_the_host_allows_it() {
+    if skip_docker("docker_runtime_study_asking_for_remote_code_runs_only_where_the_host_allows_it")
+    {
+        return;
+    }
+    // The host's policy reaches the container (the worker checks the harness sees it
+    // at start) and wins over the study, as with the process runtime.
+    let image = harness_image();
+    let cleanup = std::cell::RefCell::new(Vec::new());
+    crate::flow::remote_code_runs_only_where_allowed(&|dir, addr, name, flags| {
+        // DockerWorker::start already passes --prefill-window-seconds 0.
+        let mut extra: Vec<&str> = flags
+            .iter()
+            .copied()
+            .filter(|f| *f == "--trust-remote-code")
+            .collect();
+        extra.extend(["--allow-image", image.as_str()]);
+        let w = DockerWorker::start(dir, addr, name, &image, &extra, None);
+        cleanup
+            .borrow_mut()
+            .push(RemoveContainers(vec![w.label.clone()]));
+        w.proc
+    });
 }

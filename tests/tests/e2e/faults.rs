@@ -58,6 +58,8 @@ struct Fleet {
     workers: Vec<Proc>,
     dead: Vec<Proc>,
     n_coords: usize,
+    /// Flags every worker gets besides the common ones (`--runtime docker ...`).
+    worker_args: Vec<String>,
 }
 
 impl Fleet {
@@ -73,6 +75,7 @@ impl Fleet {
             workers: Vec::new(),
             dead: Vec::new(),
             n_coords: 1,
+            worker_args: Vec::new(),
         }
     }
 
@@ -90,22 +93,19 @@ impl Fleet {
 
     fn spawn_worker(&self, name: &str, log_name: &str) -> Proc {
         let wdir = self.dir.join(name);
-        Proc::spawn(
-            log_name,
-            WORKER,
-            &[
-                "--coordinator",
-                &self.addr,
-                "--data-dir",
-                wdir.to_str().unwrap(),
-                "--simulate-gpu",
-                "--name",
-                name,
-                "--prefill-window-seconds",
-                "0",
-            ],
-            &self.dir,
-        )
+        let mut args = vec![
+            "--coordinator",
+            &self.addr,
+            "--data-dir",
+            wdir.to_str().unwrap(),
+            "--simulate-gpu",
+            "--name",
+            name,
+            "--prefill-window-seconds",
+            "0",
+        ];
+        args.extend(self.worker_args.iter().map(String::as_str));
+        Proc::spawn(log_name, WORKER, &args, &self.dir)
     }
 
     /// SIGKILLs the coordinator and starts a new one on the same data dir and port,
@@ -258,10 +258,46 @@ const FAULT_RUNS: u64 = 200;
 
 #[test]
 fn crashes_and_stalls_keep_every_run_exactly_once() {
+    crashes_and_stalls(&[]);
+}
+
+/// The same faults with every worker's harness in a warm container: a SIGKILLed
+/// worker leaves its container running (the next worker on its data dir removes it),
+/// a SIGSTOPped worker's container goes on without it.
+#[test]
+fn docker_runtime_crashes_and_stalls_keep_every_run_exactly_once() {
+    if lem_tests::skip_docker("docker_runtime_crashes_and_stalls_keep_every_run_exactly_once") {
+        return;
+    }
+    let image = lem_tests::harness_image();
+    crashes_and_stalls(&[
+        "--runtime",
+        "docker",
+        "--image",
+        &image,
+        "--allow-image",
+        &image,
+    ]);
+}
+
+/// 200 runs on 4 workers (started with `worker_args` too) through 20 coordinator
+/// SIGKILLs, two worker SIGKILLs and a worker SIGSTOPped past the lease TTL, in a
+/// seeded order: every run ends with exactly one accepted result.
+fn crashes_and_stalls(worker_args: &[&str]) {
     let t0 = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
+    let dir = tmp.path().canonicalize().unwrap();
+    let dir = dir.as_path();
     let mut fleet = Fleet::start(dir);
+    fleet.worker_args = worker_args.iter().map(|a| a.to_string()).collect();
+    // The workers' containers (docker runtime) go however the test ends.
+    let _containers = lem_tests::RemoveContainers(if worker_args.is_empty() {
+        vec![]
+    } else {
+        (0..4)
+            .map(|i| format!("lem.data-dir={}", dir.join(format!("w{i}")).display()))
+            .collect()
+    });
 
     // A second coordinator on the same data dir is refused, clearly.
     {

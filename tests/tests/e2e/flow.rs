@@ -325,11 +325,23 @@ fn a_campaign_submitted_cold_starts_every_run_cold() {
 
 #[test]
 fn a_study_asking_for_remote_code_runs_only_where_the_host_allows_it() {
-    // `passthrough_kwargs: {trust_remote_code: true}` would run a model repository's own
-    // Python on every host; the host's policy wins: refused at lease with the reason,
-    // unless the worker runs with --trust-remote-code.
+    remote_code_runs_only_where_allowed(&|dir, addr, name, flags| {
+        crate::start_worker_with(dir, addr, name, flags)
+    });
+}
+
+/// Starts a worker (of either runtime): `(dir, coordinator address, name, flags)`.
+pub(crate) type StartWorker<'a> =
+    dyn Fn(&std::path::Path, &str, &str, &[&str]) -> lem_tests::Proc + 'a;
+
+/// `passthrough_kwargs: {trust_remote_code: true}` would run a model repository's own
+/// Python on every host; the host's policy wins: refused at lease with the reason,
+/// unless the worker runs with --trust-remote-code. `start(dir, addr, name, flags)`
+/// starts a worker (of either runtime) with `flags`.
+pub(crate) fn remote_code_runs_only_where_allowed(start: &StartWorker<'_>) {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
+    let dir = tmp.path().canonicalize().unwrap();
+    let dir = dir.as_path();
     let (coord, addr) = start_coordinator(dir);
     let study = dir.join("remote.yaml");
     std::fs::write(
@@ -345,7 +357,7 @@ fn a_study_asking_for_remote_code_runs_only_where_the_host_allows_it() {
             true,
         ),
     ] {
-        let worker = crate::start_worker_with(dir, &addr, name, &flags);
+        let worker = start(dir, &addr, name, &flags);
         let args = ["submit", study.to_str().unwrap(), "--coordinator", &addr];
         let out = run(COORD, &args);
         assert!(out.status.success(), "{}", describe(&args, &out));
