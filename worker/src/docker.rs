@@ -87,7 +87,7 @@ const PIDS_LIMIT: i64 = 4096;
 pub enum DockerSetupError {
     #[error("cannot reach the Docker daemon: {0} (is dockerd running? can this user use its socket, e.g. as a member of the docker group? DOCKER_HOST names another socket)")]
     Connect(String),
-    #[error("image {image} is not in the local Docker: {reason} (build it with docker/images.sh; no registry is ever asked)")]
+    #[error("image {image} is not in the local Docker: {reason} (build it with docker/images.sh, which ./quickstart.sh --runtime docker also runs; no registry is ever asked)")]
     ImageMissing { image: String, reason: String },
     #[error("image {image} ({id}) is not on this worker's allowlist: start the worker with --allow-image {id} (or --allow-image {image}, pinned to that id at start), or add the line {id} to {file}")]
     NotAllowed {
