@@ -411,6 +411,54 @@ pub fn format_utc_ms(unix_ms: u64) -> String {
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}.{ms:03}Z")
 }
 
+/// Reads back what [`format_utc_ms`] writes (`2026-11-25T10:00:00.123Z`; the
+/// fraction may have 0 to 9 digits, read to the millisecond) as Unix milliseconds;
+/// `None` for anything else, or a date before 1970.
+pub fn parse_utc_ms(text: &str) -> Option<u64> {
+    let b = text.as_bytes();
+    let digits = |r: std::ops::Range<usize>| -> Option<i64> {
+        let s = text.get(r)?;
+        s.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| s.parse().ok())?
+    };
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+        || b[b.len() - 1] != b'Z'
+    {
+        return None;
+    }
+    let (y, mo, d) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
+    let (h, mi, s) = (digits(11..13)?, digits(14..16)?, digits(17..19)?);
+    let ms = match &text[19..text.len() - 1] {
+        "" => 0,
+        frac => {
+            let f = frac.strip_prefix('.')?;
+            if f.is_empty() || f.len() > 9 || !f.bytes().all(|c| c.is_ascii_digit()) {
+                return None;
+            }
+            format!("{f:0<3}")[..3].parse::<i64>().ok()?
+        }
+    };
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
+        return None;
+    }
+    // Days-from-civil (Howard Hinnant's algorithm), the inverse of format_utc_ms's.
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let total = ((days * 86_400 + h * 3600 + mi * 60 + s) * 1000) + ms;
+    u64::try_from(total).ok()
+}
+
 #[cfg(test)]
 mod time_tests {
     #[test]
@@ -424,6 +472,33 @@ mod time_tests {
             super::format_utc_ms(951_782_400_000),
             "2000-02-29T00:00:00.000Z"
         );
+    }
+
+    #[test]
+    fn parses_what_it_formats() {
+        for ms in [0, 951_782_400_000, 1_736_935_200_123, 4_102_444_799_999] {
+            let text = super::format_utc_ms(ms);
+            assert_eq!(super::parse_utc_ms(&text), Some(ms), "{text}");
+        }
+        assert_eq!(
+            super::parse_utc_ms("2025-01-15T10:00:00Z"),
+            Some(1_736_935_200_000)
+        );
+        assert_eq!(
+            super::parse_utc_ms("2025-01-15T10:00:00.1234567Z"),
+            Some(1_736_935_200_123)
+        );
+        for bad in [
+            "",
+            "2025-01-15 10:00:00Z",
+            "2025-01-15T10:00:00",
+            "2025-13-15T10:00:00Z",
+            "2025-01-15T10:00:00.Z",
+            "1969-12-31T23:59:59Z",
+            "2025-01-15T1a:00:00Z",
+        ] {
+            assert_eq!(super::parse_utc_ms(bad), None, "{bad}");
+        }
     }
 }
 

@@ -174,6 +174,20 @@ pub enum ResultsFormat {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum ResultsAction {
+    /// Sanity-check every run's result (energy, tokens, timestamps, baselines, the
+    /// window; docs/results.md): the failed checks, then PASS or FAIL; exit 1 on FAIL.
+    Validate {
+        campaign: u64,
+        /// Print every run's checks as JSON instead.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum TokenAction {
     /// Print a join token for `lem-worker join`; works while the coordinator runs.
     Create {
@@ -236,9 +250,12 @@ pub enum Command {
         #[command(flatten)]
         connect: ConnectArgs,
     },
-    /// Export a campaign's results, one row per run.
+    /// Export a campaign's results, one row per run (`results validate ID` checks
+    /// them instead).
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Results {
-        campaign: u64,
+        #[arg(required = true)]
+        campaign: Option<u64>,
         #[arg(long, value_enum, default_value = "jsonl")]
         format: ResultsFormat,
         /// Write to FILE instead of standard output (a directory for --format llem).
@@ -250,6 +267,8 @@ pub enum Command {
         study: Option<PathBuf>,
         #[command(flatten)]
         connect: ConnectArgs,
+        #[command(subcommand)]
+        action: Option<ResultsAction>,
     },
     /// Cancel a campaign: runs not yet finished are cancelled.
     Cancel {
@@ -412,12 +431,23 @@ pub fn main_impl(cli: Cli) -> Result<(), CliError> {
                 connect,
             } => status(campaign, json, &connect.endpoint()?).await,
             Command::Results {
+                action:
+                    Some(ResultsAction::Validate {
+                        campaign,
+                        json,
+                        connect,
+                    }),
+                ..
+            } => results_validate(campaign, json, &connect.endpoint()?).await,
+            Command::Results {
                 campaign,
                 format,
                 output,
                 study,
                 connect,
+                action: None,
             } => {
+                let campaign = campaign.expect("clap requires a campaign without a subcommand");
                 results(
                     campaign,
                     format,
@@ -882,6 +912,25 @@ async fn results(
             let mut out = std::io::stdout().lock();
             out.write_all(&bytes)?;
         }
+    }
+    Ok(())
+}
+
+async fn results_validate(campaign: u64, json: bool, addr: &Endpoint) -> Result<(), CliError> {
+    let client = connect(addr).await?;
+    // The status call fails, naming the campaign, when the coordinator has no such one.
+    rpc(addr, client.status(ctx(), CampaignId(campaign)).await)?;
+    let rows = rpc(addr, client.runs(ctx(), CampaignId(campaign)).await)?;
+    let v = crate::validation::CampaignValidation::new(campaign, &rows);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v.to_json())?);
+    } else {
+        print!("{}", v.to_text());
+    }
+    if v.verdict() == lem_common::validate::Verdict::Fail {
+        return Err(CliError::from(anyhow!(
+            "campaign {campaign} failed validation (see above)"
+        )));
     }
     Ok(())
 }
@@ -1367,5 +1416,48 @@ mod run_gpu_tests {
         assert_eq!(simulated_gpus_for("dynamic", 0), 1);
         assert_eq!(simulated_gpus_for("0,1;2;3", 2), 4);
         assert_eq!(simulated_gpus_for("0,1", 8), 8);
+    }
+}
+
+#[cfg(test)]
+mod parse_tests {
+    use clap::Parser as _;
+
+    use super::{Cli, Command, ResultsAction};
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("lem-coord").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn results_takes_a_campaign_or_the_validate_subcommand() {
+        match parse(&["results", "3", "--format", "csv"]).unwrap().command {
+            Command::Results {
+                campaign: Some(3),
+                action: None,
+                ..
+            } => {}
+            other => panic!("{other:?}"),
+        }
+        match parse(&["results", "validate", "4", "--json"])
+            .unwrap()
+            .command
+        {
+            Command::Results {
+                campaign: None,
+                action:
+                    Some(ResultsAction::Validate {
+                        campaign: 4,
+                        json: true,
+                        ..
+                    }),
+                ..
+            } => {}
+            other => panic!("{other:?}"),
+        }
+        // Neither a campaign nor a subcommand, or both: refused.
+        assert!(parse(&["results"]).is_err());
+        assert!(parse(&["results", "3", "validate", "4"]).is_err());
+        assert!(parse(&["results", "validate", "4", "--format", "csv"]).is_err());
     }
 }
