@@ -270,6 +270,20 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<ResultsAction>,
     },
+    /// Write a campaign's report: one self-contained HTML file (tables, plots, flags,
+    /// validation; docs/results.md).
+    Report {
+        campaign: u64,
+        /// Where to write it (default: report-ID.html here).
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+        /// The run whose power timeline is drawn, by experiment id (`3-0007`; default:
+        /// the median-energy run of the best configuration).
+        #[arg(long)]
+        run: Option<String>,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
     /// Cancel a campaign: runs not yet finished are cancelled.
     Cancel {
         campaign: u64,
@@ -456,6 +470,16 @@ pub fn main_impl(cli: Cli) -> Result<(), CliError> {
                     &connect.endpoint()?,
                 )
                 .await
+            }
+            Command::Report {
+                campaign,
+                output,
+                run,
+                connect,
+            } => {
+                let output =
+                    output.unwrap_or_else(|| PathBuf::from(format!("report-{campaign}.html")));
+                report(campaign, &output, run.as_deref(), &connect.endpoint()?).await
             }
             Command::Cancel { campaign, connect } => cancel(campaign, &connect.endpoint()?).await,
             Command::Retry {
@@ -913,6 +937,34 @@ async fn results(
             out.write_all(&bytes)?;
         }
     }
+    Ok(())
+}
+
+async fn report(
+    campaign: u64,
+    output: &Path,
+    run: Option<&str>,
+    addr: &Endpoint,
+) -> Result<(), CliError> {
+    let client = connect(addr).await?;
+    // The status call fails, naming the campaign, when the coordinator has no such one.
+    let status = rpc(addr, client.status(ctx(), CampaignId(campaign)).await)?;
+    let rows = rpc(addr, client.runs(ctx(), CampaignId(campaign)).await)?;
+    let generated_at = format_utc_ms(now_ms());
+    let html = crate::report::render(&crate::report::ReportInput {
+        campaign,
+        status: &status,
+        rows: &rows,
+        timeline_run: run,
+        generated_at: &generated_at,
+    })
+    .map_err(invalid)?;
+    write_atomic(output, &html)?;
+    eprintln!(
+        "wrote the report of campaign {campaign} ({} run(s)) to {}",
+        rows.len(),
+        output.display()
+    );
     Ok(())
 }
 

@@ -14,6 +14,8 @@ pub mod group_commit;
 pub mod llem_export;
 pub mod parquet_export;
 pub mod pki;
+pub mod plots;
+pub mod report;
 pub mod server;
 pub mod service;
 pub mod store;
