@@ -24,9 +24,8 @@ use crate::stats::{self, Summary};
 use crate::types::RunResult;
 use crate::value::Value;
 
-/// A measure summarised per configuration.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+/// A measure summarised per configuration; serialised as its [`Metric::name`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Metric {
     /// Throughput: `avg_tokens_per_second`.
     TokensPerSecond,
@@ -135,6 +134,12 @@ fn latency_mean(r: &RunResult, key: &str) -> Option<f64> {
         .filter(|v| v.is_finite())
 }
 
+impl Serialize for Metric {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
 /// The J/token a configuration is ranked and compared on: the device-idle adjusted
 /// figure where the campaign subtracted a baseline, else the raw one.
 pub fn rank_metric(aggs: &[ConfigAggregate]) -> Metric {
@@ -214,6 +219,9 @@ pub struct ConfigAggregate {
     /// The cycles with a result, in the order their values are summarised.
     pub cycles: Vec<u32>,
     pub metrics: BTreeMap<Metric, Summary>,
+    /// The values summarised in `metrics`, one per cycle that has the measure, in
+    /// cycle order (what [`crate::compare`] resamples).
+    pub values: BTreeMap<Metric, Vec<f64>>,
     pub flags: Vec<ConfigFlag>,
     /// How many of its runs carry each run-level quality flag.
     pub run_flags: BTreeMap<Flag, usize>,
@@ -417,6 +425,7 @@ pub fn aggregate_config(
         .collect();
     let seed = seed_of(config_hash);
     let mut metrics = BTreeMap::new();
+    let mut values = BTreeMap::new();
     let mut flags = Vec::new();
     for m in Metric::ALL {
         let pairs: Vec<(u32, f64)> = done
@@ -443,6 +452,7 @@ pub fn aggregate_config(
             }
         }
         metrics.insert(m, s);
+        values.insert(m, vals);
     }
     let environments: BTreeSet<&str> = done
         .iter()
@@ -478,6 +488,7 @@ pub fn aggregate_config(
         done: done.len(),
         cycles: done.iter().map(|(c, _)| *c).collect(),
         metrics,
+        values,
         flags,
         run_flags,
         simulated: done.iter().any(|(_, x)| x.simulated),

@@ -8,6 +8,7 @@
 //! the worker are the IO edges that drive these functions.
 
 pub mod aggregate;
+pub mod compare;
 pub mod energy;
 pub mod gpus;
 pub mod harness;
