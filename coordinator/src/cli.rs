@@ -1399,6 +1399,25 @@ fn known_campaigns(
     Ok(out)
 }
 
+/// The command line that resumes a `lem-coord run` given `args` (after the program
+/// name): the same arguments, quoted for a POSIX shell where needed, without `--new`
+/// (which would cancel the campaign to resume).
+pub fn resume_command(args: impl IntoIterator<Item = String>) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_./=:,@%+-".contains(c);
+    let mut out = vec!["lem-coord".to_string()];
+    for a in args {
+        if a == "--new" {
+            continue;
+        }
+        if !a.is_empty() && a.chars().all(plain) {
+            out.push(a);
+        } else {
+            out.push(format!("'{}'", a.replace('\'', "'\\''")));
+        }
+    }
+    out.join(" ")
+}
+
 /// How a local run's watch ended.
 enum LocalEnd {
     /// Nothing left to run.
@@ -1406,6 +1425,10 @@ enum LocalEnd {
     /// SIGINT or SIGTERM (its name).
     Interrupted(&'static str),
 }
+
+/// How long `run`'s campaign may stay blocked with nothing running (its local
+/// workers start, or cannot run it) before `run` gives up, saying why.
+const LOCAL_BLOCKED_GRACE: Duration = Duration::from_secs(10);
 
 /// How long `run` waits for its local workers to stop (they hand back the runs in
 /// progress, so this is the time to stop their harnesses).
@@ -1458,9 +1481,7 @@ async fn run(path: &Path, data_dir: &Path, opts: LocalRun) -> Result<(), CliErro
     .await;
     let result = match outcome {
         Err(e) => Err(e),
-        Ok((client, id, outcome)) => {
-            finish_local_run(&client, &ep, id, path, data_dir, outcome).await
-        }
+        Ok((client, id, outcome)) => finish_local_run(&client, &ep, id, data_dir, outcome).await,
     };
     let _ = stop_server_tx.send(());
     let _ = server.await;
@@ -1645,15 +1666,16 @@ async fn drive_local_run(
                 return Err(CliError::from(anyhow!(msg)));
             }
         }
-        let s = fetch_status(client, ep, id).await?;
-        view.update(&s);
+        let mut s = fetch_status(client, ep, id).await?;
         if live::is_over(&s) {
+            view.update(&s);
             view.finish();
             return Ok(LocalEnd::Finished);
         }
         if !s.blocked.is_empty() && s.running == 0 {
             let since = *blocked_since.get_or_insert_with(tokio::time::Instant::now);
-            if since.elapsed() > Duration::from_secs(10) {
+            if since.elapsed() > LOCAL_BLOCKED_GRACE {
+                view.update(&s);
                 view.finish();
                 let reasons: Vec<String> = s.blocked.iter().map(|b| b.reason.clone()).collect();
                 return Err(CliError::from(anyhow!(
@@ -1661,9 +1683,14 @@ async fn drive_local_run(
                     reasons.join("; ")
                 )));
             }
+            // The local workers are starting (or registering again): not worth
+            // a word yet.
+            s.blocked.clear();
+            s.state = "running".into();
         } else {
             blocked_since = None;
         }
+        view.update(&s);
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             sig = interrupts.recv() => {
@@ -1681,7 +1708,6 @@ async fn finish_local_run(
     client: &CoordinatorClient,
     ep: &Endpoint,
     id: u64,
-    study: &Path,
     data_dir: &Path,
     outcome: Result<LocalEnd, CliError>,
 ) -> Result<(), CliError> {
@@ -1740,9 +1766,8 @@ async fn finish_local_run(
                 out_dir.display()
             );
             Err(interrupted(anyhow!(
-                "stopped by {sig}; `lem-coord run {} --data-dir {}` resumes campaign {id} (add --new to start a new campaign instead)",
-                study.display(),
-                data_dir.display()
+                "stopped by {sig}; the same command resumes campaign {id}: {} (add --new to start a new campaign instead)",
+                resume_command(std::env::args().skip(1))
             )))
         }
     }
@@ -1857,6 +1882,15 @@ mod local_run_tests {
         assert_eq!(
             plan.left_alone.iter().map(|c| c.id).collect::<Vec<_>>(),
             [3]
+        );
+    }
+
+    #[test]
+    fn the_resume_command_is_the_same_without_new() {
+        let args = ["run", "my study.yaml", "--new", "--data-dir", "d", "it's"];
+        assert_eq!(
+            super::resume_command(args.map(String::from)),
+            "lem-coord run 'my study.yaml' --data-dir d 'it'\\''s'"
         );
     }
 

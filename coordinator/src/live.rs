@@ -172,6 +172,8 @@ pub struct LiveView {
     finished_at_start: Option<u64>,
     /// What the plain view printed last (it prints only on a change).
     last_plain: Option<String>,
+    /// The last status shown, printed as plain lines when the bar is taken down.
+    last: Option<CampaignStatus>,
 }
 
 impl LiveView {
@@ -194,6 +196,7 @@ impl LiveView {
             started: Instant::now(),
             finished_at_start: None,
             last_plain: None,
+            last: None,
         }
     }
 
@@ -207,6 +210,7 @@ impl LiveView {
         let start = *self.finished_at_start.get_or_insert(finished(s));
         let elapsed = self.started.elapsed();
         let eta = eta(start, finished(s), s.total, elapsed);
+        self.last = Some(s.clone());
         match &self.bar {
             Some(bar) => {
                 bar.set_length(s.total);
@@ -259,11 +263,25 @@ impl LiveView {
         }
     }
 
-    /// Stops drawing; the bar's last state stays on the terminal.
+    /// Stops drawing: the bar is taken down and the last status printed in its
+    /// place as plain lines (a bar left drawn is broken by the `^C` a terminal
+    /// echoes on Ctrl-C).
     pub fn finish(&mut self) {
-        if let Some(bar) = self.bar.take() {
-            bar.abandon();
-            ACTIVE.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(bar) = self.bar.take() else {
+            return;
+        };
+        bar.finish_and_clear();
+        ACTIVE.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(s) = &self.last {
+            let start = self.finished_at_start.unwrap_or(0);
+            let elapsed = self.started.elapsed();
+            eprintln!(
+                "{}",
+                progress_line(s, elapsed, eta(start, finished(s), s.total, elapsed))
+            );
+            for l in engine_lines(s).into_iter().chain(blocked_lines(s)) {
+                eprintln!("{l}");
+            }
         }
     }
 }

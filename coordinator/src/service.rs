@@ -750,6 +750,7 @@ impl Coordinator for CoordService {
     }
 
     async fn fail(self, _: Context, req: FailRequest) -> Result<(), RpcError> {
+        let handback = req.class == lem_common::types::FailureClass::Handback;
         let op = WriteOp::Fail {
             key: req.run,
             token: req.token,
@@ -760,7 +761,11 @@ impl Coordinator for CoordService {
         let WriteOutcome::Failed(rec) = commit(&self.shared, op).await? else {
             unreachable!("a fail op answers Failed")
         };
-        tracing::warn!(run = %rec.key, state = rec.lease.state.as_str(), "run failed");
+        if handback {
+            tracing::info!(run = %rec.key, "run handed back");
+        } else {
+            tracing::warn!(run = %rec.key, state = rec.lease.state.as_str(), "run failed");
+        }
         if rec.lease.state == RunState::Pending {
             self.shared.work_available.notify_waiters();
         }

@@ -6,6 +6,7 @@ mod faults;
 mod flow;
 mod gpus;
 mod isolation;
+mod live;
 mod security;
 mod warm;
 
