@@ -367,7 +367,9 @@ fn run_stopped_by_ctrl_c_writes_what_finished_and_the_same_command_resumes_it() 
     let first = run_until(dir, "run-1", &args, 2, libc::SIGINT);
     let err = read(&first.stderr);
     assert!(
-        err.contains("`lem-coord run") && err.contains("resumes campaign 1"),
+        err.contains(&format!(
+            "the same command resumes campaign 1: lem-coord run {study} --simulate-gpu"
+        )),
         "says how to resume\n{}",
         first.logs()
     );
