@@ -7,6 +7,8 @@
 //! file's text), a clock or a GPU: time is always an argument. The coordinator and
 //! the worker are the IO edges that drive these functions.
 
+pub mod aggregate;
+pub mod compare;
 pub mod energy;
 pub mod gpus;
 pub mod harness;

@@ -300,6 +300,33 @@ impl SimGpuModel {
 /// Real GPUs never read it; their processes come from NVML.
 pub const FOREIGN_PROCESSES_ENV: &str = "LEM_SIMGPU_FOREIGN_PROCESSES";
 
+/// TEST HOOK of the simulated GPU: a JSON object of [`SimParams`] fields that replace
+/// the defaults (`{"throttle_c": 20}` makes the card throttle at any load, as a hot
+/// card does). The simulated card's environment snapshot carries the object, so a
+/// worker started with other parameters is a different environment. Real GPUs never
+/// read it.
+pub const PARAMS_ENV: &str = "LEM_SIMGPU_PARAMS";
+
+/// The defaults with the fields of `json` (an object) replaced; an unknown field or a
+/// wrong type is an error naming it.
+pub fn params_with(json: &str) -> Result<SimParams, String> {
+    let patch: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| format!("not JSON: {e}"))?;
+    let Some(patch) = patch.as_object() else {
+        return Err("give a JSON object of simulated-GPU parameters".into());
+    };
+    let mut v = serde_json::to_value(SimParams::default()).map_err(|e| e.to_string())?;
+    let fields = v.as_object_mut().expect("SimParams is a struct");
+    for (k, x) in patch {
+        if !fields.contains_key(k) {
+            let known: Vec<&String> = fields.keys().collect();
+            return Err(format!("unknown parameter '{k}' (known: {known:?})"));
+        }
+        fields.insert(k.clone(), x.clone());
+    }
+    serde_json::from_value(v).map_err(|e| format!("wrong value: {e}"))
+}
+
 /// One process the simulated GPU's test hook declares as holding a simulated GPU.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeclaredProcess {
@@ -548,5 +575,19 @@ mod tests {
         assert!(e.starts_with("line 2:"), "{e}");
         assert!(parse_declared_processes("0 1 2 3").is_err());
         assert!(parse_declared_processes("0 1 lots").is_err());
+    }
+
+    #[test]
+    fn params_are_patched_from_json_or_refused_by_name() {
+        let p = params_with(r#"{"throttle_c": 20.0}"#).unwrap();
+        assert_eq!(p.throttle_c, 20.0);
+        assert_eq!(p.idle_w, SimParams::default().idle_w);
+        assert!(params_with(r#"{"throttle": 1}"#)
+            .unwrap_err()
+            .contains("unknown parameter 'throttle'"));
+        assert!(params_with(r#"{"throttle_c": "hot"}"#)
+            .unwrap_err()
+            .contains("wrong value"));
+        assert!(params_with("[1]").is_err());
     }
 }

@@ -18,6 +18,7 @@ use lem_common::study::{self, CompactPlan, PlanOptions, StudySource};
 use lem_common::types::{format_utc_ms, CampaignId};
 use lem_worker::transport::{self, Endpoint};
 
+use crate::analysis;
 use crate::export;
 use crate::live::{self, Interrupts, LiveView};
 use crate::llem_export;
@@ -53,7 +54,7 @@ impl<E: Into<anyhow::Error>> From<E> for CliError {
     }
 }
 
-fn invalid(e: impl Into<anyhow::Error>) -> CliError {
+pub(crate) fn invalid(e: impl Into<anyhow::Error>) -> CliError {
     CliError {
         code: exit::INVALID_INPUT,
         error: e.into(),
@@ -274,6 +275,33 @@ pub enum Command {
         /// (--format llem only).
         #[arg(long)]
         study: Option<PathBuf>,
+        /// One row per configuration across its cycles (mean, median, std, CV,
+        /// percentiles, 95 % bootstrap CI of each measure) instead of one per run
+        /// (jsonl, csv, parquet).
+        #[arg(long)]
+        aggregate: bool,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// A campaign's summary: one line per configuration, best J/token first, with its
+    /// 95 % CI, CV and flags (what `run` prints at the end).
+    Summary {
+        campaign: u64,
+        /// The per-configuration aggregates as JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Compare B against A: two configurations (CAMPAIGN:CONFIG, CONFIG a config-hash
+    /// prefix or name=value pairs such as batch_size=8) or two campaigns (their common
+    /// configurations), with the difference's 95 % CI and a verdict per measure.
+    Compare {
+        a: String,
+        b: String,
+        /// Print the comparison as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -461,6 +489,7 @@ pub fn main_impl(cli: Cli) -> Result<(), CliError> {
                 format,
                 output,
                 study,
+                aggregate,
                 connect,
             } => {
                 results(
@@ -468,10 +497,22 @@ pub fn main_impl(cli: Cli) -> Result<(), CliError> {
                     format,
                     output.as_deref(),
                     study.as_deref(),
+                    aggregate,
                     &connect.endpoint()?,
                 )
                 .await
             }
+            Command::Summary {
+                campaign,
+                json,
+                connect,
+            } => analysis::summary(campaign, json, &connect.endpoint()?).await,
+            Command::Compare {
+                a,
+                b,
+                json,
+                connect,
+            } => analysis::compare(&a, &b, json, &connect.endpoint()?).await,
             Command::Cancel { campaign, connect } => cancel(campaign, &connect.endpoint()?).await,
             Command::Retry {
                 campaign,
@@ -520,13 +561,13 @@ pub fn main_impl(cli: Cli) -> Result<(), CliError> {
     })
 }
 
-fn ctx() -> tarpc::context::Context {
+pub(crate) fn ctx() -> tarpc::context::Context {
     let mut c = tarpc::context::current();
     c.deadline = std::time::Instant::now() + Duration::from_secs(60);
     c
 }
 
-async fn connect(ep: &Endpoint) -> Result<CoordinatorClient, CliError> {
+pub(crate) async fn connect(ep: &Endpoint) -> Result<CoordinatorClient, CliError> {
     transport::connect(ep).await.map_err(|e| {
         if e.is_unreachable() {
             unreachable_err(e)
@@ -540,7 +581,7 @@ async fn connect(ep: &Endpoint) -> Result<CoordinatorClient, CliError> {
 }
 
 /// Maps a failed call to an error naming the coordinator.
-fn rpc<T>(
+pub(crate) fn rpc<T>(
     ep: &Endpoint,
     r: Result<Result<T, lem_common::rpc::RpcError>, tarpc::client::RpcError>,
 ) -> Result<T, CliError> {
@@ -1000,12 +1041,19 @@ async fn status(campaign: Option<u64>, json: bool, addr: &Endpoint) -> Result<()
     Ok(())
 }
 
-fn render(rows: &[RunRow], format: ResultsFormat) -> Result<Vec<u8>, CliError> {
+fn render(rows: &[RunRow], format: ResultsFormat, aggregate: bool) -> Result<Vec<u8>, CliError> {
+    let table = || {
+        if aggregate {
+            export::Table::aggregate(&lem_common::aggregate::aggregate_rows(rows))
+        } else {
+            export::Table::runs(rows)
+        }
+    };
     match format {
-        ResultsFormat::Jsonl => Ok(export::to_jsonl(rows).into_bytes()),
-        ResultsFormat::Csv => Ok(export::to_csv(rows).into_bytes()),
+        ResultsFormat::Jsonl => Ok(table().to_jsonl().into_bytes()),
+        ResultsFormat::Csv => Ok(table().to_csv().into_bytes()),
         ResultsFormat::Timeseries => Ok(export::timeseries_jsonl(rows).into_bytes()),
-        ResultsFormat::Parquet => Ok(parquet_export::to_parquet(rows)?),
+        ResultsFormat::Parquet => Ok(parquet_export::table_to_parquet(&table())?),
         ResultsFormat::Llem => Err(invalid(anyhow!(
             "--format llem writes a directory, not one file: give --output DIR"
         ))),
@@ -1017,8 +1065,18 @@ async fn results(
     format: ResultsFormat,
     output: Option<&Path>,
     study: Option<&Path>,
+    aggregate: bool,
     addr: &Endpoint,
 ) -> Result<(), CliError> {
+    if aggregate && matches!(format, ResultsFormat::Timeseries | ResultsFormat::Llem) {
+        return Err(invalid(anyhow!(
+            "--aggregate writes jsonl, csv or parquet (one row per configuration), not --format {}",
+            format
+                .to_possible_value()
+                .map(|v| v.get_name().to_string())
+                .unwrap_or_default()
+        )));
+    }
     if study.is_some() && !matches!(format, ResultsFormat::Llem) {
         return Err(invalid(anyhow!(
             "--study is only used with --format llem (it is copied into the bundle's _study-artefacts)"
@@ -1071,11 +1129,22 @@ async fn results(
     }
     let client = connect(addr).await?;
     let rows = fetch_rows(&client, addr, campaign).await?;
-    let bytes = render(&rows, format)?;
+    let bytes = render(&rows, format, aggregate)?;
     match output {
         Some(p) => {
             parquet_export::write_atomic_bytes(p, &bytes)?;
-            eprintln!("wrote {} run(s) to {}", rows.len(), p.display());
+            if aggregate {
+                let configs: std::collections::BTreeSet<&str> =
+                    rows.iter().map(|r| r.config_hash.as_str()).collect();
+                eprintln!(
+                    "wrote {} configuration(s) ({} run(s)) to {}",
+                    configs.len(),
+                    rows.len(),
+                    p.display()
+                );
+            } else {
+                eprintln!("wrote {} run(s) to {}", rows.len(), p.display());
+            }
         }
         None => {
             let mut out = std::io::stdout().lock();
@@ -1702,8 +1771,9 @@ async fn drive_local_run(
 }
 
 /// After the local workers stopped: writes what finished to
-/// `DATA_DIR/campaign-ID/results.{jsonl,csv}` (every run that ended, done or
-/// failed), prints the summary, and says how the run ended.
+/// `DATA_DIR/campaign-ID/` (`results.{jsonl,csv}`, every run that ended, done or
+/// failed; `results-aggregate.csv` and `summary.md` of them), prints the summary,
+/// and says how the run ended.
 async fn finish_local_run(
     client: &CoordinatorClient,
     ep: &Endpoint,
@@ -1720,8 +1790,15 @@ async fn finish_local_run(
             .collect();
         write_atomic(&out_dir.join("results.jsonl"), &export::to_jsonl(&rows))?;
         write_atomic(&out_dir.join("results.csv"), &export::to_csv(&rows))?;
+        let aggs = lem_common::aggregate::aggregate_rows(&rows);
+        write_atomic(
+            &out_dir.join("results-aggregate.csv"),
+            &export::Table::aggregate(&aggs).to_csv(),
+        )?;
+        let summary = export::summary_of(&aggs);
+        write_atomic(&out_dir.join("summary.md"), &summary)?;
         let status = fetch_status(client, ep, id).await?;
-        Ok::<_, CliError>((rows, status))
+        Ok::<_, CliError>((rows, summary, status))
     }
     .await;
     let end = match outcome {
@@ -1733,9 +1810,9 @@ async fn finish_local_run(
             return Err(e);
         }
     };
-    let (rows, status) = written?;
+    let (rows, summary, status) = written?;
     if !rows.is_empty() {
-        println!("{}", export::summary_table(&rows));
+        println!("{summary}");
     }
     match end {
         LocalEnd::Finished => {

@@ -1,5 +1,14 @@
-//! Results export: one flat row per run (JSON lines or CSV), and the per-config
-//! summary table that `lem-coord run` prints.
+//! Results export: one flat row per run (JSON lines, CSV, Parquet), one row per
+//! configuration with `--aggregate`, and the per-config summary table that
+//! `lem-coord run` and `lem-coord summary` print.
+//!
+//! One column table drives every format: [`RUN_COLUMNS`] names each column, its
+//! [`Kind`] (which Parquet type it is, how CSV writes it) and how it is read off a run;
+//! [`Table`] holds the columns and rows that [`Table::to_jsonl`], [`Table::to_csv`] and
+//! `parquet_export::to_parquet` write, so the formats cannot drift apart. A campaign's
+//! varying parameters (`synthetic.engine_params.batch_size`, as the study names them:
+//! [`lem_common::aggregate::varying_params`]) become columns of their own after
+//! `model_name`.
 //!
 //! Column names are llem's where llem has one (`total_energy_j`, `energy_adjusted_j`,
 //! `avg_tokens_per_second`, `avg_energy_per_token_j`, ...); the fleet's own columns
@@ -11,364 +20,531 @@
 //! [`lem_common::quality::flags`], the one derivation all exports share) and its
 //! warnings; a row without a result has null there, as in every measurement column.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use lem_common::aggregate::{self, ConfigAggregate, Metric};
 use lem_common::rpc::RunRow;
+use lem_common::types::RunResult;
 use lem_common::{quality, stats};
 use serde_json::{json, Value as Json};
 
-/// The columns of a flat export row, in order.
-pub const COLUMNS: &[&str] = &[
-    "experiment_id",
-    "cycle",
-    "config_hash",
-    "engine",
-    "model_name",
-    "state",
-    "attempts",
-    "flags",
-    "total_energy_j",
-    "energy_adjusted_j",
-    "baseline_power_w",
-    "avg_tokens_per_second",
-    "avg_energy_per_token_j",
-    "energy_per_token_adjusted_j",
-    "output_tokens_per_second",
-    "total_inference_time_sec",
-    "input_tokens",
-    "output_tokens",
-    "itl_measurement_mode",
-    "latency_estimated",
-    "mean_power_w",
-    "energy_method",
-    "energy_integral_j",
-    "energy_counter_raw_j",
-    "energy_disagreement_pct",
-    "energy_disagreement_flagged",
-    "short_window",
-    "energy_uncertainty_j",
-    "energy_uncertainty_flagged",
-    "energy_edge_rule",
-    "quiet_power_w",
-    "baseline_subtracted",
-    "energy_adjusted_clamped",
-    "max_temperature_c",
-    "thermal_wait_s",
-    "model_load_time_sec",
-    "model_already_loaded",
-    "cold_start",
-    "gpu_memory_before_mb",
-    "gpu_memory_after_mb",
-    "harness_recycled",
-    "energy_adjusted_resident_j",
-    "energy_adjusted_resident_source",
-    "energy_adjusted_resident_uncertainty_j",
-    "resident_baseline_power_w",
-    "baseline_std_w",
-    "baseline_settle_s",
-    "resident_baseline_std_w",
-    "resident_baseline_settle_s",
-    "lease_to_measure_s",
-    "prefill_energy_per_call_j",
-    "prefill_energy_j",
-    "decode_energy_j",
-    "prefill_energy_adjusted_j",
-    "decode_energy_adjusted_j",
-    "prefill_calls",
-    "throttle_thermal",
-    "throttle_power",
-    "hw_slowdown",
-    "sm_clock_min_mhz",
-    "sm_clock_max_mhz",
-    "environment_hash",
-    "simulated",
-    "gpu_name",
-    "worker",
-    "host",
-    "slot",
-    "runner",
-    "image",
-    "image_id",
-    "tp_size",
-    "gpu_indices",
-    "gpu_energy_j",
-    "gpu_shared",
-    "gpu_foreign_pids",
-    "started_at",
-    "ended_at",
-    "window_start_mono_ns",
-    "window_end_mono_ns",
-    "warnings",
-    "last_failure",
-];
+/// What a column holds: its Parquet type, and how CSV writes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Str,
+    Int,
+    Float,
+    Bool,
+    /// An RFC 3339 UTC time: a string in JSON lines and CSV, a UTC timestamp (us) in
+    /// Parquet.
+    Time,
+    ListStr,
+    ListInt,
+    ListFloat,
+}
 
-/// The list columns, and how CSV joins each one's items into one field (JSON lines
-/// and Parquet keep them lists). A row without a result has null there, not `[]`.
-pub const CSV_LIST_SEPARATORS: &[(&str, &str)] = &[
-    ("flags", ";"),
-    ("gpu_foreign_pids", ";"),
-    ("warnings", " | "),
-];
+impl Kind {
+    /// The kind of a column whose values are known only at export time (a study
+    /// parameter): int, float, bool where every non-null value is one, else string.
+    pub fn of_values<'a>(values: impl IntoIterator<Item = &'a Json>) -> Kind {
+        let non_null: Vec<&Json> = values.into_iter().filter(|v| !v.is_null()).collect();
+        if non_null.is_empty() {
+            Kind::Str
+        } else if non_null.iter().all(|v| v.is_i64() || v.is_u64()) {
+            Kind::Int
+        } else if non_null.iter().all(|v| v.is_number()) {
+            Kind::Float
+        } else if non_null.iter().all(|v| v.is_boolean()) {
+            Kind::Bool
+        } else {
+            Kind::Str
+        }
+    }
+}
 
-/// One flat row for a run (nulls where the run has no result).
-pub fn row(r: &RunRow) -> serde_json::Map<String, Json> {
-    let model = lem_common::pyjson::parse(&r.config_json)
+/// How a column is read off a run.
+#[derive(Clone, Copy)]
+pub enum Get {
+    /// From the run's record (state, cycle, ...): every run has it.
+    Run(fn(&RunRow) -> Json),
+    /// From the run's result: null for a run without one.
+    Result(fn(&RunResult) -> Json),
+}
+
+/// One column of the per-run export.
+#[derive(Clone, Copy)]
+pub struct Column {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub get: Get,
+}
+
+impl Column {
+    const fn run(name: &'static str, kind: Kind, get: fn(&RunRow) -> Json) -> Column {
+        Column {
+            name,
+            kind,
+            get: Get::Run(get),
+        }
+    }
+
+    const fn result(name: &'static str, kind: Kind, get: fn(&RunResult) -> Json) -> Column {
+        Column {
+            name,
+            kind,
+            get: Get::Result(get),
+        }
+    }
+
+    /// The column's value for run `r`.
+    pub fn value(&self, r: &RunRow) -> Json {
+        match self.get {
+            Get::Run(f) => f(r),
+            Get::Result(f) => r.result.as_ref().map(f).unwrap_or(Json::Null),
+        }
+    }
+}
+
+fn model_of(r: &RunRow) -> String {
+    lem_common::pyjson::parse(&r.config_json)
         .ok()
         .and_then(|c| {
             c.get_path("task.model")
                 .and_then(|v| v.as_str())
                 .map(String::from)
         })
-        .unwrap_or_default();
-    let res = r.result.as_ref();
-    let f = |get: &dyn Fn(&lem_common::types::RunResult) -> Json| -> Json {
-        res.map(get).unwrap_or(Json::Null)
-    };
-    let mut m = serde_json::Map::new();
-    m.insert("experiment_id".into(), json!(r.run.to_string()));
-    m.insert("cycle".into(), json!(r.cycle));
-    m.insert("config_hash".into(), json!(r.config_hash));
-    m.insert("engine".into(), json!(r.engine));
-    m.insert("model_name".into(), json!(model));
-    m.insert("state".into(), json!(r.state));
-    m.insert("attempts".into(), json!(r.attempts));
-    m.insert("flags".into(), f(&|x| json!(quality::flag_names(x))));
-    m.insert("total_energy_j".into(), f(&|x| json!(x.total_energy_j)));
-    m.insert(
-        "energy_adjusted_j".into(),
-        f(&|x| json!(x.energy_adjusted_j)),
-    );
-    m.insert("baseline_power_w".into(), f(&|x| json!(x.baseline_power_w)));
-    m.insert(
-        "avg_tokens_per_second".into(),
-        f(&|x| json!(x.avg_tokens_per_second)),
-    );
-    m.insert(
-        "avg_energy_per_token_j".into(),
-        f(&|x| json!(x.avg_energy_per_token_j)),
-    );
-    m.insert(
-        "energy_per_token_adjusted_j".into(),
-        f(&|x| json!(x.energy_per_token_adjusted_j)),
-    );
-    m.insert(
-        "output_tokens_per_second".into(),
-        f(&|x| json!(x.output_tokens_per_second)),
-    );
-    m.insert(
-        "total_inference_time_sec".into(),
-        f(&|x| json!(x.duration_s)),
-    );
-    m.insert("input_tokens".into(), f(&|x| json!(x.input_tokens)));
-    m.insert("output_tokens".into(), f(&|x| json!(x.output_tokens)));
-    m.insert(
-        "itl_measurement_mode".into(),
-        f(&|x| json!(quality::itl_measurement_mode(x))),
-    );
-    m.insert(
-        "latency_estimated".into(),
-        f(&|x| json!(quality::latency_estimated(x))),
-    );
-    m.insert("mean_power_w".into(), f(&|x| json!(x.mean_power_w)));
-    m.insert("energy_method".into(), f(&|x| json!(x.energy_method)));
-    m.insert(
-        "energy_integral_j".into(),
-        f(&|x| json!(x.energy_integral_j)),
-    );
-    m.insert(
-        "energy_counter_raw_j".into(),
-        f(&|x| json!(x.energy_counter_raw_j)),
-    );
-    m.insert(
-        "energy_disagreement_pct".into(),
-        f(&|x| json!(x.energy_disagreement_pct)),
-    );
-    m.insert(
-        "energy_disagreement_flagged".into(),
-        f(&|x| json!(x.energy_disagreement_flagged)),
-    );
-    m.insert("short_window".into(), f(&|x| json!(x.short_window)));
-    m.insert(
-        "energy_uncertainty_j".into(),
-        f(&|x| json!(x.energy_uncertainty_j)),
-    );
-    m.insert(
-        "energy_uncertainty_flagged".into(),
-        f(&|x| json!(x.energy_uncertainty_flagged)),
-    );
-    m.insert("energy_edge_rule".into(), f(&|x| json!(x.energy_edge_rule)));
-    m.insert("quiet_power_w".into(), f(&|x| json!(x.quiet_power_w)));
-    m.insert(
-        "baseline_subtracted".into(),
-        f(&|x| json!(quality::baseline_subtracted(x))),
-    );
-    m.insert(
-        "energy_adjusted_clamped".into(),
-        f(&|x| json!(x.energy_adjusted_clamped)),
-    );
-    m.insert("max_temperature_c".into(), f(&|x| json!(x.max_temp_c)));
-    m.insert("thermal_wait_s".into(), f(&|x| json!(x.thermal_wait_s)));
-    m.insert(
-        "model_load_time_sec".into(),
-        f(&|x| json!(x.model_load_seconds)),
-    );
-    m.insert(
-        "model_already_loaded".into(),
-        f(&|x| json!(x.model_already_loaded)),
-    );
-    m.insert("cold_start".into(), f(&|x| json!(x.cold_start)));
-    m.insert(
-        "gpu_memory_before_mb".into(),
-        f(&|x| json!(x.gpu_memory_before_mb)),
-    );
-    m.insert(
-        "gpu_memory_after_mb".into(),
-        f(&|x| json!(x.gpu_memory_after_mb)),
-    );
-    m.insert("harness_recycled".into(), f(&|x| json!(x.harness_recycled)));
-    m.insert(
-        "energy_adjusted_resident_j".into(),
-        f(&|x| json!(x.energy_adjusted_resident_j)),
-    );
-    m.insert(
-        "energy_adjusted_resident_source".into(),
-        f(&|x| json!(x.energy_adjusted_resident_source)),
-    );
-    m.insert(
-        "energy_adjusted_resident_uncertainty_j".into(),
-        f(&|x| json!(x.energy_adjusted_resident_uncertainty_j)),
-    );
-    m.insert(
-        "resident_baseline_power_w".into(),
-        f(&|x| json!(x.resident_baseline.as_ref().map(|b| b.mean_power_w))),
-    );
-    m.insert(
-        "baseline_std_w".into(),
-        f(&|x| json!(x.baseline.as_ref().map(|b| b.std_power_w))),
-    );
-    m.insert(
-        "baseline_settle_s".into(),
-        f(&|x| json!(x.baseline.as_ref().map(|b| b.settle_s))),
-    );
-    m.insert(
-        "resident_baseline_std_w".into(),
-        f(&|x| json!(x.resident_baseline.as_ref().map(|b| b.std_power_w))),
-    );
-    m.insert(
-        "resident_baseline_settle_s".into(),
-        f(&|x| json!(x.resident_baseline.as_ref().map(|b| b.settle_s))),
-    );
-    m.insert(
-        "lease_to_measure_s".into(),
-        f(&|x| json!(x.lease_to_measure_s)),
-    );
-    m.insert(
-        "prefill_energy_per_call_j".into(),
-        f(&|x| json!(x.prefill_energy_per_call_j)),
-    );
-    m.insert("prefill_energy_j".into(), f(&|x| json!(x.prefill_energy_j)));
-    m.insert("decode_energy_j".into(), f(&|x| json!(x.decode_energy_j)));
-    m.insert(
-        "prefill_energy_adjusted_j".into(),
-        f(&|x| json!(x.prefill_energy_adjusted_j)),
-    );
-    m.insert(
-        "decode_energy_adjusted_j".into(),
-        f(&|x| json!(x.decode_energy_adjusted_j)),
-    );
-    m.insert("prefill_calls".into(), f(&|x| json!(x.prefill_calls)));
-    m.insert("throttle_thermal".into(), f(&|x| json!(x.throttle_thermal)));
-    m.insert("throttle_power".into(), f(&|x| json!(x.throttle_power)));
-    m.insert("hw_slowdown".into(), f(&|x| json!(x.hw_slowdown)));
-    m.insert("sm_clock_min_mhz".into(), f(&|x| json!(x.sm_clock_min_mhz)));
-    m.insert("sm_clock_max_mhz".into(), f(&|x| json!(x.sm_clock_max_mhz)));
-    m.insert("environment_hash".into(), f(&|x| json!(x.environment_hash)));
-    m.insert("simulated".into(), f(&|x| json!(x.simulated)));
-    m.insert("gpu_name".into(), f(&|x| json!(x.gpu_name)));
-    m.insert("worker".into(), f(&|x| json!(x.worker)));
-    m.insert("host".into(), f(&|x| json!(x.host)));
-    m.insert("slot".into(), f(&|x| json!(x.slot)));
-    // The runtime the worker ran it in: a container of the image in its environment
-    // (docker runtime), else a process.
-    let image = |x: &lem_common::types::RunResult, k: &str| {
-        x.environment
-            .pointer("/host/harness_image")
-            .map(|i| i[k].clone())
-    };
-    m.insert(
-        "runner".into(),
-        f(&|x| {
-            json!(if image(x, "id").is_some() {
-                "container"
-            } else {
-                "process"
-            })
-        }),
-    );
-    m.insert(
-        "image".into(),
-        f(&|x| image(x, "name").unwrap_or(json!(null))),
-    );
-    m.insert(
-        "image_id".into(),
-        f(&|x| image(x, "id").unwrap_or(json!(null))),
-    );
-    m.insert(
-        "tp_size".into(),
+        .unwrap_or_default()
+}
+
+/// A field of the image the worker ran the run in (docker runtime), from its
+/// environment.
+fn image(x: &RunResult, k: &str) -> Option<Json> {
+    x.environment
+        .pointer("/host/harness_image")
+        .map(|i| i[k].clone())
+}
+
+/// The columns of the per-run export, in order; the campaign's varying parameters
+/// are inserted after `model_name` ([`Table::runs`]).
+pub const RUN_COLUMNS: &[Column] = &[
+    Column::run("experiment_id", Kind::Str, |r| json!(r.run.to_string())),
+    Column::run("cycle", Kind::Int, |r| json!(r.cycle)),
+    Column::run("config_hash", Kind::Str, |r| json!(r.config_hash)),
+    Column::run("engine", Kind::Str, |r| json!(r.engine)),
+    Column::run("model_name", Kind::Str, |r| json!(model_of(r))),
+    Column::run("state", Kind::Str, |r| json!(r.state)),
+    Column::run("attempts", Kind::Int, |r| json!(r.attempts)),
+    Column::result("flags", Kind::ListStr, |x| json!(quality::flag_names(x))),
+    Column::result("total_energy_j", Kind::Float, |x| json!(x.total_energy_j)),
+    Column::result("energy_adjusted_j", Kind::Float, |x| {
+        json!(x.energy_adjusted_j)
+    }),
+    Column::result("baseline_power_w", Kind::Float, |x| {
+        json!(x.baseline_power_w)
+    }),
+    Column::result("avg_tokens_per_second", Kind::Float, |x| {
+        json!(x.avg_tokens_per_second)
+    }),
+    Column::result("avg_energy_per_token_j", Kind::Float, |x| {
+        json!(x.avg_energy_per_token_j)
+    }),
+    Column::result("energy_per_token_adjusted_j", Kind::Float, |x| {
+        json!(x.energy_per_token_adjusted_j)
+    }),
+    Column::result("output_tokens_per_second", Kind::Float, |x| {
+        json!(x.output_tokens_per_second)
+    }),
+    Column::result("total_inference_time_sec", Kind::Float, |x| {
+        json!(x.duration_s)
+    }),
+    Column::result("input_tokens", Kind::Int, |x| json!(x.input_tokens)),
+    Column::result("output_tokens", Kind::Int, |x| json!(x.output_tokens)),
+    Column::result("itl_measurement_mode", Kind::Str, |x| {
+        json!(quality::itl_measurement_mode(x))
+    }),
+    Column::result("latency_estimated", Kind::Bool, |x| {
+        json!(quality::latency_estimated(x))
+    }),
+    Column::result("mean_power_w", Kind::Float, |x| json!(x.mean_power_w)),
+    Column::result("energy_method", Kind::Str, |x| json!(x.energy_method)),
+    Column::result("energy_integral_j", Kind::Float, |x| {
+        json!(x.energy_integral_j)
+    }),
+    Column::result("energy_counter_raw_j", Kind::Float, |x| {
+        json!(x.energy_counter_raw_j)
+    }),
+    Column::result("energy_disagreement_pct", Kind::Float, |x| {
+        json!(x.energy_disagreement_pct)
+    }),
+    Column::result("energy_disagreement_flagged", Kind::Bool, |x| {
+        json!(x.energy_disagreement_flagged)
+    }),
+    Column::result("short_window", Kind::Bool, |x| json!(x.short_window)),
+    Column::result("energy_uncertainty_j", Kind::Float, |x| {
+        json!(x.energy_uncertainty_j)
+    }),
+    Column::result("energy_uncertainty_flagged", Kind::Bool, |x| {
+        json!(x.energy_uncertainty_flagged)
+    }),
+    Column::result("energy_edge_rule", Kind::Str, |x| json!(x.energy_edge_rule)),
+    Column::result("quiet_power_w", Kind::Float, |x| json!(x.quiet_power_w)),
+    Column::result("baseline_subtracted", Kind::Bool, |x| {
+        json!(quality::baseline_subtracted(x))
+    }),
+    Column::result("energy_adjusted_clamped", Kind::Bool, |x| {
+        json!(x.energy_adjusted_clamped)
+    }),
+    Column::result("max_temperature_c", Kind::Float, |x| json!(x.max_temp_c)),
+    Column::result("thermal_wait_s", Kind::Float, |x| json!(x.thermal_wait_s)),
+    Column::result("model_load_time_sec", Kind::Float, |x| {
+        json!(x.model_load_seconds)
+    }),
+    Column::result("model_already_loaded", Kind::Bool, |x| {
+        json!(x.model_already_loaded)
+    }),
+    Column::result("cold_start", Kind::Bool, |x| json!(x.cold_start)),
+    Column::result("gpu_memory_before_mb", Kind::Int, |x| {
+        json!(x.gpu_memory_before_mb)
+    }),
+    Column::result("gpu_memory_after_mb", Kind::Int, |x| {
+        json!(x.gpu_memory_after_mb)
+    }),
+    Column::result("harness_recycled", Kind::Str, |x| json!(x.harness_recycled)),
+    Column::result("energy_adjusted_resident_j", Kind::Float, |x| {
+        json!(x.energy_adjusted_resident_j)
+    }),
+    Column::result("energy_adjusted_resident_source", Kind::Str, |x| {
+        json!(x.energy_adjusted_resident_source)
+    }),
+    Column::result("energy_adjusted_resident_uncertainty_j", Kind::Float, |x| {
+        json!(x.energy_adjusted_resident_uncertainty_j)
+    }),
+    Column::result("resident_baseline_power_w", Kind::Float, |x| {
+        json!(x.resident_baseline.as_ref().map(|b| b.mean_power_w))
+    }),
+    Column::result("baseline_std_w", Kind::Float, |x| {
+        json!(x.baseline.as_ref().map(|b| b.std_power_w))
+    }),
+    Column::result("baseline_settle_s", Kind::Float, |x| {
+        json!(x.baseline.as_ref().map(|b| b.settle_s))
+    }),
+    Column::result("resident_baseline_std_w", Kind::Float, |x| {
+        json!(x.resident_baseline.as_ref().map(|b| b.std_power_w))
+    }),
+    Column::result("resident_baseline_settle_s", Kind::Float, |x| {
+        json!(x.resident_baseline.as_ref().map(|b| b.settle_s))
+    }),
+    Column::result("lease_to_measure_s", Kind::Float, |x| {
+        json!(x.lease_to_measure_s)
+    }),
+    Column::result("prefill_energy_per_call_j", Kind::Float, |x| {
+        json!(x.prefill_energy_per_call_j)
+    }),
+    Column::result("prefill_energy_j", Kind::Float, |x| {
+        json!(x.prefill_energy_j)
+    }),
+    Column::result("decode_energy_j", Kind::Float, |x| json!(x.decode_energy_j)),
+    Column::result("prefill_energy_adjusted_j", Kind::Float, |x| {
+        json!(x.prefill_energy_adjusted_j)
+    }),
+    Column::result("decode_energy_adjusted_j", Kind::Float, |x| {
+        json!(x.decode_energy_adjusted_j)
+    }),
+    Column::result("prefill_calls", Kind::Int, |x| json!(x.prefill_calls)),
+    Column::result("throttle_thermal", Kind::Bool, |x| {
+        json!(x.throttle_thermal)
+    }),
+    Column::result("throttle_power", Kind::Bool, |x| json!(x.throttle_power)),
+    Column::result("hw_slowdown", Kind::Bool, |x| json!(x.hw_slowdown)),
+    Column::result("sm_clock_min_mhz", Kind::Int, |x| json!(x.sm_clock_min_mhz)),
+    Column::result("sm_clock_max_mhz", Kind::Int, |x| json!(x.sm_clock_max_mhz)),
+    Column::result("environment_hash", Kind::Str, |x| json!(x.environment_hash)),
+    Column::result("simulated", Kind::Bool, |x| json!(x.simulated)),
+    Column::result("gpu_name", Kind::Str, |x| json!(x.gpu_name)),
+    Column::result("worker", Kind::Str, |x| json!(x.worker)),
+    Column::result("host", Kind::Str, |x| json!(x.host)),
+    Column::result("slot", Kind::Int, |x| json!(x.slot)),
+    Column::result("runner", Kind::Str, |x| {
+        json!(if image(x, "id").is_some() {
+            "container"
+        } else {
+            "process"
+        })
+    }),
+    Column::result("image", Kind::Str, |x| {
+        image(x, "name").unwrap_or(json!(null))
+    }),
+    Column::result("image_id", Kind::Str, |x| {
+        image(x, "id").unwrap_or(json!(null))
+    }),
+    Column::run("tp_size", Kind::Int, |r| {
         json!(lem_common::pyjson::parse(&r.config_json)
             .map(|c| lem_common::gpus::tp_size(&r.engine, &c))
-            .unwrap_or(1)),
-    );
-    m.insert("gpu_indices".into(), f(&|x| json!(x.gpu_indices)));
-    m.insert(
-        "gpu_energy_j".into(),
-        f(&|x| json!(x.gpus.iter().map(|g| g.total_energy_j).collect::<Vec<_>>())),
-    );
-    m.insert("gpu_shared".into(), f(&|x| json!(quality::gpu_shared(x))));
-    m.insert(
-        "gpu_foreign_pids".into(),
-        f(&|x| json!(quality::foreign_pids(x))),
-    );
-    m.insert("started_at".into(), f(&|x| json!(x.started_at)));
-    m.insert("ended_at".into(), f(&|x| json!(x.ended_at)));
-    m.insert(
-        "window_start_mono_ns".into(),
-        f(&|x| json!(x.window_start_mono_ns)),
-    );
-    m.insert(
-        "window_end_mono_ns".into(),
-        f(&|x| json!(x.window_end_mono_ns)),
-    );
-    m.insert("warnings".into(), f(&|x| json!(x.warnings)));
-    m.insert("last_failure".into(), json!(r.last_failure));
-    debug_assert_eq!(m.len(), COLUMNS.len());
-    m
+            .unwrap_or(1))
+    }),
+    Column::result("gpu_indices", Kind::ListInt, |x| json!(x.gpu_indices)),
+    Column::result("gpu_energy_j", Kind::ListFloat, |x| {
+        json!(x.gpus.iter().map(|g| g.total_energy_j).collect::<Vec<_>>())
+    }),
+    Column::result("gpu_shared", Kind::Bool, |x| json!(quality::gpu_shared(x))),
+    Column::result("gpu_foreign_pids", Kind::ListInt, |x| {
+        json!(quality::foreign_pids(x))
+    }),
+    Column::result("started_at", Kind::Time, |x| json!(x.started_at)),
+    Column::result("ended_at", Kind::Time, |x| json!(x.ended_at)),
+    Column::result("window_start_mono_ns", Kind::Int, |x| {
+        json!(x.window_start_mono_ns)
+    }),
+    Column::result("window_end_mono_ns", Kind::Int, |x| {
+        json!(x.window_end_mono_ns)
+    }),
+    Column::result("warnings", Kind::ListStr, |x| json!(x.warnings)),
+    Column::run("last_failure", Kind::Str, |r| json!(r.last_failure)),
+];
+
+/// The fixed columns' names, in order.
+pub fn run_column_names() -> Vec<&'static str> {
+    RUN_COLUMNS.iter().map(|c| c.name).collect()
 }
 
-pub fn to_jsonl(rows: &[RunRow]) -> String {
-    let mut out = String::new();
-    for r in rows {
-        out.push_str(&Json::Object(row(r)).to_string());
-        out.push('\n');
+/// The column after which a campaign's varying parameters go.
+const PARAMS_AFTER: &str = "model_name";
+
+/// How CSV joins a list column's items into one field (JSON lines and Parquet keep
+/// lists): `;`, except free text, joined by ` | `. A row without a result has null
+/// there (an empty field), not `[]`.
+pub fn csv_list_separator(column: &str) -> &'static str {
+    match column {
+        "warnings" | "flag_notes" => " | ",
+        _ => ";",
     }
-    out
 }
 
-/// One CSV field: null is empty, a string as is, a list column of
-/// [`CSV_LIST_SEPARATORS`] its items joined, anything else its JSON text.
+/// Columns and rows, ready for any format.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Table {
+    pub columns: Vec<(String, Kind)>,
+    pub rows: Vec<Vec<Json>>,
+}
+
+impl Table {
+    /// One row per run: [`RUN_COLUMNS`], the campaign's varying parameters after
+    /// `model_name`.
+    pub fn runs(rows: &[RunRow]) -> Table {
+        let (names, by_hash) = aggregate::params_of_rows(rows);
+        let at = RUN_COLUMNS
+            .iter()
+            .position(|c| c.name == PARAMS_AFTER)
+            .map_or(0, |i| i + 1);
+        let param_values = |r: &RunRow| -> Vec<Json> {
+            by_hash
+                .get(&r.config_hash)
+                .map(|v| v.iter().map(|x| x.clone().unwrap_or(Json::Null)).collect())
+                .unwrap_or_else(|| vec![Json::Null; names.len()])
+        };
+        let param_rows: Vec<Vec<Json>> = rows.iter().map(param_values).collect();
+        let mut columns: Vec<(String, Kind)> = RUN_COLUMNS
+            .iter()
+            .map(|c| (c.name.to_string(), c.kind))
+            .collect();
+        for (i, n) in names.iter().enumerate().rev() {
+            let kind = Kind::of_values(param_rows.iter().map(|p| &p[i]));
+            columns.insert(at, (n.clone(), kind));
+        }
+        let rows = rows
+            .iter()
+            .zip(param_rows)
+            .map(|(r, params)| {
+                let mut v: Vec<Json> = RUN_COLUMNS.iter().map(|c| c.value(r)).collect();
+                v.splice(at..at, params);
+                v
+            })
+            .collect();
+        Table { columns, rows }
+    }
+
+    /// One row per configuration (`--aggregate`): its name, parameters, run counts,
+    /// flags, then for each measure of [`Metric::ALL`] `<measure>_n`, `_mean`,
+    /// `_median`, `_std`, `_cv`, `_p50`, `_p95`, `_p99`, `_min`, `_max`, `_ci95_low`,
+    /// `_ci95_high` and `_ci_method`.
+    pub fn aggregate(aggs: &[ConfigAggregate]) -> Table {
+        let mut columns: Vec<(String, Kind)> = vec![
+            ("config_hash".into(), Kind::Str),
+            ("engine".into(), Kind::Str),
+            ("model_name".into(), Kind::Str),
+        ];
+        let names: Vec<String> = aggs
+            .first()
+            .map(|a| a.params.iter().map(|(k, _)| k.clone()).collect())
+            .unwrap_or_default();
+        for (i, n) in names.iter().enumerate() {
+            let kind = Kind::of_values(aggs.iter().filter_map(|a| a.params[i].1.as_ref()));
+            columns.push((n.clone(), kind));
+        }
+        for (n, k) in [
+            ("rank", Kind::Int),
+            ("runs", Kind::Int),
+            ("done", Kind::Int),
+            ("cycles", Kind::ListInt),
+            ("simulated", Kind::Bool),
+            ("flags", Kind::ListStr),
+            ("flag_notes", Kind::ListStr),
+        ] {
+            columns.push((n.into(), k));
+        }
+        for m in Metric::ALL {
+            for (suffix, k) in METRIC_STATS {
+                columns.push((format!("{}_{suffix}", m.name()), *k));
+            }
+        }
+        let rows = aggs
+            .iter()
+            .enumerate()
+            .map(|(rank, a)| {
+                let mut v = vec![json!(a.config_hash), json!(a.engine), json!(a.model)];
+                v.extend(
+                    a.params
+                        .iter()
+                        .map(|(_, x)| x.clone().unwrap_or(Json::Null)),
+                );
+                v.extend([
+                    json!(rank + 1),
+                    json!(a.runs),
+                    json!(a.done),
+                    json!(a.cycles),
+                    json!(a.simulated),
+                    json!(a.flag_names()),
+                    json!(flag_notes(a)),
+                ]);
+                for m in Metric::ALL {
+                    let s = a.metrics.get(&m);
+                    v.extend(
+                        METRIC_STATS
+                            .iter()
+                            .map(|(suffix, _)| s.map_or(Json::Null, |s| stat_value(s, suffix))),
+                    );
+                }
+                v
+            })
+            .collect();
+        Table { columns, rows }
+    }
+
+    /// One JSON object per row, keys in column order.
+    pub fn to_jsonl(&self) -> String {
+        let mut out = String::new();
+        for r in &self.rows {
+            let m: serde_json::Map<String, Json> = self
+                .columns
+                .iter()
+                .zip(r)
+                .map(|((n, _), v)| (n.clone(), v.clone()))
+                .collect();
+            out.push_str(&Json::Object(m).to_string());
+            out.push('\n');
+        }
+        out
+    }
+
+    /// A header line and one line per row (RFC 4180 quoting).
+    pub fn to_csv(&self) -> String {
+        let names: Vec<&str> = self.columns.iter().map(|(n, _)| n.as_str()).collect();
+        let mut out = names.join(",");
+        out.push('\n');
+        for r in &self.rows {
+            let fields: Vec<String> = self
+                .columns
+                .iter()
+                .zip(r)
+                .map(|((n, _), v)| csv_field(n, v))
+                .collect();
+            out.push_str(&fields.join(","));
+            out.push('\n');
+        }
+        out
+    }
+
+    /// The value of column `name` in row `row`, if the column exists.
+    pub fn get(&self, row: usize, name: &str) -> Option<&Json> {
+        let i = self.columns.iter().position(|(n, _)| n == name)?;
+        self.rows.get(row).map(|r| &r[i])
+    }
+}
+
+/// The statistics of one measure in an aggregate row, by column suffix.
+const METRIC_STATS: &[(&str, Kind)] = &[
+    ("n", Kind::Int),
+    ("mean", Kind::Float),
+    ("median", Kind::Float),
+    ("std", Kind::Float),
+    ("cv", Kind::Float),
+    ("p50", Kind::Float),
+    ("p95", Kind::Float),
+    ("p99", Kind::Float),
+    ("min", Kind::Float),
+    ("max", Kind::Float),
+    ("ci95_low", Kind::Float),
+    ("ci95_high", Kind::Float),
+    ("ci_method", Kind::Str),
+];
+
+fn stat_value(s: &stats::Summary, suffix: &str) -> Json {
+    match suffix {
+        "n" => json!(s.n),
+        "mean" => json!(s.mean),
+        "median" => json!(s.median),
+        "std" => json!(s.std),
+        "cv" => json!(s.cv),
+        "p50" => json!(s.p50),
+        "p95" => json!(s.p95),
+        "p99" => json!(s.p99),
+        "min" => json!(s.min),
+        "max" => json!(s.max),
+        "ci95_low" => json!(s.ci95_low),
+        "ci95_high" => json!(s.ci95_high),
+        "ci_method" => json!(s.ci_method.name()),
+        _ => Json::Null,
+    }
+}
+
+/// One line per flag of a configuration: config-level flags' explanations, then each
+/// run-level flag with how many runs carry it and its explanation.
+pub fn flag_notes(a: &ConfigAggregate) -> Vec<String> {
+    a.flags
+        .iter()
+        .map(|f| format!("{}: {}", f.name(), f.explanation()))
+        .chain(
+            a.run_flags.iter().map(|(f, n)| {
+                format!("{} ({n} of {} runs): {}", f.name(), a.done, f.explanation())
+            }),
+        )
+        .collect()
+}
+
+/// One flat row per run, as JSON lines.
+pub fn to_jsonl(rows: &[RunRow]) -> String {
+    Table::runs(rows).to_jsonl()
+}
+
+/// One flat row per run, as CSV.
+pub fn to_csv(rows: &[RunRow]) -> String {
+    Table::runs(rows).to_csv()
+}
+
+/// One CSV field: null is empty, a string as is, a list its items joined by
+/// [`csv_list_separator`], anything else its JSON text.
 fn csv_field(column: &str, v: &Json) -> String {
     let text = |v: &Json| match v {
         Json::Null => String::new(),
         Json::String(s) => s.clone(),
         other => other.to_string(),
     };
-    let joined = CSV_LIST_SEPARATORS
-        .iter()
-        .find(|(c, _)| *c == column)
-        .and_then(|(_, sep)| v.as_array().map(|items| (items, sep)));
-    let s = match joined {
-        Some((items, sep)) => items.iter().map(text).collect::<Vec<_>>().join(sep),
+    let s = match v.as_array() {
+        Some(items) => items
+            .iter()
+            .map(text)
+            .collect::<Vec<_>>()
+            .join(csv_list_separator(column)),
         None => text(v),
     };
     if s.contains([',', '"', '\n', '\r']) {
@@ -378,151 +554,126 @@ fn csv_field(column: &str, v: &Json) -> String {
     }
 }
 
-pub fn to_csv(rows: &[RunRow]) -> String {
-    let mut out = COLUMNS.join(",");
-    out.push('\n');
-    for r in rows {
-        let m = row(r);
-        let fields: Vec<String> = COLUMNS.iter().map(|c| csv_field(c, &m[*c])).collect();
-        out.push_str(&fields.join(","));
-        out.push('\n');
+/// `x` with `digits` significant digits (no exponent for the magnitudes results
+/// have).
+pub fn sig(x: f64, digits: usize) -> String {
+    if x == 0.0 || !x.is_finite() {
+        return format!("{x}");
     }
-    out
+    let magnitude = x.abs().log10().floor() as i64;
+    let decimals = (digits as i64 - 1 - magnitude).clamp(0, 12) as usize;
+    format!("{x:.decimals$}")
 }
 
-/// The parameters that differ between a campaign's configs, per config hash, for a
-/// readable "config" column (`batch_size=4 dtype=float16`).
-fn varying_params(rows: &[RunRow]) -> BTreeMap<String, String> {
-    let mut flat: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-    for r in rows {
-        if flat.contains_key(&r.config_hash) {
-            continue;
-        }
-        let mut m = BTreeMap::new();
-        if let Ok(v) = lem_common::pyjson::parse(&r.config_json) {
-            flatten("", &v, &mut m);
-        }
-        flat.insert(r.config_hash.clone(), m);
-    }
-    let mut keys: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
-    for m in flat.values() {
-        for (k, v) in m {
-            keys.entry(k.clone()).or_default().insert(v.clone());
-        }
-    }
-    let n = flat.len();
-    let varying: Vec<&String> = keys
-        .iter()
-        .filter(|(k, vals)| {
-            vals.len() > 1 || flat.values().filter(|m| m.contains_key(*k)).count() != n
-        })
-        .map(|(k, _)| k)
-        .collect();
-    flat.into_iter()
-        .map(|(h, m)| {
-            let parts: Vec<String> = varying
-                .iter()
-                .filter_map(|k| {
-                    m.get(*k).map(|v| {
-                        let short = k.rsplit('.').next().unwrap_or(k);
-                        format!("{short}={v}")
-                    })
+/// The summary table of a campaign (what `lem-coord run` prints and `lem-coord summary`
+/// shows): one line per configuration, best first by the ranked J/token
+/// ([`aggregate::rank_metric`]), with each varying parameter as a column, the mean
+/// throughput, raw and ranked J/token with its 95 % CI, the CV across cycles and the
+/// flags; then a line per flag that occurs, with its explanation. Markdown, so it
+/// pastes into notes as a table.
+pub fn summary_table(rows: &[RunRow]) -> String {
+    summary_of(&aggregate::aggregate_rows(rows))
+}
+
+/// [`summary_table`] from aggregates.
+pub fn summary_of(aggs: &[ConfigAggregate]) -> String {
+    use comfy_table::{presets, CellAlignment, Table as Grid};
+    let rank = aggregate::rank_metric(aggs);
+    let params: Vec<String> = aggs
+        .first()
+        .map(|a| a.params.iter().map(|(k, _)| k.clone()).collect())
+        .unwrap_or_default();
+    let short = |k: &str| k.rsplit('.').next().unwrap_or(k).to_string();
+    let mut header = vec!["#".to_string(), "config_hash".into(), "engine".into()];
+    header.extend(params.iter().map(|k| short(k)));
+    header.extend(
+        [
+            "cycles",
+            "tok/s",
+            "J/tok (raw)",
+            &format!("{} [95% CI]", rank.label()),
+            "CV",
+            "flags",
+        ]
+        .map(String::from),
+    );
+    let mut grid = Grid::new();
+    grid.load_preset(presets::ASCII_MARKDOWN).set_header(header);
+    let mean = |a: &ConfigAggregate, m: Metric| {
+        a.metrics
+            .get(&m)
+            .map(|s| sig(s.mean, 4))
+            .unwrap_or_else(|| "-".into())
+    };
+    for (i, a) in aggs.iter().enumerate() {
+        let mut row = vec![(i + 1).to_string(), a.config_hash.clone(), a.engine.clone()];
+        row.extend(params.iter().map(|k| {
+            a.param(k)
+                .map(aggregate::value_text)
+                .unwrap_or_else(|| "-".into())
+        }));
+        let ranked = a.metrics.get(&rank);
+        row.push(format!("{}/{}", a.done, a.runs));
+        row.push(mean(a, Metric::TokensPerSecond));
+        row.push(mean(a, Metric::EnergyPerToken));
+        row.push(match ranked {
+            Some(s) => match (s.ci95_low, s.ci95_high) {
+                (Some(lo), Some(hi)) => {
+                    format!("{} [{}, {}]", sig(s.mean, 4), sig(lo, 4), sig(hi, 4))
+                }
+                _ => sig(s.mean, 4),
+            },
+            None => "-".into(),
+        });
+        row.push(
+            ranked
+                .and_then(|s| s.cv)
+                .map(|c| {
+                    format!(
+                        "{:.1}%{}",
+                        c * 100.0,
+                        if stats::flag_high_cv(c) { "!" } else { "" }
+                    )
                 })
-                .collect();
-            (h, parts.join(" "))
-        })
-        .collect()
-}
-
-fn flatten(prefix: &str, v: &lem_common::Value, out: &mut BTreeMap<String, String>) {
-    match v {
-        lem_common::Value::Map(m) => {
-            for (k, v) in m {
-                let p = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(&p, v, out);
+                .unwrap_or_else(|| "-".into()),
+        );
+        row.push(a.flag_names().join(" "));
+        grid.add_row(row);
+    }
+    for i in 0..grid.column_count() {
+        if let Some(c) = grid.column_mut(i) {
+            if i == 0 || (i >= 3 + params.len() && i < 3 + params.len() + 5) {
+                c.set_cell_alignment(CellAlignment::Right);
             }
         }
-        lem_common::Value::Null => {}
-        other => {
-            out.insert(
-                prefix.to_string(),
-                lem_common::pyjson::dumps(other, &Default::default()),
-            );
+    }
+    let mut out = grid.to_string();
+    out.push('\n');
+    // Each flag that occurs, once, with what it means.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut notes = Vec::new();
+    for a in aggs {
+        for f in &a.flags {
+            if seen.insert(f.name()) {
+                notes.push(format!("  {}: {}", f.name(), f.explanation()));
+            }
+        }
+        for f in a.run_flags.keys() {
+            if seen.insert(f.name()) {
+                notes.push(format!("  {}: {}", f.name(), f.explanation()));
+            }
         }
     }
-}
-
-/// The summary table: one line per config with cycles, tokens/s, adjusted J/token and
-/// the CV across cycles.
-pub fn summary_table(rows: &[RunRow]) -> String {
-    let labels = varying_params(rows);
-    let mut order: Vec<String> = Vec::new();
-    let mut by_hash: BTreeMap<String, Vec<&RunRow>> = BTreeMap::new();
-    for r in rows {
-        if !by_hash.contains_key(&r.config_hash) {
-            order.push(r.config_hash.clone());
+    if !notes.is_empty() {
+        out.push_str("flags:\n");
+        for n in notes {
+            let _ = writeln!(out, "{n}");
         }
-        by_hash.entry(r.config_hash.clone()).or_default().push(r);
     }
-    let mut out = String::new();
-    let simulated = rows
-        .iter()
-        .any(|r| r.result.as_ref().is_some_and(|x| x.simulated));
-    writeln!(
-        out,
-        "{:<16} {:<12} {:<34} {:>6} {:>10} {:>14} {:>14} {:>7}",
-        "config_hash", "engine", "config", "cycles", "tok/s", "J/tok (raw)", "J/tok (adj)", "CV"
-    )
-    .unwrap();
-    for h in order {
-        let runs = &by_hash[&h];
-        let done: Vec<&lem_common::types::RunResult> =
-            runs.iter().filter_map(|r| r.result.as_ref()).collect();
-        let tps: Vec<f64> = done.iter().map(|x| x.avg_tokens_per_second).collect();
-        let raw: Vec<f64> = done.iter().map(|x| x.avg_energy_per_token_j).collect();
-        let adj: Vec<f64> = done
-            .iter()
-            .filter_map(|x| x.energy_per_token_adjusted_j)
-            .collect();
-        let cv = stats::cv(if adj.is_empty() { &raw } else { &adj });
-        let fmt_opt = |v: Option<f64>, prec: usize| {
-            v.map(|x| format!("{x:.prec$}"))
-                .unwrap_or_else(|| "-".into())
-        };
-        let mut label = labels.get(&h).cloned().unwrap_or_default();
-        if label.len() > 34 {
-            label.truncate(33);
-            label.push('~');
-        }
-        writeln!(
-            out,
-            "{:<16} {:<12} {:<34} {:>6} {:>10} {:>14} {:>14} {:>7}",
-            h,
-            runs[0].engine,
-            label,
-            format!("{}/{}", done.len(), runs.len()),
-            fmt_opt(stats::mean(&tps), 1),
-            fmt_opt(stats::mean(&raw), 6),
-            fmt_opt(stats::mean(&adj), 6),
-            cv.map(|c| format!(
-                "{:.1}%{}",
-                c * 100.0,
-                if stats::flag_high_cv(c) { "!" } else { "" }
-            ))
-            .unwrap_or_else(|| "-".into()),
-        )
-        .unwrap();
-    }
-    if simulated {
-        writeln!(
-            out,
-            "note: measured on a SIMULATED GPU (no NVIDIA GPU here): the joules come from a model, not hardware"
-        )
-        .unwrap();
+    if aggs.iter().any(|a| a.simulated) {
+        out.push_str(
+            "note: measured on a SIMULATED GPU (no NVIDIA GPU here): the joules come from a model, not hardware\n",
+        );
     }
     out
 }
@@ -596,15 +747,11 @@ mod tests {
         assert_eq!(csv_field("flags", &json!([])), "");
         assert_eq!(csv_field("flags", &Json::Null), "");
         assert_eq!(csv_field("gpu_foreign_pids", &json!([7, 9])), "7;9");
+        assert_eq!(csv_field("gpu_indices", &json!([0, 1])), "0;1");
         assert_eq!(
             csv_field("warnings", &json!(["a, b", "say \"c\""])),
             "\"a, b | say \"\"c\"\"\""
         );
-        // Other arrays keep their JSON text.
-        assert_eq!(csv_field("gpu_indices", &json!([0, 1])), "\"[0,1]\"");
-        for (column, _) in CSV_LIST_SEPARATORS {
-            assert!(COLUMNS.contains(column), "{column} is not a column");
-        }
     }
 
     #[test]
@@ -631,16 +778,18 @@ mod tests {
             result: None,
             ..done.clone()
         };
-        for r in [&done, &failed] {
-            let m = row(r);
-            let keys: Vec<&str> = m.keys().map(String::as_str).collect();
-            assert_eq!(keys, COLUMNS);
-        }
+        let t = Table::runs(&[done.clone(), failed.clone()]);
+        let names: Vec<&str> = t.columns.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, run_column_names());
+        assert!(t.rows.iter().all(|r| r.len() == names.len()));
         assert_eq!(
-            row(&done)["flags"],
-            json!(["simulated", "baseline_not_subtracted"])
+            t.get(0, "flags"),
+            Some(&json!(["simulated", "baseline_not_subtracted"]))
         );
-        assert_eq!(row(&failed)["flags"], Json::Null);
-        assert_eq!(row(&failed)["warnings"], Json::Null);
+        assert_eq!(t.get(1, "flags"), Some(&Json::Null));
+        assert_eq!(t.get(1, "warnings"), Some(&Json::Null));
+        // Names are unique.
+        let unique: std::collections::BTreeSet<&str> = names.iter().copied().collect();
+        assert_eq!(unique.len(), names.len());
     }
 }

@@ -6,6 +6,7 @@
 //! embedded coordinator and local workers for a whole campaign on one machine.
 //! The lease rules themselves are pure and live in `lem_common::lease`.
 
+pub mod analysis;
 pub mod auth;
 pub mod bench;
 pub mod cli;

@@ -1,26 +1,27 @@
-//! `lem-coord results ID --format parquet`: the flat export rows of
-//! [`crate::export`] (the same [`COLUMNS`] and [`row`] as JSON lines and CSV) as one
+//! `lem-coord results ID --format parquet`: an export [`Table`] (the same columns and
+//! rows as JSON lines and CSV, per run or `--aggregate` per configuration) as one
 //! Parquet file with typed, nullable columns: float64 for measurements, int64 for
-//! counts, bool for flags, utf8 for names and times, and lists of utf8 or int64 for
-//! the list columns (`flags`, `warnings`, `gpu_foreign_pids`).
+//! counts, bool for flags, utf8 for names, UTC timestamps (microseconds) for times,
+//! and lists of utf8, int64 or float64 for the list columns (`flags`, `warnings`,
+//! `gpu_foreign_pids`, `gpu_indices`, `gpu_energy_j`, `cycles`).
 //!
-//! The column set is the export module's; this module only decides each column's
-//! Arrow type. A column it has no type for (one added to `COLUMNS` later) gets the
-//! type its values have (int64, float64, bool, else utf8).
+//! The column set and each column's [`Kind`] are the export module's; this module only
+//! maps a kind to its Arrow type.
 
 use std::sync::Arc;
 
 use arrow_array::builder::{
     BooleanBuilder, Float64Builder, Int64Builder, ListBuilder, StringBuilder,
+    TimestampMicrosecondBuilder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
-use arrow_schema::{DataType, Field, Schema};
+use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use lem_common::rpc::RunRow;
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 use serde_json::Value as Json;
 
-use crate::export::{row, COLUMNS};
+use crate::export::{Kind, Table};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ParquetExportError {
@@ -41,106 +42,17 @@ fn list_of(item: DataType) -> DataType {
     DataType::List(Arc::new(Field::new_list_field(item, true)))
 }
 
-/// The Arrow type of a known export column.
-pub fn column_type(name: &str) -> Option<DataType> {
-    Some(match name {
-        "experiment_id"
-        | "config_hash"
-        | "engine"
-        | "model_name"
-        | "state"
-        | "energy_method"
-        | "gpu_name"
-        | "worker"
-        | "host"
-        | "runner"
-        | "image"
-        | "image_id"
-        | "started_at"
-        | "ended_at"
-        | "last_failure"
-        | "environment_hash"
-        | "energy_edge_rule"
-        | "energy_adjusted_resident_source"
-        | "harness_recycled"
-        | "itl_measurement_mode" => DataType::Utf8,
-        // Arrays, stored as their JSON text (`[0,1]`).
-        "gpu_indices" | "gpu_energy_j" => DataType::Utf8,
-        "flags" | "warnings" => list_of(DataType::Utf8),
-        "gpu_foreign_pids" => list_of(DataType::Int64),
-        "cycle"
-        | "attempts"
-        | "input_tokens"
-        | "output_tokens"
-        | "slot"
-        | "tp_size"
-        | "prefill_calls"
-        | "sm_clock_min_mhz"
-        | "sm_clock_max_mhz"
-        | "window_start_mono_ns"
-        | "window_end_mono_ns"
-        | "gpu_memory_before_mb"
-        | "gpu_memory_after_mb" => DataType::Int64,
-        "total_energy_j"
-        | "energy_adjusted_j"
-        | "baseline_power_w"
-        | "avg_tokens_per_second"
-        | "avg_energy_per_token_j"
-        | "energy_per_token_adjusted_j"
-        | "output_tokens_per_second"
-        | "total_inference_time_sec"
-        | "mean_power_w"
-        | "energy_integral_j"
-        | "energy_disagreement_pct"
-        | "energy_counter_raw_j"
-        | "energy_uncertainty_j"
-        | "quiet_power_w"
-        | "max_temperature_c"
-        | "thermal_wait_s"
-        | "model_load_time_sec"
-        | "energy_adjusted_resident_j"
-        | "energy_adjusted_resident_uncertainty_j"
-        | "resident_baseline_power_w"
-        | "baseline_std_w"
-        | "baseline_settle_s"
-        | "resident_baseline_std_w"
-        | "resident_baseline_settle_s"
-        | "lease_to_measure_s"
-        | "prefill_energy_per_call_j"
-        | "prefill_energy_j"
-        | "decode_energy_j"
-        | "prefill_energy_adjusted_j"
-        | "decode_energy_adjusted_j" => DataType::Float64,
-        "energy_adjusted_clamped"
-        | "model_already_loaded"
-        | "cold_start"
-        | "simulated"
-        | "throttle_thermal"
-        | "throttle_power"
-        | "hw_slowdown"
-        | "energy_disagreement_flagged"
-        | "short_window"
-        | "energy_uncertainty_flagged"
-        | "baseline_subtracted"
-        | "gpu_shared"
-        | "latency_estimated" => DataType::Boolean,
-        _ => return None,
-    })
-}
-
-/// The type of a column the table above does not know, from its values.
-fn inferred_type(values: &[&Json]) -> DataType {
-    let non_null: Vec<&&Json> = values.iter().filter(|v| !v.is_null()).collect();
-    if non_null.is_empty() {
-        DataType::Utf8
-    } else if non_null.iter().all(|v| v.is_i64() || v.is_u64()) {
-        DataType::Int64
-    } else if non_null.iter().all(|v| v.is_number()) {
-        DataType::Float64
-    } else if non_null.iter().all(|v| v.is_boolean()) {
-        DataType::Boolean
-    } else {
-        DataType::Utf8
+/// The Arrow type of a column kind.
+pub fn arrow_type(kind: Kind) -> DataType {
+    match kind {
+        Kind::Str => DataType::Utf8,
+        Kind::Int => DataType::Int64,
+        Kind::Float => DataType::Float64,
+        Kind::Bool => DataType::Boolean,
+        Kind::Time => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        Kind::ListStr => list_of(DataType::Utf8),
+        Kind::ListInt => list_of(DataType::Int64),
+        Kind::ListFloat => list_of(DataType::Float64),
     }
 }
 
@@ -152,13 +64,49 @@ fn wrong(column: &str, expected: &'static str, v: &Json) -> ParquetExportError {
     }
 }
 
-fn build_column(
-    name: &str,
-    ty: &DataType,
-    values: &[&Json],
-) -> Result<ArrayRef, ParquetExportError> {
-    Ok(match ty {
-        DataType::Float64 => {
+fn build_column(name: &str, kind: Kind, values: &[&Json]) -> Result<ArrayRef, ParquetExportError> {
+    Ok(match kind {
+        Kind::Time => {
+            let mut b =
+                TimestampMicrosecondBuilder::with_capacity(values.len()).with_timezone("UTC");
+            for v in values {
+                match v {
+                    Json::Null => b.append_null(),
+                    // A run that never started its window has no time.
+                    Json::String(t) if t.is_empty() => b.append_null(),
+                    Json::String(t) => b.append_value(
+                        chrono::DateTime::parse_from_rfc3339(t)
+                            .map_err(|_| wrong(name, "an RFC 3339 time", v))?
+                            .timestamp_micros(),
+                    ),
+                    _ => return Err(wrong(name, "an RFC 3339 time", v)),
+                }
+            }
+            Arc::new(b.finish())
+        }
+        Kind::ListFloat => {
+            let mut b = ListBuilder::new(Float64Builder::new());
+            for v in values {
+                match v {
+                    Json::Null => b.append_null(),
+                    Json::Array(items) => {
+                        for x in items {
+                            match x {
+                                Json::Null => b.values().append_null(),
+                                _ => b.values().append_value(
+                                    x.as_f64()
+                                        .ok_or_else(|| wrong(name, "a list of numbers", v))?,
+                                ),
+                            }
+                        }
+                        b.append(true);
+                    }
+                    _ => return Err(wrong(name, "a list of numbers", v)),
+                }
+            }
+            Arc::new(b.finish())
+        }
+        Kind::Float => {
             let mut b = Float64Builder::with_capacity(values.len());
             for v in values {
                 match v {
@@ -171,7 +119,7 @@ fn build_column(
             }
             Arc::new(b.finish())
         }
-        DataType::Int64 => {
+        Kind::Int => {
             let mut b = Int64Builder::with_capacity(values.len());
             for v in values {
                 match v {
@@ -181,7 +129,7 @@ fn build_column(
             }
             Arc::new(b.finish())
         }
-        DataType::Boolean => {
+        Kind::Bool => {
             let mut b = BooleanBuilder::with_capacity(values.len());
             for v in values {
                 match v {
@@ -192,7 +140,7 @@ fn build_column(
             }
             Arc::new(b.finish())
         }
-        DataType::List(item) if item.data_type() == &DataType::Int64 => {
+        Kind::ListInt => {
             let mut b = ListBuilder::new(Int64Builder::new());
             for v in values {
                 match v {
@@ -214,7 +162,7 @@ fn build_column(
             }
             Arc::new(b.finish())
         }
-        DataType::List(_) => {
+        Kind::ListStr => {
             let mut b = ListBuilder::new(StringBuilder::new());
             for v in values {
                 match v {
@@ -234,7 +182,7 @@ fn build_column(
             }
             Arc::new(b.finish())
         }
-        _ => {
+        Kind::Str => {
             let mut b = StringBuilder::with_capacity(values.len(), values.len() * 16);
             for v in values {
                 match v {
@@ -248,24 +196,21 @@ fn build_column(
     })
 }
 
-/// The rows as an Arrow record batch with the export's columns, in order.
-pub fn to_record_batch(rows: &[RunRow]) -> Result<RecordBatch, ParquetExportError> {
-    let flat: Vec<serde_json::Map<String, Json>> = rows.iter().map(row).collect();
-    let null = Json::Null;
-    let mut fields = Vec::with_capacity(COLUMNS.len());
-    let mut arrays = Vec::with_capacity(COLUMNS.len());
-    for name in COLUMNS {
-        let values: Vec<&Json> = flat.iter().map(|m| m.get(*name).unwrap_or(&null)).collect();
-        let ty = column_type(name).unwrap_or_else(|| inferred_type(&values));
-        arrays.push(build_column(name, &ty, &values)?);
-        fields.push(Field::new(*name, ty, true));
+/// A table as an Arrow record batch, its columns in order.
+pub fn to_record_batch(table: &Table) -> Result<RecordBatch, ParquetExportError> {
+    let mut fields = Vec::with_capacity(table.columns.len());
+    let mut arrays = Vec::with_capacity(table.columns.len());
+    for (i, (name, kind)) in table.columns.iter().enumerate() {
+        let values: Vec<&Json> = table.rows.iter().map(|r| &r[i]).collect();
+        arrays.push(build_column(name, *kind, &values)?);
+        fields.push(Field::new(name, arrow_type(*kind), true));
     }
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
 }
 
-/// The rows as the bytes of a Parquet file (uncompressed, one row group).
-pub fn to_parquet(rows: &[RunRow]) -> Result<Vec<u8>, ParquetExportError> {
-    let batch = to_record_batch(rows)?;
+/// A table as the bytes of a Parquet file (uncompressed, one row group).
+pub fn table_to_parquet(table: &Table) -> Result<Vec<u8>, ParquetExportError> {
+    let batch = to_record_batch(table)?;
     let props = WriterProperties::builder()
         .set_created_by(format!("lem-fleet {}", env!("CARGO_PKG_VERSION")))
         .build();
@@ -274,6 +219,11 @@ pub fn to_parquet(rows: &[RunRow]) -> Result<Vec<u8>, ParquetExportError> {
     w.write(&batch)?;
     w.close()?;
     Ok(buf)
+}
+
+/// One row per run as the bytes of a Parquet file.
+pub fn to_parquet(rows: &[RunRow]) -> Result<Vec<u8>, ParquetExportError> {
+    table_to_parquet(&Table::runs(rows))
 }
 
 /// Writes bytes through a temporary file and a rename, so a reader never sees half
@@ -344,15 +294,9 @@ mod tests {
 
     #[test]
     fn every_column_is_typed_and_values_fit() {
-        let batch = to_record_batch(&rows()).unwrap();
-        assert_eq!(batch.num_columns(), COLUMNS.len());
+        let batch = to_record_batch(&Table::runs(&rows())).unwrap();
+        assert_eq!(batch.num_columns(), crate::export::RUN_COLUMNS.len());
         assert_eq!(batch.num_rows(), 2);
-        for name in COLUMNS {
-            assert!(
-                column_type(name).is_some(),
-                "export column '{name}' has no parquet type; add it to column_type()"
-            );
-        }
         let schema = batch.schema();
         assert_eq!(
             schema
@@ -384,7 +328,7 @@ mod tests {
 
     #[test]
     fn list_columns_are_arrow_lists_and_null_without_a_result() {
-        let batch = to_record_batch(&rows()).unwrap();
+        let batch = to_record_batch(&Table::runs(&rows())).unwrap();
         let list = |name: &str| {
             batch
                 .column_by_name(name)
@@ -429,8 +373,11 @@ mod tests {
     #[test]
     fn inference_covers_unknown_columns() {
         let (a, b, c) = (Json::from(1), Json::from(1.5), Json::Null);
-        assert_eq!(inferred_type(&[&a, &c]), DataType::Int64);
-        assert_eq!(inferred_type(&[&a, &b]), DataType::Float64);
-        assert_eq!(inferred_type(&[&c]), DataType::Utf8);
+        let (t, s) = (Json::from(true), Json::from("x"));
+        assert_eq!(Kind::of_values([&a, &c]), Kind::Int);
+        assert_eq!(Kind::of_values([&a, &b]), Kind::Float);
+        assert_eq!(Kind::of_values([&c]), Kind::Str);
+        assert_eq!(Kind::of_values([&t, &c]), Kind::Bool);
+        assert_eq!(Kind::of_values([&a, &s]), Kind::Str);
     }
 }

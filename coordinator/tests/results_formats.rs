@@ -8,8 +8,8 @@ use lem_common::quality::{self, Flag};
 use lem_common::rpc::RunRow;
 use lem_common::types::{BaselineRecord, CampaignId, ForeignProcess, RunKey, RunResult};
 use lem_coord::cli::{check_grid_size, GRID_LIMIT_CONFIGS};
-use lem_coord::export::{to_csv, to_jsonl, COLUMNS};
-use lem_coord::parquet_export::{to_parquet, write_atomic_bytes};
+use lem_coord::export::{run_column_names, to_csv, to_jsonl, Table};
+use lem_coord::parquet_export::{table_to_parquet, to_parquet, write_atomic_bytes};
 use serde_json::{json, Value as Json};
 
 #[test]
@@ -124,7 +124,7 @@ print(json.dumps({"names": t.column_names, "types": {f.name: str(f.type) for f i
         .iter()
         .map(|n| n.as_str().unwrap())
         .collect();
-    assert_eq!(names, COLUMNS);
+    assert_eq!(names, run_column_names());
     assert_eq!(v["rows"], 3);
     assert_eq!(v["types"]["total_energy_j"], "double");
     assert_eq!(v["types"]["output_tokens"], "int64");
@@ -280,7 +280,7 @@ fn jsonl_rows_carry_every_flag_and_warning() {
         .keys()
         .map(|k| k.as_str())
         .collect();
-    assert_eq!(names.len(), COLUMNS.len());
+    assert_eq!(names.len(), run_column_names().len());
     assert_eq!(rows[0]["flags"], json!([]), "a clean run");
     assert_eq!(rows[0]["warnings"], json!([]));
     assert_eq!(rows[0]["baseline_subtracted"], json!(true));
@@ -341,7 +341,7 @@ fn csv_rows_carry_every_flag_and_warning_joined() {
     let text = to_csv(&flag_rows());
     let lines: Vec<Vec<String>> = text.lines().map(csv_fields).collect();
     let header = &lines[0];
-    assert_eq!(header, COLUMNS);
+    assert_eq!(header, &run_column_names());
     let at = |row: usize, column: &str| {
         let i = header.iter().position(|h| h == column).unwrap();
         assert_eq!(lines[row].len(), header.len(), "row {row}");
@@ -399,6 +399,10 @@ print(json.dumps({"types": {f.name: str(f.type) for f in t.schema},
     assert_eq!(types["energy_uncertainty_j"], "double");
     assert_eq!(types["energy_edge_rule"], "string");
     assert_eq!(types["window_start_mono_ns"], "int64");
+    // Times and arrays stay typed.
+    assert_eq!(types["started_at"], "timestamp[us, tz=UTC]");
+    assert_eq!(types["gpu_indices"], "list<item: int64>");
+    assert_eq!(types["gpu_energy_j"], "list<item: double>");
     assert_eq!(col["flags"], json!([[], all_flag_names(), null]));
     assert_eq!(
         col["warnings"],
@@ -425,4 +429,140 @@ print(json.dumps({"types": {f.name: str(f.type) for f in t.schema},
     ] {
         assert_eq!(col[column], want, "{column}");
     }
+}
+
+/// Three configurations (batch size 1, 4, 16) over two cycles, as a sweep makes them.
+fn sweep_rows() -> Vec<RunRow> {
+    let mut out = Vec::new();
+    for cycle in 1..=2u32 {
+        for (i, batch) in [1i64, 4, 16].into_iter().enumerate() {
+            let jpt = 1.0 / batch as f64 + 0.01 * cycle as f64;
+            out.push(RunRow {
+                run: RunKey {
+                    campaign: CampaignId(4),
+                    seq: out.len() as u32,
+                },
+                config_hash: format!("{:016x}", 0x100 + i),
+                cycle,
+                engine: "synthetic".into(),
+                state: "done".into(),
+                attempts: 1,
+                config_json: format!(
+                    r#"{{"task": {{"model": "synthetic/tiny-llama", "max_output_tokens": 64}}, "engine": "synthetic", "synthetic": {{"engine_params": {{"batch_size": {batch}, "dtype": "bfloat16"}}}}}}"#
+                ),
+                result: Some(RunResult {
+                    total_energy_j: 64.0 * jpt,
+                    avg_energy_per_token_j: jpt,
+                    avg_tokens_per_second: 100.0 * batch as f64,
+                    output_tokens: 64,
+                    started_at: "2026-11-25T10:00:00.250Z".into(),
+                    gpu_indices: vec![0],
+                    ..Default::default()
+                }),
+                last_failure: None,
+            });
+        }
+    }
+    out
+}
+
+#[test]
+fn every_format_names_the_swept_parameter_as_a_column() {
+    let rows = sweep_rows();
+    let param = "synthetic.engine_params.batch_size";
+    // JSON lines: a key right after model_name, typed as the study wrote it.
+    let lines: Vec<Json> = to_jsonl(&rows)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let keys: Vec<&String> = lines[0].as_object().unwrap().keys().collect();
+    let at = keys.iter().position(|k| *k == "model_name").unwrap();
+    assert_eq!(keys[at + 1], param);
+    let batches: Vec<&Json> = lines.iter().map(|l| &l[param]).collect();
+    assert_eq!(
+        batches,
+        [
+            &json!(1),
+            &json!(4),
+            &json!(16),
+            &json!(1),
+            &json!(4),
+            &json!(16)
+        ]
+    );
+    // dtype is the same everywhere: not a column.
+    assert!(!keys.iter().any(|k| k.ends_with("dtype")));
+    // CSV: the same header.
+    let csv = to_csv(&rows);
+    let header = csv_fields(csv.lines().next().unwrap());
+    assert_eq!(header[at + 1], param);
+    assert_eq!(csv_fields(csv.lines().nth(3).unwrap())[at + 1], "16");
+    // Parquet: an int64 column of that name (pyarrow, when present).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sweep.parquet");
+    write_atomic_bytes(&path, &to_parquet(&rows).unwrap()).unwrap();
+    let Ok(python) = std::env::var("LEM_PYARROW_PYTHON") else {
+        eprintln!("skipped: the pyarrow read-back (set LEM_PYARROW_PYTHON)");
+        return;
+    };
+    let script = r#"
+import json, sys
+import pyarrow.parquet as pq
+t = pq.read_table(sys.argv[1])
+print(json.dumps({"types": {f.name: str(f.type) for f in t.schema},
+                  "batch": t.column(sys.argv[2]).to_pylist(),
+                  "started": [str(x) for x in t.column("started_at").to_pylist()]}))
+"#;
+    let out = Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .arg(&path)
+        .arg(param)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["types"][param], "int64");
+    assert_eq!(v["batch"], json!([1, 4, 16, 1, 4, 16]));
+    assert_eq!(v["started"][0], "2026-11-25 10:00:00.250000+00:00");
+}
+
+#[test]
+fn the_aggregate_table_has_a_row_per_config_in_every_format() {
+    let aggs = lem_common::aggregate::aggregate_rows(&sweep_rows());
+    let t = Table::aggregate(&aggs);
+    assert_eq!(t.rows.len(), 3);
+    // Best first: batch 16 has the lowest J/token.
+    let param = "synthetic.engine_params.batch_size";
+    assert_eq!(t.get(0, param), Some(&json!(16)));
+    assert_eq!(t.get(0, "rank"), Some(&json!(1)));
+    assert_eq!(t.get(2, param), Some(&json!(1)));
+    let mean = t
+        .get(0, "avg_energy_per_token_j_mean")
+        .unwrap()
+        .as_f64()
+        .unwrap();
+    assert!((mean - (1.0 / 16.0 + 0.015)).abs() < 1e-12);
+    assert_eq!(t.get(0, "avg_energy_per_token_j_n"), Some(&json!(2)));
+    let lo = t
+        .get(0, "avg_energy_per_token_j_ci95_low")
+        .unwrap()
+        .as_f64()
+        .unwrap();
+    let hi = t
+        .get(0, "avg_energy_per_token_j_ci95_high")
+        .unwrap()
+        .as_f64()
+        .unwrap();
+    assert!(lo <= mean && mean <= hi && lo < hi, "{lo} {mean} {hi}");
+    assert_eq!(t.get(0, "cycles"), Some(&json!([1, 2])));
+    let csv = t.to_csv();
+    assert_eq!(csv.lines().count(), 4);
+    assert_eq!(t.to_jsonl().lines().count(), 3);
+    let bytes = table_to_parquet(&t).unwrap();
+    assert_eq!(&bytes[..4], b"PAR1");
 }

@@ -206,7 +206,7 @@ fn start_gpu(
     gpu_index: u32,
 ) -> anyhow::Result<(Sampler, Arc<dyn LoadSink>, serde_json::Value)> {
     let Some(nvml) = nvml else {
-        let gpu = SimulatedGpu::new(gpu_index);
+        let (gpu, patched) = SimulatedGpu::from_env(gpu_index)?;
         let load: Arc<dyn LoadSink> = Arc::new(gpu.clone());
         let counter: Box<dyn telemetry::CounterSource> = Box::new(gpu.clone());
         let processes = Arc::new(gpu.clone());
@@ -217,7 +217,11 @@ fn start_gpu(
             Some((counter, cfg.counter_interval)),
         );
         let sampler = sampler.with_processes(processes);
-        let snapshot = serde_json::json!({"name": sampler.description.name, "simulated": true});
+        let mut snapshot = serde_json::json!({"name": sampler.description.name, "simulated": true});
+        if let Some(p) = patched {
+            // Other simulated hardware, another environment.
+            snapshot["sim_params"] = p;
+        }
         return Ok((sampler, load, snapshot));
     };
     let gpu = nvml::NvmlGpu::new(nvml.clone(), gpu_index)?;

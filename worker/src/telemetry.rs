@@ -62,13 +62,27 @@ pub struct SimulatedGpu {
 
 impl SimulatedGpu {
     pub fn new(slot: u32) -> Self {
+        Self::with_params(slot, SimParams::default())
+    }
+
+    pub fn with_params(slot: u32, params: SimParams) -> Self {
         SimulatedGpu {
-            model: Arc::new(Mutex::new(SimGpuModel::new(
-                SimParams::default(),
-                mono_ns(),
-            ))),
+            model: Arc::new(Mutex::new(SimGpuModel::new(params, mono_ns()))),
             slot,
         }
+    }
+
+    /// The card the TEST HOOK `LEM_SIMGPU_PARAMS` describes
+    /// ([`lem_common::simgpu::PARAMS_ENV`]), else the default card; the hook's text
+    /// when it is set.
+    pub fn from_env(slot: u32) -> anyhow::Result<(Self, Option<serde_json::Value>)> {
+        let Ok(text) = std::env::var(lem_common::simgpu::PARAMS_ENV) else {
+            return Ok((Self::new(slot), None));
+        };
+        let params = lem_common::simgpu::params_with(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", lem_common::simgpu::PARAMS_ENV))?;
+        let patch = serde_json::from_str(&text).ok();
+        Ok((Self::with_params(slot, params), patch))
     }
 }
 

@@ -1,5 +1,6 @@
 //! End-to-end tests: real processes on loopback. One binary, one module per area.
 
+mod analysis;
 mod bad_input;
 mod docker_runtime;
 mod faults;
