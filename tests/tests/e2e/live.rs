@@ -48,7 +48,8 @@ fn progress(text: &str, campaign: &str) -> Vec<(u64, u64)> {
 #[test]
 fn a_campaign_that_does_not_exist_is_an_error_that_names_it_and_writes_nothing() {
     // `lem-coord results 99 --format csv --output r.csv` once printed "wrote 0 run(s)"
-    // and exited 0 for a campaign the coordinator never had.
+    // and exited 0 for a campaign the coordinator never had. Every command that
+    // reads a campaign goes through `fetch_rows`/`fetch_status`.
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let (coord, addr) = start_coordinator(dir);
@@ -80,9 +81,25 @@ fn a_campaign_that_does_not_exist_is_an_error_that_names_it_and_writes_nothing()
             Some(target),
         ));
     }
+    let aggregate = out_dir.join("agg.csv");
+    cases.push((
+        vec![
+            "results".into(),
+            "99".into(),
+            "--aggregate".into(),
+            "--format".into(),
+            "csv".into(),
+            "--output".into(),
+            aggregate.to_str().unwrap().into(),
+        ],
+        Some(aggregate),
+    ));
     cases.push((vec!["results".into(), "99".into()], None));
     for cmd in [
-        &["status", "99"][..],
+        &["summary", "99"][..],
+        &["summary", "99", "--json"],
+        &["compare", "1", "99"],
+        &["status", "99"],
         &["status", "99", "--json"],
         &["status", "99", "--watch", "--interval", "0.2"],
         &["cancel", "99"],
