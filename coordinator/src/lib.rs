@@ -12,6 +12,7 @@ pub mod bench;
 pub mod cli;
 pub mod export;
 pub mod group_commit;
+pub mod live;
 pub mod llem_export;
 pub mod parquet_export;
 pub mod pki;

@@ -7,6 +7,7 @@ mod faults;
 mod flow;
 mod gpus;
 mod isolation;
+mod live;
 mod report;
 mod security;
 mod warm;
