@@ -1872,7 +1872,8 @@ async fn drive_local_run(
 
 /// After the local workers stopped: writes what finished to
 /// `DATA_DIR/campaign-ID/` (`results.{jsonl,csv}`, every run that ended, done or
-/// failed; `results-aggregate.csv` and `summary.md` of them), prints the summary,
+/// failed; `results-aggregate.csv`, `summary.md` and `report.html` of them), prints
+/// the summary,
 /// and says how the run ended.
 async fn finish_local_run(
     client: &CoordinatorClient,
@@ -1898,6 +1899,17 @@ async fn finish_local_run(
         let summary = export::summary_of(&aggs);
         write_atomic(&out_dir.join("summary.md"), &summary)?;
         let status = fetch_status(client, ep, id).await?;
+        if !rows.is_empty() {
+            let html = crate::report::render(&crate::report::ReportInput {
+                campaign: id,
+                status: &status,
+                rows: &rows,
+                timeline_run: None,
+                generated_at: &format_utc_ms(now_ms()),
+            })
+            .map_err(invalid)?;
+            write_atomic(&out_dir.join("report.html"), &html)?;
+        }
         Ok::<_, CliError>((rows, summary, status))
     }
     .await;

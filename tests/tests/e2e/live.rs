@@ -332,6 +332,14 @@ fn results_file(data: &Path, id: u64) -> BTreeMap<String, Value> {
         .map(|r| (r["experiment_id"].as_str().unwrap().to_string(), r))
         .collect();
     assert_eq!(by_id.len(), n, "one row per run in {}", path.display());
+    // Beside them: the summary table, one row per configuration and the report.
+    let dir = data.join(format!("campaign-{id}"));
+    let summary = std::fs::read_to_string(dir.join("summary.md")).unwrap();
+    assert!(summary.contains("| config_hash"), "{summary}");
+    let aggregate = std::fs::read_to_string(dir.join("results-aggregate.csv")).unwrap();
+    assert!(aggregate.starts_with("config_hash,"), "{aggregate}");
+    let report = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(report.contains("<svg") && report.contains(&format!("campaign {id}")));
     by_id
 }
 
