@@ -186,6 +186,33 @@ async fn check_admission(endpoint: &Endpoint, register: &RegisterRequest) -> any
     Ok(())
 }
 
+/// Tells the coordinator this worker stopped, so `workers` and `status` show it
+/// disconnected at once. Best effort, a few seconds at most: a coordinator that does
+/// not answer (or predates the call) shows it disconnected one lease TTL later.
+async fn deregister(endpoint: &Endpoint, worker: &WorkerId) {
+    let call = async {
+        let client = transport::connect(endpoint).await.ok()?;
+        let mut ctx = tarpc::context::current();
+        ctx.deadline = std::time::Instant::now() + Duration::from_secs(3);
+        client
+            .deregister(
+                ctx,
+                lem_common::rpc::DeregisterRequest {
+                    worker: worker.clone(),
+                },
+            )
+            .await
+            .ok()?
+            .ok()
+    };
+    match tokio::time::timeout(Duration::from_secs(5), call).await {
+        Ok(Some(())) => tracing::info!(worker = %worker, "deregistered"),
+        _ => {
+            tracing::debug!(worker = %worker, "could not deregister; the coordinator shows this worker disconnected after the lease TTL")
+        }
+    }
+}
+
 /// A slot (or a dynamic pool) planned at start: its GPUs' samplers, load sinks and
 /// environment snapshots, in group order, and its harness, started.
 struct Planned {
@@ -548,6 +575,9 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
     }
     if let Some(pool) = dyn_pool {
         pool.stop_all().await;
+    }
+    if fatal.is_none() && *stop.borrow() {
+        deregister(&endpoint, &worker).await;
     }
     match fatal {
         Some(e) => bail!("{e}"),
