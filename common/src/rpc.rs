@@ -134,6 +134,23 @@ pub struct LeaseRequest {
     /// large run is not overtaken by smaller ones forever; docs/lease-protocol.md).
     #[serde(default)]
     pub max_gpus: u32,
+    /// The worker's GPUs as they read now, for the coordinator's status page and
+    /// metrics ([`GpuReading`]). Absent from older workers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub telemetry: Vec<GpuReading>,
+}
+
+/// One GPU's latest sample, which a worker sends with every `lease` and `renew`
+/// call: the coordinator shows it as the worker's live power (its age is at most one
+/// lease poll, or a third of the lease TTL while a run goes on). Not a measurement:
+/// results come from the worker's own sampler.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GpuReading {
+    /// The GPU's index on its host (NVML's, or the simulated GPU's).
+    pub gpu: u32,
+    pub power_w: f64,
+    pub temp_c: f64,
+    pub sm_clock_mhz: u32,
 }
 
 /// The answer to a lease call.
@@ -207,6 +224,9 @@ pub struct RenewRequest {
     pub worker: WorkerId,
     pub run: RunKey,
     pub token: FencingToken,
+    /// As [`LeaseRequest::telemetry`]. Absent from older workers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub telemetry: Vec<GpuReading>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -188,6 +188,7 @@ mod tests {
                 warm: vec![],
                 gpus: 1,
                 max_gpus: 0,
+                telemetry: vec![],
             },
         }
     }
@@ -201,6 +202,7 @@ mod tests {
                     seq: 0,
                 },
                 token: FencingToken(1),
+                telemetry: vec![],
             },
         }
     }

@@ -201,6 +201,7 @@ async fn lease_now(
                 warm: vec![],
                 gpus: 1,
                 max_gpus: 0,
+                telemetry: vec![],
             },
         )
         .await?
@@ -267,6 +268,7 @@ pub async fn leases(opts: &LeaseBench) -> anyhow::Result<LeaseReport> {
         tls: opts.tls.then(|| pki.server_config()).transpose()?,
         plain_refused: None,
         limits: Limits::default(),
+        http: None,
     };
     let shared = Shared::with_max_batch(
         store,
@@ -450,7 +452,14 @@ impl Coordinator {
             .open(dir.join("bench-coordinator.log"))?;
         let exe = std::env::current_exe().context("cannot find lem-coord's own path")?;
         let mut child = std::process::Command::new(exe)
-            .args(["start", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "start",
+                "--listen",
+                "127.0.0.1:0",
+                "--http",
+                "off",
+                "--data-dir",
+            ])
             .arg(dir)
             .env("LEM_LOG", "warn")
             .stdout(log.try_clone()?)

@@ -235,6 +235,15 @@ pub enum Command {
         /// Open connections at most (workers hold one per slot; CLI calls one each).
         #[arg(long, default_value_t = 1024)]
         max_connections: usize,
+        /// Where to serve the read-only status page (`/`) and Prometheus metrics
+        /// (`/metrics`), host:port, or `off`. The bound address is also written to
+        /// DATA_DIR/http.addr (handy with port 0).
+        #[arg(long, env = "LEM_HTTP", value_name = "ADDR|off", default_value = crate::http::DEFAULT_ADDR)]
+        http: String,
+        /// Allow --http on an address that is not loopback: the page and metrics are
+        /// read-only but unauthenticated (a warning says so; docs/security.md).
+        #[arg(long)]
+        http_public: bool,
     },
     /// Join tokens for new workers.
     Token {
@@ -415,6 +424,18 @@ pub enum Command {
         /// study (which is then cancelled; by default it is resumed).
         #[arg(long)]
         new: bool,
+        /// Where to serve the status page and metrics while it runs (host:port, or
+        /// `off`); the URL is printed and written to DATA_DIR/coordinator/http.addr.
+        #[arg(
+            long,
+            env = "LEM_HTTP",
+            value_name = "ADDR|off",
+            default_value = "127.0.0.1:0"
+        )]
+        http: String,
+        /// Allow --http on an address that is not loopback (see `start --http-public`).
+        #[arg(long)]
+        http_public: bool,
     },
 }
 
@@ -471,12 +492,16 @@ pub fn main_impl(cli: Cli) -> Result<(), CliError> {
                 max_attempts,
                 insecure,
                 max_connections,
+                http,
+                http_public,
             } => {
                 let opts = StartOptions {
                     lease_ttl_secs,
                     max_attempts,
                     insecure,
                     max_connections,
+                    http: crate::http_flag(&http),
+                    http_public,
                 };
                 start(&listen, &data_dir, &opts).await
             }
@@ -592,6 +617,8 @@ pub fn main_impl(cli: Cli) -> Result<(), CliError> {
                 runtime,
                 image,
                 new,
+                http,
+                http_public,
             } => {
                 let runtime = match runtime.as_str() {
                     "docker" => lem_worker::RuntimeConfig::Docker {
@@ -608,6 +635,8 @@ pub fn main_impl(cli: Cli) -> Result<(), CliError> {
                     gpu_groups,
                     runtime,
                     new,
+                    http: crate::http_flag(&http),
+                    http_public,
                 };
                 run(&study, &data_dir, opts).await
             }
@@ -738,6 +767,33 @@ pub struct StartOptions {
     pub max_attempts: u32,
     pub insecure: bool,
     pub max_connections: usize,
+    /// `--http`: where to serve the status page and metrics (`None`: off).
+    pub http: Option<String>,
+    pub http_public: bool,
+}
+
+/// Binds `--http ADDR` (a non-loopback address only with `--http-public`, exit 2
+/// without; a taken port exit 1) and writes the bound address to
+/// `data_dir/http.addr`.
+async fn bind_http(
+    addr: &str,
+    public: bool,
+    data_dir: &Path,
+) -> Result<(tokio::net::TcpListener, std::net::SocketAddr), CliError> {
+    let listener = lem_worker::http::bind(&crate::http::HTTP_FLAG, addr, public)
+        .await
+        .map_err(|e| match e {
+            e @ lem_worker::http::HttpBindError::NotLoopback { .. } => invalid(e),
+            e => CliError::from(e),
+        })?;
+    let bound = listener.local_addr()?;
+    lem_worker::http::write_addr_file(data_dir, bound).with_context(|| {
+        format!(
+            "cannot write {}",
+            data_dir.join(lem_worker::http::ADDR_FILE).display()
+        )
+    })?;
+    Ok((listener, bound))
 }
 
 async fn start(listen: &str, data_dir: &Path, opts: &StartOptions) -> Result<(), CliError> {
@@ -787,10 +843,15 @@ async fn start(listen: &str, data_dir: &Path, opts: &StartOptions) -> Result<(),
         ..Default::default()
     };
     limits.max_unauthenticated = limits.max_unauthenticated.min(opts.max_connections / 2);
-    let wire = server::Wire {
+    let mut wire = server::Wire {
         tls: Some(pki.server_config()?),
         plain_refused,
         limits,
+        http: None,
+    };
+    let http = match &opts.http {
+        Some(a) => Some(bind_http(a, opts.http_public, data_dir).await?),
+        None => None,
     };
     let plain_note = if wire.plain_refused.is_some() {
         "TLS only"
@@ -804,6 +865,10 @@ async fn start(listen: &str, data_dir: &Path, opts: &StartOptions) -> Result<(),
         "lem-coord listening on {addr}, {plain_note} (data dir {})",
         data_dir.display()
     );
+    if let Some((listener, bound)) = http {
+        eprintln!("status page on http://{bound}/ and Prometheus metrics on http://{bound}/metrics (read-only)");
+        wire.http = Some(listener);
+    }
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");
@@ -1510,6 +1575,9 @@ pub struct LocalRun {
     pub runtime: lem_worker::RuntimeConfig,
     /// Submit a new campaign even if an unfinished one of the study is there.
     pub new: bool,
+    /// `--http`: where to serve the status page and metrics (`None`: off).
+    pub http: Option<String>,
+    pub http_public: bool,
 }
 
 /// A campaign of `run`'s data dir, as `run` weighs it.
@@ -1660,15 +1728,16 @@ async fn run(path: &Path, data_dir: &Path, opts: LocalRun) -> Result<(), CliErro
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
     let ep = Endpoint::plain(&addr);
+    let mut wire = server::Wire::plain_only();
+    if let Some(a) = &opts.http {
+        let (l, bound) = bind_http(a, opts.http_public, &data_dir.join("coordinator")).await?;
+        eprintln!("status page: http://{bound}/ (metrics at http://{bound}/metrics)");
+        wire.http = Some(l);
+    }
     let (stop_server_tx, stop_server_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(server::serve(
-        listener,
-        shared.clone(),
-        server::Wire::plain_only(),
-        async move {
-            let _ = stop_server_rx.await;
-        },
-    ));
+    let server = tokio::spawn(server::serve(listener, shared.clone(), wire, async move {
+        let _ = stop_server_rx.await;
+    }));
     // From here on SIGINT and SIGTERM stop the run cleanly instead of ending the
     // process.
     let mut interrupts = Interrupts::new().context("cannot handle SIGINT and SIGTERM")?;
@@ -1816,6 +1885,10 @@ async fn run_local_workers(
             drain: true,
             device_isolation: lem_common::isolation::IsolationPolicy::Warn,
             runtime: opts.runtime.clone(),
+            // The embedded coordinator's status page shows them (their power comes
+            // with their lease calls); they serve no endpoint of their own.
+            http: None,
+            http_public: false,
         };
         workers.push(tokio::spawn(lem_worker::run_worker(
             cfg,

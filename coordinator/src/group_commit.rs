@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use lem_common::lease::LeasePolicy;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use tokio::sync::oneshot;
 
 use crate::service::now_ms;
@@ -34,11 +35,27 @@ struct Job {
     reply: oneshot::Sender<Result<WriteOutcome, StoreError>>,
 }
 
-/// Counters of the writer, for `lem-coord bench`.
-#[derive(Debug, Default)]
+/// Counters of the writer: totals for `lem-coord bench`, and each batch's size and
+/// commit time for the coordinator's metrics (`crate::metrics`).
+#[derive(Debug)]
 pub struct CommitStats {
     pub batches: AtomicU64,
     pub ops: AtomicU64,
+    /// Ops per batch.
+    pub batch_ops: Histogram,
+    /// Seconds from a batch's first write to its durable commit.
+    pub commit_seconds: Histogram,
+}
+
+impl Default for CommitStats {
+    fn default() -> Self {
+        CommitStats {
+            batches: AtomicU64::new(0),
+            ops: AtomicU64::new(0),
+            batch_ops: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+            commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.5, 12)),
+        }
+    }
 }
 
 /// The handle RPCs use to reach the writer thread. Dropping it lets the thread
@@ -128,9 +145,14 @@ fn writer(
         }
         let (ops, replies): (Vec<WriteOp>, Vec<_>) =
             jobs.drain(..).map(|j| (j.op, j.reply)).unzip();
+        let started = std::time::Instant::now();
         let results = store.apply_batch(&ops, now_ms(), &policy);
+        stats
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.ops.fetch_add(ops.len() as u64, Ordering::Relaxed);
+        stats.batch_ops.observe(ops.len() as f64);
         for (reply, result) in replies.into_iter().zip(results) {
             // A caller that went away (its connection closed) needs no answer; its
             // op is applied all the same, as it would be without grouping.

@@ -4,6 +4,8 @@
 //! ([`service`], [`server`]) through which workers lease runs and report results,
 //! and carries the command line ([`cli`]) including `run`, which starts an
 //! embedded coordinator and local workers for a whole campaign on one machine.
+//! Beside the RPC port it serves a read-only HTTP endpoint ([`http`]): Prometheus
+//! metrics ([`metrics`]) and a status page, both from one [`overview`].
 //! The lease rules themselves are pure and live in `lem_common::lease`.
 
 pub mod analysis;
@@ -12,8 +14,11 @@ pub mod bench;
 pub mod cli;
 pub mod export;
 pub mod group_commit;
+pub mod http;
 pub mod live;
 pub mod llem_export;
+pub mod metrics;
+pub mod overview;
 pub mod parquet_export;
 pub mod pki;
 pub mod plots;
@@ -22,3 +27,8 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod validation;
+
+/// A `--http` value: `None` for `off`.
+pub(crate) fn http_flag(value: &str) -> Option<String> {
+    lem_worker::http::parse_flag(value).map(String::from)
+}

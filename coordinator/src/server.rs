@@ -14,6 +14,10 @@
 //! make the server hold is bounded (docs/security.md): the number of such
 //! connections, their lifetime, their frame size, the time to finish a handshake,
 //! and, for every connection, the time a frame may take to arrive once begun.
+//!
+//! Beside the RPC port it serves the read-only HTTP endpoint (`/metrics`, the status
+//! page; `crate::http`) on the listener [`Wire::http`] carries, until the same
+//! shutdown. Every request is timed per method here ([`crate::metrics::Timed`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,6 +33,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::{Guarded, Peer};
+use crate::metrics::Timed;
 use crate::pki::ClientCert;
 use crate::service::{now_ms, CoordService, Shared};
 use lem_worker::transport::{self, FrameDeadline, MAX_FRAME_BYTES};
@@ -77,6 +82,8 @@ pub struct Wire {
     /// with this reason and nothing else.
     pub plain_refused: Option<String>,
     pub limits: Limits,
+    /// The read-only HTTP endpoint's listener (`--http`); `None`: not served.
+    pub http: Option<TcpListener>,
 }
 
 impl Wire {
@@ -86,6 +93,7 @@ impl Wire {
             tls: None,
             plain_refused: None,
             limits: Limits::default(),
+            http: None,
         }
     }
 }
@@ -94,13 +102,25 @@ impl Wire {
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
-    wire: Wire,
+    mut wire: Wire,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let sweeper = {
         let shared = shared.clone();
         tokio::spawn(async move { sweep_loop(shared).await })
     };
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = wire.http.take().map(|l| {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = http_stopped.await;
+            };
+            if let Err(e) = crate::http::serve(l, shared, stopped).await {
+                tracing::error!(error = %e, "the HTTP endpoint stopped");
+            }
+        })
+    });
     let wire = Arc::new(wire);
     let all = Arc::new(Semaphore::new(wire.limits.max_connections));
     let unauthenticated = Arc::new(Semaphore::new(wire.limits.max_unauthenticated));
@@ -147,6 +167,16 @@ pub async fn serve(
     shared.stopping.store(true, Ordering::SeqCst);
     shared.work_available.notify_waiters();
     sweeper.abort();
+    if let Some(mut http) = http {
+        // Long polls of the status page would hold a graceful stop for their wait.
+        let _ = stop_http.send(());
+        if tokio::time::timeout(Duration::from_secs(1), &mut http)
+            .await
+            .is_err()
+        {
+            http.abort();
+        }
+    }
     // Let the writer commit what is queued and stop, so the store closes cleanly.
     let s = shared.clone();
     let _ = tokio::task::spawn_blocking(move || s.commits.stop()).await;
@@ -254,9 +284,12 @@ async fn serve_connection<S>(
     tracing::debug!(%addr, peer = %peer.describe(), "connection opened");
     let transport =
         transport::server_transport(FrameDeadline::new(stream, limits.frame), max_frame);
-    let service = Guarded {
-        inner: CoordService { shared }.serve(),
-        peer: Arc::new(peer),
+    let service = Timed {
+        rpc_seconds: shared.metrics.rpc_seconds.clone(),
+        inner: Guarded {
+            inner: CoordService { shared }.serve(),
+            peer: Arc::new(peer),
+        },
     };
     let channel = BaseChannel::with_defaults(transport)
         .execute(service)
@@ -286,6 +319,8 @@ async fn sweep_loop(shared: Arc<Shared>) {
             Ok(Ok(0)) => {}
             Ok(Ok(n)) => {
                 tracing::warn!(n, "expired leases returned to pending");
+                shared.metrics.leases_expired.inc_by(n as u64);
+                shared.note_change();
                 shared.work_available.notify_waiters();
             }
             Ok(Err(e)) => tracing::error!(error = %e, "lease sweep failed"),

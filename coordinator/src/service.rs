@@ -6,7 +6,7 @@
 //! waits on a [`Notify`] that fires whenever runs become pending (a submit, an
 //! expired lease, a failure that will be retried).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,7 +14,7 @@ use lem_common::lease::{CompleteOutcome, LeasePolicy, RunState};
 use lem_common::rpc::{
     enrol_proof_message, BlockedEngine, CampaignStatus, CompleteReply, CompleteRequest,
     CompleteStatus, Coordinator, DeregisterRequest, EngineProgress, EnrolReply, EnrolRequest,
-    FailRequest, LeaseGrant, LeaseReply, LeaseRequest, ReasonWorkers, RegisterReply,
+    FailRequest, GpuReading, LeaseGrant, LeaseReply, LeaseRequest, ReasonWorkers, RegisterReply,
     RegisterRequest, RenewReply, RenewRequest, RpcError, RpcErrorKind, RunRow, SubmitReply,
     SubmitRequest, WorkerInfo,
 };
@@ -26,6 +26,8 @@ use tarpc::context::Context;
 use tokio::sync::Notify;
 
 use crate::group_commit::{GroupCommit, DEFAULT_MAX_BATCH};
+use crate::metrics::CoordMetrics;
+use crate::overview::{RecentFailure, RECENT_FAILURES};
 use crate::pki::Pki;
 use crate::store::{
     pending_pool, CampaignRecord, NewRun, Store, StoreError, WorkerRecord, WriteOp, WriteOutcome,
@@ -121,6 +123,17 @@ pub struct Shared {
     /// Lease only this campaign's runs (0: any). `lem-coord run` sets it: its local
     /// workers run the campaign it drives, not others its data dir's manifest holds.
     lease_only: std::sync::atomic::AtomicU64,
+    /// The counters and histograms of `/metrics` (`crate::metrics`).
+    pub metrics: CoordMetrics,
+    /// Each worker's GPUs as it last reported them with a lease or renew call, and
+    /// when (memory only: an observation for the status page, sent again with the
+    /// worker's next call).
+    telemetry: Mutex<HashMap<WorkerId, (Vec<GpuReading>, u64)>>,
+    /// The last [`RECENT_FAILURES`] failures reported, newest last (memory only:
+    /// each failed run's last failure is in the manifest).
+    recent_failures: Mutex<VecDeque<RecentFailure>>,
+    /// Bumped by every change the status page shows; its long poll waits on it.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
@@ -140,7 +153,7 @@ impl Shared {
 
     /// Whether `w` is connected at `now` ([`is_connected`] with this coordinator's
     /// lease TTL).
-    fn connected(&self, w: &WorkerRecord, now: u64) -> bool {
+    pub(crate) fn connected(&self, w: &WorkerRecord, now: u64) -> bool {
         let polling = self
             .polling
             .lock()
@@ -161,7 +174,7 @@ impl Shared {
         )
     }
 
-    fn last_seen_ms(&self, w: &WorkerRecord) -> u64 {
+    pub(crate) fn last_seen_ms(&self, w: &WorkerRecord) -> u64 {
         let mem = self
             .last_seen
             .lock()
@@ -170,6 +183,59 @@ impl Shared {
             .copied()
             .unwrap_or(0);
         mem.max(w.last_seen_ms)
+    }
+}
+
+/// What the status page and `/metrics` read of the coordinator's memory
+/// (`crate::overview`).
+impl Shared {
+    /// How many changes the status page could show have happened.
+    pub fn changes(&self) -> u64 {
+        *self.changes.borrow()
+    }
+
+    /// A receiver that sees [`Shared::changes`] move.
+    pub fn watch_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Counts a change the status page shows (its long polls answer).
+    pub fn note_change(&self) {
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    fn record_telemetry(&self, worker: &WorkerId, gpus: &[GpuReading]) {
+        if gpus.is_empty() {
+            return;
+        }
+        self.telemetry
+            .lock()
+            .expect("telemetry lock")
+            .insert(worker.clone(), (gpus.to_vec(), now_ms()));
+    }
+
+    /// A worker's GPUs as it last reported them, and when (Unix ms).
+    pub fn telemetry_of(&self, worker: &WorkerId) -> Option<(Vec<GpuReading>, u64)> {
+        self.telemetry
+            .lock()
+            .expect("telemetry lock")
+            .get(worker)
+            .cloned()
+    }
+
+    fn push_failure(&self, f: RecentFailure) {
+        let mut q = self.recent_failures.lock().expect("recent failures lock");
+        if q.len() == RECENT_FAILURES {
+            q.pop_front();
+        }
+        q.push_back(f);
+    }
+
+    /// The failures reported since the coordinator started (the last
+    /// [`RECENT_FAILURES`]), newest first.
+    pub fn recent_failures(&self) -> Vec<RecentFailure> {
+        let q = self.recent_failures.lock().expect("recent failures lock");
+        q.iter().rev().cloned().collect()
     }
 }
 
@@ -212,6 +278,10 @@ impl Shared {
             departed: Default::default(),
             study_names: Default::default(),
             lease_only: Default::default(),
+            metrics: CoordMetrics::default(),
+            telemetry: Default::default(),
+            recent_failures: Default::default(),
+            changes: tokio::sync::watch::Sender::new(0),
         }))
     }
 }
@@ -313,7 +383,7 @@ pub struct CoordService {
 impl CoordService {
     /// A campaign's status; with `with_engines`, its runs per engine and state too
     /// (what `status ID` shows; the list of all campaigns leaves them out).
-    fn campaign_status(
+    pub(crate) fn campaign_status(
         shared: &Shared,
         id: CampaignId,
         with_engines: bool,
@@ -623,6 +693,7 @@ impl Coordinator for CoordService {
             .lock()
             .expect("engines map lock")
             .insert(req.worker.clone(), engines);
+        self.shared.note_change();
         tracing::info!(worker = %req.worker, "worker registered");
         Ok(RegisterReply {
             coordinator_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -632,6 +703,7 @@ impl Coordinator for CoordService {
 
     async fn lease(self, _: Context, req: LeaseRequest) -> Result<LeaseReply, RpcError> {
         self.shared.touch(&req.worker);
+        self.shared.record_telemetry(&req.worker, &req.telemetry);
         let _polling = Polling::new(&self.shared, &req.worker);
         let engines = self
             .shared
@@ -737,6 +809,8 @@ impl Coordinator for CoordService {
                 };
                 let lease = rec.lease.lease.as_ref().expect("granted lease");
                 tracing::info!(run = %rec.key, worker = %req.worker, token = lease.token.0, "lease granted");
+                self.shared.metrics.leases_granted.inc();
+                self.shared.note_change();
                 return Ok(LeaseReply::Granted(Box::new(LeaseGrant {
                     run: rec.key,
                     token: lease.token,
@@ -763,12 +837,17 @@ impl Coordinator for CoordService {
 
     async fn renew(self, _: Context, req: RenewRequest) -> Result<RenewReply, RpcError> {
         self.shared.touch(&req.worker);
+        self.shared.record_telemetry(&req.worker, &req.telemetry);
         let op = WriteOp::Renew {
             key: req.run,
             token: req.token,
             worker: req.worker,
         };
         let result = commit(&self.shared, op).await;
+        if result.is_ok() {
+            self.shared.metrics.leases_renewed.inc();
+            self.shared.note_change();
+        }
         match result {
             Ok(_) => Ok(RenewReply {
                 expires_in_ms: self.shared.policy.ttl_ms,
@@ -797,6 +876,13 @@ impl Coordinator for CoordService {
         let WriteOutcome::Completed(outcome) = commit(&self.shared, op).await? else {
             unreachable!("a complete op answers Completed")
         };
+        self.shared.metrics.result(match &outcome {
+            CompleteOutcome::Accepted(_) => "accepted",
+            CompleteOutcome::AlreadyAccepted => "already_accepted",
+            CompleteOutcome::Duplicate { .. } => "duplicate",
+            CompleteOutcome::NotHolder { .. } => "refused",
+        });
+        self.shared.note_change();
         Ok(match outcome {
             CompleteOutcome::Accepted(_) => {
                 tracing::info!(run = %key, "result accepted");
@@ -818,6 +904,16 @@ impl Coordinator for CoordService {
             }
             CompleteOutcome::NotHolder { reason } => {
                 tracing::warn!(run = %key, worker = %worker, %reason, "result for another worker's lease refused");
+                let at = now_ms();
+                self.shared.push_failure(RecentFailure {
+                    at: format_utc_ms(at),
+                    at_ms: at,
+                    run: key.to_string(),
+                    worker: worker.0.clone(),
+                    outcome: "result_refused".into(),
+                    class: "lease".into(),
+                    message: reason.clone(),
+                });
                 return Err(RpcError::new(
                     RpcErrorKind::LeaseLost,
                     format!("result for run {key} refused: {reason} (kept as a duplicate record, never counted)"),
@@ -833,11 +929,13 @@ impl Coordinator for CoordService {
             .lock()
             .expect("departed lock")
             .insert(req.worker);
+        self.shared.note_change();
         Ok(())
     }
 
     async fn fail(self, _: Context, req: FailRequest) -> Result<(), RpcError> {
         let handback = req.class == lem_common::types::FailureClass::Handback;
+        let (class, worker, message) = (req.class, req.worker.0.clone(), req.message.clone());
         let op = WriteOp::Fail {
             key: req.run,
             token: req.token,
@@ -848,10 +946,27 @@ impl Coordinator for CoordService {
         let WriteOutcome::Failed(rec) = commit(&self.shared, op).await? else {
             unreachable!("a fail op answers Failed")
         };
+        self.shared.metrics.failure_report(class);
+        self.shared.note_change();
         if handback {
             tracing::info!(run = %rec.key, "run handed back");
         } else {
             tracing::warn!(run = %rec.key, state = rec.lease.state.as_str(), "run failed");
+            let at = now_ms();
+            self.shared.push_failure(RecentFailure {
+                at: format_utc_ms(at),
+                at_ms: at,
+                run: rec.key.to_string(),
+                worker,
+                outcome: if rec.lease.state == RunState::Pending {
+                    "retrying"
+                } else {
+                    "failed"
+                }
+                .into(),
+                class: class.to_string(),
+                message,
+            });
         }
         if rec.lease.state == RunState::Pending {
             self.shared.work_available.notify_waiters();
@@ -940,6 +1055,7 @@ impl Coordinator for CoordService {
         })
         .await?;
         tracing::info!(campaign = id.0, n_runs, "campaign submitted");
+        self.shared.note_change();
         self.shared.work_available.notify_waiters();
         Ok(SubmitReply {
             campaign: id,
@@ -996,11 +1112,13 @@ impl Coordinator for CoordService {
 
     async fn cancel(self, _: Context, campaign: CampaignId) -> Result<CampaignStatus, RpcError> {
         let shared = self.shared.clone();
-        blocking(move || {
+        let status = blocking(move || {
             shared.store.cancel(campaign)?;
             CoordService::campaign_status(&shared, campaign, true)
         })
-        .await
+        .await?;
+        self.shared.note_change();
+        Ok(status)
     }
 
     async fn retry(self, _: Context, campaign: CampaignId) -> Result<CampaignStatus, RpcError> {
@@ -1011,6 +1129,7 @@ impl Coordinator for CoordService {
         })
         .await?;
         tracing::info!(campaign = campaign.0, n, "failed runs returned to pending");
+        self.shared.note_change();
         if n > 0 {
             self.shared.work_available.notify_waiters();
         }

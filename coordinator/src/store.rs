@@ -20,7 +20,10 @@
 //! * `counts`: (campaign, state) -> number of runs, (campaign, `pending/POOL`)
 //!   -> pending runs of one pool, so status is O(1) however big the campaign, and
 //!   (campaign, `total/ENGINE`) -> the campaign's runs of one engine (written at
-//!   submit; absent for campaigns submitted before it was kept);
+//!   submit; absent for campaigns submitted before it was kept), and (campaign,
+//!   `flag/NAME`) -> accepted results with that quality flag
+//!   (`lem_common::quality`), counted as each is accepted in campaigns whose
+//!   `flags_counted` key is set (those submitted since the counts were kept);
 //! * `studies`: campaign id -> the study text as submitted (kept out of the campaign
 //!   record, which every status reads);
 //! * `results`: (campaign, seq) -> the accepted [`RunResult`];
@@ -449,6 +452,11 @@ fn pool_count_key(pool: &str) -> String {
 const POOL_COUNT_PREFIX: &str = "pending/";
 /// The `counts` key prefix of a campaign's runs of one engine (`total/ENGINE`).
 const ENGINE_TOTAL_PREFIX: &str = "total/";
+/// The `counts` key prefix of a campaign's accepted results with one quality flag
+/// (`flag/NAME`, the flag's stable name).
+const FLAG_COUNT_PREFIX: &str = "flag/";
+/// The `counts` key set (to 1) at submit in campaigns whose flags are counted.
+const FLAGS_COUNTED_KEY: &str = "flags_counted";
 
 fn bump_key(
     txn: &WriteTransaction,
@@ -807,6 +815,10 @@ fn apply_op(
                     if let Some(w) = counted {
                         workers.insert(worker.0.as_str(), to_json(&w).as_slice())?;
                     }
+                    for flag in lem_common::quality::flags(result) {
+                        let count_key = format!("{FLAG_COUNT_PREFIX}{}", flag.name());
+                        bump_key(txn, key.campaign.0, &count_key, 1)?;
+                    }
                 }
                 CompleteOutcome::AlreadyAccepted => {}
                 CompleteOutcome::Duplicate { reason } | CompleteOutcome::NotHolder { reason } => {
@@ -984,6 +996,7 @@ impl Store {
                 n as i64,
             )?;
         }
+        bump_key(&txn, id.0, FLAGS_COUNTED_KEY, 1)?;
         txn.open_table(CAMPAIGNS)?
             .insert(id.0, to_json(&campaign).as_slice())?;
         txn.commit()?;
@@ -1021,6 +1034,25 @@ impl Store {
             failed: get(RunState::Failed)?,
             cancelled: get(RunState::Cancelled)?,
         })
+    }
+
+    /// A campaign's accepted results per quality flag (flags no result has are left
+    /// out), from the counts kept as results are accepted: O(flags), not O(runs).
+    /// `None` for a campaign submitted before the counts were kept.
+    pub fn flag_counts(&self, id: CampaignId) -> Result<Option<BTreeMap<String, u64>>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(COUNTS)?;
+        if t.get((id.0, FLAGS_COUNTED_KEY))?.is_none() {
+            return Ok(None);
+        }
+        let mut out = BTreeMap::new();
+        for item in t.range((id.0, FLAG_COUNT_PREFIX)..(id.0, "flag0"))? {
+            let (k, n) = item?;
+            if let Some(flag) = k.value().1.strip_prefix(FLAG_COUNT_PREFIX) {
+                out.insert(flag.to_string(), n.value());
+            }
+        }
+        Ok(Some(out))
     }
 
     pub fn duplicate_count(&self, id: CampaignId) -> Result<u64, StoreError> {
@@ -1571,6 +1603,38 @@ mod tests {
             .create_campaign(campaign(), rs)
             .unwrap();
         (Store::open(dir).unwrap(), id)
+    }
+
+    #[test]
+    fn quality_flags_are_counted_once_per_accepted_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = LeasePolicy::default();
+        let (store, id) = created_then_reopened(dir.path(), runs(&["synthetic", "synthetic"]));
+        assert_eq!(store.flag_counts(id).unwrap(), Some(BTreeMap::new()));
+        let (a, eng) = (WorkerId("a".into()), vec!["synthetic".to_string()]);
+        let result = RunResult::default();
+        for now in [1, 2] {
+            let r = store
+                .lease_next(&a, 0, &eng, now, &policy)
+                .unwrap()
+                .unwrap();
+            let token = r.lease.lease.as_ref().unwrap().token;
+            store.complete(r.key, token, &a, &result, now, "x").unwrap();
+            // The same result again changes nothing (AlreadyAccepted).
+            store.complete(r.key, token, &a, &result, now, "x").unwrap();
+        }
+        let names = lem_common::quality::flag_names(&result);
+        assert!(!names.is_empty(), "a default result has flags");
+        let want: BTreeMap<String, u64> = names.iter().map(|n| (n.to_string(), 2)).collect();
+        assert_eq!(store.flag_counts(id).unwrap(), Some(want));
+        // A campaign from before the counts were kept says so rather than guessing.
+        let txn = store.db.begin_write().unwrap();
+        txn.open_table(COUNTS)
+            .unwrap()
+            .remove((id.0, FLAGS_COUNTED_KEY))
+            .unwrap();
+        txn.commit().unwrap();
+        assert_eq!(store.flag_counts(id).unwrap(), None);
     }
 
     #[test]

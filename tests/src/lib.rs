@@ -54,6 +54,9 @@ impl Proc {
             .stdout(std::fs::File::create(&stdout).unwrap())
             .stderr(std::fs::File::create(&stderr).unwrap())
             .env("LEM_LOG", "info")
+            // A coordinator's status page on a port of its own: tests run side by
+            // side, and `lem-coord start` would otherwise take 127.0.0.1:7701.
+            .env("LEM_HTTP", "127.0.0.1:0")
             .envs(env.iter().copied())
             .process_group(0);
         if let Some((uid, gid)) = user {
@@ -292,6 +295,74 @@ pub fn check_exactly_once(
         duplicates,
         retried,
     })
+}
+
+/// An HTTP reply: status, headers (names lower-case) and body.
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends `METHOD path` over HTTP/1.0 to `addr` (host:port) and reads the whole reply
+/// (HTTP/1.0: the server closes the connection after it, no chunked encoding).
+/// `Err` says what failed (connect, a reply that is not HTTP).
+pub fn http_request(addr: &str, method: &str, path: &str) -> Result<HttpReply, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(70)))
+        .map_err(|e| e.to_string())?;
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")
+        .map_err(|e| format!("send to {addr}: {e}"))?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .map_err(|e| format!("read from {addr}: {e}"))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("{method} http://{addr}{path}: not an HTTP reply: {text}"))?;
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("{method} http://{addr}{path}: no status line: {head}"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok(HttpReply {
+        status,
+        headers,
+        body: body.to_string(),
+    })
+}
+
+/// `GET path` from `addr` ([`http_request`]).
+pub fn http_get(addr: &str, path: &str) -> Result<HttpReply, String> {
+    http_request(addr, "GET", path)
+}
+
+/// Percent-encodes a URL query value (PromQL has `{`, `"`, `=`, spaces).
+pub fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Runs a command to completion and returns its output.

@@ -99,6 +99,15 @@ pub struct Args {
     /// Python interpreter for the harness.
     #[arg(long, env = "LEM_PYTHON", default_value = "python3")]
     pub python: String,
+    /// Serve Prometheus metrics (`/metrics`: each GPU's power, temperature and SM
+    /// clock, the current runs, thermal-gate waits, energy-counter cost) on ADDR
+    /// (host:port; port 0 picks one, written to DATA_DIR/http.addr). Off unless given.
+    #[arg(long, env = "LEM_WORKER_HTTP", value_name = "ADDR")]
+    pub http: Option<String>,
+    /// Allow --http on an address that is not loopback (the metrics are read-only
+    /// but unauthenticated; a warning says so).
+    #[arg(long)]
+    pub http_public: bool,
 }
 
 /// `--runtime`.
@@ -340,6 +349,12 @@ pub fn main_impl() -> std::process::ExitCode {
                 allow_images: args.allow_images,
             },
         },
+        http: args
+            .http
+            .as_deref()
+            .and_then(crate::http::parse_flag)
+            .map(String::from),
+        http_public: args.http_public,
     };
     let drain = args.drain;
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");

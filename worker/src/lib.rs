@@ -18,9 +18,11 @@ pub mod env;
 pub mod frame;
 pub mod gpu_claim;
 pub mod harness_runtime;
+pub mod http;
 pub mod isolation;
 pub mod join;
 pub mod journal;
+pub mod metrics;
 pub mod nvml;
 pub mod pool;
 pub mod runtime;
@@ -98,7 +100,18 @@ pub struct WorkerConfig {
     pub device_isolation: lem_common::isolation::IsolationPolicy,
     /// `--runtime` (with `--image` and `--allow-image`): where harness servers run.
     pub runtime: RuntimeConfig,
+    /// `--http ADDR`: serve `/metrics` there (`None`: off).
+    pub http: Option<String>,
+    /// `--http-public`: `--http` may be a non-loopback address.
+    pub http_public: bool,
 }
+
+/// The worker's `--http` flag, for messages.
+pub const HTTP_FLAG: http::HttpFlag = http::HttpFlag {
+    flag: "--http",
+    public_flag: "--http-public",
+    what: "this worker's metrics (its name, GPUs, power and current runs)",
+};
 
 /// Whether this machine has an NVIDIA GPU whose management library can be loaded.
 pub fn nvidia_gpu_present() -> bool {
@@ -351,6 +364,31 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
     }
     let journal = Arc::new(journal);
     let (endpoint, worker) = endpoint_and_name(&cfg)?;
+    let metrics = Arc::new(metrics::WorkerMetrics::default());
+    metrics.set_worker(&worker.0);
+    // Bound before the harnesses start, so a taken port is an error at once.
+    let http_task = match cfg.http.as_deref() {
+        None => None,
+        Some(addr) => {
+            let listener = http::bind(&HTTP_FLAG, addr, cfg.http_public).await?;
+            let bound = listener.local_addr()?;
+            http::write_addr_file(&cfg.data_dir, bound).with_context(|| {
+                format!(
+                    "cannot write {}",
+                    cfg.data_dir.join(http::ADDR_FILE).display()
+                )
+            })?;
+            tracing::info!(url = %format!("http://{bound}/metrics"), "metrics served");
+            let m = metrics.clone();
+            Some(tokio::spawn(async move {
+                if let Err(e) = http::serve_worker(listener, m).await {
+                    tracing::error!(error = %e, "the metrics endpoint stopped");
+                }
+            }))
+        }
+    };
+    // The HTTP task ends with this function, however it returns.
+    let _http_task = AbortOnDrop(http_task);
     // The process runtime runs the embedded harness with the host's Python; the
     // docker runtime, the image's (its Python version comes with the first pong, and
     // the image, pinned by id, goes into every result's environment).
@@ -414,7 +452,9 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
         let mut snapshots = Vec::new();
         for &gpu_index in group {
             let (sampler, load, snapshot) = start_gpu(&cfg, nvml.as_ref(), gpu_index)?;
-            samplers.push(Arc::new(sampler));
+            let sampler = Arc::new(sampler);
+            metrics.add_gpu(gpu_index, sampler.clone());
+            samplers.push(sampler);
             loads.push(load);
             snapshots.push(snapshot);
         }
@@ -518,6 +558,8 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
         slot.recycle_memory_growth_mb = cfg.recycle_memory_growth_mb;
         slot.drain = cfg.drain;
         slot.isolation = cfg.device_isolation;
+        slot.metrics = metrics.clone();
+        metrics.add_slot(index);
         slot
     };
     let mut lanes = Vec::new();
@@ -582,6 +624,17 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
     match fatal {
         Some(e) => bail!("{e}"),
         None => Ok(()),
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            t.abort();
+        }
     }
 }
 

@@ -43,6 +43,7 @@ use crate::env::Environment;
 use crate::harness_runtime::{HarnessRuntime, RunLimits};
 use crate::isolation;
 use crate::journal::{Journal, JournalLease, Report};
+use crate::metrics::WorkerMetrics;
 use crate::pool::DynPool;
 use crate::telemetry::{LoadSink, Sampler};
 use crate::transport;
@@ -137,6 +138,9 @@ pub struct Slot {
     /// succeeded, sent with each lease while the harness runs (warm affinity,
     /// `lem_common::schedule`); cleared when the harness is stopped.
     warm: Option<(String, String)>,
+    /// The worker's metrics: this slot's runs and gate waits count into them, and
+    /// every lease and renew call carries their GPU readings.
+    pub metrics: Arc<WorkerMetrics>,
 }
 
 fn ctx_with(timeout: Duration) -> tarpc::context::Context {
@@ -208,6 +212,7 @@ impl Slot {
             fatal: None,
             stopping: None,
             warm: None,
+            metrics: Arc::new(WorkerMetrics::default()),
         }
     }
 
@@ -319,6 +324,7 @@ impl Slot {
                 warm,
                 gpus: self.samplers.len() as u32,
                 max_gpus: 0,
+                telemetry: self.metrics.readings(),
             };
             match self.ask(&client, req, &mut stop).await {
                 Asked::Stop => break,
@@ -417,6 +423,7 @@ impl Slot {
                 warm: pool.warm_models(&reserved).await,
                 gpus: pool.size(),
                 max_gpus: reserved.len() as u32,
+                telemetry: self.metrics.readings(),
             };
             let grant = match self.ask(client, req, stop).await {
                 Asked::Stop => {
@@ -620,6 +627,8 @@ impl Slot {
             self.deliver(client, &report).await;
             return;
         }
+        self.metrics
+            .run_started(self.index, grant.run, &grant.engine);
         // Heartbeats: renew every third of the TTL; stop the run if the lease is lost
         // or cannot be renewed for longer than our own TTL (two thirds of the
         // coordinator's, so we stop before it re-leases the run).
@@ -646,6 +655,7 @@ impl Slot {
             let mut client = client.clone();
             let (worker, run, token) = (self.worker.clone(), grant.run, grant.token);
             let (addr, register) = (self.coordinator.clone(), self.register.clone());
+            let metrics = self.metrics.clone();
             let ttl = Duration::from_millis(grant.ttl_ms);
             tokio::spawn(async move {
                 let mut last_ok = tokio::time::Instant::now();
@@ -658,6 +668,7 @@ impl Slot {
                                 worker: worker.clone(),
                                 run,
                                 token,
+                                telemetry: metrics.readings(),
                             },
                         )
                         .await;
@@ -708,6 +719,11 @@ impl Slot {
         }
         self.last_run = Some((tokio::time::Instant::now(), grant.gap_before_s));
         self.pre_gate = None;
+        let ended = match &outcome {
+            Ok(_) => "completed".to_string(),
+            Err((class, _)) => class.to_string(),
+        };
+        self.metrics.run_ended(self.index, &ended);
         let report = match outcome {
             Ok(result) => Report::Complete(Box::new(CompleteRequest {
                 worker: self.worker.clone(),
@@ -916,10 +932,9 @@ impl Slot {
                     .copied()
                     .find(|r| *r != GateReason::Cooled)
                     .unwrap_or(GateReason::Cooled);
-                return GateOutcome {
-                    waited_s: start.elapsed().as_secs_f64(),
-                    reason,
-                };
+                let waited_s = start.elapsed().as_secs_f64();
+                self.metrics.gate_waited(self.index, reason, waited_s);
+                return GateOutcome { waited_s, reason };
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }

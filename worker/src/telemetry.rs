@@ -7,7 +7,7 @@
 //! ring for the samples of a window and hands them to `lem_common::energy`.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -228,6 +228,9 @@ pub struct Sampler {
     pub has_counter_thread: bool,
     errors: Arc<Mutex<Option<String>>>,
     jitter: Arc<Mutex<JitterStats>>,
+    /// Energy-counter reads made, and the nanoseconds they took in all (what the
+    /// counter costs; `lem-worker --http` exports it).
+    counter_cost: Arc<(AtomicU64, AtomicU64)>,
     /// Lists the GPU's processes for the device isolation check; `None` where the
     /// source cannot (the check then says so in the result).
     processes: Option<Arc<dyn GpuProcesses>>,
@@ -313,18 +316,28 @@ impl Sampler {
         }
         let has_counter_thread = counter.is_some();
         let burst = Arc::new((Mutex::new(0u64), Condvar::new()));
+        let counter_cost = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
         if let Some((mut reader, every)) = counter {
-            let (counter_ring, stop, errors, burst) = (
+            let (counter_ring, stop, errors, burst, cost) = (
                 counter_ring.clone(),
                 stop.clone(),
                 errors.clone(),
                 burst.clone(),
+                counter_cost.clone(),
             );
             threads.push(
                 std::thread::Builder::new()
                     .name("lem-counter".into())
                     .spawn(move || {
-                        let mut read = || match reader.read_mj() {
+                        let mut timed_read = || {
+                            let started = mono_ns();
+                            let r = reader.read_mj();
+                            cost.0.fetch_add(1, Ordering::Relaxed);
+                            cost.1
+                                .fetch_add(mono_ns().saturating_sub(started), Ordering::Relaxed);
+                            r
+                        };
+                        let mut read = || match timed_read() {
                             // Stamped with the time the read returned: the value is at
                             // least as new as that instant.
                             Ok(mj) => push_bounded(
@@ -378,6 +391,7 @@ impl Sampler {
             has_counter_thread,
             errors,
             jitter,
+            counter_cost,
             processes: None,
         }
     }
@@ -467,6 +481,14 @@ impl Sampler {
 
     pub fn jitter(&self) -> JitterStats {
         *self.jitter.lock().expect("jitter lock")
+    }
+
+    /// Energy-counter reads made so far, and the time they took in all.
+    pub fn counter_read_cost(&self) -> (u64, Duration) {
+        (
+            self.counter_cost.0.load(Ordering::Relaxed),
+            Duration::from_nanos(self.counter_cost.1.load(Ordering::Relaxed)),
+        )
     }
 
     /// Waits until a sample newer than `t` exists (bounded).

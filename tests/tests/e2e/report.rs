@@ -13,7 +13,7 @@ use crate::{campaign_id, start_coordinator, start_worker, status_json, COORD};
 
 /// Chromium's binary, or `None` (said loudly) with `LEM_SKIP_CHROMIUM=1`; panics when
 /// it is missing, saying how to get it: the render is never skipped silently.
-fn chromium() -> Option<PathBuf> {
+pub fn chromium() -> Option<PathBuf> {
     if std::env::var("LEM_SKIP_CHROMIUM").is_ok_and(|v| v == "1") {
         eprintln!(
             "SKIPPED the report's render in Chromium: LEM_SKIP_CHROMIUM=1 (CI never sets it)"

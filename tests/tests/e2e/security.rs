@@ -215,6 +215,7 @@ fn mutual_tls_campaign_with_each_stranger_refused() {
                     warm: vec![],
                     gpus: 1,
                     max_gpus: 0,
+                    telemetry: vec![],
                 },
             )
             .await
@@ -232,6 +233,7 @@ fn mutual_tls_campaign_with_each_stranger_refused() {
             worker: WorkerId("probe-a".into()),
             run: grant.run,
             token: grant.token,
+            telemetry: vec![],
         };
         let (kind, msg) = refused_kind(b.renew(ctx(), renew_as_a.clone()).await);
         assert_eq!(kind, RpcErrorKind::PermissionDenied, "{msg}");
@@ -276,6 +278,7 @@ fn mutual_tls_campaign_with_each_stranger_refused() {
                 worker: WorkerId("probe-a".into()),
                 run: grant.run,
                 token: grant.token,
+                telemetry: vec![],
             },
         )
         .await

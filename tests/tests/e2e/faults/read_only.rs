@@ -277,6 +277,7 @@ fn probe_lease(addr: &str) -> Result<String, (RpcErrorKind, String)> {
             warm: vec![],
             gpus: 1,
             max_gpus: 0,
+            telemetry: vec![],
         };
         match c.lease(ctx(), req).await.unwrap() {
             Ok(grant) => Ok(format!("{grant:?}")),
