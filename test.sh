@@ -9,7 +9,10 @@
 # skips the tests that need Docker on a machine without it (never in CI). The report
 # test renders lem-coord's HTML report in headless Chromium: Debian's `chromium` is
 # installed on first use (apt-get, through sudo unless root); LEM_SKIP_CHROMIUM=1
-# skips that render instead (never in CI). See docs/testing.md.
+# skips that render instead (never in CI). The metrics test scrapes the coordinator
+# and a worker with a real Prometheus: Debian's `prometheus` is installed the same
+# way; LEM_SKIP_PROMETHEUS=1 skips the scrape instead (never in CI). See
+# docs/testing.md.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -71,6 +74,28 @@ elif ! command -v chromium >/dev/null 2>&1; then
     echo "==> installing chromium (the report test renders the HTML report headless)"
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
+# Prometheus for the metrics test (tests/tests/e2e/metrics.rs); a no-op once
+# installed.
+if [ "${LEM_SKIP_PROMETHEUS:-}" = 1 ]; then
+    echo "test: ************************************************************************" >&2
+    echo "test: LEM_SKIP_PROMETHEUS=1: the metrics test will NOT scrape lem-coord and" >&2
+    echo "test: lem-worker with Prometheus (it still reads /metrics itself). CI never sets" >&2
+    echo "test: this." >&2
+    echo "test: ************************************************************************" >&2
+elif ! command -v prometheus >/dev/null 2>&1; then
+    need apt-get "the metrics test scrapes lem-coord with a real Prometheus; install Debian's prometheus package, or set LEM_SKIP_PROMETHEUS=1 to skip the scrape on this machine"
+    sudo=()
+    if [ "$(id -u)" != 0 ]; then
+        need sudo "installing prometheus needs root: run \`apt-get install prometheus\` as root, or set LEM_SKIP_PROMETHEUS=1"
+        sudo=(sudo)
+    fi
+    echo "==> installing prometheus (the metrics test scrapes the coordinator and a worker)"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    # The server alone: the test starts it itself, and the node exporter it
+    # recommends is not needed.
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
 echo "==> cargo fmt --check"

@@ -432,4 +432,79 @@ mod tests {
         }
         drop(shared);
     }
+
+    /// The sample names a family is queried by: `NAME_total` for a counter,
+    /// `NAME_info` for an info metric, `NAME` and its `_bucket`, `_count` and `_sum`
+    /// for a histogram, `NAME` otherwise.
+    fn sample_names(name: &str, kind: &str) -> Vec<String> {
+        match kind {
+            "counter" => vec![format!("{name}_total")],
+            "info" => vec![format!("{name}_info")],
+            "histogram" => ["", "_bucket", "_count", "_sum"]
+                .iter()
+                .map(|s| format!("{name}{s}"))
+                .collect(),
+            _ => vec![name.to_string()],
+        }
+    }
+
+    #[test]
+    fn the_docs_list_every_metric_and_the_dashboard_queries_only_real_ones() {
+        // Every family of both processes, each with at least one sample.
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let shared = Shared::new(store, Default::default(), None).unwrap();
+        shared
+            .metrics
+            .failure_report(lem_common::types::FailureClass::Infrastructure);
+        shared.metrics.result("accepted");
+        shared
+            .metrics
+            .rpc_seconds
+            .get_or_create(&MethodLabels {
+                method: "lease".into(),
+            })
+            .observe(1.0);
+        let mut text = encode(&shared, crate::overview::overview(&shared).unwrap());
+        drop(shared);
+        let worker = lem_worker::metrics::WorkerMetrics::default();
+        worker.run_ended(0, "completed");
+        worker.gate_waited(0, lem_common::thermal::GateReason::Cooled, 1.0);
+        text.push_str(&worker.encode());
+        let names: Vec<String> = families(&text)
+            .iter()
+            .flat_map(|(n, k)| sample_names(n, k))
+            .collect();
+
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let doc = std::fs::read_to_string(root.join("docs/observability.md")).unwrap();
+        for (name, kind) in families(&text) {
+            let shown = &sample_names(&name, &kind)[0];
+            assert!(
+                doc.contains(&format!("| `{shown}` | {kind} |")),
+                "docs/observability.md lists `{shown}` as a {kind}"
+            );
+        }
+        let dashboard: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(root.join("docs/grafana-dashboard.json")).unwrap(),
+        )
+        .expect("docs/grafana-dashboard.json is JSON");
+        let mut queried = 0;
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let expr = target["expr"].as_str().unwrap();
+                for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                    if word.starts_with("lem_coord_") || word.starts_with("lem_worker_") {
+                        assert!(
+                            names.iter().any(|n| n == word),
+                            "panel {:?} queries {word}, which nothing exports",
+                            panel["title"]
+                        );
+                        queried += 1;
+                    }
+                }
+            }
+        }
+        assert!(queried > 20, "{queried}");
+    }
 }

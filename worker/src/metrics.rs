@@ -1,7 +1,7 @@
 //! The worker's Prometheus metrics (`lem-worker --http ADDR`, docs/observability.md):
 //! each GPU's power, temperature and SM clock as its sampler last read them, what its
-//! energy counter costs to read, each slot's current run, runs by outcome and the
-//! thermal gate's waits.
+//! energy counter costs to read, each slot's current run (as numbers, never a label
+//! per run), runs by outcome and the thermal gate's waits.
 //!
 //! GPU readings and the current runs are read at scrape time from the samplers and
 //! the slots' state; runs and gate waits are counted where they happen (`slot.rs`).
@@ -77,11 +77,14 @@ struct GateLabels {
     reason: String,
 }
 
-/// What a slot is running.
+/// What a slot is running: the run as numbers (a run id as a label would make one
+/// series per run, which a million-run campaign would turn into a million series).
 #[derive(Clone, Debug, PartialEq)]
 struct CurrentRun {
-    run: String,
-    engine: String,
+    campaign: u64,
+    /// The `SEQ` of `CAMPAIGN-SEQ`, as run ids are written (from 1).
+    number: u32,
+    leased_mono_ns: u64,
 }
 
 fn gate_histogram() -> Histogram {
@@ -152,12 +155,13 @@ impl WorkerMetrics {
             .collect()
     }
 
-    pub fn run_started(&self, slot: u32, run: RunKey, engine: &str) {
+    pub fn run_started(&self, slot: u32, run: RunKey) {
         self.slots.lock().expect("slots lock").insert(
             slot,
             Some(CurrentRun {
-                run: run.to_string(),
-                engine: engine.to_string(),
+                campaign: run.campaign.0,
+                number: run.seq + 1,
+                leased_mono_ns: mono_ns(),
             }),
         );
     }
@@ -333,22 +337,35 @@ impl Collector for Snapshot {
                 )
             }),
         )?;
+        let running = || {
+            self.slots.iter().filter_map(|(slot, run)| {
+                run.as_ref().map(|r| (vec![("slot", slot.to_string())], r))
+            })
+        };
         gauge_family(
             &mut e,
-            "lem_worker_slot_run",
-            "1 for each slot's current run, labelled with the run (CAMPAIGN-SEQ) and its engine",
+            "lem_worker_slot_run_campaign",
+            "The campaign of each busy slot's run (the CAMPAIGN of run CAMPAIGN-SEQ)",
             None,
-            self.slots.iter().filter_map(|(slot, run)| {
-                run.as_ref().map(|r| {
-                    (
-                        vec![
-                            ("slot", slot.to_string()),
-                            ("run", r.run.clone()),
-                            ("engine", r.engine.clone()),
-                        ],
-                        1.0,
-                    )
-                })
+            running().map(|(l, r)| (l, r.campaign as f64)),
+        )?;
+        gauge_family(
+            &mut e,
+            "lem_worker_slot_run_number",
+            "The number of each busy slot's run in its campaign (the SEQ of run CAMPAIGN-SEQ)",
+            None,
+            running().map(|(l, r)| (l, f64::from(r.number))),
+        )?;
+        gauge_family(
+            &mut e,
+            "lem_worker_slot_run_elapsed",
+            "Time since each busy slot's run was leased",
+            Some(&Unit::Seconds),
+            running().map(|(l, r)| {
+                (
+                    l,
+                    self.now_mono_ns.saturating_sub(r.leased_mono_ns) as f64 / 1e9,
+                )
             }),
         )?;
         Ok(())
@@ -383,7 +400,7 @@ mod tests {
             campaign: CampaignId(3),
             seq: 6,
         };
-        m.run_started(1, run, "synthetic");
+        m.run_started(1, run);
         m.gate_waited(1, GateReason::Cooled, 2.5);
         let readings = m.readings();
         assert_eq!(readings.len(), 1);
@@ -400,7 +417,9 @@ mod tests {
             "lem_worker_energy_counter_read_seconds_total{gpu=\"0\"} ",
             "lem_worker_slot_busy{slot=\"0\"} 0.0\n",
             "lem_worker_slot_busy{slot=\"1\"} 1.0\n",
-            "lem_worker_slot_run{slot=\"1\",run=\"3-0007\",engine=\"synthetic\"} 1.0\n",
+            "lem_worker_slot_run_campaign{slot=\"1\"} 3.0\n",
+            "lem_worker_slot_run_number{slot=\"1\"} 7.0\n",
+            "lem_worker_slot_run_elapsed_seconds{slot=\"1\"} ",
             "lem_worker_thermal_gate_wait_seconds_count{slot=\"1\",reason=\"cooled\"} 1\n",
             "lem_worker_build_info{worker=\"w1\",",
             "simulated=\"true\"",
@@ -413,7 +432,7 @@ mod tests {
             text.contains("lem_worker_slot_busy{slot=\"1\"} 0.0\n"),
             "{text}"
         );
-        assert!(!text.contains("lem_worker_slot_run{"), "{text}");
+        assert!(!text.contains("lem_worker_slot_run_number{"), "{text}");
         assert!(
             text.contains("lem_worker_runs_total{slot=\"1\",outcome=\"completed\"} 1\n"),
             "{text}"

@@ -627,8 +627,7 @@ impl Slot {
             self.deliver(client, &report).await;
             return;
         }
-        self.metrics
-            .run_started(self.index, grant.run, &grant.engine);
+        self.metrics.run_started(self.index, grant.run);
         // Heartbeats: renew every third of the TTL; stop the run if the lease is lost
         // or cannot be renewed for longer than our own TTL (two thirds of the
         // coordinator's, so we stop before it re-leases the run).

@@ -262,6 +262,10 @@ fn prometheus_scrapes_the_coordinator_and_a_worker_during_a_campaign() {
         &|v| v >= 6.0,
     );
     expect(
+        "max_over_time(lem_worker_slot_run_campaign{slot=\"0\"}[10m])".into(),
+        &|v| v.to_string() == id,
+    );
+    expect(
         "lem_worker_gpu_info{gpu=\"0\",simulated=\"true\"}".into(),
         &|v| v == 1.0,
     );
