@@ -193,6 +193,10 @@ def hand_cases():
               compilation_config=VLLM_ALL_COMPILATION, attention={"backend": "FLASHINFER"})
     add("vllm every speculative_config and compilation_config field",
         base("vllm", vllm={"engine_params": ep}))
+    add("vllm parallel and offload knobs", base("vllm", vllm={"engine_params": {
+        "tensor_parallel_size": 2, "pipeline_parallel_size": 2, "offload_group_size": 4,
+        "offload_num_in_group": 2, "offload_prefetch_step": 2,
+        "offload_params": ["gate_up_proj", "down_proj"]}}))
     add("vllm beam_search", base("vllm", vllm={"engine_params": {
         "beam_search": {"beam_width": 4, "length_penalty": 1.2, "early_stopping": None}}}))
     add("vllm latency_profiling", base("vllm", measurement={"latency_profiling": True},
@@ -216,6 +220,9 @@ def hand_cases():
     add("tensorrt every field (pytorch backend)",
         base("tensorrt", tensorrt={"engine_params": dict(TRT_ALL_ENGINE),
                                    "sampling_params": dict(TRT_ALL_SAMPLING)}))
+    add("tensorrt parallelism and n", base("tensorrt", tensorrt={
+        "engine_params": {"tensor_parallel_size": 2, "pipeline_parallel_size": 2},
+        "sampling_params": {"n": 2, "top_k": 4, "temperature": 0.9}}))
     add("tensorrt trt backend with fast_build and quant_config", base("tensorrt", tensorrt={
         "engine_params": dict(TRT_ALL_ENGINE, backend="trt", fast_build=True,
                               quant_config={"quant_algo": "FP8", "kv_cache_quant_algo": "FP8"})}))

@@ -270,6 +270,7 @@ def record_vllm(wheel, llem_zip):
     comp = Source(zf, "vllm/config/compilation.py")
     attn = Source(zf, "vllm/config/attention.py")
     inputs = Source(zf, "vllm/inputs/llm.py")
+    tok = Source(zf, "vllm/tokenizers/protocol.py")
 
     sig = {
         "LLM.__init__": dict(params_of(llm, llm.method("LLM", "__init__")),
@@ -286,6 +287,9 @@ def record_vllm(wheel, llem_zip):
             engine, engine.method("LLMEngine", "has_unfinished_requests")),
         "LLMEngine.abort_request": params_of(engine, engine.method("LLMEngine", "abort_request")),
         "TokensPrompt": class_fields(inputs, "TokensPrompt", "TypedDict"),
+        "TokenizerLike.encode": params_of(tok, tok.method("TokenizerLike", "encode")),
+        "SamplingParams.clone": params_of(sp, sp.method("SamplingParams", "clone")),
+        "LLM.get_tokenizer": params_of(llm, llm.method("LLM", "get_tokenizer")),
         "SpeculativeConfig": class_fields(spec, "SpeculativeConfig", "pydantic dataclass"),
         "CompilationConfig": class_fields(comp, "CompilationConfig", "pydantic dataclass"),
         "AttentionConfig": class_fields(attn, "AttentionConfig", "pydantic dataclass"),
