@@ -328,14 +328,19 @@ class VLLMEngine(Engine):
             raise
 
     @staticmethod
-    def _count(output):
-        seqs = getattr(output, "outputs", None) or getattr(output, "sequences", None) or []
-        return sum(len(getattr(s, "token_ids", None) or getattr(s, "tokens", []) or [])
-                   for s in seqs)
+    def _count(output, prompt_len):
+        """Generated tokens of one request, summed over its sequences (n > 1). A
+        BeamSearchOutput's sequences hold the prompt too (llem 0.7.0 counts 0 for
+        them: it reads `.outputs`, which beam search outputs lack)."""
+        seqs = getattr(output, "outputs", None)
+        if seqs is not None:
+            return sum(len(s.token_ids or ()) for s in seqs)
+        return sum(max(0, len(s.tokens) - prompt_len)
+                   for s in (getattr(output, "sequences", None) or []))
 
     def warmup_prompt(self, config, input_tokens, text):
         outs = self._generate(self._prompts([text]), self.params)
-        return self._count(outs[0]) if outs else 0
+        return self._count(outs[0], len(self.ids[text])) if outs else 0
 
     def run_batch(self, config, batch_index, input_tokens, texts, observer):
         k = len(texts)
@@ -347,7 +352,7 @@ class VLLMEngine(Engine):
             t1 = time.monotonic_ns()
             if len(outs) != k:
                 raise InfraError("vLLM returned %d outputs for %d prompts" % (len(outs), k))
-            counts = [self._count(o) for o in outs]
+            counts = [self._count(o, n) for o, n in zip(outs, input_tokens)]
             for i in range(k):
                 observer.first_token(i)
             observer.decode()

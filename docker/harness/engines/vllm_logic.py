@@ -289,6 +289,10 @@ def plan(config, signature, environ=None, model_path=None):
     ctor = K.filter_kwargs(ctor, signature, CALL_LLM, origin, dropped)
 
     cls, skw = llem_sampling(config)
+    if random_ and cls == "BeamSearchParams":
+        raise ConfigError("%sbeam_search with a random: model: vLLM's LLM.beam_search() reads "
+                          "the tokenizer's end-of-sequence id and a random model has no "
+                          "tokenizer; use a pretrained model for beam search" % EP)
     max_tokens = ts["max_output_tokens"]
     if "max_tokens" not in skw:
         skw["max_tokens"] = max_tokens
