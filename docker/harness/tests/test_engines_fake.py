@@ -12,6 +12,7 @@ behave like the fakes: docs/engines.md says what ran where.
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,7 +27,7 @@ DATASET = os.path.join(F.HARNESS, "datasets", "aienergyscore.jsonl")
 
 
 class FakeServer:
-    def __init__(self, tmp, **env):
+    def __init__(self, tmp, server=SERVER, **env):
         self.tmp = tmp
         self.sock = os.path.join(tmp, "h.sock")
         self.log = os.path.join(tmp, "fake.log")
@@ -39,7 +40,7 @@ class FakeServer:
         e.update(env)
         self.out = open(os.path.join(tmp, "server.out"), "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, SERVER, "--socket", self.sock, "--max-thermal-floor-seconds", "0",
+            [sys.executable, server, "--socket", self.sock, "--max-thermal-floor-seconds", "0",
              "--prefill-window-seconds", "0"],
             stdout=self.out, stderr=subprocess.STDOUT, env=e)
         wait_socket(self.sock, self.proc)
@@ -117,6 +118,7 @@ class FakeEngineMixin:
         phases = [e.get("phase") for e in by_event(events, "phase")]
         self.assertEqual(phases, ["prefill", "decode", "idle"])
         self.assertEqual(res["dropped_kwargs"], [])
+        self.assertEqual(m["engine_warnings"], [])
         self.assertTrue(res["engine_library"]["matches_pin"], res["engine_library"])
         return res
 
@@ -247,6 +249,10 @@ class VLLMDriftTests(FakeEngineMixin, unittest.TestCase):
         (d,) = res["dropped_kwargs"]
         self.assertEqual(d["key"], "vllm.engine_params.enforce_eager")
         self.assertIn("installed vllm 0.20.0", d["reason"])
+        # in metrics too: the worker keeps metrics (harness_metrics) in the result
+        (w,) = res["metrics"]["engine_warnings"]
+        self.assertTrue(w.startswith("vllm.engine_params.enforce_eager dropped (not passed to "
+                                     "LLM())"), w)
 
 
 class TensorRTFakeTests(FakeEngineMixin, unittest.TestCase):
@@ -297,6 +303,27 @@ class TensorRTNoStreamingTests(FakeEngineMixin, unittest.TestCase):
         self.assertTrue(res["metrics"]["latency_estimated"])
         self.assertTrue(any("no `streaming`" in n for n in res["engine_mapping_notes"]))
         self.assertEqual(res["metrics"]["output_tokens"], 4 * 5)
+
+
+class WithoutRecordedSignaturesTests(unittest.TestCase):
+    """The process runtime writes the harness's .py files only (worker/build.rs embeds
+    .py and .jsonl): without engines/signatures/ the engines introspect the installed
+    library alone."""
+
+    def test_runs_on_the_live_signature(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            copy_dir = os.path.join(tmp, "harness")
+            shutil.copytree(F.HARNESS, copy_dir, ignore=shutil.ignore_patterns(
+                "tests", "signatures", "__pycache__"))
+            server = FakeServer(tmp, server=os.path.join(copy_dir, "server.py"))
+            try:
+                events = server.run(cfg_for("vllm"))
+                self.assertEqual(events[-1]["event"], "result", server.server_log()[-2000:])
+                sig = events[-1]["engine_signature"]
+                self.assertEqual(sig["source"], "installed vllm 0.19.1")
+                self.assertTrue(any("no recorded signatures" in str(n) for n in sig["notes"]))
+            finally:
+                server.stop()
 
 
 if __name__ == "__main__":
