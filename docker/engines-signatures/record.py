@@ -272,7 +272,14 @@ def record_vllm(wheel, llem_zip):
     inputs = Source(zf, "vllm/inputs/llm.py")
     tok = Source(zf, "vllm/tokenizers/protocol.py")
 
+    init = Source(zf, "vllm/__init__.py")
+    attrs = module_constant(init, "MODULE_ATTRS") or {}
     sig = {
+        # What `import vllm` exposes (lazily, through MODULE_ATTRS): BeamSearchParams is
+        # not among them at 0.19.1, so it is imported from vllm.sampling_params.
+        "vllm.exports": {"file": init.path, "kind": "module",
+                         "names": sorted(set(attrs) | set(module_constant(init, "__all__")
+                                                          or []))},
         "LLM.__init__": dict(params_of(llm, llm.method("LLM", "__init__")),
                              var_keyword_to="EngineArgs"),
         "EngineArgs": class_fields(args, "EngineArgs", "dataclass"),

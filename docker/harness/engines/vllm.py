@@ -113,7 +113,7 @@ def live_signature():
     probes = {
         L.CALL_LLM: llm_keywords,
         L.CALL_SAMPLING: lambda: struct_fields(vllm.SamplingParams),
-        L.CALL_BEAM: lambda: struct_fields(vllm.BeamSearchParams),
+        L.CALL_BEAM: lambda: struct_fields(_beam_class()),
         L.CALL_SPECULATIVE: cfg("vllm.config", "SpeculativeConfig"),
         L.CALL_COMPILATION: cfg("vllm.config", "CompilationConfig"),
         L.CALL_ATTENTION: cfg("vllm.config", "AttentionConfig"),
@@ -135,6 +135,13 @@ def live_signature():
     notes.append({"compilation_config_init_false": non_init})
     return K.Signature(L.PACKAGE, str(vllm.__version__), calls,
                        "installed vllm %s" % vllm.__version__, notes)
+
+
+def _beam_class():
+    """vllm.sampling_params.BeamSearchParams: vLLM 0.19.1 does not export it from the
+    package (llem 0.7.0's `from vllm import BeamSearchParams` fails there)."""
+    from vllm.sampling_params import BeamSearchParams
+    return BeamSearchParams
 
 
 class VLLMEngine(Engine):
@@ -242,7 +249,7 @@ class VLLMEngine(Engine):
             raise
         try:
             if plan["sampling_class"] == "BeamSearchParams":
-                self.params = vllm.BeamSearchParams(**plan["sampling"])
+                self.params = _beam_class()(**plan["sampling"])
             else:
                 self.params = vllm.SamplingParams(**plan["sampling"])
         except (TypeError, ValueError) as exc:
@@ -281,7 +288,7 @@ class VLLMEngine(Engine):
             import vllm
             sig_plan = L.plan(config, self.sig or live_signature(),
                               model_path=self.plan["constructor"].get("model"))
-            cls = vllm.BeamSearchParams if sig_plan["sampling_class"] == "BeamSearchParams" \
+            cls = _beam_class() if sig_plan["sampling_class"] == "BeamSearchParams" \
                 else vllm.SamplingParams
             try:
                 self.params = cls(**sig_plan["sampling"])

@@ -128,6 +128,13 @@ class LlemFieldCoverageTests(unittest.TestCase):
 
     def test_calls_the_engine_makes_exist_in_the_record(self):
         s = FIXTURE["signatures"]
+        exports = s["vllm.exports"]["names"]
+        self.assertIn("LLM", exports)
+        self.assertIn("SamplingParams", exports)
+        # Not exported at 0.19.1: llem 0.7.0's `from vllm import BeamSearchParams` fails;
+        # the engine imports it from vllm.sampling_params, where the record found it.
+        self.assertNotIn("BeamSearchParams", exports)
+        self.assertEqual(s["BeamSearchParams"]["file"], "vllm/sampling_params.py")
         add = [p["name"] for p in s["LLMEngine.add_request"]["params"]]
         self.assertEqual(add[:3], ["request_id", "prompt", "params"])
         self.assertEqual(s["LLMEngine.step"]["params"], [])

@@ -12,7 +12,9 @@ import time
 
 from _fakelog import fixture, log
 from vllm.engine.arg_utils import EngineArgs
-from vllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
+from vllm.sampling_params import RequestOutputKind, SamplingParams
+# As vLLM 0.19.1: BeamSearchParams is not exported from the package (only from
+# vllm.sampling_params).
 
 __version__ = os.environ.get("FAKE_VLLM_VERSION", fixture("FAKE_VLLM_FIXTURE")["version"])
 _SIG = fixture("FAKE_VLLM_FIXTURE")["signatures"]
