@@ -6,8 +6,10 @@
 # image docker/images.sh builds from the base image), the llem differential test
 # against llem's own code (installed into .venv-llem from PyPI on first use), and the
 # Python harness tests. Idempotent; CI runs exactly this (.ci/run). LEM_SKIP_DOCKER=1
-# skips the tests that need Docker on a machine without it (never in CI). See
-# docs/testing.md.
+# skips the tests that need Docker on a machine without it (never in CI). The report
+# test renders lem-coord's HTML report in headless Chromium: Debian's `chromium` is
+# installed on first use (apt-get, through sudo unless root); LEM_SKIP_CHROMIUM=1
+# skips that render instead (never in CI). See docs/testing.md.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -50,6 +52,25 @@ else
     need docker "the across-hosts and docker runtime tests run containers; install Docker Engine, or set LEM_SKIP_DOCKER=1 to skip those tests on this machine"
     echo "==> docker/images.sh (and docker/base-image.sh)"
     docker/images.sh
+fi
+
+# Headless Chromium for the report test (tests/tests/e2e/report.rs); a no-op once
+# installed.
+if [ "${LEM_SKIP_CHROMIUM:-}" = 1 ]; then
+    echo "test: ************************************************************************" >&2
+    echo "test: LEM_SKIP_CHROMIUM=1: the report test will NOT render the HTML report in" >&2
+    echo "test: Chromium (it still writes and checks the file). CI never sets this." >&2
+    echo "test: ************************************************************************" >&2
+elif ! command -v chromium >/dev/null 2>&1; then
+    need apt-get "the report test renders the HTML report in headless Chromium; install Debian's chromium package, or set LEM_SKIP_CHROMIUM=1 to skip the render on this machine"
+    sudo=()
+    if [ "$(id -u)" != 0 ]; then
+        need sudo "installing chromium needs root: run \`apt-get install chromium\` as root, or set LEM_SKIP_CHROMIUM=1"
+        sudo=(sudo)
+    fi
+    echo "==> installing chromium (the report test renders the HTML report headless)"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 
 echo "==> cargo fmt --check"

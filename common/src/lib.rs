@@ -27,6 +27,7 @@ pub mod study;
 pub mod thermal;
 pub mod token;
 pub mod types;
+pub mod validate;
 pub mod value;
 pub mod yaml;
 

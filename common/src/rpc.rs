@@ -289,12 +289,34 @@ pub struct CampaignStatus {
     pub duplicates: u64,
     pub n_configs: u64,
     pub n_skipped: u64,
-    /// Runs pending per engine, with the reason no registered worker can take them.
+    /// Runs pending per engine, with the reason no connected worker can take them.
     pub blocked: Vec<BlockedEngine>,
     /// The last failure messages, newest first (at most a few).
     pub recent_failures: Vec<String>,
+    /// The campaign's runs per engine and state, in engine order (empty for a
+    /// cancelled campaign, and from coordinators older than this field).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub engines: Vec<EngineProgress>,
+    /// Registered workers not heard from lately (disconnected): left out of the
+    /// `blocked` reasons, counted here.
+    #[serde(default)]
+    pub disconnected_workers: u64,
 }
 
+/// One engine's runs of a campaign, per state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineProgress {
+    pub engine: String,
+    pub total: u64,
+    pub pending: u64,
+    /// Leased runs.
+    pub running: u64,
+    pub done: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
+/// Pending runs of one engine and GPU count that no connected worker can take.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BlockedEngine {
     pub engine: String,
@@ -302,7 +324,28 @@ pub struct BlockedEngine {
     #[serde(default = "one")]
     pub tp_size: u32,
     pub pending: u64,
+    /// The whole reason in one line: `cause`, each distinct worker reason with (at
+    /// most a few of) the workers that give it, and `fix`.
     pub reason: String,
+    /// Why, without the workers' own reasons: `no connected worker can run vllm`.
+    /// Empty from coordinators older than this field (use `reason`).
+    #[serde(default)]
+    pub cause: String,
+    /// Each distinct reason a connected worker gives, with every worker that gives
+    /// it; most workers first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_reason: Vec<ReasonWorkers>,
+    /// What to do about it, when there is one thing to do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+/// One distinct reason and the workers that give it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReasonWorkers {
+    pub reason: String,
+    /// Sorted by name.
+    pub workers: Vec<String>,
 }
 
 fn one() -> u32 {

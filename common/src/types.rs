@@ -390,25 +390,24 @@ fn json_finite(v: &serde_json::Value) -> bool {
     }
 }
 
-/// Formats Unix milliseconds as ISO 8601 UTC with a `Z` (`2026-11-25T10:00:00.123Z`).
+/// Formats Unix milliseconds as ISO 8601 UTC with a `Z` (`2026-11-25T10:00:00.123Z`),
+/// through chrono.
 pub fn format_utc_ms(unix_ms: u64) -> String {
-    let secs = unix_ms / 1000;
-    let ms = unix_ms % 1000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
-    // Civil-from-days (Howard Hinnant's algorithm), valid for the proleptic Gregorian calendar.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if mo <= 2 { y + 1 } else { y };
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}.{ms:03}Z")
+    let ms = i64::try_from(unix_ms).unwrap_or(i64::MAX);
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Reads back an RFC 3339 time in UTC with a `Z`, as [`format_utc_ms`] writes it (the
+/// fraction may have 0 to 9 digits, read to the millisecond), as Unix milliseconds;
+/// `None` for anything else (an offset other than `Z`, a date before 1970).
+pub fn parse_utc_ms(text: &str) -> Option<u64> {
+    if !text.ends_with('Z') {
+        return None;
+    }
+    let t = chrono::DateTime::parse_from_rfc3339(text).ok()?;
+    u64::try_from(t.timestamp_millis()).ok()
 }
 
 #[cfg(test)]
@@ -424,6 +423,33 @@ mod time_tests {
             super::format_utc_ms(951_782_400_000),
             "2000-02-29T00:00:00.000Z"
         );
+    }
+
+    #[test]
+    fn parses_what_it_formats() {
+        for ms in [0, 951_782_400_000, 1_736_935_200_123, 4_102_444_799_999] {
+            let text = super::format_utc_ms(ms);
+            assert_eq!(super::parse_utc_ms(&text), Some(ms), "{text}");
+        }
+        assert_eq!(
+            super::parse_utc_ms("2025-01-15T10:00:00Z"),
+            Some(1_736_935_200_000)
+        );
+        assert_eq!(
+            super::parse_utc_ms("2025-01-15T10:00:00.1234567Z"),
+            Some(1_736_935_200_123)
+        );
+        for bad in [
+            "",
+            "2025-01-15T10:00:00",
+            "2025-01-15T10:00:00+01:00",
+            "2025-13-15T10:00:00Z",
+            "2025-01-15T10:00:00.Z",
+            "1969-12-31T23:59:59Z",
+            "2025-01-15T1a:00:00Z",
+        ] {
+            assert_eq!(super::parse_utc_ms(bad), None, "{bad}");
+        }
     }
 }
 

@@ -11,26 +11,17 @@ use anyhow::anyhow;
 use lem_common::aggregate::{self, ConfigAggregate, Metric};
 use lem_common::compare::{self, Difference};
 use lem_common::rpc::RunRow;
-use lem_common::types::CampaignId;
 use lem_worker::transport::Endpoint;
 use serde_json::json;
 
-use crate::cli::{connect, ctx, invalid, rpc, CliError};
+use crate::cli::{connect, fetch_rows, invalid, CliError};
 use crate::export::{self, sig};
 
 /// A campaign's rows; an error naming the campaign when the coordinator has none of
-/// that id.
+/// that id (exit 2, as `results`).
 pub async fn campaign_rows(campaign: u64, addr: &Endpoint) -> Result<Vec<RunRow>, CliError> {
     let client = connect(addr).await?;
-    // The status call fails for a campaign that does not exist.
-    rpc(addr, client.status(ctx(), CampaignId(campaign)).await).map_err(|e| CliError {
-        code: e.code,
-        error: anyhow!(
-            "{:#} (lem-coord status lists the campaigns this coordinator has)",
-            e.error
-        ),
-    })?;
-    rpc(addr, client.runs(ctx(), CampaignId(campaign)).await)
+    fetch_rows(&client, addr, campaign).await
 }
 
 pub async fn summary(campaign: u64, json: bool, addr: &Endpoint) -> Result<(), CliError> {

@@ -1,9 +1,10 @@
 //! The `lem-coord` command line: flags, one function per subcommand, exit codes.
 //!
 //! Exit codes (also in docs/cli.md): 0 success; 1 a failure while running (a run
-//! failed, an IO error); 2 invalid input (a study with errors, a bad flag value);
-//! 3 the coordinator could not be reached; 4 the coordinator refused the caller
-//! (no credential, or one it does not accept).
+//! failed, an IO error); 2 invalid input (a study with errors, a bad flag value, a
+//! campaign that does not exist); 3 the coordinator could not be reached; 4 the
+//! coordinator refused the caller (no credential, or one it does not accept); 130
+//! interrupted (SIGINT or SIGTERM: `run` stopped its workers, a watch stopped).
 
 use std::io::{IsTerminal, Write as _};
 use std::path::{Path, PathBuf};
@@ -12,13 +13,14 @@ use std::time::Duration;
 use anyhow::{anyhow, Context as _};
 use clap::{Parser, Subcommand, ValueEnum};
 use lem_common::lease::LeasePolicy;
-use lem_common::rpc::{CampaignStatus, CoordinatorClient, RunRow, SubmitRequest};
+use lem_common::rpc::{CampaignStatus, CoordinatorClient, RpcErrorKind, RunRow, SubmitRequest};
 use lem_common::study::{self, CompactPlan, PlanOptions, StudySource};
 use lem_common::types::{format_utc_ms, CampaignId};
 use lem_worker::transport::{self, Endpoint};
 
 use crate::analysis;
 use crate::export;
+use crate::live::{self, Interrupts, LiveView};
 use crate::llem_export;
 use crate::parquet_export;
 use crate::pki::Pki;
@@ -32,6 +34,8 @@ pub mod exit {
     pub const INVALID_INPUT: u8 = 2;
     pub const UNREACHABLE: u8 = 3;
     pub const DENIED: u8 = 4;
+    /// Stopped by SIGINT or SIGTERM (128 + 2, as a shell reports Ctrl-C).
+    pub const INTERRUPTED: u8 = 130;
 }
 
 /// An error with the exit code it should produce.
@@ -53,6 +57,13 @@ impl<E: Into<anyhow::Error>> From<E> for CliError {
 pub(crate) fn invalid(e: impl Into<anyhow::Error>) -> CliError {
     CliError {
         code: exit::INVALID_INPUT,
+        error: e.into(),
+    }
+}
+
+fn interrupted(e: impl Into<anyhow::Error>) -> CliError {
+    CliError {
+        code: exit::INTERRUPTED,
         error: e.into(),
     }
 }
@@ -175,6 +186,20 @@ pub enum ResultsFormat {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum ResultsAction {
+    /// Sanity-check every run's result (energy, tokens, timestamps, baselines, the
+    /// window; docs/results.md): the failed checks, then PASS or FAIL; exit 1 on FAIL.
+    Validate {
+        campaign: u64,
+        /// Print every run's checks as JSON instead.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum TokenAction {
     /// Print a join token for `lem-worker join`; works while the coordinator runs.
     Create {
@@ -226,20 +251,38 @@ pub enum Command {
         /// docker runtime) and loads the model anew before each run.
         #[arg(long)]
         force_cold_start: bool,
+        /// Then watch the campaign until it finishes, as `status ID --watch` (exit 0
+        /// when every run is done, 1 when any failed; Ctrl-C stops watching only).
+        #[arg(long)]
+        wait: bool,
+        /// Seconds between updates with --wait.
+        #[arg(long, default_value_t = 2.0, requires = "wait")]
+        interval: f64,
         #[command(flatten)]
         connect: ConnectArgs,
     },
     /// Show one campaign's progress, or all campaigns.
     Status {
         campaign: Option<u64>,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// Redraw the campaign's progress until it finishes (exit 0 when every run is
+        /// done, 1 when any failed or it was cancelled); Ctrl-C stops watching, never
+        /// the campaign (exit 130).
+        #[arg(long, requires = "campaign")]
+        watch: bool,
+        /// Seconds between updates with --watch.
+        #[arg(long, default_value_t = 2.0, requires = "watch")]
+        interval: f64,
         #[command(flatten)]
         connect: ConnectArgs,
     },
-    /// Export a campaign's results, one row per run.
+    /// Export a campaign's results, one row per run (`results validate ID` checks
+    /// them instead).
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Results {
-        campaign: u64,
+        #[arg(required = true)]
+        campaign: Option<u64>,
         #[arg(long, value_enum, default_value = "jsonl")]
         format: ResultsFormat,
         /// Write to FILE instead of standard output (a directory for --format llem).
@@ -256,6 +299,8 @@ pub enum Command {
         aggregate: bool,
         #[command(flatten)]
         connect: ConnectArgs,
+        #[command(subcommand)]
+        action: Option<ResultsAction>,
     },
     /// A campaign's summary: one line per configuration, best J/token first, with its
     /// 95 % CI, CV and flags (what `run` prints at the end).
@@ -276,6 +321,20 @@ pub enum Command {
         /// Print the comparison as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Write a campaign's report: one self-contained HTML file (tables, plots, flags,
+    /// validation; docs/results.md).
+    Report {
+        campaign: u64,
+        /// Where to write it (default: report-ID.html here).
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+        /// The run whose power timeline is drawn, by experiment id (`3-0007`; default:
+        /// the median-energy run of the best configuration).
+        #[arg(long)]
+        run: Option<String>,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -352,6 +411,10 @@ pub enum Command {
         /// workers are allowed to run this image (its id, pinned at their start).
         #[arg(long, default_value = lem_worker::docker::DEFAULT_IMAGE)]
         image: String,
+        /// Submit a new campaign even if DATA_DIR holds an unfinished one of this
+        /// study (which is then cancelled; by default it is resumed).
+        #[arg(long)]
+        new: bool,
     },
 }
 
@@ -424,12 +487,16 @@ pub fn main_impl(cli: Cli) -> Result<(), CliError> {
                 study,
                 allow_large_grid,
                 force_cold_start,
+                wait,
+                interval,
                 connect,
             } => {
+                let wait = wait.then(|| watch_interval(interval)).transpose()?;
                 submit(
                     &study,
                     allow_large_grid,
                     force_cold_start,
+                    wait,
                     &connect.endpoint()?,
                 )
                 .await
@@ -437,8 +504,28 @@ pub fn main_impl(cli: Cli) -> Result<(), CliError> {
             Command::Status {
                 campaign,
                 json,
+                watch,
+                interval,
                 connect,
-            } => status(campaign, json, &connect.endpoint()?).await,
+            } => match (campaign, watch) {
+                (Some(id), true) => {
+                    let interval = watch_interval(interval)?;
+                    let ep = connect.endpoint()?;
+                    let s = watch_campaign(&ep, id, interval).await?;
+                    print_status_detail(&s);
+                    campaign_outcome(&s)
+                }
+                _ => status(campaign, json, &connect.endpoint()?).await,
+            },
+            Command::Results {
+                action:
+                    Some(ResultsAction::Validate {
+                        campaign,
+                        json,
+                        connect,
+                    }),
+                ..
+            } => results_validate(campaign, json, &connect.endpoint()?).await,
             Command::Results {
                 campaign,
                 format,
@@ -446,7 +533,9 @@ pub fn main_impl(cli: Cli) -> Result<(), CliError> {
                 study,
                 aggregate,
                 connect,
+                action: None,
             } => {
+                let campaign = campaign.expect("clap requires a campaign without a subcommand");
                 results(
                     campaign,
                     format,
@@ -456,6 +545,16 @@ pub fn main_impl(cli: Cli) -> Result<(), CliError> {
                     &connect.endpoint()?,
                 )
                 .await
+            }
+            Command::Report {
+                campaign,
+                output,
+                run,
+                connect,
+            } => {
+                let output =
+                    output.unwrap_or_else(|| PathBuf::from(format!("report-{campaign}.html")));
+                report(campaign, &output, run.as_deref(), &connect.endpoint()?).await
             }
             Command::Summary {
                 campaign,
@@ -492,6 +591,7 @@ pub fn main_impl(cli: Cli) -> Result<(), CliError> {
                 gpu_groups,
                 runtime,
                 image,
+                new,
             } => {
                 let runtime = match runtime.as_str() {
                     "docker" => lem_worker::RuntimeConfig::Docker {
@@ -500,17 +600,16 @@ pub fn main_impl(cli: Cli) -> Result<(), CliError> {
                     },
                     _ => lem_worker::RuntimeConfig::Process,
                 };
-                run(
-                    &study,
+                let opts = LocalRun {
                     local_workers,
-                    &data_dir,
                     simulate_gpu,
-                    &python,
+                    python,
                     allow_large_grid,
                     gpu_groups,
                     runtime,
-                )
-                .await
+                    new,
+                };
+                run(&study, &data_dir, opts).await
             }
         }
     })
@@ -565,6 +664,58 @@ pub(crate) fn rpc<T>(
             )))
         }
     }
+}
+
+/// The error for a campaign id the coordinator does not have.
+fn no_such_campaign(ep: &Endpoint, campaign: u64) -> CliError {
+    invalid(anyhow!(
+        "campaign {campaign} does not exist on this coordinator ({}); `lem-coord status` lists campaigns",
+        ep.addr
+    ))
+}
+
+/// [`rpc`] for a call about one campaign: a campaign that does not exist is an
+/// error naming it (exit 2).
+fn campaign_rpc<T>(
+    ep: &Endpoint,
+    campaign: u64,
+    r: Result<Result<T, lem_common::rpc::RpcError>, tarpc::client::RpcError>,
+) -> Result<T, CliError> {
+    match r {
+        Ok(Err(e)) if e.kind == RpcErrorKind::NotFound => Err(no_such_campaign(ep, campaign)),
+        r => rpc(ep, r),
+    }
+}
+
+/// A campaign's status; an error naming the campaign if the coordinator does not
+/// have it.
+pub(crate) async fn fetch_status(
+    client: &CoordinatorClient,
+    ep: &Endpoint,
+    campaign: u64,
+) -> Result<CampaignStatus, CliError> {
+    campaign_rpc(
+        ep,
+        campaign,
+        client.status(ctx(), CampaignId(campaign)).await,
+    )
+}
+
+/// Every run of a campaign with its result, in execution order; an error naming the
+/// campaign if the coordinator does not have it, never an empty list. `results`
+/// and the other commands that read a campaign's runs go through here.
+pub(crate) async fn fetch_rows(
+    client: &CoordinatorClient,
+    ep: &Endpoint,
+    campaign: u64,
+) -> Result<Vec<RunRow>, CliError> {
+    let rows = campaign_rpc(ep, campaign, client.runs(ctx(), CampaignId(campaign)).await)?;
+    if rows.is_empty() {
+        // A coordinator from before `runs` refused unknown campaigns answers an
+        // empty list: tell that apart from a campaign without runs.
+        fetch_status(client, ep, campaign).await?;
+    }
+    Ok(rows)
 }
 
 /// Reads and expands a study locally (errors name file, line and key), after printing
@@ -754,6 +905,7 @@ async fn submit(
     path: &Path,
     allow_large_grid: bool,
     force_cold_start: bool,
+    wait: Option<Duration>,
     addr: &Endpoint,
 ) -> Result<(), CliError> {
     let (src, plan) = read_study(path, allow_large_grid)?;
@@ -774,6 +926,102 @@ async fn submit(
             .await,
     )?;
     println!("{}", reply.campaign);
+    let Some(interval) = wait else {
+        return Ok(());
+    };
+    // Standard output stays the campaign id alone (scripts read its last line); the
+    // progress and the final status go to standard error.
+    std::io::stdout().flush()?;
+    let s = watch_campaign(addr, reply.campaign.0, interval).await?;
+    for line in status_detail_lines(&s) {
+        eprintln!("{line}");
+    }
+    campaign_outcome(&s)
+}
+
+/// `--interval SECS` as a duration: at least 0.1 s.
+fn watch_interval(secs: f64) -> Result<Duration, CliError> {
+    if !secs.is_finite() || secs < 0.1 {
+        return Err(invalid(anyhow!(
+            "--interval must be at least 0.1 (seconds), not {secs}"
+        )));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// How long a watch goes on asking a coordinator that does not answer.
+const WATCH_UNREACHABLE_LIMIT: Duration = Duration::from_secs(60);
+
+/// Watches campaign `id` until nothing is left to run, drawing its progress on
+/// stderr ([`LiveView`]); returns its last status. Ctrl-C (or SIGTERM) stops the
+/// watch, never the campaign: exit 130. A coordinator that stops answering is asked
+/// again for up to a minute (a restart), then the watch gives up.
+async fn watch_campaign(
+    ep: &Endpoint,
+    id: u64,
+    interval: Duration,
+) -> Result<CampaignStatus, CliError> {
+    let mut interrupts = Interrupts::new().context("cannot handle SIGINT and SIGTERM")?;
+    let mut client = connect(ep).await?;
+    let mut view = LiveView::new(std::io::stderr().is_terminal());
+    let mut unreachable_since: Option<std::time::Instant> = None;
+    loop {
+        match fetch_status(&client, ep, id).await {
+            Ok(s) => {
+                unreachable_since = None;
+                view.update(&s);
+                if live::is_over(&s) {
+                    view.finish();
+                    return Ok(s);
+                }
+            }
+            Err(e) if e.code == exit::UNREACHABLE => {
+                let since = *unreachable_since.get_or_insert_with(|| {
+                    view.println(&format!(
+                        "the coordinator at {} did not answer; asking again for {} s",
+                        ep.addr,
+                        WATCH_UNREACHABLE_LIMIT.as_secs()
+                    ));
+                    std::time::Instant::now()
+                });
+                if since.elapsed() > WATCH_UNREACHABLE_LIMIT {
+                    return Err(e);
+                }
+                if let Ok(c) = connect(ep).await {
+                    client = c;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            sig = interrupts.recv() => {
+                view.finish();
+                return Err(interrupted(anyhow!(
+                    "stopped watching campaign {id} ({sig}); the campaign goes on (`lem-coord status {id} --watch` watches it again)"
+                )));
+            }
+        }
+    }
+}
+
+/// A watched campaign's exit: success when every run is done; a failure when any
+/// run failed or the campaign was cancelled.
+fn campaign_outcome(s: &CampaignStatus) -> Result<(), CliError> {
+    let id = s.campaign;
+    if s.state == "cancelled" {
+        return Err(CliError::from(anyhow!(
+            "campaign {id} was cancelled ({} of {} run(s) done)",
+            s.done,
+            s.total
+        )));
+    }
+    if s.failed > 0 {
+        return Err(CliError::from(anyhow!(
+            "campaign {id}: {} run(s) failed (`lem-coord results {id}` has each failure; `lem-coord retry {id}` runs them again)",
+            s.failed
+        )));
+    }
     Ok(())
 }
 
@@ -791,27 +1039,32 @@ fn status_line(s: &CampaignStatus) -> String {
     )
 }
 
-fn print_status_detail(s: &CampaignStatus) {
-    println!("{}", status_line(s));
+/// One campaign in full: its counts, its runs per engine (when it has more than
+/// one engine), the blocked reasons summarised, the recent failures.
+fn status_detail_lines(s: &CampaignStatus) -> Vec<String> {
+    let mut out = vec![status_line(s)];
     if s.cancelled > 0 {
-        println!("  cancelled runs: {}", s.cancelled);
+        out.push(format!("  cancelled runs: {}", s.cancelled));
     }
     if s.duplicates > 0 {
-        println!("  duplicate results kept (not counted): {}", s.duplicates);
+        out.push(format!(
+            "  duplicate results kept (not counted): {}",
+            s.duplicates
+        ));
     }
-    for b in &s.blocked {
-        let tp = if b.tp_size > 1 {
-            format!(" (TP {})", b.tp_size)
-        } else {
-            String::new()
-        };
-        println!(
-            "  blocked: {}{tp} pending {} run(s): {}",
-            b.engine, b.pending, b.reason
-        );
+    if s.engines.len() > 1 {
+        out.extend(live::engine_lines(s));
     }
+    out.extend(live::blocked_lines(s));
     for f in &s.recent_failures {
-        println!("  failed: {f}");
+        out.push(format!("  failed: {f}"));
+    }
+    out
+}
+
+fn print_status_detail(s: &CampaignStatus) {
+    for line in status_detail_lines(s) {
+        println!("{line}");
     }
 }
 
@@ -819,7 +1072,7 @@ async fn status(campaign: Option<u64>, json: bool, addr: &Endpoint) -> Result<()
     let client = connect(addr).await?;
     match campaign {
         Some(id) => {
-            let s = rpc(addr, client.status(ctx(), CampaignId(id)).await)?;
+            let s = fetch_status(&client, addr, id).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {
@@ -898,8 +1151,8 @@ async fn results(
             None => None,
         };
         let client = connect(addr).await?;
-        let status = rpc(addr, client.status(ctx(), CampaignId(campaign)).await)?;
-        let rows = rpc(addr, client.runs(ctx(), CampaignId(campaign)).await)?;
+        let status = fetch_status(&client, addr, campaign).await?;
+        let rows = fetch_rows(&client, addr, campaign).await?;
         let info = llem_export::CampaignInfo {
             campaign,
             study_name: status.study_name.clone(),
@@ -929,7 +1182,7 @@ async fn results(
         )));
     }
     let client = connect(addr).await?;
-    let rows = rpc(addr, client.runs(ctx(), CampaignId(campaign)).await)?;
+    let rows = fetch_rows(&client, addr, campaign).await?;
     let bytes = render(&rows, format, aggregate)?;
     match output {
         Some(p) => {
@@ -951,6 +1204,52 @@ async fn results(
             let mut out = std::io::stdout().lock();
             out.write_all(&bytes)?;
         }
+    }
+    Ok(())
+}
+
+async fn report(
+    campaign: u64,
+    output: &Path,
+    run: Option<&str>,
+    addr: &Endpoint,
+) -> Result<(), CliError> {
+    let client = connect(addr).await?;
+    // Both fail with an error naming the campaign when the coordinator has no such one.
+    let status = fetch_status(&client, addr, campaign).await?;
+    let rows = fetch_rows(&client, addr, campaign).await?;
+    let generated_at = format_utc_ms(now_ms());
+    let html = crate::report::render(&crate::report::ReportInput {
+        campaign,
+        status: &status,
+        rows: &rows,
+        timeline_run: run,
+        generated_at: &generated_at,
+    })
+    .map_err(invalid)?;
+    write_atomic(output, &html)?;
+    eprintln!(
+        "wrote the report of campaign {campaign} ({} run(s)) to {}",
+        rows.len(),
+        output.display()
+    );
+    Ok(())
+}
+
+async fn results_validate(campaign: u64, json: bool, addr: &Endpoint) -> Result<(), CliError> {
+    let client = connect(addr).await?;
+    // An error naming the campaign when the coordinator has no such one.
+    let rows = fetch_rows(&client, addr, campaign).await?;
+    let v = crate::validation::CampaignValidation::new(campaign, &rows);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v.to_json())?);
+    } else {
+        print!("{}", v.to_text());
+    }
+    if v.verdict() == lem_common::validate::Verdict::Fail {
+        return Err(CliError::from(anyhow!(
+            "campaign {campaign} failed validation (see above)"
+        )));
     }
     Ok(())
 }
@@ -1009,14 +1308,22 @@ fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
 
 async fn cancel(campaign: u64, addr: &Endpoint) -> Result<(), CliError> {
     let client = connect(addr).await?;
-    let s = rpc(addr, client.cancel(ctx(), CampaignId(campaign)).await)?;
+    let s = campaign_rpc(
+        addr,
+        campaign,
+        client.cancel(ctx(), CampaignId(campaign)).await,
+    )?;
     print_status_detail(&s);
     Ok(())
 }
 
 async fn retry(campaign: u64, addr: &Endpoint) -> Result<(), CliError> {
     let client = connect(addr).await?;
-    let s = rpc(addr, client.retry(ctx(), CampaignId(campaign)).await)?;
+    let s = campaign_rpc(
+        addr,
+        campaign,
+        client.retry(ctx(), CampaignId(campaign)).await,
+    )?;
     print_status_detail(&s);
     Ok(())
 }
@@ -1148,45 +1455,6 @@ fn grid(
     Ok(())
 }
 
-/// Draws progress on stderr: a redrawn bar on a terminal, a line per change otherwise.
-struct Progress {
-    tty: bool,
-    last: Option<(u64, u64, u64)>,
-}
-
-impl Progress {
-    fn draw(&mut self, s: &CampaignStatus) {
-        let key = (s.done, s.failed, s.running);
-        if self.last == Some(key) {
-            return;
-        }
-        self.last = Some(key);
-        let width = 30usize;
-        let finished = (s.done + s.failed + s.cancelled) as usize;
-        let filled = if s.total == 0 {
-            width
-        } else {
-            finished * width / s.total as usize
-        };
-        let bar = format!("[{}{}]", "#".repeat(filled), ".".repeat(width - filled));
-        let line = format!(
-            "{bar} {finished}/{} done  running {}  failed {}",
-            s.total, s.running, s.failed
-        );
-        if self.tty {
-            eprint!("\r{line}   ");
-        } else {
-            eprintln!("{line}");
-        }
-    }
-
-    fn finish(&self) {
-        if self.tty {
-            eprintln!();
-        }
-    }
-}
-
 /// Simulated GPUs a local worker with `--gpu-groups spec` gets: `asked`, or more if
 /// the groups name a higher index.
 fn simulated_gpus_for(spec: &str, asked: u32) -> u32 {
@@ -1198,23 +1466,150 @@ fn simulated_gpus_for(spec: &str, asked: u32) -> u32 {
     asked.max(highest).max(1)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run(
-    path: &Path,
-    local_workers: u32,
-    data_dir: &Path,
-    simulate_gpu: bool,
-    python: &str,
-    allow_large_grid: bool,
-    gpu_groups: Option<String>,
-    runtime: lem_worker::RuntimeConfig,
-) -> Result<(), CliError> {
-    let (src, plan) = read_study(path, allow_large_grid)?;
+/// `lem-coord run`'s settings beyond the study and the data dir.
+pub struct LocalRun {
+    pub local_workers: u32,
+    pub simulate_gpu: bool,
+    pub python: String,
+    pub allow_large_grid: bool,
+    pub gpu_groups: Option<String>,
+    pub runtime: lem_worker::RuntimeConfig,
+    /// Submit a new campaign even if an unfinished one of the study is there.
+    pub new: bool,
+}
+
+/// A campaign of `run`'s data dir, as `run` weighs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KnownCampaign {
+    pub id: u64,
+    pub study_name: Option<String>,
+    /// Submitted from the same study: the same text, design hash and number of runs.
+    pub same_study: bool,
+    pub cancelled: bool,
+    pub total: u64,
+    pub done: u64,
+    /// Runs not finished: pending, or leased (by workers of an earlier `run` that
+    /// stopped without handing them back).
+    pub left: u64,
+}
+
+/// What `run` does with the campaigns its data dir already holds.
+#[derive(Debug, Default, PartialEq)]
+pub struct LocalPlan {
+    /// The unfinished campaign of this study to resume (the newest), unless `--new`.
+    pub resume: Option<KnownCampaign>,
+    /// Unfinished campaigns of this study to cancel (`--new`: a new one replaces them).
+    pub cancel: Vec<KnownCampaign>,
+    /// The newest finished campaign of this study, when a new one is submitted
+    /// (the user is told: a finished campaign is measured anew, not resumed).
+    pub finished_before: Option<KnownCampaign>,
+    /// Unfinished campaigns left as they are: other studies', and older ones of
+    /// this study besides the one resumed. `run` runs only its own campaign.
+    pub left_alone: Vec<KnownCampaign>,
+}
+
+/// Chooses what `run` does with the campaigns of its data dir: resume the newest
+/// unfinished, not cancelled campaign of the same study; with `new`, cancel every
+/// such campaign and submit a new one. A finished campaign is never resumed: the
+/// study is measured again in a new campaign. Pure.
+pub fn plan_local_run(known: &[KnownCampaign], new: bool) -> LocalPlan {
+    let mut plan = LocalPlan::default();
+    let mut unfinished: Vec<&KnownCampaign> = known
+        .iter()
+        .filter(|c| c.same_study && !c.cancelled && c.left > 0)
+        .collect();
+    unfinished.sort_by_key(|c| std::cmp::Reverse(c.id));
+    if new {
+        plan.cancel = unfinished.iter().map(|c| (*c).clone()).collect();
+    } else if let Some((newest, older)) = unfinished.split_first() {
+        plan.resume = Some((*newest).clone());
+        plan.left_alone.extend(older.iter().map(|c| (*c).clone()));
+    }
+    if plan.resume.is_none() {
+        plan.finished_before = known
+            .iter()
+            .filter(|c| c.same_study && !c.cancelled && c.left == 0)
+            .max_by_key(|c| c.id)
+            .cloned();
+    }
+    plan.left_alone.extend(
+        known
+            .iter()
+            .filter(|c| !c.same_study && !c.cancelled && c.left > 0)
+            .cloned(),
+    );
+    plan.left_alone.sort_by_key(|c| c.id);
+    plan
+}
+
+/// The campaigns of a manifest as [`plan_local_run`] weighs them against the study
+/// `src` (planned as `plan`).
+fn known_campaigns(
+    store: &Store,
+    src: &StudySource,
+    plan: &CompactPlan,
+) -> Result<Vec<KnownCampaign>, CliError> {
+    let mut out = Vec::new();
+    for c in store.campaigns()? {
+        let counts = store.counts(c.id)?;
+        let same_study = c.study_design_hash == plan.study_design_hash
+            && counts.total() == plan.runs.len() as u64
+            && store.study_text(c.id)? == src.text;
+        out.push(KnownCampaign {
+            id: c.id.0,
+            study_name: c.study_name,
+            same_study,
+            cancelled: c.cancelled,
+            total: counts.total(),
+            done: counts.done,
+            left: counts.pending + counts.leased,
+        });
+    }
+    Ok(out)
+}
+
+/// The command line that resumes a `lem-coord run` given `args` (after the program
+/// name): the same arguments, quoted for a POSIX shell where needed, without `--new`
+/// (which would cancel the campaign to resume).
+pub fn resume_command(args: impl IntoIterator<Item = String>) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_./=:,@%+-".contains(c);
+    let mut out = vec!["lem-coord".to_string()];
+    for a in args {
+        if a == "--new" {
+            continue;
+        }
+        if !a.is_empty() && a.chars().all(plain) {
+            out.push(a);
+        } else {
+            out.push(format!("'{}'", a.replace('\'', "'\\''")));
+        }
+    }
+    out.join(" ")
+}
+
+/// How a local run's watch ended.
+enum LocalEnd {
+    /// Nothing left to run.
+    Finished,
+    /// SIGINT or SIGTERM (its name).
+    Interrupted(&'static str),
+}
+
+/// How long `run`'s campaign may stay blocked with nothing running (its local
+/// workers start, or cannot run it) before `run` gives up, saying why.
+const LOCAL_BLOCKED_GRACE: Duration = Duration::from_secs(10);
+
+/// How long `run` waits for its local workers to stop (they hand back the runs in
+/// progress, so this is the time to stop their harnesses).
+const LOCAL_WORKERS_STOP: Duration = Duration::from_secs(60);
+
+async fn run(path: &Path, data_dir: &Path, opts: LocalRun) -> Result<(), CliError> {
+    let (src, plan) = read_study(path, opts.allow_large_grid)?;
     print_plan_summary(path, &plan);
-    if local_workers == 0 {
+    if opts.local_workers == 0 {
         return Err(invalid(anyhow!("--local-workers must be at least 1")));
     }
-    let simulate = if simulate_gpu {
+    let simulate = if opts.simulate_gpu {
         eprintln!("using the SIMULATED GPU (--simulate-gpu): results are labelled simulated: true");
         true
     } else if !lem_worker::nvidia_gpu_present() {
@@ -1226,9 +1621,11 @@ async fn run(
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
     let store = Store::open(&data_dir.join("coordinator"))?;
+    let local = plan_local_run(&known_campaigns(&store, &src, &plan)?, opts.new);
     let shared = Shared::new(store, LeasePolicy::default(), None)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
+    let ep = Endpoint::plain(&addr);
     let (stop_server_tx, stop_server_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(server::serve(
         listener,
@@ -1238,74 +1635,74 @@ async fn run(
             let _ = stop_server_rx.await;
         },
     ));
-    // Real GPUs: one local worker with one slot per visible GPU. Several workers would
-    // each take the first GPU, and two workers measuring one GPU count each other's
-    // power (lem-worker refuses that: worker/src/gpu_claim.rs). Simulated GPUs are
-    // each worker's own.
-    // With --gpu-groups: one local worker with those groups (on the simulated GPU,
-    // with --local-workers simulated GPUs).
-    let (local_workers, slots, simulated_gpus) = match (&gpu_groups, simulate) {
-        (Some(spec), true) => {
-            let n = simulated_gpus_for(spec, local_workers);
-            eprintln!("one local worker with {n} simulated GPUs and --gpu-groups {spec}");
-            (1, lem_common::gpus::SlotCount::Auto, Some(n))
-        }
-        (None, true) => (local_workers, lem_common::gpus::SlotCount::Fixed(1), None),
-        (_, false) => {
-            eprintln!(
-                "real GPUs: one local worker with one slot per visible GPU or group (CUDA_VISIBLE_DEVICES chooses them; --local-workers counts simulated workers only)"
-            );
-            (1, lem_common::gpus::SlotCount::Auto, None)
-        }
+    // From here on SIGINT and SIGTERM stop the run cleanly instead of ending the
+    // process.
+    let mut interrupts = Interrupts::new().context("cannot handle SIGINT and SIGTERM")?;
+    let outcome = async {
+        let client = connect(&ep).await?;
+        let id = choose_campaign(&client, &ep, &src, data_dir, &local).await?;
+        // The local workers run this campaign only, whatever else the manifest holds.
+        shared.lease_only(CampaignId(id));
+        let outcome =
+            run_local_workers(&ep, &client, id, data_dir, simulate, &opts, &mut interrupts).await;
+        Ok::<_, CliError>((client, id, outcome))
+    }
+    .await;
+    let result = match outcome {
+        Err(e) => Err(e),
+        Ok((client, id, outcome)) => finish_local_run(&client, &ep, id, data_dir, outcome).await,
     };
-    let (stop_workers_tx, stop_workers_rx) = tokio::sync::watch::channel(false);
-    let mut workers = Vec::new();
-    for i in 0..local_workers {
-        let cfg = lem_worker::WorkerConfig {
-            coordinator: addr.clone(),
-            data_dir: data_dir.join(format!("worker-{i}")),
-            name: Some(format!("local-{i}")),
-            slots,
-            gpu_groups: gpu_groups.clone(),
-            simulated_gpus,
-            simulate_gpu: simulate,
-            python: python.to_string(),
-            sample_interval: lem_worker::SAMPLE_INTERVAL,
-            counter_interval: lem_worker::COUNTER_INTERVAL,
-            prefill_window_s: 3.0,
-            quiet_s: lem_worker::QUIET_S,
-            per_token_timing: "always",
-            trust_remote_code: lem_worker::cli::trust_remote_code_env(),
-            recycle_memory_growth_mb: 4096,
-            drain: false,
-            device_isolation: lem_common::isolation::IsolationPolicy::Warn,
-            runtime: runtime.clone(),
-        };
-        workers.push(tokio::spawn(lem_worker::run_worker(
-            cfg,
-            stop_workers_rx.clone(),
-        )));
-    }
-    let outcome = drive_local_run(&Endpoint::plain(&addr), &src, data_dir, &mut workers).await;
-    let _ = stop_workers_tx.send(true);
-    for w in workers {
-        let _ = tokio::time::timeout(Duration::from_secs(30), w).await;
-    }
     let _ = stop_server_tx.send(());
     let _ = server.await;
     drop(shared);
-    outcome
+    result
 }
 
-async fn drive_local_run(
-    addr: &Endpoint,
+/// Resumes the campaign `local` chose, or cancels the ones it replaces and submits
+/// a new one; says which. Returns the campaign's id.
+async fn choose_campaign(
+    client: &CoordinatorClient,
+    ep: &Endpoint,
     src: &StudySource,
     data_dir: &Path,
-    workers: &mut [tokio::task::JoinHandle<anyhow::Result<()>>],
-) -> Result<(), CliError> {
-    let client = connect(addr).await?;
+    local: &LocalPlan,
+) -> Result<u64, CliError> {
+    for c in &local.left_alone {
+        eprintln!(
+            "note: campaign {} ({}) in {} is unfinished ({} of {} run(s) left) and is not run now: `lem-coord run` runs one campaign; run its study again to resume it",
+            c.id,
+            c.study_name.as_deref().unwrap_or("unnamed study"),
+            data_dir.display(),
+            c.left,
+            c.total
+        );
+    }
+    if let Some(c) = &local.resume {
+        eprintln!(
+            "resuming campaign {} ({} of {} runs left; {} done earlier); --new starts a new campaign instead",
+            c.id, c.left, c.total, c.done
+        );
+        return Ok(c.id);
+    }
+    for c in &local.cancel {
+        campaign_rpc(ep, c.id, client.cancel(ctx(), CampaignId(c.id)).await)?;
+        eprintln!(
+            "--new: cancelled unfinished campaign {} of this study ({} of {} run(s) were done; what finished is in {})",
+            c.id,
+            c.done,
+            c.total,
+            data_dir.join(format!("campaign-{}", c.id)).display()
+        );
+    }
+    if let Some(c) = &local.finished_before {
+        eprintln!(
+            "campaign {} of this study finished earlier (results in {}); submitting a new campaign to measure it again",
+            c.id,
+            data_dir.join(format!("campaign-{}", c.id)).display()
+        );
+    }
     let reply = rpc(
-        addr,
+        ep,
         client
             .submit(
                 ctx(),
@@ -1318,19 +1715,113 @@ async fn drive_local_run(
             )
             .await,
     )?;
-    let id = reply.campaign;
+    Ok(reply.campaign.0)
+}
+
+/// Starts the local workers on campaign `id`, watches it until nothing is left to
+/// run, a signal comes or it cannot go on, then stops the workers (each hands back
+/// the run it has in progress) and waits for them; a second signal stops waiting.
+async fn run_local_workers(
+    ep: &Endpoint,
+    client: &CoordinatorClient,
+    id: u64,
+    data_dir: &Path,
+    simulate: bool,
+    opts: &LocalRun,
+    interrupts: &mut Interrupts,
+) -> Result<LocalEnd, CliError> {
+    // Real GPUs: one local worker with one slot per visible GPU. Several workers would
+    // each take the first GPU, and two workers measuring one GPU count each other's
+    // power (lem-worker refuses that: worker/src/gpu_claim.rs). Simulated GPUs are
+    // each worker's own.
+    // With --gpu-groups: one local worker with those groups (on the simulated GPU,
+    // with --local-workers simulated GPUs).
+    let (local_workers, slots, simulated_gpus) = match (&opts.gpu_groups, simulate) {
+        (Some(spec), true) => {
+            let n = simulated_gpus_for(spec, opts.local_workers);
+            eprintln!("one local worker with {n} simulated GPUs and --gpu-groups {spec}");
+            (1, lem_common::gpus::SlotCount::Auto, Some(n))
+        }
+        (None, true) => (
+            opts.local_workers,
+            lem_common::gpus::SlotCount::Fixed(1),
+            None,
+        ),
+        (_, false) => {
+            eprintln!(
+                "real GPUs: one local worker with one slot per visible GPU or group (CUDA_VISIBLE_DEVICES chooses them; --local-workers counts simulated workers only)"
+            );
+            (1, lem_common::gpus::SlotCount::Auto, None)
+        }
+    };
+    let (stop_workers_tx, stop_workers_rx) = tokio::sync::watch::channel(false);
+    let mut workers = Vec::new();
+    for i in 0..local_workers {
+        // The same name and data dir each time: a worker of an earlier `run` that was
+        // stopped hard left its leases in its journal, and this one reports them at
+        // start, so their runs are pending again at once.
+        let cfg = lem_worker::WorkerConfig {
+            coordinator: ep.addr.clone(),
+            data_dir: data_dir.join(format!("worker-{i}")),
+            name: Some(format!("local-{i}")),
+            slots,
+            gpu_groups: opts.gpu_groups.clone(),
+            simulated_gpus,
+            simulate_gpu: simulate,
+            python: opts.python.clone(),
+            sample_interval: lem_worker::SAMPLE_INTERVAL,
+            counter_interval: lem_worker::COUNTER_INTERVAL,
+            prefill_window_s: 3.0,
+            quiet_s: lem_worker::QUIET_S,
+            per_token_timing: "always",
+            trust_remote_code: lem_worker::cli::trust_remote_code_env(),
+            recycle_memory_growth_mb: 4096,
+            // Stopping hands the run in progress back (it is pending again, its
+            // attempt not counted), so a Ctrl-C stops at once and the next `run`
+            // does that run first.
+            drain: true,
+            device_isolation: lem_common::isolation::IsolationPolicy::Warn,
+            runtime: opts.runtime.clone(),
+        };
+        workers.push(tokio::spawn(lem_worker::run_worker(
+            cfg,
+            stop_workers_rx.clone(),
+        )));
+    }
     eprintln!(
-        "campaign {id}: {} run(s) on {} local worker(s); data in {}",
-        reply.n_runs,
+        "campaign {id} on {} local worker(s); data in {}",
         workers.len(),
         data_dir.display()
     );
-    let mut progress = Progress {
-        tty: std::io::stderr().is_terminal(),
-        last: None,
-    };
+    let outcome = drive_local_run(ep, client, id, &mut workers, interrupts).await;
+    if matches!(outcome, Ok(LocalEnd::Interrupted(_))) {
+        eprintln!(
+            "stopping the local workers: runs in progress are handed back (Ctrl-C again to stop at once)"
+        );
+    }
+    let _ = stop_workers_tx.send(true);
+    let all = futures::future::join_all(workers);
+    tokio::select! {
+        _ = tokio::time::timeout(LOCAL_WORKERS_STOP, all) => {}
+        sig = interrupts.recv() => {
+            eprintln!("{sig} again: stopping at once; the runs in progress are in the workers' journals and run again when the same command runs");
+        }
+    }
+    outcome
+}
+
+/// Watches campaign `id` while the local workers run it: until nothing is left to
+/// run, a signal comes, a worker stops, or the campaign is blocked for good.
+async fn drive_local_run(
+    ep: &Endpoint,
+    client: &CoordinatorClient,
+    id: u64,
+    workers: &mut [tokio::task::JoinHandle<anyhow::Result<()>>],
+    interrupts: &mut Interrupts,
+) -> Result<LocalEnd, CliError> {
+    let mut view = LiveView::new(std::io::stderr().is_terminal());
     let mut blocked_since: Option<tokio::time::Instant> = None;
-    let status = loop {
+    loop {
         // A worker that failed to start is fatal: say why instead of waiting forever.
         for w in workers.iter_mut() {
             if w.is_finished() {
@@ -1340,59 +1831,135 @@ async fn drive_local_run(
                     Ok(Err(e)) => format!("a local worker failed: {e:#}"),
                     Err(e) => format!("a local worker panicked: {e}"),
                 };
-                progress.finish();
+                view.finish();
                 return Err(CliError::from(anyhow!(msg)));
             }
         }
-        let s = rpc(addr, client.status(ctx(), id).await)?;
-        progress.draw(&s);
-        if s.pending + s.running == 0 {
-            break s;
+        let mut s = fetch_status(client, ep, id).await?;
+        if live::is_over(&s) {
+            view.update(&s);
+            view.finish();
+            return Ok(LocalEnd::Finished);
         }
         if !s.blocked.is_empty() && s.running == 0 {
             let since = *blocked_since.get_or_insert_with(tokio::time::Instant::now);
-            if since.elapsed() > Duration::from_secs(10) {
-                progress.finish();
+            if since.elapsed() > LOCAL_BLOCKED_GRACE {
+                view.update(&s);
+                view.finish();
                 let reasons: Vec<String> = s.blocked.iter().map(|b| b.reason.clone()).collect();
                 return Err(CliError::from(anyhow!(
                     "campaign {id} cannot finish: {}",
                     reasons.join("; ")
                 )));
             }
+            // The local workers are starting (or registering again): not worth
+            // a word yet.
+            s.blocked.clear();
+            s.state = "running".into();
         } else {
             blocked_since = None;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    progress.finish();
-    let rows = rpc(addr, client.runs(ctx(), id).await)?;
+        view.update(&s);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            sig = interrupts.recv() => {
+                view.finish();
+                return Ok(LocalEnd::Interrupted(sig));
+            }
+        }
+    }
+}
+
+/// After the local workers stopped: writes what finished to
+/// `DATA_DIR/campaign-ID/` (`results.{jsonl,csv}`, every run that ended, done or
+/// failed; `results-aggregate.csv`, `summary.md` and `report.html` of them), prints
+/// the summary,
+/// and says how the run ended.
+async fn finish_local_run(
+    client: &CoordinatorClient,
+    ep: &Endpoint,
+    id: u64,
+    data_dir: &Path,
+    outcome: Result<LocalEnd, CliError>,
+) -> Result<(), CliError> {
     let out_dir = data_dir.join(format!("campaign-{id}"));
-    write_atomic(&out_dir.join("results.jsonl"), &export::to_jsonl(&rows))?;
-    write_atomic(&out_dir.join("results.csv"), &export::to_csv(&rows))?;
-    let aggs = lem_common::aggregate::aggregate_rows(&rows);
-    write_atomic(
-        &out_dir.join("results-aggregate.csv"),
-        &export::Table::aggregate(&aggs).to_csv(),
-    )?;
-    let summary = export::summary_of(&aggs);
-    write_atomic(&out_dir.join("summary.md"), &summary)?;
-    println!("{summary}");
-    println!(
-        "campaign {id}: {} done, {} failed; results in {}",
-        status.done,
-        status.failed,
-        out_dir.display()
-    );
-    for f in &status.recent_failures {
-        println!("  failed: {f}");
+    let written = async {
+        let rows: Vec<RunRow> = fetch_rows(client, ep, id)
+            .await?
+            .into_iter()
+            .filter(|r| r.state == "done" || r.state == "failed")
+            .collect();
+        write_atomic(&out_dir.join("results.jsonl"), &export::to_jsonl(&rows))?;
+        write_atomic(&out_dir.join("results.csv"), &export::to_csv(&rows))?;
+        let aggs = lem_common::aggregate::aggregate_rows(&rows);
+        write_atomic(
+            &out_dir.join("results-aggregate.csv"),
+            &export::Table::aggregate(&aggs).to_csv(),
+        )?;
+        let summary = export::summary_of(&aggs);
+        write_atomic(&out_dir.join("summary.md"), &summary)?;
+        let status = fetch_status(client, ep, id).await?;
+        if !rows.is_empty() {
+            let html = crate::report::render(&crate::report::ReportInput {
+                campaign: id,
+                status: &status,
+                rows: &rows,
+                timeline_run: None,
+                generated_at: &format_utc_ms(now_ms()),
+            })
+            .map_err(invalid)?;
+            write_atomic(&out_dir.join("report.html"), &html)?;
+        }
+        Ok::<_, CliError>((rows, summary, status))
     }
-    if status.failed > 0 {
-        return Err(CliError::from(anyhow!(
-            "{} run(s) failed (see above)",
-            status.failed
-        )));
+    .await;
+    let end = match outcome {
+        Ok(end) => end,
+        Err(e) => {
+            if written.is_ok() {
+                eprintln!("what finished is in {}", out_dir.display());
+            }
+            return Err(e);
+        }
+    };
+    let (rows, summary, status) = written?;
+    if !rows.is_empty() {
+        println!("{summary}");
     }
-    Ok(())
+    match end {
+        LocalEnd::Finished => {
+            println!(
+                "campaign {id}: {} done, {} failed; results in {}",
+                status.done,
+                status.failed,
+                out_dir.display()
+            );
+            for f in &status.recent_failures {
+                println!("  failed: {f}");
+            }
+            if status.failed > 0 {
+                return Err(CliError::from(anyhow!(
+                    "{} run(s) failed (see above)",
+                    status.failed
+                )));
+            }
+            Ok(())
+        }
+        LocalEnd::Interrupted(sig) => {
+            println!(
+                "campaign {id} interrupted: {} of {} run(s) done, {} failed, {} left; what finished is in {}",
+                status.done,
+                status.total,
+                status.failed,
+                status.pending + status.running,
+                out_dir.display()
+            );
+            Err(interrupted(anyhow!(
+                "stopped by {sig}; the same command resumes campaign {id}: {} (add --new to start a new campaign instead)",
+                resume_command(std::env::args().skip(1))
+            )))
+        }
+    }
 }
 
 /// The whole binary: logging, flags, exit code.
@@ -1422,10 +1989,15 @@ pub fn run_main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| default_filter.into()),
         )
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
+        // Log lines print above a live progress bar, not through it.
+        .with_writer(live::LogWriter)
         .init();
     match main_impl(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if e.code == exit::INTERRUPTED => {
+            eprintln!("lem-coord: {:#}", e.error);
+            std::process::ExitCode::from(e.code)
+        }
         Err(e) => {
             eprintln!("lem-coord: error: {:#}", e.error);
             std::process::ExitCode::from(e.code)
@@ -1443,5 +2015,129 @@ mod run_gpu_tests {
         assert_eq!(simulated_gpus_for("dynamic", 0), 1);
         assert_eq!(simulated_gpus_for("0,1;2;3", 2), 4);
         assert_eq!(simulated_gpus_for("0,1", 8), 8);
+    }
+}
+
+#[cfg(test)]
+mod parse_tests {
+    use clap::Parser as _;
+
+    use super::{Cli, Command, ResultsAction};
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("lem-coord").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn results_takes_a_campaign_or_the_validate_subcommand() {
+        match parse(&["results", "3", "--format", "csv"]).unwrap().command {
+            Command::Results {
+                campaign: Some(3),
+                action: None,
+                ..
+            } => {}
+            other => panic!("{other:?}"),
+        }
+        match parse(&["results", "validate", "4", "--json"])
+            .unwrap()
+            .command
+        {
+            Command::Results {
+                campaign: None,
+                action:
+                    Some(ResultsAction::Validate {
+                        campaign: 4,
+                        json: true,
+                        ..
+                    }),
+                ..
+            } => {}
+            other => panic!("{other:?}"),
+        }
+        // Neither a campaign nor a subcommand, or both: refused.
+        assert!(parse(&["results"]).is_err());
+        assert!(parse(&["results", "3", "validate", "4"]).is_err());
+        assert!(parse(&["results", "validate", "4", "--format", "csv"]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod local_run_tests {
+    use super::{plan_local_run, KnownCampaign};
+
+    fn campaign(id: u64, same_study: bool, cancelled: bool, left: u64) -> KnownCampaign {
+        KnownCampaign {
+            id,
+            study_name: Some(format!("s{id}")),
+            same_study,
+            cancelled,
+            total: 15,
+            done: 15 - left,
+            left,
+        }
+    }
+
+    #[test]
+    fn the_newest_unfinished_campaign_of_the_study_is_resumed() {
+        // Ctrl-C, then the same command: the campaign it left is resumed, not a second
+        // one submitted (which the same workers would also have run: 30 runs, not 15).
+        let known = [
+            campaign(1, true, false, 0),
+            campaign(2, true, false, 4),
+            campaign(3, false, false, 2),
+            campaign(4, true, false, 9),
+            campaign(5, true, true, 3),
+        ];
+        let plan = plan_local_run(&known, false);
+        assert_eq!(plan.resume.map(|c| c.id), Some(4));
+        assert!(plan.cancel.is_empty());
+        assert_eq!(plan.finished_before, None);
+        let left: Vec<u64> = plan.left_alone.iter().map(|c| c.id).collect();
+        assert_eq!(
+            left,
+            [2, 3],
+            "an older one of the study and another study's"
+        );
+    }
+
+    #[test]
+    fn new_cancels_the_unfinished_campaigns_of_the_study_and_submits() {
+        let known = [
+            campaign(1, true, false, 0),
+            campaign(2, true, false, 4),
+            campaign(3, false, false, 2),
+        ];
+        let plan = plan_local_run(&known, true);
+        assert_eq!(plan.resume, None);
+        assert_eq!(plan.cancel.iter().map(|c| c.id).collect::<Vec<_>>(), [2]);
+        assert_eq!(plan.finished_before.map(|c| c.id), Some(1));
+        assert_eq!(
+            plan.left_alone.iter().map(|c| c.id).collect::<Vec<_>>(),
+            [3]
+        );
+    }
+
+    #[test]
+    fn the_resume_command_is_the_same_without_new() {
+        let args = ["run", "my study.yaml", "--new", "--data-dir", "d", "it's"];
+        assert_eq!(
+            super::resume_command(args.map(String::from)),
+            "lem-coord run 'my study.yaml' --data-dir d 'it'\\''s'"
+        );
+    }
+
+    #[test]
+    fn a_finished_or_changed_study_gets_a_new_campaign() {
+        // Finished: measured again in a new campaign (and the user is told).
+        let plan = plan_local_run(&[campaign(1, true, false, 0)], false);
+        assert_eq!(plan.resume, None);
+        assert_eq!(plan.finished_before.map(|c| c.id), Some(1));
+        // The study file changed: its old campaign is not resumed.
+        let plan = plan_local_run(&[campaign(1, false, false, 5)], false);
+        assert_eq!(plan.resume, None);
+        assert_eq!(plan.finished_before, None);
+        assert_eq!(plan.left_alone.len(), 1);
+        // Nothing there: a new campaign, nothing said.
+        assert_eq!(plan_local_run(&[], false), Default::default());
     }
 }

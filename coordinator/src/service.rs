@@ -13,9 +13,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lem_common::lease::{CompleteOutcome, LeasePolicy, RunState};
 use lem_common::rpc::{
     enrol_proof_message, BlockedEngine, CampaignStatus, CompleteReply, CompleteRequest,
-    CompleteStatus, Coordinator, EnrolReply, EnrolRequest, FailRequest, LeaseGrant, LeaseReply,
-    LeaseRequest, RegisterReply, RegisterRequest, RenewReply, RenewRequest, RpcError, RpcErrorKind,
-    RunRow, SubmitReply, SubmitRequest, WorkerInfo,
+    CompleteStatus, Coordinator, EngineProgress, EnrolReply, EnrolRequest, FailRequest, LeaseGrant,
+    LeaseReply, LeaseRequest, ReasonWorkers, RegisterReply, RegisterRequest, RenewReply,
+    RenewRequest, RpcError, RpcErrorKind, RunRow, SubmitReply, SubmitRequest, WorkerInfo,
 };
 use lem_common::runner::{RunnerNeed, WorkerRuntime};
 use lem_common::study::{self, PlanOptions, StudySource};
@@ -114,9 +114,18 @@ pub struct Shared {
     /// Per campaign, what every lease of it carries besides the run: the study's name
     /// and run limits (read once from the manifest).
     study_names: Mutex<HashMap<CampaignId, LeaseFacts>>,
+    /// Lease only this campaign's runs (0: any). `lem-coord run` sets it: its local
+    /// workers run the campaign it drives, not others its data dir's manifest holds.
+    lease_only: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
+    /// From now on, lease only the runs of `campaign`.
+    pub fn lease_only(&self, campaign: CampaignId) {
+        self.lease_only
+            .store(campaign.0, std::sync::atomic::Ordering::SeqCst);
+    }
+
     fn touch(&self, worker: &WorkerId) {
         self.last_seen
             .lock()
@@ -172,6 +181,7 @@ impl Shared {
             stopping: Default::default(),
             last_seen: Default::default(),
             study_names: Default::default(),
+            lease_only: Default::default(),
         }))
     }
 }
@@ -271,76 +281,43 @@ pub struct CoordService {
 }
 
 impl CoordService {
-    fn campaign_status(shared: &Shared, id: CampaignId) -> Result<CampaignStatus, StoreError> {
+    /// A campaign's status; with `with_engines`, its runs per engine and state too
+    /// (what `status ID` shows; the list of all campaigns leaves them out).
+    fn campaign_status(
+        shared: &Shared,
+        id: CampaignId,
+        with_engines: bool,
+    ) -> Result<CampaignStatus, StoreError> {
         let c = shared.store.campaign(id)?;
         let counts = shared.store.counts(id)?;
         let dups = shared.store.duplicate_count(id)?;
         let mut blocked = Vec::new();
+        let mut disconnected_workers = 0;
         if counts.pending > 0 {
             let workers = shared.store.workers()?;
             let now = now_ms();
-            let live: Vec<&WorkerRecord> = workers
-                .iter()
-                .filter(|w| now.saturating_sub(shared.last_seen_ms(w)) < WORKER_STALE_MS)
-                .collect();
-            for (engine, tp_size, need, n) in shared.store.pending_by_pool(id)? {
-                let runs_engine =
-                    |w: &WorkerRecord| w.engines.iter().any(|e| e.engine == engine && e.available);
-                let has_group = |w: &WorkerRecord| w.slots.iter().any(|s| s.hosts(tp_size));
-                let meets = |w: &WorkerRecord| need.met_by(&w.runtime);
-                if live
-                    .iter()
-                    .any(|w| runs_engine(w) && has_group(w) && meets(w))
-                {
-                    continue;
-                }
-                let reason = if live.is_empty() {
-                    "no worker is connected".to_string()
-                } else if live.iter().any(|w| runs_engine(w) && has_group(w)) {
-                    let why: Vec<String> = live
-                        .iter()
-                        .filter(|w| runs_engine(w) && has_group(w))
-                        .map(|w| format!("{}: {}", w.worker, w.runtime.describe()))
-                        .collect();
-                    format!(
-                        "the study's runners:/images: ask for {} to run {engine}, and no connected worker that runs {engine} has it ({}); {}",
-                        need.describe(),
-                        why.join("; "),
-                        need.fix()
-                    )
-                } else if live.iter().any(|w| runs_engine(w)) {
-                    let why: Vec<String> = live
-                        .iter()
-                        .filter(|w| runs_engine(w))
-                        .map(|w| format!("{}: {}", w.worker, describe_slots(&w.slots)))
-                        .collect();
-                    format!(
-                        "these runs need a slot of {tp_size} GPUs (tensor-parallel size {tp_size}) and no connected worker that runs {engine} has one ({}); start a worker with --gpu-groups (a group of {tp_size} GPUs, or `dynamic` on a host with at least {tp_size})",
-                        why.join("; ")
-                    )
-                } else {
-                    let why: Vec<String> = live
-                        .iter()
-                        .map(|w| {
-                            let r = w
-                                .engines
-                                .iter()
-                                .find(|e| e.engine == engine)
-                                .and_then(|e| e.reason.clone())
-                                .unwrap_or_else(|| format!("engine {engine} not offered"));
-                            format!("{}: {r}", w.worker)
-                        })
-                        .collect();
-                    format!("no connected worker can run {engine} ({})", why.join("; "))
-                };
-                blocked.push(BlockedEngine {
-                    engine,
-                    tp_size,
-                    pending: n,
-                    reason,
-                });
-            }
+            let (live, disconnected) = connected_workers(&workers, |w| shared.last_seen_ms(w), now);
+            disconnected_workers = disconnected;
+            blocked = blocked_pools(shared.store.pending_by_pool(id)?, &live, disconnected);
         }
+        let engines = if with_engines && !c.cancelled {
+            shared
+                .store
+                .engine_counts(id)?
+                .into_iter()
+                .map(|(engine, n)| EngineProgress {
+                    engine,
+                    total: n.total(),
+                    pending: n.pending,
+                    running: n.leased,
+                    done: n.done,
+                    failed: n.failed,
+                    cancelled: n.cancelled,
+                })
+                .collect()
+        } else {
+            vec![]
+        };
         let state = if c.cancelled {
             "cancelled"
         } else if counts.pending + counts.leased == 0 {
@@ -385,8 +362,157 @@ impl CoordService {
             n_skipped: c.skipped.len() as u64,
             blocked,
             recent_failures,
+            engines,
+            disconnected_workers,
         })
     }
+}
+
+/// The workers heard from within [`WORKER_STALE_MS`] of `now` (connected), and how
+/// many registered workers are not (disconnected).
+fn connected_workers(
+    workers: &[WorkerRecord],
+    last_seen_ms: impl Fn(&WorkerRecord) -> u64,
+    now: u64,
+) -> (Vec<&WorkerRecord>, u64) {
+    let (live, gone): (Vec<&WorkerRecord>, Vec<&WorkerRecord>) = workers
+        .iter()
+        .partition(|w| now.saturating_sub(last_seen_ms(w)) < WORKER_STALE_MS);
+    (live, gone.len() as u64)
+}
+
+/// Why pools of pending runs are stuck: for each pool (`engine`, GPUs, runner need,
+/// pending runs) that no connected worker in `live` can take, the cause, each
+/// distinct reason the connected workers give with the workers that give it, and
+/// the fix. Disconnected workers are not in `live`; `disconnected` counts them for
+/// the case where no worker is connected at all. Pure: the service feeds it the
+/// store's pools and the workers it heard from lately.
+pub fn blocked_pools(
+    pools: Vec<(String, u32, RunnerNeed, u64)>,
+    live: &[&WorkerRecord],
+    disconnected: u64,
+) -> Vec<BlockedEngine> {
+    let mut blocked = Vec::new();
+    for (engine, tp_size, need, n) in pools {
+        let runs_engine =
+            |w: &WorkerRecord| w.engines.iter().any(|e| e.engine == engine && e.available);
+        let has_group = |w: &WorkerRecord| w.slots.iter().any(|s| s.hosts(tp_size));
+        let meets = |w: &WorkerRecord| need.met_by(&w.runtime);
+        if live
+            .iter()
+            .any(|w| runs_engine(w) && has_group(w) && meets(w))
+        {
+            continue;
+        }
+        let (cause, reasons, fix): (String, Vec<(String, String)>, Option<String>) = if live
+            .is_empty()
+        {
+            let cause = if disconnected > 0 {
+                format!("no worker is connected ({disconnected} registered worker(s) not heard from in {} s)", WORKER_STALE_MS / 1000)
+            } else {
+                "no worker is connected".to_string()
+            };
+            (cause, vec![], None)
+        } else if live.iter().any(|w| runs_engine(w) && has_group(w)) {
+            (
+                format!(
+                    "the study's runners:/images: ask for {} to run {engine}, and no connected worker that runs {engine} has it",
+                    need.describe()
+                ),
+                live.iter()
+                    .filter(|w| runs_engine(w) && has_group(w))
+                    .map(|w| (w.worker.0.clone(), w.runtime.describe()))
+                    .collect(),
+                Some(need.fix()),
+            )
+        } else if live.iter().any(|w| runs_engine(w)) {
+            (
+                format!(
+                    "these runs need a slot of {tp_size} GPUs (tensor-parallel size {tp_size}) and no connected worker that runs {engine} has one"
+                ),
+                live.iter()
+                    .filter(|w| runs_engine(w))
+                    .map(|w| (w.worker.0.clone(), describe_slots(&w.slots)))
+                    .collect(),
+                Some(format!(
+                    "start a worker with --gpu-groups (a group of {tp_size} GPUs, or `dynamic` on a host with at least {tp_size})"
+                )),
+            )
+        } else {
+            (
+                format!("no connected worker can run {engine}"),
+                live.iter()
+                    .map(|w| {
+                        let r = w
+                            .engines
+                            .iter()
+                            .find(|e| e.engine == engine)
+                            .and_then(|e| e.reason.clone())
+                            .unwrap_or_else(|| format!("engine {engine} not offered"));
+                        (w.worker.0.clone(), r)
+                    })
+                    .collect(),
+                None,
+            )
+        };
+        let by_reason = group_reasons(reasons);
+        let mut reason = cause.clone();
+        if !by_reason.is_empty() {
+            let groups: Vec<String> = by_reason
+                .iter()
+                .map(|g| format!("{}: {}", name_list(&g.workers, REASON_NAMES), g.reason))
+                .collect();
+            reason = format!("{reason} ({})", groups.join("; "));
+        }
+        if let Some(fix) = &fix {
+            reason = format!("{reason}; {fix}");
+        }
+        blocked.push(BlockedEngine {
+            engine,
+            tp_size,
+            pending: n,
+            reason,
+            cause,
+            by_reason,
+            fix,
+        });
+    }
+    blocked
+}
+
+/// Workers named per distinct reason in a one-line `reason` (the rest are counted).
+pub const REASON_NAMES: usize = 5;
+
+/// Groups `(worker, reason)` pairs by reason: each distinct reason once, with its
+/// workers sorted; the reason most workers give first, then by reason.
+pub fn group_reasons(pairs: impl IntoIterator<Item = (String, String)>) -> Vec<ReasonWorkers> {
+    let mut by: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (worker, reason) in pairs {
+        by.entry(reason).or_default().push(worker);
+    }
+    let mut out: Vec<ReasonWorkers> = by
+        .into_iter()
+        .map(|(reason, mut workers)| {
+            workers.sort();
+            workers.dedup();
+            ReasonWorkers { reason, workers }
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        b.workers
+            .len()
+            .cmp(&a.workers.len())
+            .then(a.reason.cmp(&b.reason))
+    });
+    out
+}
+
+/// `a`, `a, b`, or `a, b, c and 47 more`: at most `max` names, the rest counted.
+pub fn name_list(names: &[String], max: usize) -> String {
+    if names.len() <= max {
+        return names.join(", ");
+    }
+    format!("{} and {} more", names[..max].join(", "), names.len() - max)
 }
 
 impl Coordinator for CoordService {
@@ -488,6 +614,14 @@ impl Coordinator for CoordService {
                 pools,
                 max_gpus: req.max_gpus.min(req.gpus.max(1)),
                 warm: req.warm.clone(),
+                campaign: match self
+                    .shared
+                    .lease_only
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                {
+                    0 => None,
+                    c => Some(CampaignId(c)),
+                },
             };
             let got = match commit(&self.shared, op).await? {
                 WriteOutcome::Leased(got) => got,
@@ -616,6 +750,7 @@ impl Coordinator for CoordService {
     }
 
     async fn fail(self, _: Context, req: FailRequest) -> Result<(), RpcError> {
+        let handback = req.class == lem_common::types::FailureClass::Handback;
         let op = WriteOp::Fail {
             key: req.run,
             token: req.token,
@@ -626,7 +761,11 @@ impl Coordinator for CoordService {
         let WriteOutcome::Failed(rec) = commit(&self.shared, op).await? else {
             unreachable!("a fail op answers Failed")
         };
-        tracing::warn!(run = %rec.key, state = rec.lease.state.as_str(), "run failed");
+        if handback {
+            tracing::info!(run = %rec.key, "run handed back");
+        } else {
+            tracing::warn!(run = %rec.key, state = rec.lease.state.as_str(), "run failed");
+        }
         if rec.lease.state == RunState::Pending {
             self.shared.work_available.notify_waiters();
         }
@@ -731,7 +870,7 @@ impl Coordinator for CoordService {
                 .store
                 .campaigns()?
                 .into_iter()
-                .map(|c| CoordService::campaign_status(&shared, c.id))
+                .map(|c| CoordService::campaign_status(&shared, c.id, false))
                 .collect()
         })
         .await
@@ -739,7 +878,7 @@ impl Coordinator for CoordService {
 
     async fn status(self, _: Context, campaign: CampaignId) -> Result<CampaignStatus, RpcError> {
         let shared = self.shared.clone();
-        blocking(move || CoordService::campaign_status(&shared, campaign)).await
+        blocking(move || CoordService::campaign_status(&shared, campaign, true)).await
     }
 
     async fn runs(self, _: Context, campaign: CampaignId) -> Result<Vec<RunRow>, RpcError> {
@@ -772,7 +911,7 @@ impl Coordinator for CoordService {
         let shared = self.shared.clone();
         blocking(move || {
             shared.store.cancel(campaign)?;
-            CoordService::campaign_status(&shared, campaign)
+            CoordService::campaign_status(&shared, campaign, true)
         })
         .await
     }
@@ -781,7 +920,7 @@ impl Coordinator for CoordService {
         let shared = self.shared.clone();
         let (n, status) = blocking(move || {
             let n = shared.store.retry(campaign)?;
-            Ok((n, CoordService::campaign_status(&shared, campaign)?))
+            Ok((n, CoordService::campaign_status(&shared, campaign, true)?))
         })
         .await?;
         tracing::info!(campaign = campaign.0, n, "failed runs returned to pending");
@@ -909,5 +1048,165 @@ mod tests {
         assert_eq!(check_study_size(&src(MAX_STUDY_BYTES, 0)), Ok(()));
         let e = check_study_size(&src(MAX_STUDY_BYTES / 2 + 1, MAX_STUDY_BYTES / 2)).unwrap_err();
         assert!(e.starts_with("s.yaml: the study is 4194305 bytes"), "{e}");
+    }
+
+    fn worker(
+        name: &str,
+        engines: &[(&str, Option<&str>)],
+        gpus_per_slot: u32,
+        last_seen_ms: u64,
+    ) -> WorkerRecord {
+        WorkerRecord {
+            worker: WorkerId(name.into()),
+            host: name.into(),
+            worker_version: "test".into(),
+            slots: vec![lem_common::rpc::SlotInfo {
+                index: 0,
+                gpu_name: "sim".into(),
+                simulated: true,
+                gpus: (0..gpus_per_slot).collect(),
+                dynamic: false,
+            }],
+            engines: engines
+                .iter()
+                .map(|(e, why)| lem_common::types::EngineCapability {
+                    engine: e.to_string(),
+                    available: why.is_none(),
+                    reason: why.map(str::to_string),
+                    version: None,
+                })
+                .collect(),
+            registered_at: String::new(),
+            last_seen_ms,
+            runs_done: 0,
+            runtime: WorkerRuntime::process(),
+        }
+    }
+
+    #[test]
+    fn blocked_reasons_are_grouped_by_reason_over_connected_workers_only() {
+        // 50 hosts that cannot run vllm (48 for one reason, 2 that do not offer it),
+        // 3 that left long ago and would run it: one line per distinct reason, not
+        // one entry per host, and the departed ones only counted.
+        let now = 1_000_000;
+        let no_vllm = Some("python module vllm is not installed");
+        let mut workers: Vec<WorkerRecord> = (0..48)
+            .map(|i| {
+                worker(
+                    &format!("h{i:02}"),
+                    &[("synthetic", None), ("vllm", no_vllm)],
+                    1,
+                    now,
+                )
+            })
+            .collect();
+        workers.push(worker("h48", &[("synthetic", None)], 1, now - 5_000));
+        workers.push(worker("h49", &[("synthetic", None)], 1, now));
+        for i in 0..3 {
+            workers.push(worker(
+                &format!("gone{i}"),
+                &[("vllm", None)],
+                1,
+                now - WORKER_STALE_MS - 1,
+            ));
+        }
+        let (live, disconnected) = connected_workers(&workers, |w| w.last_seen_ms, now);
+        assert_eq!((live.len(), disconnected), (50, 3));
+        let pools = vec![
+            ("vllm".to_string(), 1, RunnerNeed::Any, 40),
+            ("synthetic".to_string(), 1, RunnerNeed::Any, 5),
+            ("synthetic".to_string(), 2, RunnerNeed::Any, 2),
+        ];
+        let blocked = blocked_pools(pools, &live, disconnected);
+        assert_eq!(
+            blocked.len(),
+            2,
+            "the 1-GPU synthetic runs are not blocked: {blocked:?}"
+        );
+
+        let vllm = &blocked[0];
+        assert_eq!(
+            (vllm.engine.as_str(), vllm.tp_size, vllm.pending),
+            ("vllm", 1, 40)
+        );
+        assert_eq!(vllm.cause, "no connected worker can run vllm");
+        assert_eq!(vllm.by_reason.len(), 2, "{:?}", vllm.by_reason);
+        assert_eq!(
+            vllm.by_reason[0].reason,
+            "python module vllm is not installed"
+        );
+        assert_eq!(vllm.by_reason[0].workers.len(), 48);
+        assert_eq!(vllm.by_reason[1].reason, "engine vllm not offered");
+        assert_eq!(vllm.by_reason[1].workers, ["h48", "h49"]);
+        assert_eq!(
+            vllm.reason,
+            "no connected worker can run vllm (h00, h01, h02, h03, h04 and 43 more: python module vllm is not installed; h48, h49: engine vllm not offered)"
+        );
+        assert_eq!(vllm.fix, None);
+
+        let tp2 = &blocked[1];
+        assert_eq!(
+            (tp2.engine.as_str(), tp2.tp_size, tp2.pending),
+            ("synthetic", 2, 2)
+        );
+        assert!(
+            tp2.cause.starts_with("these runs need a slot of 2 GPUs"),
+            "{}",
+            tp2.cause
+        );
+        assert_eq!(tp2.by_reason.len(), 1);
+        assert_eq!(tp2.by_reason[0].reason, "slots of 1 GPU(s)");
+        assert_eq!(tp2.by_reason[0].workers.len(), 50);
+        assert!(
+            tp2.fix.as_deref().unwrap().contains("--gpu-groups"),
+            "{tp2:?}"
+        );
+        assert!(
+            tp2.reason.ends_with(tp2.fix.as_deref().unwrap()),
+            "{}",
+            tp2.reason
+        );
+
+        for b in &blocked {
+            let all = serde_json::to_string(b).unwrap();
+            assert!(
+                !all.contains("gone"),
+                "a disconnected worker is left out: {all}"
+            );
+        }
+    }
+
+    #[test]
+    fn with_no_worker_connected_the_disconnected_ones_are_counted() {
+        let pools = vec![("vllm".to_string(), 1, RunnerNeed::Any, 4)];
+        let b = &blocked_pools(pools.clone(), &[], 3)[0];
+        assert_eq!(
+            b.cause,
+            "no worker is connected (3 registered worker(s) not heard from in 120 s)"
+        );
+        assert!(b.by_reason.is_empty());
+        assert_eq!(
+            blocked_pools(pools, &[], 0)[0].reason,
+            "no worker is connected"
+        );
+    }
+
+    #[test]
+    fn reasons_are_grouped_most_workers_first_and_names_are_cut() {
+        let pairs = [("b", "x"), ("a", "y"), ("c", "x"), ("a", "x")]
+            .map(|(w, r)| (w.to_string(), r.to_string()));
+        let groups = group_reasons(pairs);
+        assert_eq!(groups.len(), 2);
+        assert_eq!(
+            (groups[0].reason.as_str(), groups[0].workers.clone()),
+            ("x", vec!["a".to_string(), "b".into(), "c".into()])
+        );
+        assert_eq!(
+            (groups[1].reason.as_str(), groups[1].workers.clone()),
+            ("y", vec!["a".to_string()])
+        );
+        let names: Vec<String> = (0..7).map(|i| format!("w{i}")).collect();
+        assert_eq!(name_list(&names[..2], 5), "w0, w1");
+        assert_eq!(name_list(&names, 5), "w0, w1, w2, w3, w4 and 2 more");
     }
 }

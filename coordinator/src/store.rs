@@ -17,8 +17,10 @@
 //!   pool is the engine, with `/tpK` for runs that need K > 1 GPUs ([`pending_pool`]);
 //! * `leased`: (campaign, seq) -> lease deadline (ms), what the sweeper scans;
 //! * `failed`: (campaign, seq) -> () — failed runs, what status lists;
-//! * `counts`: (campaign, state) -> number of runs, and (campaign, `pending/POOL`)
-//!   -> pending runs of one pool, so status is O(1) however big the campaign;
+//! * `counts`: (campaign, state) -> number of runs, (campaign, `pending/POOL`)
+//!   -> pending runs of one pool, so status is O(1) however big the campaign, and
+//!   (campaign, `total/ENGINE`) -> the campaign's runs of one engine (written at
+//!   submit; absent for campaigns submitted before it was kept);
 //! * `studies`: campaign id -> the study text as submitted (kept out of the campaign
 //!   record, which every status reads);
 //! * `results`: (campaign, seq) -> the accepted [`RunResult`];
@@ -95,7 +97,7 @@ pub enum StoreError {
     },
     #[error("manifest storage error: {0}")]
     Storage(String),
-    #[error("no campaign {0}")]
+    #[error("campaign {0} does not exist")]
     NoCampaign(CampaignId),
     #[error("no run {0}")]
     NoRun(RunKey),
@@ -445,6 +447,8 @@ fn pool_count_key(pool: &str) -> String {
     format!("{POOL_COUNT_PREFIX}{pool}")
 }
 const POOL_COUNT_PREFIX: &str = "pending/";
+/// The `counts` key prefix of a campaign's runs of one engine (`total/ENGINE`).
+const ENGINE_TOTAL_PREFIX: &str = "total/";
 
 fn bump_key(
     txn: &WriteTransaction,
@@ -622,6 +626,9 @@ pub enum WriteOp {
         /// The slot's warm `(engine, model)` pairs: a later run of one of them may
         /// be granted first, within the bound of `lem_common::schedule`.
         warm: Vec<(String, String)>,
+        /// Only runs of this campaign (`lem-coord run`'s embedded coordinator runs
+        /// its own campaign, not what else its manifest holds); `None`: any.
+        campaign: Option<CampaignId>,
     },
     Renew {
         key: RunKey,
@@ -684,6 +691,7 @@ fn apply_op(
             pools,
             max_gpus,
             warm,
+            campaign,
         } => {
             let warm_policy = WarmPolicy::default();
             // The first pending runs among the pools in (campaign, seq) order, with
@@ -695,12 +703,16 @@ fn apply_op(
                 warm_policy.window
             };
             let mut keys: Vec<(u64, u32, u32)> = Vec::new();
+            let (first, last) = match campaign {
+                Some(c) => (c.0, c.0),
+                None => (0, u64::MAX),
+            };
             {
                 let pending = txn.open_table(PENDING)?;
                 for pool in pools {
                     let (_, gpus, _) = parse_pool(pool);
                     let range = pending
-                        .range((pool.as_str(), 0, 0)..=(pool.as_str(), u64::MAX, u32::MAX))?;
+                        .range((pool.as_str(), first, 0)..=(pool.as_str(), last, u32::MAX))?;
                     for item in range.take(window) {
                         let (k, _) = item?;
                         let (_, c, s) = k.value();
@@ -925,9 +937,16 @@ impl Store {
         // Every new run is pending: the indexes are written here directly and the
         // counts once at the end (what `put_run` does one run at a time).
         let mut pool_counts: std::collections::BTreeMap<String, u64> = Default::default();
+        let mut engine_totals: BTreeMap<String, u64> = Default::default();
         campaign.n_runs = 0;
         for (seq, r) in runs.into_iter().enumerate() {
             campaign.n_runs += 1;
+            match engine_totals.get_mut(&r.engine) {
+                Some(n) => *n += 1,
+                None => {
+                    engine_totals.insert(r.engine.clone(), 1);
+                }
+            }
             if configs.get((id.0, r.config_hash.as_str()))?.is_none() {
                 configs.insert((id.0, r.config_hash.as_str()), r.config_json.as_bytes())?;
             }
@@ -956,6 +975,14 @@ impl Store {
         bump_count(&txn, id.0, RunState::Pending, campaign.n_runs as i64)?;
         for (pool, n) in pool_counts {
             bump_key(&txn, id.0, &pool_count_key(&pool), n as i64)?;
+        }
+        for (engine, n) in engine_totals {
+            bump_key(
+                &txn,
+                id.0,
+                &format!("{ENGINE_TOTAL_PREFIX}{engine}"),
+                n as i64,
+            )?;
         }
         txn.open_table(CAMPAIGNS)?
             .insert(id.0, to_json(&campaign).as_slice())?;
@@ -1002,9 +1029,14 @@ impl Store {
         Ok(t.range((id.0, 0, 0)..=(id.0, u32::MAX, u64::MAX))?.count() as u64)
     }
 
-    /// Runs of a campaign in execution order, with accepted results.
+    /// Runs of a campaign in execution order, with accepted results;
+    /// [`StoreError::NoCampaign`] for a campaign that does not exist (a campaign
+    /// without runs is an empty list).
     pub fn runs(&self, id: CampaignId) -> Result<Vec<(RunRecord, Option<RunResult>)>, StoreError> {
         let txn = self.db.begin_read()?;
+        if txn.open_table(CAMPAIGNS)?.get(id.0)?.is_none() {
+            return Err(StoreError::NoCampaign(id));
+        }
         let runs = txn.open_table(RUNS)?;
         let results = txn.open_table(RESULTS)?;
         let configs = txn.open_table(CONFIGS)?;
@@ -1042,6 +1074,79 @@ impl Store {
                 let (engine, tp, need) = parse_pool(pool);
                 out.push((engine, tp, need, n.value()));
             }
+        }
+        Ok(out)
+    }
+
+    /// A campaign's runs per engine and state, in engine order. From the counts
+    /// kept at submit, the per-pool pending counts and the leased and failed indexes:
+    /// O(pools + leased + failed runs), not O(runs). A campaign submitted before the
+    /// per-engine totals were kept, or a cancelled one, is counted run by run.
+    pub fn engine_counts(
+        &self,
+        id: CampaignId,
+    ) -> Result<BTreeMap<String, StateCounts>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let campaign: CampaignRecord = {
+            let t = txn.open_table(CAMPAIGNS)?;
+            let g = t.get(id.0)?.ok_or(StoreError::NoCampaign(id))?;
+            from_json("campaigns", g.value())?
+        };
+        let counts = txn.open_table(COUNTS)?;
+        let runs = txn.open_table(RUNS)?;
+        let mut totals: BTreeMap<String, u64> = BTreeMap::new();
+        for item in counts.range((id.0, ENGINE_TOTAL_PREFIX)..(id.0, "total0"))? {
+            let (k, n) = item?;
+            if let Some(engine) = k.value().1.strip_prefix(ENGINE_TOTAL_PREFIX) {
+                totals.insert(engine.to_string(), n.value());
+            }
+        }
+        let mut out: BTreeMap<String, StateCounts> = BTreeMap::new();
+        if totals.is_empty() || campaign.cancelled {
+            for item in runs.range((id.0, 0)..=(id.0, u32::MAX))? {
+                let (_, v) = item?;
+                let rec: RunRecord = from_json("runs", v.value())?;
+                let c = out.entry(rec.engine).or_default();
+                match rec.lease.state {
+                    RunState::Pending => c.pending += 1,
+                    RunState::Leased => c.leased += 1,
+                    RunState::Done => c.done += 1,
+                    RunState::Failed => c.failed += 1,
+                    RunState::Cancelled => c.cancelled += 1,
+                }
+            }
+            return Ok(out);
+        }
+        for item in counts.range((id.0, POOL_COUNT_PREFIX)..(id.0, "pending0"))? {
+            let (k, n) = item?;
+            if let Some(pool) = k.value().1.strip_prefix(POOL_COUNT_PREFIX) {
+                out.entry(parse_pool(pool).0).or_default().pending += n.value();
+            }
+        }
+        let engine_of = |key: (u64, u32)| -> Result<String, StoreError> {
+            let g = runs.get(key)?.ok_or_else(|| StoreError::Corrupt {
+                table: "runs",
+                detail: format!("run {}-{} is indexed but has no record", key.0, key.1),
+            })?;
+            Ok(from_json::<RunRecord>("runs", g.value())?.engine)
+        };
+        for item in txn
+            .open_table(LEASED)?
+            .range((id.0, 0)..=(id.0, u32::MAX))?
+        {
+            out.entry(engine_of(item?.0.value())?).or_default().leased += 1;
+        }
+        for item in txn
+            .open_table(FAILED)?
+            .range((id.0, 0)..=(id.0, u32::MAX))?
+        {
+            out.entry(engine_of(item?.0.value())?).or_default().failed += 1;
+        }
+        // Cancelled runs are only in cancelled campaigns (counted above), so the
+        // rest of each engine's runs are done.
+        for (engine, total) in totals {
+            let c = out.entry(engine).or_default();
+            c.done = total.saturating_sub(c.pending + c.leased + c.failed);
         }
         Ok(out)
     }
@@ -1113,6 +1218,7 @@ impl Store {
             pools: pools.to_vec(),
             max_gpus: 0,
             warm: warm.to_vec(),
+            campaign: None,
         };
         match self.write_one(&op, now_ms, policy)? {
             WriteOutcome::Leased(r) => Ok(r),
@@ -1585,6 +1691,7 @@ mod tests {
                 pools: pools.clone(),
                 max_gpus: free,
                 warm: vec![],
+                campaign: None,
             };
             match store.write_one(&op, 0, &policy).unwrap() {
                 WriteOutcome::Leased(r) => Ok(r.map(|r| (r.key.seq, r.tp_size))),
@@ -1614,6 +1721,7 @@ mod tests {
             pools: vec![pending_pool("synthetic", 8, &RunnerNeed::Any)],
             max_gpus: 0,
             warm: vec![],
+            campaign: None,
         };
         assert!(matches!(
             store.write_one(&op, 0, &policy).unwrap(),
@@ -1711,6 +1819,7 @@ mod tests {
                 pools: pools.clone(),
                 max_gpus: free,
                 warm: vec![("synthetic".to_string(), "b".to_string())],
+                campaign: None,
             };
             match store.write_one(&op, 0, &policy).unwrap() {
                 WriteOutcome::Leased(r) => Ok(r.map(|r| r.key.seq)),
@@ -1851,6 +1960,7 @@ mod tests {
             pools: pools.clone(),
             max_gpus: 0,
             warm: vec![],
+            campaign: None,
         };
         // Two leases in one batch get two different runs, in order.
         let out = store.apply_batch(&[lease(&a), lease(&b)], 1_000, &policy);
@@ -2170,5 +2280,139 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.enrolled_worker(&[2; 32]).unwrap(), Some(w));
         assert_eq!(store.enrolled_worker(&[3; 32]).unwrap(), None);
+    }
+
+    #[test]
+    fn runs_of_a_campaign_that_does_not_exist_are_an_error_not_an_empty_list() {
+        // `lem-coord results 99` once wrote "0 run(s)" and exited 0 for a campaign
+        // that did not exist: the store must tell the two apart.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(matches!(
+            store.runs(CampaignId(99)),
+            Err(StoreError::NoCampaign(CampaignId(99)))
+        ));
+        let id = store.create_campaign(campaign(), vec![]).unwrap();
+        assert!(
+            store.runs(id).unwrap().is_empty(),
+            "an empty campaign exists"
+        );
+        assert_eq!(
+            StoreError::NoCampaign(CampaignId(99)).to_string(),
+            "campaign 99 does not exist"
+        );
+    }
+
+    #[test]
+    fn engine_counts_follow_every_transition_without_reading_every_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = LeasePolicy::default();
+        let w = WorkerId("w".into());
+        let (store, id) = created_then_reopened(dir.path(), runs(&["a", "b", "a", "b", "a", "a"]));
+        let counts = |store: &Store| -> Vec<(String, [u64; 5])> {
+            store
+                .engine_counts(id)
+                .unwrap()
+                .into_iter()
+                .map(|(e, c)| (e, [c.pending, c.leased, c.done, c.failed, c.cancelled]))
+                .collect()
+        };
+        assert_eq!(
+            counts(&store),
+            [("a".into(), [4, 0, 0, 0, 0]), ("b".into(), [2, 0, 0, 0, 0])]
+        );
+        let pools_a = [pending_pool("a", 1, &RunnerNeed::Any)];
+        let pools_b = [pending_pool("b", 1, &RunnerNeed::Any)];
+        // a: one done, one failed for good, one leased; b: one leased.
+        let r = store
+            .lease_next(&w, 0, &pools_a, 0, &policy)
+            .unwrap()
+            .unwrap();
+        let token = r.lease.lease.as_ref().unwrap().token;
+        store
+            .complete(r.key, token, &w, &RunResult::default(), 1, "t")
+            .unwrap();
+        let r = store
+            .lease_next(&w, 0, &pools_a, 0, &policy)
+            .unwrap()
+            .unwrap();
+        let token = r.lease.lease.as_ref().unwrap().token;
+        store
+            .fail(
+                r.key,
+                token,
+                &w,
+                FailureClass::Configuration,
+                "bad",
+                2,
+                &policy,
+            )
+            .unwrap();
+        store
+            .lease_next(&w, 0, &pools_a, 3, &policy)
+            .unwrap()
+            .unwrap();
+        store
+            .lease_next(&w, 1, &pools_b, 3, &policy)
+            .unwrap()
+            .unwrap();
+        let expected = [("a".into(), [1, 1, 1, 1, 0]), ("b".into(), [1, 1, 0, 0, 0])];
+        assert_eq!(counts(&store), expected);
+        // The same counted run by run (a campaign from before the per-engine totals).
+        let scanned = {
+            let txn = store.db.begin_write().unwrap();
+            txn.open_table(COUNTS)
+                .unwrap()
+                .retain(|(_, k), _| !k.starts_with(ENGINE_TOTAL_PREFIX))
+                .unwrap();
+            txn.commit().unwrap();
+            counts(&store)
+        };
+        assert_eq!(scanned, expected);
+        // Cancelled: what was not finished is cancelled, per engine.
+        store.cancel(id).unwrap();
+        assert_eq!(
+            counts(&store),
+            [("a".into(), [0, 0, 1, 1, 2]), ("b".into(), [0, 0, 0, 0, 2])]
+        );
+        assert!(matches!(
+            store.engine_counts(CampaignId(99)),
+            Err(StoreError::NoCampaign(_))
+        ));
+    }
+
+    #[test]
+    fn a_lease_for_one_campaign_takes_none_of_another() {
+        // `lem-coord run` leases only its own campaign: an older unfinished campaign
+        // in its data dir (lower id, so first in lease order) is not run with it.
+        let dir = tempfile::tempdir().unwrap();
+        let policy = LeasePolicy::default();
+        let w = WorkerId("w".into());
+        let store = Store::open(dir.path()).unwrap();
+        let older = store
+            .create_campaign(campaign(), runs(&["synthetic", "synthetic"]))
+            .unwrap();
+        let mine = store
+            .create_campaign(campaign(), runs(&["synthetic"]))
+            .unwrap();
+        let lease = |campaign: Option<CampaignId>| WriteOp::Lease {
+            worker: w.clone(),
+            slot: 0,
+            pools: vec![pending_pool("synthetic", 1, &RunnerNeed::Any)],
+            max_gpus: 0,
+            warm: vec![],
+            campaign,
+        };
+        let leased = |op: &WriteOp| match store.write_one(op, 0, &policy).unwrap() {
+            WriteOutcome::Leased(r) => r.map(|r| r.key.campaign),
+            _ => unreachable!(),
+        };
+        assert_eq!(leased(&lease(Some(mine))), Some(mine));
+        assert_eq!(
+            leased(&lease(Some(mine))),
+            None,
+            "only the older one is left"
+        );
+        assert_eq!(leased(&lease(None)), Some(older));
     }
 }

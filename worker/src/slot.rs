@@ -716,7 +716,12 @@ impl Slot {
                 result,
             })),
             Err((class, message)) => {
-                tracing::warn!(slot = self.index, run = %grant.run, %class, %message, "run failed");
+                if class == FailureClass::Handback {
+                    // Asked for (`--drain`, or `lem-coord run` stopping): not a failure.
+                    tracing::info!(slot = self.index, run = %grant.run, %message, "run handed back");
+                } else {
+                    tracing::warn!(slot = self.index, run = %grant.run, %class, %message, "run failed");
+                }
                 Report::Fail(FailRequest {
                     worker: self.worker.clone(),
                     run: grant.run,

@@ -7,6 +7,8 @@ mod faults;
 mod flow;
 mod gpus;
 mod isolation;
+mod live;
+mod report;
 mod security;
 mod warm;
 
