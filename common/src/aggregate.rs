@@ -263,13 +263,21 @@ impl ConfigAggregate {
             .and_then(|(_, v)| v.as_ref())
     }
 
-    /// The names of every flag, config-level then run-level.
+    /// The names of every flag, config-level then run-level, each once (`high_cv`
+    /// may be raised by several measures).
     pub fn flag_names(&self) -> Vec<&'static str> {
-        self.flags
+        let mut names: Vec<&'static str> = Vec::new();
+        for n in self
+            .flags
             .iter()
             .map(ConfigFlag::name)
             .chain(self.run_flags.keys().map(|f| f.name()))
-            .collect()
+        {
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+        names
     }
 }
 
@@ -621,6 +629,7 @@ mod tests {
         let b_agg = &aggs[0];
         let names = b_agg.flag_names();
         assert!(names.contains(&"high_cv"), "{names:?}");
+        assert_eq!(names.iter().filter(|n| **n == "high_cv").count(), 1);
         assert!(b_agg.flags.contains(&ConfigFlag::OutlierCycles {
             metric: Metric::EnergyPerToken,
             cycles: vec![3]

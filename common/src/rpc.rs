@@ -378,8 +378,19 @@ pub struct WorkerInfo {
     pub registered_at: String,
     pub last_seen: String,
     pub last_seen_s_ago: f64,
+    /// Heard from within the lease TTL (or waiting in a lease call now), and not
+    /// deregistered since.
+    #[serde(default)]
+    pub connected: bool,
     pub leases_held: u64,
     pub runs_done: u64,
+}
+
+/// A worker that stops cleanly says so (`lem-worker` on SIGTERM or Ctrl-C), so it is
+/// shown disconnected at once rather than after the lease TTL.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeregisterRequest {
+    pub worker: WorkerId,
 }
 
 /// A new worker asks for its client certificate (`lem-worker join`).
@@ -422,6 +433,8 @@ pub trait Coordinator {
     async fn renew(req: RenewRequest) -> Result<RenewReply, RpcError>;
     async fn complete(req: CompleteRequest) -> Result<CompleteReply, RpcError>;
     async fn fail(req: FailRequest) -> Result<(), RpcError>;
+    /// The worker stops: show it disconnected now (its leases stay as they are).
+    async fn deregister(req: DeregisterRequest) -> Result<(), RpcError>;
     async fn submit(req: SubmitRequest) -> Result<SubmitReply, RpcError>;
     async fn campaigns() -> Result<Vec<CampaignStatus>, RpcError>;
     async fn status(campaign: CampaignId) -> Result<CampaignStatus, RpcError>;

@@ -71,6 +71,7 @@ fn role(req: &CoordinatorRequest) -> Role {
         R::Renew { req } => Role::Worker(req.worker.clone()),
         R::Complete { req } => Role::Worker(req.worker.clone()),
         R::Fail { req } => Role::Worker(req.worker.clone()),
+        R::Deregister { req } => Role::Worker(req.worker.clone()),
         R::Submit { .. }
         | R::Campaigns {}
         | R::Status { .. }
@@ -127,6 +128,7 @@ pub fn refusal(req: &CoordinatorRequest, err: RpcError) -> CoordinatorResponse {
         R::Renew { .. } => P::Renew(Err(err)),
         R::Complete { .. } => P::Complete(Err(err)),
         R::Fail { .. } => P::Fail(Err(err)),
+        R::Deregister { .. } => P::Deregister(Err(err)),
         R::Submit { .. } => P::Submit(Err(err)),
         R::Campaigns {} => P::Campaigns(Err(err)),
         R::Status { .. } => P::Status(Err(err)),

@@ -1337,8 +1337,35 @@ async fn workers(json: bool, addr: &Endpoint) -> Result<(), CliError> {
     }
     if ws.is_empty() {
         println!("no workers registered");
+        return Ok(());
     }
+    let mut table = comfy_table::Table::new();
+    table
+        .load_preset(comfy_table::presets::NOTHING)
+        .set_header(vec![
+            "worker",
+            "host",
+            "state",
+            "last seen",
+            "slots",
+            "engines",
+            "leases",
+            "done",
+        ]);
+    let (mut up, mut down) = (0, 0);
+    // Connected first, then by name.
+    let mut ws = ws;
+    ws.sort_by(|a, b| {
+        b.connected
+            .cmp(&a.connected)
+            .then(a.worker.0.cmp(&b.worker.0))
+    });
     for w in ws {
+        if w.connected {
+            up += 1;
+        } else {
+            down += 1;
+        }
         let engines: Vec<String> = w
             .engines
             .iter()
@@ -1371,17 +1398,24 @@ async fn workers(json: bool, addr: &Endpoint) -> Result<(), CliError> {
                 }
             })
             .collect();
-        println!(
-            "{:<28} host {:<16} slots [{}] engines [{}] leases {} done {} last seen {:.0}s ago",
-            w.worker.0,
-            w.host,
+        table.add_row(vec![
+            w.worker.0.clone(),
+            w.host.clone(),
+            if w.connected {
+                "connected"
+            } else {
+                "disconnected"
+            }
+            .to_string(),
+            format!("{:.0}s ago", w.last_seen_s_ago),
             gpus.join(", "),
             engines.join(" "),
-            w.leases_held,
-            w.runs_done,
-            w.last_seen_s_ago
-        );
+            w.leases_held.to_string(),
+            w.runs_done.to_string(),
+        ]);
     }
+    println!("{table}");
+    println!("{up} connected, {down} disconnected (engines marked - are not available there)");
     Ok(())
 }
 

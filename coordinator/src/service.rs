@@ -13,9 +13,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lem_common::lease::{CompleteOutcome, LeasePolicy, RunState};
 use lem_common::rpc::{
     enrol_proof_message, BlockedEngine, CampaignStatus, CompleteReply, CompleteRequest,
-    CompleteStatus, Coordinator, EngineProgress, EnrolReply, EnrolRequest, FailRequest, LeaseGrant,
-    LeaseReply, LeaseRequest, ReasonWorkers, RegisterReply, RegisterRequest, RenewReply,
-    RenewRequest, RpcError, RpcErrorKind, RunRow, SubmitReply, SubmitRequest, WorkerInfo,
+    CompleteStatus, Coordinator, DeregisterRequest, EngineProgress, EnrolReply, EnrolRequest,
+    FailRequest, LeaseGrant, LeaseReply, LeaseRequest, ReasonWorkers, RegisterReply,
+    RegisterRequest, RenewReply, RenewRequest, RpcError, RpcErrorKind, RunRow, SubmitReply,
+    SubmitRequest, WorkerInfo,
 };
 use lem_common::runner::{RunnerNeed, WorkerRuntime};
 use lem_common::study::{self, PlanOptions, StudySource};
@@ -76,8 +77,6 @@ pub fn check_study_size(src: &StudySource) -> Result<(), String> {
     }
     Ok(())
 }
-/// A worker not heard from for this long is not counted as able to run anything.
-const WORKER_STALE_MS: u64 = 120_000;
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -109,6 +108,11 @@ pub struct Shared {
     /// registration time, and a restarted coordinator learns this again within one
     /// lease poll).
     last_seen: Mutex<HashMap<WorkerId, u64>>,
+    /// Per worker, the lease calls waiting right now (a long poll is a worker that
+    /// is there, though it last called in up to the poll's length ago).
+    polling: Mutex<HashMap<WorkerId, u32>>,
+    /// Workers that deregistered (stopped cleanly) and have not called in since.
+    departed: Mutex<std::collections::HashSet<WorkerId>>,
     /// Each campaign's study name, for lease grants (a campaign's name never
     /// changes; reading its record per lease would parse its whole study text).
     /// Per campaign, what every lease of it carries besides the run: the study's name
@@ -131,6 +135,30 @@ impl Shared {
             .lock()
             .expect("last_seen lock")
             .insert(worker.clone(), now_ms());
+        self.departed.lock().expect("departed lock").remove(worker);
+    }
+
+    /// Whether `w` is connected at `now` ([`is_connected`] with this coordinator's
+    /// lease TTL).
+    fn connected(&self, w: &WorkerRecord, now: u64) -> bool {
+        let polling = self
+            .polling
+            .lock()
+            .expect("polling lock")
+            .get(&w.worker)
+            .is_some_and(|n| *n > 0);
+        let departed = self
+            .departed
+            .lock()
+            .expect("departed lock")
+            .contains(&w.worker);
+        is_connected(
+            now,
+            self.last_seen_ms(w),
+            polling,
+            departed,
+            self.policy.ttl_ms,
+        )
     }
 
     fn last_seen_ms(&self, w: &WorkerRecord) -> u64 {
@@ -180,6 +208,8 @@ impl Shared {
             runner_needs: Mutex::new(needs),
             stopping: Default::default(),
             last_seen: Default::default(),
+            polling: Default::default(),
+            departed: Default::default(),
             study_names: Default::default(),
             lease_only: Default::default(),
         }))
@@ -296,7 +326,7 @@ impl CoordService {
         if counts.pending > 0 {
             let workers = shared.store.workers()?;
             let now = now_ms();
-            let (live, disconnected) = connected_workers(&workers, |w| shared.last_seen_ms(w), now);
+            let (live, disconnected) = connected_workers(&workers, |w| shared.connected(w, now));
             disconnected_workers = disconnected;
             blocked = blocked_pools(shared.store.pending_by_pool(id)?, &live, disconnected);
         }
@@ -368,16 +398,62 @@ impl CoordService {
     }
 }
 
-/// The workers heard from within [`WORKER_STALE_MS`] of `now` (connected), and how
-/// many registered workers are not (disconnected).
+/// Counts a lease call while it waits (dropped when the call ends, however it ends).
+struct Polling<'a> {
+    shared: &'a Shared,
+    worker: WorkerId,
+}
+
+impl<'a> Polling<'a> {
+    fn new(shared: &'a Shared, worker: &WorkerId) -> Self {
+        *shared
+            .polling
+            .lock()
+            .expect("polling lock")
+            .entry(worker.clone())
+            .or_default() += 1;
+        Polling {
+            shared,
+            worker: worker.clone(),
+        }
+    }
+}
+
+impl Drop for Polling<'_> {
+    fn drop(&mut self) {
+        let mut m = self.shared.polling.lock().expect("polling lock");
+        if let Some(n) = m.get_mut(&self.worker) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.worker);
+            }
+        }
+    }
+}
+
+/// Whether a worker counts as connected: it has not deregistered since it last
+/// called in, and it is waiting in a lease call now or called in within the lease
+/// TTL (a live worker calls at least that often: an idle slot's long poll is
+/// shorter than the TTL, a busy slot renews at a third of it). A worker killed
+/// without a word is shown disconnected one TTL after its last call.
+pub fn is_connected(
+    now: u64,
+    last_seen_ms: u64,
+    polling: bool,
+    departed: bool,
+    ttl_ms: u64,
+) -> bool {
+    !departed && (polling || now.saturating_sub(last_seen_ms) < ttl_ms)
+}
+
+/// The connected workers ([`is_connected`]), and how many registered workers are
+/// not (disconnected).
 fn connected_workers(
     workers: &[WorkerRecord],
-    last_seen_ms: impl Fn(&WorkerRecord) -> u64,
-    now: u64,
+    connected: impl Fn(&WorkerRecord) -> bool,
 ) -> (Vec<&WorkerRecord>, u64) {
-    let (live, gone): (Vec<&WorkerRecord>, Vec<&WorkerRecord>) = workers
-        .iter()
-        .partition(|w| now.saturating_sub(last_seen_ms(w)) < WORKER_STALE_MS);
+    let (live, gone): (Vec<&WorkerRecord>, Vec<&WorkerRecord>) =
+        workers.iter().partition(|w| connected(w));
     (live, gone.len() as u64)
 }
 
@@ -408,7 +484,7 @@ pub fn blocked_pools(
             .is_empty()
         {
             let cause = if disconnected > 0 {
-                format!("no worker is connected ({disconnected} registered worker(s) not heard from in {} s)", WORKER_STALE_MS / 1000)
+                format!("no worker is connected ({disconnected} registered worker(s) stopped or not heard from within the lease TTL)")
             } else {
                 "no worker is connected".to_string()
             };
@@ -561,6 +637,7 @@ impl Coordinator for CoordService {
 
     async fn lease(self, _: Context, req: LeaseRequest) -> Result<LeaseReply, RpcError> {
         self.shared.touch(&req.worker);
+        let _polling = Polling::new(&self.shared, &req.worker);
         let engines = self
             .shared
             .engines_by_worker
@@ -752,6 +829,16 @@ impl Coordinator for CoordService {
                 ));
             }
         })
+    }
+
+    async fn deregister(self, _: Context, req: DeregisterRequest) -> Result<(), RpcError> {
+        tracing::info!(worker = %req.worker, "worker stopped (deregistered)");
+        self.shared
+            .departed
+            .lock()
+            .expect("departed lock")
+            .insert(req.worker);
+        Ok(())
     }
 
     async fn fail(self, _: Context, req: FailRequest) -> Result<(), RpcError> {
@@ -1004,6 +1091,7 @@ impl Coordinator for CoordService {
                     leases_held: leases.get(&w.worker).copied().unwrap_or(0),
                     last_seen: format_utc_ms(shared.last_seen_ms(&w)),
                     last_seen_s_ago: now.saturating_sub(shared.last_seen_ms(&w)) as f64 / 1000.0,
+                    connected: shared.connected(&w, now),
                     worker: w.worker,
                     host: w.host,
                     worker_version: w.worker_version,
@@ -1089,6 +1177,19 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_is_connected_within_the_ttl_or_while_polling_until_it_deregisters() {
+        let ttl = 30_000;
+        let now = 1_000_000;
+        assert!(is_connected(now, now - 29_999, false, false, ttl));
+        assert!(!is_connected(now, now - 30_000, false, false, ttl));
+        // A long poll in flight: there, whenever it last called in.
+        assert!(is_connected(now, now - 50_000, true, false, ttl));
+        // Deregistered: gone at once, polling or not.
+        assert!(!is_connected(now, now, false, true, ttl));
+        assert!(!is_connected(now, now, true, true, ttl));
+    }
+
+    #[test]
     fn blocked_reasons_are_grouped_by_reason_over_connected_workers_only() {
         // 50 hosts that cannot run vllm (48 for one reason, 2 that do not offer it),
         // 3 that left long ago and would run it: one line per distinct reason, not
@@ -1112,10 +1213,12 @@ mod tests {
                 &format!("gone{i}"),
                 &[("vllm", None)],
                 1,
-                now - WORKER_STALE_MS - 1,
+                now - 30_001,
             ));
         }
-        let (live, disconnected) = connected_workers(&workers, |w| w.last_seen_ms, now);
+        let (live, disconnected) = connected_workers(&workers, |w| {
+            is_connected(now, w.last_seen_ms, false, false, 30_000)
+        });
         assert_eq!((live.len(), disconnected), (50, 3));
         let pools = vec![
             ("vllm".to_string(), 1, RunnerNeed::Any, 40),

@@ -103,7 +103,8 @@ FOREIGN=$!
 sleep 8
 nvidia-smi --query-compute-apps=pid,used_memory --format=csv | tee "$OUT/isolation_smi.txt"
 for policy in warn refuse; do
-  pkill -f "$B/lem-worker"; sleep 1
+  # The previous worker must be gone (it holds the GPU's lock until it exits).
+  pkill -f "$B/lem-worker"; while pgrep -f "$B/lem-worker" > /dev/null; do sleep 0.5; done
   setsid "$B/lem-worker" --coordinator "$A" --data-dir "$W/w0" --name h200 --prefill-window-seconds 0 \
     --device-isolation $policy > "$W/w-$policy.log" 2>&1 < /dev/null &
   ID=$($B/lem-coord submit tests/gpu/h200-isolation.yaml --coordinator "$A" | tail -1)

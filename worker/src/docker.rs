@@ -58,6 +58,7 @@ pub const LABEL_DATA_DIR: &str = "lem.data-dir";
 const IMAGE_LABEL_PROTOCOL: &str = "org.lem-fleet.protocol";
 /// The image label `docker/images.sh` sets to the harness version.
 const IMAGE_LABEL_HARNESS: &str = "org.lem-fleet.harness";
+const IMAGE_LABEL_ENGINE_PIN: &str = "org.lem-fleet.engine-pin";
 /// The harness protocol this worker speaks (docker/harness/README.md).
 const HARNESS_PROTOCOL: &str = "1";
 
@@ -123,6 +124,9 @@ pub struct PinnedImage {
     pub id: String,
     /// The harness version its label names (`docker/images.sh` sets it).
     pub harness_version: Option<String>,
+    /// The engine and exact version an engine image was built for (label
+    /// `org.lem-fleet.engine-pin`, e.g. `vllm==0.19.1`; docker/engine-images.sh).
+    pub engine_pin: Option<String>,
 }
 
 /// Connects to the local Docker daemon (`DOCKER_HOST` or `/var/run/docker.sock`) and
@@ -165,6 +169,7 @@ pub async fn resolve_image(docker: &Docker, name: &str) -> Result<PinnedImage, D
         name: name.to_string(),
         id,
         harness_version: labels.get(IMAGE_LABEL_HARNESS).cloned(),
+        engine_pin: labels.get(IMAGE_LABEL_ENGINE_PIN).cloned(),
     })
 }
 

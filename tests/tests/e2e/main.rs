@@ -8,6 +8,7 @@ mod flow;
 mod gpus;
 mod isolation;
 mod live;
+mod presence;
 mod report;
 mod security;
 mod warm;
