@@ -249,7 +249,7 @@ class VLLMDriftTests(FakeEngineMixin, unittest.TestCase):
         (d,) = res["dropped_kwargs"]
         self.assertEqual(d["key"], "vllm.engine_params.enforce_eager")
         self.assertIn("installed vllm 0.20.0", d["reason"])
-        # in metrics too: the worker keeps metrics (harness_metrics) in the result
+        # in metrics too: the worker keeps metrics (harness.metrics) in the result
         (w,) = res["metrics"]["engine_warnings"]
         self.assertTrue(w.startswith("vllm.engine_params.enforce_eager dropped (not passed to "
                                      "LLM())"), w)
