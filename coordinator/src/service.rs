@@ -1285,7 +1285,7 @@ mod tests {
         let b = &blocked_pools(pools.clone(), &[], 3)[0];
         assert_eq!(
             b.cause,
-            "no worker is connected (3 registered worker(s) not heard from in 120 s)"
+            "no worker is connected (3 registered worker(s) stopped or not heard from within the lease TTL)"
         );
         assert!(b.by_reason.is_empty());
         assert_eq!(
