@@ -405,11 +405,13 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
         RuntimeConfig::Docker {
             image,
             allow_images,
+            dispatch,
         } => {
             let factory =
                 docker::DockerFactory::start(&cfg.data_dir, &worker.0, image, allow_images)
                     .await?
-                    .with_env(policy_env(cfg.trust_remote_code));
+                    .with_env(policy_env(cfg.trust_remote_code))
+                    .with_dispatch(*dispatch);
             let pinned = factory.image();
             tracing::info!(image = %pinned.name, id = %pinned.id, harness = ?pinned.harness_version, "docker runtime");
             let image_env = serde_json::json!({
