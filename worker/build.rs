@@ -1,5 +1,5 @@
-//! Embeds the Python harness (docker/harness: its .py files and built-in .jsonl
-//! datasets, tests excluded) into the worker binary,
+//! Embeds the Python harness (docker/harness: its .py files, built-in .jsonl
+//! datasets and .json engine signatures, tests excluded) into the worker binary,
 //! so a carried `lem-worker` needs no checkout: it writes the files out at start.
 
 use std::fmt::Write as _;
@@ -19,7 +19,7 @@ fn collect(dir: &Path, root: &Path, out: &mut Vec<PathBuf>) {
                 continue;
             }
             collect(&p, root, out);
-        } else if name.ends_with(".py") || name.ends_with(".jsonl") {
+        } else if name.ends_with(".py") || name.ends_with(".jsonl") || name.ends_with(".json") {
             out.push(p.strip_prefix(root).unwrap().to_path_buf());
         }
     }

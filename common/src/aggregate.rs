@@ -106,28 +106,39 @@ impl Metric {
     pub fn of(self, r: &RunResult) -> Option<f64> {
         let finite = |v: f64| v.is_finite().then_some(v);
         match self {
-            Metric::TokensPerSecond => finite(r.avg_tokens_per_second),
-            Metric::EnergyPerToken => finite(r.avg_energy_per_token_j),
-            Metric::EnergyPerTokenAdjusted => r.energy_per_token_adjusted_j.and_then(finite),
+            Metric::TokensPerSecond => finite(r.throughput.avg_tokens_per_second),
+            Metric::EnergyPerToken => finite(r.throughput.avg_energy_per_token_j),
+            Metric::EnergyPerTokenAdjusted => {
+                r.throughput.energy_per_token_adjusted_j.and_then(finite)
+            }
             // The same tokens as avg_energy_per_token_j counts.
             Metric::EnergyPerTokenDynamic => {
-                let dynamic = r.energy_adjusted_resident_j?;
-                (r.total_energy_j > 0.0)
-                    .then(|| dynamic * r.avg_energy_per_token_j / r.total_energy_j)
+                let dynamic = r.energy.adjusted_resident_j?;
+                (r.energy.total_j > 0.0)
+                    .then(|| dynamic * r.throughput.avg_energy_per_token_j / r.energy.total_j)
                     .and_then(finite)
             }
             Metric::TtftMs => latency_mean(r, "ttft_ms"),
             Metric::ItlMs => latency_mean(r, "itl_ms"),
-            Metric::MeanPowerW => finite(r.mean_power_w),
-            Metric::TotalEnergyJ => finite(r.total_energy_j),
-            Metric::PrefillEnergyJ => r.prefill_energy_j.and_then(finite),
-            Metric::DecodeEnergyJ => r.decode_energy_j.and_then(finite),
+            Metric::MeanPowerW => finite(r.energy.mean_power_w),
+            Metric::TotalEnergyJ => finite(r.energy.total_j),
+            Metric::PrefillEnergyJ => r
+                .energy
+                .prefill
+                .as_ref()
+                .and_then(|p| finite(p.prefill_energy_j)),
+            Metric::DecodeEnergyJ => r
+                .energy
+                .prefill
+                .as_ref()
+                .and_then(|p| finite(p.decode_energy_j)),
         }
     }
 }
 
 fn latency_mean(r: &RunResult, key: &str) -> Option<f64> {
-    r.harness_metrics
+    r.harness
+        .metrics
         .get(key)
         .and_then(|m| m.get("mean"))
         .and_then(|v| v.as_f64())
@@ -506,7 +517,7 @@ pub fn aggregate_config(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{CampaignId, RunKey};
+    use crate::types::{Baselines, CampaignId, EnergyFigures, HarnessFacts, RunKey, Throughput};
 
     fn config(batch: i64, dtype: &str) -> String {
         format!(
@@ -527,16 +538,28 @@ mod tests {
             attempts: 1,
             config_json: cfg.into(),
             result: jpt.map(|j| RunResult {
-                avg_energy_per_token_j: j,
-                energy_per_token_adjusted_j: Some(j / 2.0),
-                avg_tokens_per_second: 100.0 / j,
-                total_energy_j: 64.0 * j,
-                energy_adjusted_resident_j: Some(16.0 * j),
-                mean_power_w: 200.0,
                 environment_hash: "env-a".into(),
-                harness_metrics: serde_json::json!({"ttft_ms": {"mean": 12.5}}),
-                baseline: Some(Default::default()),
-                energy_adjusted_j: Some(32.0 * j),
+                energy: EnergyFigures {
+                    total_j: 64.0 * j,
+                    adjusted_resident_j: Some(16.0 * j),
+                    mean_power_w: 200.0,
+                    adjusted_j: Some(32.0 * j),
+                    ..Default::default()
+                },
+                baselines: Baselines {
+                    device: Some(Default::default()),
+                    ..Default::default()
+                },
+                throughput: Throughput {
+                    avg_energy_per_token_j: j,
+                    energy_per_token_adjusted_j: Some(j / 2.0),
+                    avg_tokens_per_second: 100.0 / j,
+                    ..Default::default()
+                },
+                harness: HarnessFacts {
+                    metrics: serde_json::json!({"ttft_ms": {"mean": 12.5}}),
+                    ..Default::default()
+                },
                 ..Default::default()
             }),
             last_failure: None,
@@ -635,7 +658,7 @@ mod tests {
     fn run_flags_are_counted() {
         let a = config(1, "bf16");
         let mut rows = vec![row(0, "a", 1, &a, Some(1.0)), row(1, "a", 2, &a, Some(1.0))];
-        rows[0].result.as_mut().unwrap().throttle_thermal = true;
+        rows[0].result.as_mut().unwrap().thermal.throttle_thermal = true;
         let aggs = aggregate_rows(&rows);
         assert_eq!(aggs[0].run_flags.get(&Flag::ThrottleThermal), Some(&1));
         assert!(aggs[0].flag_names().contains(&"throttle_thermal"));

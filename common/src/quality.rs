@@ -197,27 +197,29 @@ pub fn flag_names(r: &RunResult) -> Vec<&'static str> {
 /// Whether a device-idle baseline was measured and subtracted (`energy_adjusted_j`
 /// exists); false when the study disabled the baseline.
 pub fn baseline_subtracted(r: &RunResult) -> bool {
-    r.baseline.is_some() && r.energy_adjusted_j.is_some()
+    r.baselines.device.is_some() && r.energy.adjusted_j.is_some()
 }
 
 /// |quiet power beside the window - resident idle| in watts, when both are known.
 pub fn resident_idle_drift_w(r: &RunResult) -> Option<f64> {
-    let quiet = r.quiet_power_w?;
-    let resident = r.resident_baseline.as_ref()?.mean_power_w;
+    let quiet = r.energy.quiet_power_w?;
+    let resident = r.baselines.resident.as_ref()?.mean_power_w;
     Some((quiet - resident).abs())
 }
 
 /// The harness's `itl_measurement_mode` (`true_streaming`, `proportional`,
 /// `per_request_batch`), if it reported one.
 pub fn itl_measurement_mode(r: &RunResult) -> Option<&str> {
-    r.harness_metrics
+    r.harness
+        .metrics
         .get("itl_measurement_mode")
         .and_then(serde_json::Value::as_str)
 }
 
 /// The harness's `latency_estimated`, if it reported one.
 pub fn latency_estimated(r: &RunResult) -> Option<bool> {
-    r.harness_metrics
+    r.harness
+        .metrics
         .get("latency_estimated")
         .and_then(serde_json::Value::as_bool)
 }
@@ -240,14 +242,14 @@ pub fn mig_enabled(r: &RunResult) -> bool {
 /// Whether another process held a measured GPU (the worker's `gpu_shared`, or any
 /// foreign process recorded).
 pub fn gpu_shared(r: &RunResult) -> bool {
-    r.gpu_shared || !r.gpu_foreign_processes.is_empty()
+    r.isolation.gpu_shared || !r.isolation.foreign_processes.is_empty()
 }
 
 /// The pids of the foreign processes seen on a measured GPU, each once, in the order
 /// first seen.
 pub fn foreign_pids(r: &RunResult) -> Vec<u32> {
     let mut pids = Vec::new();
-    for p in &r.gpu_foreign_processes {
+    for p in &r.isolation.foreign_processes {
         if !pids.contains(&p.pid) {
             pids.push(p.pid);
         }
@@ -259,26 +261,26 @@ pub fn foreign_pids(r: &RunResult) -> Vec<u32> {
 fn has(r: &RunResult, flag: Flag) -> bool {
     match flag {
         Flag::Simulated => r.simulated,
-        Flag::PowerIntegral => r.energy_method == "power_integral",
-        Flag::ShortWindow => r.short_window,
-        Flag::EnergyDisagreement => r.energy_disagreement_flagged,
-        Flag::EdgeUncertainty => r.energy_uncertainty_flagged,
+        Flag::PowerIntegral => r.energy.method == "power_integral",
+        Flag::ShortWindow => r.window.short,
+        Flag::EnergyDisagreement => r.energy.disagreement_flagged,
+        Flag::EdgeUncertainty => r.energy.uncertainty_flagged,
         Flag::BaselineNotSubtracted => !baseline_subtracted(r),
-        Flag::EnergyClamped => r.energy_adjusted_clamped,
+        Flag::EnergyClamped => r.energy.adjusted_clamped,
         Flag::ResidentIdleDrift => {
             resident_idle_drift_w(r).is_some_and(|d| d > RESIDENT_IDLE_DRIFT_W)
         }
         Flag::DynamicEnergyUncertain => match (
-            r.energy_adjusted_resident_uncertainty_j,
-            r.energy_adjusted_resident_j,
+            r.energy.adjusted_resident_uncertainty_j,
+            r.energy.adjusted_resident_j,
         ) {
             (Some(u), Some(e)) => u > e.abs() * DYNAMIC_UNCERTAINTY_FLAG_PCT / 100.0,
             _ => false,
         },
-        Flag::ThrottleThermal => r.throttle_thermal,
-        Flag::ThrottlePower => r.throttle_power,
-        Flag::HwSlowdown => r.hw_slowdown,
-        Flag::ThermalGateTimeout => r.thermal_wait_reason == GateReason::Timeout.as_str(),
+        Flag::ThrottleThermal => r.thermal.throttle_thermal,
+        Flag::ThrottlePower => r.thermal.throttle_power,
+        Flag::HwSlowdown => r.thermal.hw_slowdown,
+        Flag::ThermalGateTimeout => r.thermal.wait_reason == GateReason::Timeout.as_str(),
         Flag::GpuShared => gpu_shared(r),
         Flag::Mig => mig_enabled(r),
         Flag::LatencyEstimated => {
@@ -294,7 +296,9 @@ fn has(r: &RunResult, flag: Flag) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{BaselineRecord, ForeignProcess};
+    use crate::types::{
+        BaselineRecord, Baselines, EnergyFigures, ForeignProcess, HarnessFacts, Isolation, Thermal,
+    };
     use serde_json::json;
 
     /// A clean measurement: counter energy, baselines subtracted, streamed latency.
@@ -305,16 +309,27 @@ mod tests {
             ..Default::default()
         };
         RunResult {
-            energy_method: "counter_interpolated".into(),
-            total_energy_j: 1000.0,
-            energy_adjusted_j: Some(400.0),
-            baseline_power_w: Some(60.0),
-            baseline: Some(baseline(60.0)),
-            resident_baseline: Some(baseline(120.0)),
-            quiet_power_w: Some(121.5),
-            thermal_wait_reason: "cooled".into(),
-            harness_metrics: json!({"itl_measurement_mode": "true_streaming", "latency_estimated": false}),
             environment: json!({"gpu": {"name": "H200", "mig_enabled": false}}),
+            energy: EnergyFigures {
+                method: "counter_interpolated".into(),
+                total_j: 1000.0,
+                adjusted_j: Some(400.0),
+                quiet_power_w: Some(121.5),
+                ..Default::default()
+            },
+            baselines: Baselines {
+                device_power_w: Some(60.0),
+                device: Some(baseline(60.0)),
+                resident: Some(baseline(120.0)),
+            },
+            thermal: Thermal {
+                wait_reason: "cooled".into(),
+                ..Default::default()
+            },
+            harness: HarnessFacts {
+                metrics: json!({"itl_measurement_mode": "true_streaming", "latency_estimated": false}),
+                ..Default::default()
+            },
             ..Default::default()
         }
     }
@@ -333,38 +348,40 @@ mod tests {
         let cases: Vec<(Flag, Raise)> = vec![
             (Flag::Simulated, |r| r.simulated = true),
             (Flag::PowerIntegral, |r| {
-                r.energy_method = "power_integral".into()
+                r.energy.method = "power_integral".into()
             }),
-            (Flag::ShortWindow, |r| r.short_window = true),
+            (Flag::ShortWindow, |r| r.window.short = true),
             (Flag::EnergyDisagreement, |r| {
-                r.energy_disagreement_flagged = true
+                r.energy.disagreement_flagged = true
             }),
             (Flag::EdgeUncertainty, |r| {
-                r.energy_uncertainty_flagged = true
+                r.energy.uncertainty_flagged = true
             }),
             (Flag::BaselineNotSubtracted, |r| {
-                r.baseline = None;
-                r.baseline_power_w = None;
-                r.energy_adjusted_j = None;
+                r.baselines.device = None;
+                r.baselines.device_power_w = None;
+                r.energy.adjusted_j = None;
             }),
-            (Flag::EnergyClamped, |r| r.energy_adjusted_clamped = true),
-            (Flag::ResidentIdleDrift, |r| r.quiet_power_w = Some(117.5)),
+            (Flag::EnergyClamped, |r| r.energy.adjusted_clamped = true),
+            (Flag::ResidentIdleDrift, |r| {
+                r.energy.quiet_power_w = Some(117.5)
+            }),
             (Flag::DynamicEnergyUncertain, |r| {
-                r.energy_adjusted_resident_j = Some(10.0);
-                r.energy_adjusted_resident_uncertainty_j = Some(1.5);
+                r.energy.adjusted_resident_j = Some(10.0);
+                r.energy.adjusted_resident_uncertainty_j = Some(1.5);
             }),
-            (Flag::ThrottleThermal, |r| r.throttle_thermal = true),
-            (Flag::ThrottlePower, |r| r.throttle_power = true),
-            (Flag::HwSlowdown, |r| r.hw_slowdown = true),
+            (Flag::ThrottleThermal, |r| r.thermal.throttle_thermal = true),
+            (Flag::ThrottlePower, |r| r.thermal.throttle_power = true),
+            (Flag::HwSlowdown, |r| r.thermal.hw_slowdown = true),
             (Flag::ThermalGateTimeout, |r| {
-                r.thermal_wait_reason = "timeout".into()
+                r.thermal.wait_reason = "timeout".into()
             }),
-            (Flag::GpuShared, |r| r.gpu_shared = true),
+            (Flag::GpuShared, |r| r.isolation.gpu_shared = true),
             (Flag::Mig, |r| {
                 r.environment["gpu"]["mig_enabled"] = json!(true)
             }),
             (Flag::LatencyEstimated, |r| {
-                r.harness_metrics["latency_estimated"] = json!(true)
+                r.harness.metrics["latency_estimated"] = json!(true)
             }),
         ];
         let covered: Vec<Flag> = cases.iter().map(|(flag, _)| *flag).collect();
@@ -380,9 +397,9 @@ mod tests {
     fn everything_at_once_comes_in_the_documented_order() {
         let mut r = clean();
         r.simulated = true;
-        r.short_window = true;
-        r.throttle_power = true;
-        r.gpu_foreign_processes = vec![ForeignProcess {
+        r.window.short = true;
+        r.thermal.throttle_power = true;
+        r.isolation.foreign_processes = vec![ForeignProcess {
             pid: 4242,
             seen: "window".into(),
             ..Default::default()
@@ -396,18 +413,18 @@ mod tests {
     #[test]
     fn resident_idle_drift_needs_both_figures_and_more_than_the_threshold() {
         let mut r = clean();
-        r.quiet_power_w = Some(120.0 + RESIDENT_IDLE_DRIFT_W);
+        r.energy.quiet_power_w = Some(120.0 + RESIDENT_IDLE_DRIFT_W);
         assert!(
             !flags(&r).contains(&Flag::ResidentIdleDrift),
             "at the threshold"
         );
-        r.quiet_power_w = Some(120.0 + RESIDENT_IDLE_DRIFT_W + 0.1);
+        r.energy.quiet_power_w = Some(120.0 + RESIDENT_IDLE_DRIFT_W + 0.1);
         assert!(flags(&r).contains(&Flag::ResidentIdleDrift));
-        r.resident_baseline = None;
+        r.baselines.resident = None;
         assert_eq!(resident_idle_drift_w(&r), None);
         assert!(!flags(&r).contains(&Flag::ResidentIdleDrift));
         let mut r = clean();
-        r.quiet_power_w = None;
+        r.energy.quiet_power_w = None;
         assert!(!flags(&r).contains(&Flag::ResidentIdleDrift));
     }
 
@@ -429,7 +446,7 @@ mod tests {
     fn estimated_latency_is_read_from_the_mode_too() {
         for mode in ["proportional", "per_request_batch"] {
             let mut r = clean();
-            r.harness_metrics = json!({"itl_measurement_mode": mode});
+            r.harness.metrics = json!({"itl_measurement_mode": mode});
             assert_eq!(flags(&r), vec![Flag::LatencyEstimated], "{mode}");
             assert_eq!(itl_measurement_mode(&r), Some(mode));
             assert_eq!(latency_estimated(&r), None);
@@ -444,7 +461,10 @@ mod tests {
             ..Default::default()
         };
         let r = RunResult {
-            gpu_foreign_processes: vec![p(7, "baseline"), p(9, "window"), p(7, "window")],
+            isolation: Isolation {
+                foreign_processes: vec![p(7, "baseline"), p(9, "window"), p(7, "window")],
+                ..Default::default()
+            },
             ..Default::default()
         };
         assert_eq!(foreign_pids(&r), [7, 9]);

@@ -181,26 +181,31 @@ fn finite(r: &RunResult) -> Check {
 
 fn energy(r: &RunResult) -> Check {
     let mut p = Vec::new();
-    let total = r.total_energy_j;
+    let total = r.energy.total_j;
     if total <= 0.0 || !total.is_finite() {
         p.push(format!("total_energy_j is {total} J, not above 0"));
     }
-    if r.mean_power_w <= 0.0 {
-        p.push(format!("mean_power_w is {} W, not above 0", r.mean_power_w));
-    } else if r.duration_s > 0.0 && !close(r.mean_power_w, total / r.duration_s) {
+    if r.energy.mean_power_w <= 0.0 {
+        p.push(format!(
+            "mean_power_w is {} W, not above 0",
+            r.energy.mean_power_w
+        ));
+    } else if r.window.duration_s > 0.0
+        && !close(r.energy.mean_power_w, total / r.window.duration_s)
+    {
         p.push(format!(
             "mean_power_w {:.3} W is not total_energy_j / duration_s = {:.3} W",
-            r.mean_power_w,
-            total / r.duration_s
+            r.energy.mean_power_w,
+            total / r.window.duration_s
         ));
     }
-    if let Some(a) = r.energy_adjusted_j {
+    if let Some(a) = r.energy.adjusted_j {
         if a < 0.0 || a > total {
             p.push(format!(
                 "energy_adjusted_j {a:.3} J is outside [0, total_energy_j {total:.3} J]"
             ));
-        } else if let Some(w) = r.baseline_power_w {
-            let want = (total - w * r.duration_s).max(0.0);
+        } else if let Some(w) = r.baselines.device_power_w {
+            let want = (total - w * r.window.duration_s).max(0.0);
             if !close(a, want) && (a - want).abs() > 1e-6 {
                 p.push(format!(
                     "energy_adjusted_j {a:.3} J is not max(0, total - baseline_power_w x duration_s) = {want:.3} J"
@@ -208,7 +213,7 @@ fn energy(r: &RunResult) -> Check {
             }
         }
     }
-    if let Some(a) = r.energy_adjusted_resident_j {
+    if let Some(a) = r.energy.adjusted_resident_j {
         if a > total {
             p.push(format!(
                 "energy_adjusted_resident_j {a:.3} J is above total_energy_j {total:.3} J"
@@ -226,7 +231,7 @@ fn energy(r: &RunResult) -> Check {
     verdict(
         "energy",
         p,
-        format!("{total:.3} J over {:.3} s", r.duration_s),
+        format!("{total:.3} J over {:.3} s", r.window.duration_s),
     )
 }
 
@@ -248,68 +253,69 @@ fn task_limits(config: Option<&Value>) -> (Option<u64>, Option<u64>, Option<u64>
 fn tokens(r: &RunResult, config: Option<&Value>) -> Check {
     let mut p = Vec::new();
     let (n_prompts, max_in, max_out) = task_limits(config);
-    if r.output_tokens == 0 {
+    if r.throughput.output_tokens == 0 {
         p.push("output_tokens is 0".to_string());
     }
-    if r.input_tokens == 0 {
+    if r.throughput.input_tokens == 0 {
         p.push("input_tokens is 0".to_string());
     }
     if let Some(n) = n_prompts {
-        if r.n_prompts != n {
+        if r.throughput.n_prompts != n {
             p.push(format!(
                 "{} prompts were run, the config's task.dataset.n_prompts is {n}",
-                r.n_prompts
+                r.throughput.n_prompts
             ));
         }
     }
-    let n = r.n_prompts;
+    let n = r.throughput.n_prompts;
     if let Some(m) = max_out {
         // The synthetic engine writes every token it may; a real engine may stop at
         // an end-of-sequence token, so its count is only bounded.
-        if r.engine == "synthetic" && r.output_tokens != n * m {
+        if r.engine == "synthetic" && r.throughput.output_tokens != n * m {
             p.push(format!(
                 "output_tokens {} is not n_prompts x max_output_tokens = {n} x {m} = {} (the synthetic engine writes them all)",
-                r.output_tokens,
+                r.throughput.output_tokens,
                 n * m
             ));
-        } else if r.output_tokens > n * m {
+        } else if r.throughput.output_tokens > n * m {
             p.push(format!(
                 "output_tokens {} is above n_prompts x max_output_tokens = {n} x {m} = {}",
-                r.output_tokens,
+                r.throughput.output_tokens,
                 n * m
             ));
         }
     }
     if let Some(m) = max_in {
-        if r.input_tokens > n * m {
+        if r.throughput.input_tokens > n * m {
             p.push(format!(
                 "input_tokens {} is above n_prompts x max_input_tokens = {n} x {m} = {}",
-                r.input_tokens,
+                r.throughput.input_tokens,
                 n * m
             ));
         }
     }
-    if r.output_tokens > 0 && r.duration_s > 0.0 {
-        let out = r.output_tokens as f64;
-        let jpt = r.total_energy_j / out;
-        if !close(r.avg_energy_per_token_j, jpt) {
+    if r.throughput.output_tokens > 0 && r.window.duration_s > 0.0 {
+        let out = r.throughput.output_tokens as f64;
+        let jpt = r.energy.total_j / out;
+        if !close(r.throughput.avg_energy_per_token_j, jpt) {
             p.push(format!(
                 "avg_energy_per_token_j {:.6} is not total_energy_j / output_tokens = {jpt:.6}",
-                r.avg_energy_per_token_j
+                r.throughput.avg_energy_per_token_j
             ));
         }
-        let tps = (r.input_tokens + r.output_tokens) as f64 / r.duration_s;
-        if !close(r.avg_tokens_per_second, tps) {
+        let tps =
+            (r.throughput.input_tokens + r.throughput.output_tokens) as f64 / r.window.duration_s;
+        if !close(r.throughput.avg_tokens_per_second, tps) {
             p.push(format!(
                 "avg_tokens_per_second {:.3} is not (input + output tokens) / duration_s = {tps:.3}",
-                r.avg_tokens_per_second
+                r.throughput.avg_tokens_per_second
             ));
         }
-        let otps = out / r.duration_s;
-        if !close(r.output_tokens_per_second, otps) {
+        let otps = out / r.window.duration_s;
+        if !close(r.throughput.output_tokens_per_second, otps) {
             p.push(format!(
                 "output_tokens_per_second {:.3} is not output_tokens / duration_s = {otps:.3}",
-                r.output_tokens_per_second
+                r.throughput.output_tokens_per_second
             ));
         }
     }
@@ -322,7 +328,7 @@ fn tokens(r: &RunResult, config: Option<&Value>) -> Check {
         p,
         format!(
             "{} input, {} output tokens{against}",
-            r.input_tokens, r.output_tokens
+            r.throughput.input_tokens, r.throughput.output_tokens
         ),
     )
 }
@@ -343,19 +349,22 @@ fn timestamps(r: &RunResult) -> Check {
                 "ended_at {} is before started_at {}",
                 r.ended_at, r.started_at
             ));
-        } else if r.duration_s > (e - s) as f64 / 1000.0 + TIME_TOLERANCE_S {
+        } else if r.window.duration_s > (e - s) as f64 / 1000.0 + TIME_TOLERANCE_S {
             p.push(format!(
                 "the window ({:.3} s) is longer than the run ({:.3} s from started_at to ended_at)",
-                r.duration_s,
+                r.window.duration_s,
                 (e - s) as f64 / 1000.0
             ));
         }
     }
-    if r.duration_s <= 0.0 {
-        p.push(format!("duration_s is {} s, not above 0", r.duration_s));
+    if r.window.duration_s <= 0.0 {
+        p.push(format!(
+            "duration_s is {} s, not above 0",
+            r.window.duration_s
+        ));
     }
     // Results from before the monotonic window was recorded have 0 in both.
-    let (w0, w1) = (r.window_start_mono_ns, r.window_end_mono_ns);
+    let (w0, w1) = (r.window.start_mono_ns, r.window.end_mono_ns);
     if (w0, w1) != (0, 0) {
         if w1 <= w0 {
             p.push(format!(
@@ -363,15 +372,16 @@ fn timestamps(r: &RunResult) -> Check {
             ));
         } else {
             let mono_s = (w1 - w0) as f64 / 1e9;
-            if (mono_s - r.duration_s).abs() > TIME_TOLERANCE_S {
+            if (mono_s - r.window.duration_s).abs() > TIME_TOLERANCE_S {
                 p.push(format!(
                     "duration_s {:.6} s differs from the monotonic window {mono_s:.6} s",
-                    r.duration_s
+                    r.window.duration_s
                 ));
             }
         }
     }
     if let Some(t) = r
+        .window
         .timeseries
         .get("t_s")
         .and_then(serde_json::Value::as_array)
@@ -382,15 +392,15 @@ fn timestamps(r: &RunResult) -> Check {
         }
         if let Some(bad) = ts
             .iter()
-            .find(|&&x| x < 0.0 || x > r.duration_s + TIME_TOLERANCE_S)
+            .find(|&&x| x < 0.0 || x > r.window.duration_s + TIME_TOLERANCE_S)
         {
             p.push(format!(
                 "a timeseries point at t_s {bad} s is outside the window [0, {:.3} s]",
-                r.duration_s
+                r.window.duration_s
             ));
         }
     }
-    if let (Some(b), Some(e)) = (r.baseline.as_ref(), ended) {
+    if let (Some(b), Some(e)) = (r.baselines.device.as_ref(), ended) {
         if parse_utc_ms(&b.measured_at).is_some_and(|m| m > e) {
             p.push(format!(
                 "the device baseline was measured at {}, after the run ended ({})",
@@ -406,7 +416,7 @@ fn timestamps(r: &RunResult) -> Check {
 }
 
 fn baselines(r: &RunResult) -> Check {
-    if r.baseline.is_none() && r.resident_baseline.is_none() {
+    if r.baselines.device.is_none() && r.baselines.resident.is_none() {
         return Check {
             name: "baselines",
             verdict: Verdict::Skip,
@@ -429,21 +439,21 @@ fn baselines(r: &RunResult) -> Check {
             ));
         }
     };
-    let device = r.baseline.as_ref().map(|b| b.mean_power_w);
-    let resident = r.resident_baseline.as_ref().map(|b| b.mean_power_w);
+    let device = r.baselines.device.as_ref().map(|b| b.mean_power_w);
+    let resident = r.baselines.resident.as_ref().map(|b| b.mean_power_w);
     if let Some(d) = device {
         in_range("the device idle", d, DEVICE_IDLE_RANGE_W, &mut p);
-        if let Some(w) = r.baseline_power_w {
+        if let Some(w) = r.baselines.device_power_w {
             if !close(w, d) {
                 p.push(format!(
                     "baseline_power_w {w:.3} W is not the device baseline's mean {d:.3} W"
                 ));
             }
         }
-        if r.mean_power_w > 0.0 && d >= r.mean_power_w {
+        if r.energy.mean_power_w > 0.0 && d >= r.energy.mean_power_w {
             p.push(format!(
                 "the device idle {d:.1} W is not below the run's mean power {:.1} W",
-                r.mean_power_w
+                r.energy.mean_power_w
             ));
         }
     }
@@ -473,32 +483,37 @@ fn baselines(r: &RunResult) -> Check {
 fn window(r: &RunResult) -> Check {
     let mut p = Vec::new();
     let min_s = (MIN_WINDOW_COUNTER_STEPS * COUNTER_STEP_NS) as f64 / 1e9;
-    if r.duration_s < min_s {
+    if r.window.duration_s < min_s {
         p.push(format!(
             "the window is {:.3} s, shorter than {MIN_WINDOW_COUNTER_STEPS} energy-counter steps ({min_s:.1} s): the counter can barely see it",
-            r.duration_s
+            r.window.duration_s
         ));
     }
-    if r.short_window {
+    if r.window.short {
         p.push("the worker flagged it short_window".to_string());
     }
-    if r.n_power_samples < 2 {
+    if r.window.n_power_samples < 2 {
         p.push(format!(
             "{} power sample(s) in the window, fewer than 2",
-            r.n_power_samples
+            r.window.n_power_samples
         ));
     }
     verdict(
         "window",
         p,
-        format!("{:.3} s, {} power samples", r.duration_s, r.n_power_samples),
+        format!(
+            "{:.3} s, {} power samples",
+            r.window.duration_s, r.window.n_power_samples
+        ),
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{BaselineRecord, GpuFigures};
+    use crate::types::{
+        BaselineRecord, Baselines, EnergyFigures, GpuFigures, MeasuredWindow, Throughput,
+    };
     use serde_json::json;
 
     /// The config of a run of 4 prompts of at most 32 input and exactly 8 output tokens.
@@ -519,27 +534,38 @@ mod tests {
         };
         RunResult {
             engine: "synthetic".into(),
-            n_prompts: 4,
-            input_tokens: 100,
-            output_tokens: 32,
-            duration_s: 0.5,
-            total_energy_j: 100.0,
-            mean_power_w: 200.0,
-            energy_adjusted_j: Some(65.0),
-            baseline_power_w: Some(70.0),
-            baseline: Some(baseline("device", 70.0)),
-            resident_baseline: Some(baseline("resident", 110.0)),
-            energy_adjusted_resident_j: Some(45.0),
-            avg_energy_per_token_j: 100.0 / 32.0,
-            avg_tokens_per_second: 132.0 / 0.5,
-            output_tokens_per_second: 64.0,
             started_at: "2026-01-01T00:00:01.000Z".into(),
             ended_at: "2026-01-01T00:00:03.500Z".into(),
-            window_start_mono_ns: 1_000_000_000,
-            window_end_mono_ns: 1_500_000_000,
-            n_power_samples: 10,
-            timeseries: json!({"t_s": [0.025, 0.075, 0.475], "power_w": [200.0, 201.0, 199.0]}),
             gpu_indices: vec![0],
+            energy: EnergyFigures {
+                total_j: 100.0,
+                mean_power_w: 200.0,
+                adjusted_j: Some(65.0),
+                adjusted_resident_j: Some(45.0),
+                ..Default::default()
+            },
+            baselines: Baselines {
+                device_power_w: Some(70.0),
+                device: Some(baseline("device", 70.0)),
+                resident: Some(baseline("resident", 110.0)),
+            },
+            throughput: Throughput {
+                n_prompts: 4,
+                input_tokens: 100,
+                output_tokens: 32,
+                avg_energy_per_token_j: 100.0 / 32.0,
+                avg_tokens_per_second: 132.0 / 0.5,
+                output_tokens_per_second: 64.0,
+                ..Default::default()
+            },
+            window: MeasuredWindow {
+                duration_s: 0.5,
+                start_mono_ns: 1_000_000_000,
+                end_mono_ns: 1_500_000_000,
+                n_power_samples: 10,
+                timeseries: json!({"t_s": [0.025, 0.075, 0.475], "power_w": [200.0, 201.0, 199.0]}),
+                ..Default::default()
+            },
             ..Default::default()
         }
     }
@@ -570,31 +596,31 @@ mod tests {
     #[test]
     fn each_check_fails_on_its_own_fact() {
         let cases: Vec<(&str, Break, &str)> = vec![
-            ("finite", |r| r.max_temp_c = f64::NAN, "max_temp_c"),
+            ("finite", |r| r.thermal.max_temp_c = f64::NAN, "max_temp_c"),
             (
                 "energy",
                 |r| {
-                    r.total_energy_j = 0.0;
-                    r.mean_power_w = 0.0;
-                    r.avg_energy_per_token_j = 0.0;
-                    r.energy_adjusted_j = None;
-                    r.energy_adjusted_resident_j = None;
+                    r.energy.total_j = 0.0;
+                    r.energy.mean_power_w = 0.0;
+                    r.throughput.avg_energy_per_token_j = 0.0;
+                    r.energy.adjusted_j = None;
+                    r.energy.adjusted_resident_j = None;
                 },
                 "total_energy_j is 0 J",
             ),
             (
                 "energy",
-                |r| r.mean_power_w = 150.0,
+                |r| r.energy.mean_power_w = 150.0,
                 "mean_power_w 150.000 W is not",
             ),
             (
                 "energy",
-                |r| r.energy_adjusted_j = Some(120.0),
+                |r| r.energy.adjusted_j = Some(120.0),
                 "outside [0, total_energy_j",
             ),
             (
                 "energy",
-                |r| r.energy_adjusted_j = Some(50.0),
+                |r| r.energy.adjusted_j = Some(50.0),
                 "is not max(0, total",
             ),
             (
@@ -616,23 +642,27 @@ mod tests {
             ),
             (
                 "tokens",
-                |r| r.output_tokens = 30,
+                |r| r.throughput.output_tokens = 30,
                 "output_tokens 30 is not n_prompts x max_output_tokens = 4 x 8 = 32",
             ),
-            ("tokens", |r| r.n_prompts = 3, "3 prompts were run"),
             (
                 "tokens",
-                |r| r.input_tokens = 200,
+                |r| r.throughput.n_prompts = 3,
+                "3 prompts were run",
+            ),
+            (
+                "tokens",
+                |r| r.throughput.input_tokens = 200,
                 "input_tokens 200 is above",
             ),
             (
                 "tokens",
-                |r| r.avg_energy_per_token_j = 1.0,
+                |r| r.throughput.avg_energy_per_token_j = 1.0,
                 "avg_energy_per_token_j",
             ),
             (
                 "tokens",
-                |r| r.avg_tokens_per_second = 1.0,
+                |r| r.throughput.avg_tokens_per_second = 1.0,
                 "avg_tokens_per_second",
             ),
             (
@@ -647,81 +677,83 @@ mod tests {
             ),
             (
                 "timestamps",
-                |r| r.window_end_mono_ns = 900_000_000,
+                |r| r.window.end_mono_ns = 900_000_000,
                 "is not after window_start_mono_ns",
             ),
             (
                 "timestamps",
-                |r| r.window_end_mono_ns = 1_600_000_000,
+                |r| r.window.end_mono_ns = 1_600_000_000,
                 "differs from the monotonic window",
             ),
             (
                 "timestamps",
-                |r| r.timeseries = json!({"t_s": [0.3, 0.2]}),
+                |r| r.window.timeseries = json!({"t_s": [0.3, 0.2]}),
                 "goes backwards",
             ),
             (
                 "timestamps",
-                |r| r.timeseries = json!({"t_s": [0.2, 0.7]}),
+                |r| r.window.timeseries = json!({"t_s": [0.2, 0.7]}),
                 "outside the window",
             ),
             (
                 "timestamps",
-                |r| r.baseline.as_mut().unwrap().measured_at = "2026-01-01T00:01:00Z".into(),
+                |r| {
+                    r.baselines.device.as_mut().unwrap().measured_at = "2026-01-01T00:01:00Z".into()
+                },
                 "after the run ended",
             ),
             (
                 "baselines",
                 |r| {
-                    r.baseline.as_mut().unwrap().mean_power_w = 2.0;
-                    r.baseline_power_w = Some(2.0);
-                    r.energy_adjusted_j = Some(99.0);
+                    r.baselines.device.as_mut().unwrap().mean_power_w = 2.0;
+                    r.baselines.device_power_w = Some(2.0);
+                    r.energy.adjusted_j = Some(99.0);
                 },
                 "the device idle 2.0 W is outside the plausible 5-300 W",
             ),
             (
                 "baselines",
-                |r| r.resident_baseline.as_mut().unwrap().mean_power_w = 900.0,
+                |r| r.baselines.resident.as_mut().unwrap().mean_power_w = 900.0,
                 "the resident idle 900.0 W is outside",
             ),
             (
                 "baselines",
-                |r| r.resident_baseline.as_mut().unwrap().mean_power_w = 60.0,
+                |r| r.baselines.resident.as_mut().unwrap().mean_power_w = 60.0,
                 "more than 5 W below the device idle",
             ),
             (
                 "baselines",
                 |r| {
-                    r.baseline.as_mut().unwrap().mean_power_w = 250.0;
-                    r.baseline_power_w = Some(250.0);
-                    r.energy_adjusted_j = Some(0.0);
-                    r.resident_baseline = None;
+                    r.baselines.device.as_mut().unwrap().mean_power_w = 250.0;
+                    r.baselines.device_power_w = Some(250.0);
+                    r.energy.adjusted_j = Some(0.0);
+                    r.baselines.resident = None;
                 },
                 "not below the run's mean power",
             ),
             (
                 "baselines",
                 |r| {
-                    r.baseline_power_w = Some(71.0);
-                    r.energy_adjusted_j = Some(64.5);
+                    r.baselines.device_power_w = Some(71.0);
+                    r.energy.adjusted_j = Some(64.5);
                 },
                 "baseline_power_w 71.000 W is not",
             ),
             (
                 "window",
                 |r| {
-                    r.duration_s = 0.05;
-                    r.mean_power_w = 2000.0;
-                    r.energy_adjusted_j = Some(96.5);
-                    r.avg_tokens_per_second = 132.0 / 0.05;
-                    r.output_tokens_per_second = 32.0 / 0.05;
-                    r.window_end_mono_ns = 1_050_000_000;
-                    r.timeseries = json!({});
+                    r.window.duration_s = 0.05;
+                    r.energy.mean_power_w = 2000.0;
+                    r.energy.adjusted_j = Some(96.5);
+                    r.throughput.avg_tokens_per_second = 132.0 / 0.05;
+                    r.throughput.output_tokens_per_second = 32.0 / 0.05;
+                    r.window.end_mono_ns = 1_050_000_000;
+                    r.window.timeseries = json!({});
                 },
                 "shorter than 2 energy-counter steps (0.2 s)",
             ),
-            ("window", |r| r.short_window = true, "short_window"),
-            ("window", |r| r.n_power_samples = 1, "fewer than 2"),
+            ("window", |r| r.window.short = true, "short_window"),
+            ("window", |r| r.window.n_power_samples = 1, "fewer than 2"),
         ];
         for (name, breaks, needle) in cases {
             let mut r = good();
@@ -749,15 +781,15 @@ mod tests {
     fn a_real_engine_may_stop_early_but_not_write_more() {
         let mut r = good();
         r.engine = "vllm".into();
-        r.output_tokens = 20;
-        r.avg_energy_per_token_j = 5.0;
-        r.avg_tokens_per_second = 240.0;
-        r.output_tokens_per_second = 40.0;
+        r.throughput.output_tokens = 20;
+        r.throughput.avg_energy_per_token_j = 5.0;
+        r.throughput.avg_tokens_per_second = 240.0;
+        r.throughput.output_tokens_per_second = 40.0;
         assert_eq!(get(&run(&r), "tokens").verdict, Verdict::Pass);
-        r.output_tokens = 40;
-        r.avg_energy_per_token_j = 2.5;
-        r.avg_tokens_per_second = 280.0;
-        r.output_tokens_per_second = 80.0;
+        r.throughput.output_tokens = 40;
+        r.throughput.avg_energy_per_token_j = 2.5;
+        r.throughput.avg_tokens_per_second = 280.0;
+        r.throughput.output_tokens_per_second = 80.0;
         let checks = run(&r);
         let c = get(&checks, "tokens");
         assert_eq!(c.verdict, Verdict::Fail);
@@ -771,10 +803,10 @@ mod tests {
     fn missing_inputs_skip_rather_than_fail() {
         // No baseline measured at all: the baselines check is skipped.
         let mut r = good();
-        r.baseline = None;
-        r.baseline_power_w = None;
-        r.energy_adjusted_j = None;
-        r.resident_baseline = None;
+        r.baselines.device = None;
+        r.baselines.device_power_w = None;
+        r.energy.adjusted_j = None;
+        r.baselines.resident = None;
         let checks = run(&r);
         assert_eq!(get(&checks, "baselines").verdict, Verdict::Skip);
         assert_eq!(overall(&checks), Verdict::Pass);
@@ -783,15 +815,15 @@ mod tests {
         assert_eq!(get(&checks, "tokens").verdict, Verdict::Pass);
         // Results from before the monotonic window: not held against them.
         let mut r = good();
-        (r.window_start_mono_ns, r.window_end_mono_ns) = (0, 0);
+        (r.window.start_mono_ns, r.window.end_mono_ns) = (0, 0);
         assert_eq!(get(&run(&r), "timestamps").verdict, Verdict::Pass);
         // A multi-GPU slot's idle is the sum over its GPUs: 2 x 300 W is plausible.
         let mut r = good();
         r.gpu_indices = vec![0, 1];
-        r.baseline.as_mut().unwrap().mean_power_w = 180.0;
-        r.baseline_power_w = Some(180.0);
-        r.energy_adjusted_j = Some(10.0);
-        r.resident_baseline.as_mut().unwrap().mean_power_w = 190.0;
+        r.baselines.device.as_mut().unwrap().mean_power_w = 180.0;
+        r.baselines.device_power_w = Some(180.0);
+        r.energy.adjusted_j = Some(10.0);
+        r.baselines.resident.as_mut().unwrap().mean_power_w = 190.0;
         assert_eq!(get(&run(&r), "baselines").verdict, Verdict::Pass);
     }
 

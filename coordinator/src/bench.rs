@@ -24,7 +24,9 @@ use lem_common::rpc::{
     CompleteRequest, CompleteStatus, CoordinatorClient, LeaseReply, LeaseRequest, RegisterRequest,
     SlotInfo,
 };
-use lem_common::types::{EngineCapability, RunResult, WorkerId};
+use lem_common::types::{
+    EnergyFigures, EngineCapability, MeasuredWindow, RunResult, Throughput, WorkerId,
+};
 use lem_common::PROTOCOL_VERSION;
 use lem_worker::tls::Credentials;
 use lem_worker::transport::{self, Endpoint};
@@ -91,14 +93,23 @@ fn bench_result(worker: &WorkerId) -> RunResult {
         model_name: "bench".into(),
         started_at: "2026-11-25T00:00:00.000Z".into(),
         ended_at: "2026-11-25T00:00:01.000Z".into(),
-        n_prompts: 8,
-        input_tokens: 1024,
-        output_tokens: 256,
-        duration_s: 1.0,
-        total_energy_j: 150.0,
-        energy_method: "counter_interpolated".into(),
-        mean_power_w: 150.0,
-        n_power_samples: 20,
+        energy: EnergyFigures {
+            total_j: 150.0,
+            method: "counter_interpolated".into(),
+            mean_power_w: 150.0,
+            ..Default::default()
+        },
+        throughput: Throughput {
+            n_prompts: 8,
+            input_tokens: 1024,
+            output_tokens: 256,
+            ..Default::default()
+        },
+        window: MeasuredWindow {
+            duration_s: 1.0,
+            n_power_samples: 20,
+            ..Default::default()
+        },
         ..RunResult::default()
     }
 }

@@ -623,6 +623,7 @@ pub fn main_impl(cli: Cli) -> Result<(), CliError> {
                 let runtime = match runtime.as_str() {
                     "docker" => lem_worker::RuntimeConfig::Docker {
                         allow_images: vec![image.clone()],
+                        dispatch: lem_worker::docker::Dispatch::default(),
                         image,
                     },
                     _ => lem_worker::RuntimeConfig::Process,

@@ -24,7 +24,7 @@ use std::fmt::Write as _;
 
 use lem_common::aggregate::{self, ConfigAggregate, Metric};
 use lem_common::rpc::RunRow;
-use lem_common::types::RunResult;
+use lem_common::types::{PrefillSplit, RunResult};
 use lem_common::{quality, stats};
 use serde_json::{json, Value as Json};
 
@@ -124,6 +124,11 @@ fn image(x: &RunResult, k: &str) -> Option<Json> {
         .map(|i| i[k].clone())
 }
 
+/// A figure of the run's prefill/decode split (null without a prefill window).
+fn prefill(x: &RunResult, f: fn(&PrefillSplit) -> Option<f64>) -> Option<f64> {
+    x.energy.prefill.as_ref().and_then(f)
+}
+
 /// The columns of the per-run export, in order; the campaign's varying parameters
 /// are inserted after `model_name` ([`Table::runs`]).
 pub const RUN_COLUMNS: &[Column] = &[
@@ -135,129 +140,149 @@ pub const RUN_COLUMNS: &[Column] = &[
     Column::run("state", Kind::Str, |r| json!(r.state)),
     Column::run("attempts", Kind::Int, |r| json!(r.attempts)),
     Column::result("flags", Kind::ListStr, |x| json!(quality::flag_names(x))),
-    Column::result("total_energy_j", Kind::Float, |x| json!(x.total_energy_j)),
+    Column::result("total_energy_j", Kind::Float, |x| json!(x.energy.total_j)),
     Column::result("energy_adjusted_j", Kind::Float, |x| {
-        json!(x.energy_adjusted_j)
+        json!(x.energy.adjusted_j)
     }),
     Column::result("baseline_power_w", Kind::Float, |x| {
-        json!(x.baseline_power_w)
+        json!(x.baselines.device_power_w)
     }),
     Column::result("avg_tokens_per_second", Kind::Float, |x| {
-        json!(x.avg_tokens_per_second)
+        json!(x.throughput.avg_tokens_per_second)
     }),
     Column::result("avg_energy_per_token_j", Kind::Float, |x| {
-        json!(x.avg_energy_per_token_j)
+        json!(x.throughput.avg_energy_per_token_j)
     }),
     Column::result("energy_per_token_adjusted_j", Kind::Float, |x| {
-        json!(x.energy_per_token_adjusted_j)
+        json!(x.throughput.energy_per_token_adjusted_j)
     }),
     Column::result("output_tokens_per_second", Kind::Float, |x| {
-        json!(x.output_tokens_per_second)
+        json!(x.throughput.output_tokens_per_second)
     }),
     Column::result("total_inference_time_sec", Kind::Float, |x| {
-        json!(x.duration_s)
+        json!(x.window.duration_s)
     }),
-    Column::result("input_tokens", Kind::Int, |x| json!(x.input_tokens)),
-    Column::result("output_tokens", Kind::Int, |x| json!(x.output_tokens)),
+    Column::result("input_tokens", Kind::Int, |x| {
+        json!(x.throughput.input_tokens)
+    }),
+    Column::result("output_tokens", Kind::Int, |x| {
+        json!(x.throughput.output_tokens)
+    }),
     Column::result("itl_measurement_mode", Kind::Str, |x| {
         json!(quality::itl_measurement_mode(x))
     }),
     Column::result("latency_estimated", Kind::Bool, |x| {
         json!(quality::latency_estimated(x))
     }),
-    Column::result("mean_power_w", Kind::Float, |x| json!(x.mean_power_w)),
-    Column::result("energy_method", Kind::Str, |x| json!(x.energy_method)),
+    Column::result("mean_power_w", Kind::Float, |x| {
+        json!(x.energy.mean_power_w)
+    }),
+    Column::result("energy_method", Kind::Str, |x| json!(x.energy.method)),
     Column::result("energy_integral_j", Kind::Float, |x| {
-        json!(x.energy_integral_j)
+        json!(x.energy.integral_j)
     }),
     Column::result("energy_counter_raw_j", Kind::Float, |x| {
-        json!(x.energy_counter_raw_j)
+        json!(x.energy.counter_raw_j)
     }),
     Column::result("energy_disagreement_pct", Kind::Float, |x| {
-        json!(x.energy_disagreement_pct)
+        json!(x.energy.disagreement_pct)
     }),
     Column::result("energy_disagreement_flagged", Kind::Bool, |x| {
-        json!(x.energy_disagreement_flagged)
+        json!(x.energy.disagreement_flagged)
     }),
-    Column::result("short_window", Kind::Bool, |x| json!(x.short_window)),
+    Column::result("short_window", Kind::Bool, |x| json!(x.window.short)),
     Column::result("energy_uncertainty_j", Kind::Float, |x| {
-        json!(x.energy_uncertainty_j)
+        json!(x.energy.uncertainty_j)
     }),
     Column::result("energy_uncertainty_flagged", Kind::Bool, |x| {
-        json!(x.energy_uncertainty_flagged)
+        json!(x.energy.uncertainty_flagged)
     }),
-    Column::result("energy_edge_rule", Kind::Str, |x| json!(x.energy_edge_rule)),
-    Column::result("quiet_power_w", Kind::Float, |x| json!(x.quiet_power_w)),
+    Column::result("energy_edge_rule", Kind::Str, |x| json!(x.energy.edge_rule)),
+    Column::result("quiet_power_w", Kind::Float, |x| {
+        json!(x.energy.quiet_power_w)
+    }),
     Column::result("baseline_subtracted", Kind::Bool, |x| {
         json!(quality::baseline_subtracted(x))
     }),
     Column::result("energy_adjusted_clamped", Kind::Bool, |x| {
-        json!(x.energy_adjusted_clamped)
+        json!(x.energy.adjusted_clamped)
     }),
-    Column::result("max_temperature_c", Kind::Float, |x| json!(x.max_temp_c)),
-    Column::result("thermal_wait_s", Kind::Float, |x| json!(x.thermal_wait_s)),
+    Column::result("max_temperature_c", Kind::Float, |x| {
+        json!(x.thermal.max_temp_c)
+    }),
+    Column::result("thermal_wait_s", Kind::Float, |x| json!(x.thermal.wait_s)),
     Column::result("model_load_time_sec", Kind::Float, |x| {
-        json!(x.model_load_seconds)
+        json!(x.harness.model_load_seconds)
     }),
     Column::result("model_already_loaded", Kind::Bool, |x| {
-        json!(x.model_already_loaded)
+        json!(x.harness.model_already_loaded)
     }),
-    Column::result("cold_start", Kind::Bool, |x| json!(x.cold_start)),
+    Column::result("cold_start", Kind::Bool, |x| json!(x.harness.cold_start)),
     Column::result("gpu_memory_before_mb", Kind::Int, |x| {
-        json!(x.gpu_memory_before_mb)
+        json!(x.harness.gpu_memory_before_mb)
     }),
     Column::result("gpu_memory_after_mb", Kind::Int, |x| {
-        json!(x.gpu_memory_after_mb)
+        json!(x.harness.gpu_memory_after_mb)
     }),
-    Column::result("harness_recycled", Kind::Str, |x| json!(x.harness_recycled)),
+    Column::result("harness_recycled", Kind::Str, |x| json!(x.harness.recycled)),
     Column::result("energy_adjusted_resident_j", Kind::Float, |x| {
-        json!(x.energy_adjusted_resident_j)
+        json!(x.energy.adjusted_resident_j)
     }),
     Column::result("energy_adjusted_resident_source", Kind::Str, |x| {
-        json!(x.energy_adjusted_resident_source)
+        json!(x.energy.adjusted_resident_source)
     }),
     Column::result("energy_adjusted_resident_uncertainty_j", Kind::Float, |x| {
-        json!(x.energy_adjusted_resident_uncertainty_j)
+        json!(x.energy.adjusted_resident_uncertainty_j)
     }),
     Column::result("resident_baseline_power_w", Kind::Float, |x| {
-        json!(x.resident_baseline.as_ref().map(|b| b.mean_power_w))
+        json!(x.baselines.resident.as_ref().map(|b| b.mean_power_w))
     }),
     Column::result("baseline_std_w", Kind::Float, |x| {
-        json!(x.baseline.as_ref().map(|b| b.std_power_w))
+        json!(x.baselines.device.as_ref().map(|b| b.std_power_w))
     }),
     Column::result("baseline_settle_s", Kind::Float, |x| {
-        json!(x.baseline.as_ref().map(|b| b.settle_s))
+        json!(x.baselines.device.as_ref().map(|b| b.settle_s))
     }),
     Column::result("resident_baseline_std_w", Kind::Float, |x| {
-        json!(x.resident_baseline.as_ref().map(|b| b.std_power_w))
+        json!(x.baselines.resident.as_ref().map(|b| b.std_power_w))
     }),
     Column::result("resident_baseline_settle_s", Kind::Float, |x| {
-        json!(x.resident_baseline.as_ref().map(|b| b.settle_s))
+        json!(x.baselines.resident.as_ref().map(|b| b.settle_s))
     }),
     Column::result("lease_to_measure_s", Kind::Float, |x| {
-        json!(x.lease_to_measure_s)
+        json!(x.window.lease_to_measure_s)
     }),
     Column::result("prefill_energy_per_call_j", Kind::Float, |x| {
-        json!(x.prefill_energy_per_call_j)
+        json!(prefill(x, |p| Some(p.energy_per_call_j)))
     }),
     Column::result("prefill_energy_j", Kind::Float, |x| {
-        json!(x.prefill_energy_j)
+        json!(prefill(x, |p| Some(p.prefill_energy_j)))
     }),
-    Column::result("decode_energy_j", Kind::Float, |x| json!(x.decode_energy_j)),
+    Column::result("decode_energy_j", Kind::Float, |x| {
+        json!(prefill(x, |p| Some(p.decode_energy_j)))
+    }),
     Column::result("prefill_energy_adjusted_j", Kind::Float, |x| {
-        json!(x.prefill_energy_adjusted_j)
+        json!(prefill(x, |p| p.prefill_energy_adjusted_j))
     }),
     Column::result("decode_energy_adjusted_j", Kind::Float, |x| {
-        json!(x.decode_energy_adjusted_j)
+        json!(prefill(x, |p| p.decode_energy_adjusted_j))
     }),
-    Column::result("prefill_calls", Kind::Int, |x| json!(x.prefill_calls)),
+    Column::result("prefill_calls", Kind::Int, |x| {
+        json!(x.energy.prefill.as_ref().map_or(0, |p| p.calls))
+    }),
     Column::result("throttle_thermal", Kind::Bool, |x| {
-        json!(x.throttle_thermal)
+        json!(x.thermal.throttle_thermal)
     }),
-    Column::result("throttle_power", Kind::Bool, |x| json!(x.throttle_power)),
-    Column::result("hw_slowdown", Kind::Bool, |x| json!(x.hw_slowdown)),
-    Column::result("sm_clock_min_mhz", Kind::Int, |x| json!(x.sm_clock_min_mhz)),
-    Column::result("sm_clock_max_mhz", Kind::Int, |x| json!(x.sm_clock_max_mhz)),
+    Column::result("throttle_power", Kind::Bool, |x| {
+        json!(x.thermal.throttle_power)
+    }),
+    Column::result("hw_slowdown", Kind::Bool, |x| json!(x.thermal.hw_slowdown)),
+    Column::result("sm_clock_min_mhz", Kind::Int, |x| {
+        json!(x.thermal.sm_clock_min_mhz)
+    }),
+    Column::result("sm_clock_max_mhz", Kind::Int, |x| {
+        json!(x.thermal.sm_clock_max_mhz)
+    }),
     Column::result("environment_hash", Kind::Str, |x| json!(x.environment_hash)),
     Column::result("simulated", Kind::Bool, |x| json!(x.simulated)),
     Column::result("gpu_name", Kind::Str, |x| json!(x.gpu_name)),
@@ -293,10 +318,10 @@ pub const RUN_COLUMNS: &[Column] = &[
     Column::result("started_at", Kind::Time, |x| json!(x.started_at)),
     Column::result("ended_at", Kind::Time, |x| json!(x.ended_at)),
     Column::result("window_start_mono_ns", Kind::Int, |x| {
-        json!(x.window_start_mono_ns)
+        json!(x.window.start_mono_ns)
     }),
     Column::result("window_end_mono_ns", Kind::Int, |x| {
-        json!(x.window_end_mono_ns)
+        json!(x.window.end_mono_ns)
     }),
     Column::result("warnings", Kind::ListStr, |x| json!(x.warnings)),
     Column::run("last_failure", Kind::Str, |r| json!(r.last_failure)),
@@ -685,7 +710,7 @@ pub fn summary_of(aggs: &[ConfigAggregate]) -> String {
 pub fn timeseries_jsonl(rows: &[RunRow]) -> String {
     let mut out = String::new();
     for r in rows {
-        let Some(ts) = r.result.as_ref().map(|x| &x.timeseries) else {
+        let Some(ts) = r.result.as_ref().map(|x| &x.window.timeseries) else {
             continue;
         };
         let col = |k: &str| {

@@ -381,8 +381,8 @@ impl<'a> RunBundle<'a> {
     }
 
     fn per_output_token_mj(&self, joules: f64) -> Value {
-        if self.res.output_tokens > 0 {
-            f(joules * 1000.0 / self.res.output_tokens as f64)
+        if self.res.throughput.output_tokens > 0 {
+            f(joules * 1000.0 / self.res.throughput.output_tokens as f64)
         } else {
             Value::Null
         }
@@ -407,11 +407,11 @@ impl<'a> RunBundle<'a> {
             .and_then(Value::as_str)
             .unwrap_or("offline")
             .to_string();
-        let baseline = r.baseline.as_ref();
+        let baseline = r.baselines.device.as_ref();
         let breakdown = map([
-            ("raw_j", f(r.total_energy_j)),
-            ("adjusted_j", of(r.energy_adjusted_j)),
-            ("baseline_power_w", of(r.baseline_power_w)),
+            ("raw_j", f(r.energy.total_j)),
+            ("adjusted_j", of(r.energy.adjusted_j)),
+            ("baseline_power_w", of(r.baselines.device_power_w)),
             (
                 "baseline_method",
                 s(baseline
@@ -431,7 +431,7 @@ impl<'a> RunBundle<'a> {
                 of(baseline.map(|b| b.cache_age_s)),
             ),
         ]);
-        let warmup_n = ju(&r.warmup, "iterations_completed");
+        let warmup_n = ju(&r.harness.warmup, "iterations_completed");
         let mut m = Map::new();
         let mut put = |k: &str, v: Value| {
             m.insert(k.to_string(), v);
@@ -444,30 +444,40 @@ impl<'a> RunBundle<'a> {
         put("serving_mode", s(serving_mode));
         put("engine", s(self.row.engine.clone()));
         put("model_name", s(model_of(c)));
-        put("input_tokens", i(r.input_tokens));
-        put("output_tokens", i(r.output_tokens));
-        put("total_tokens", i(r.input_tokens + r.output_tokens));
-        put("total_energy_j", f(r.total_energy_j));
-        put("total_inference_time_sec", f(r.duration_s));
-        put("avg_tokens_per_second", f(r.avg_tokens_per_second));
-        put("avg_energy_per_token_j", f(r.avg_energy_per_token_j));
+        put("input_tokens", i(r.throughput.input_tokens));
+        put("output_tokens", i(r.throughput.output_tokens));
+        put(
+            "total_tokens",
+            i(r.throughput.input_tokens + r.throughput.output_tokens),
+        );
+        put("total_energy_j", f(r.energy.total_j));
+        put("total_inference_time_sec", f(r.window.duration_s));
+        put(
+            "avg_tokens_per_second",
+            f(r.throughput.avg_tokens_per_second),
+        );
+        put(
+            "avg_energy_per_token_j",
+            f(r.throughput.avg_energy_per_token_j),
+        );
         put(
             "energy_per_token_mj_adjusted",
-            r.energy_adjusted_j
+            r.energy
+                .adjusted_j
                 .map(|a| self.per_output_token_mj(a))
                 .unwrap_or(Value::Null),
         );
         put(
             "energy_per_token_mj_total",
-            self.per_output_token_mj(r.total_energy_j),
+            self.per_output_token_mj(r.energy.total_j),
         );
         // The fleet does not estimate FLOPs (llem writes 0.0 when it cannot).
         put("total_flops", f(0.0));
         put("flops_per_output_token", Value::Null);
         put("flops_per_input_token", Value::Null);
         put("flops_per_second", Value::Null);
-        put("energy_adjusted_j", of(r.energy_adjusted_j));
-        put("energy_per_device_j", Value::Seq(vec![f(r.total_energy_j)]));
+        put("energy_adjusted_j", of(r.energy.adjusted_j));
+        put("energy_per_device_j", Value::Seq(vec![f(r.energy.total_j)]));
         put("energy_breakdown", breakdown);
         put("multi_gpu", Value::Null);
         put("measurement_warnings", Value::Seq(self.warnings()));
@@ -475,7 +485,7 @@ impl<'a> RunBundle<'a> {
             "warmup_excluded_samples",
             warmup_n.map(i).unwrap_or(Value::Null),
         );
-        put("model_load_time_sec", of(r.model_load_seconds));
+        put("model_load_time_sec", of(r.harness.model_load_seconds));
         put("engine_build_cache_hit", Value::Null);
         put("reproducibility_notes", s(reproducibility_note(r)));
         put("timeseries", Value::Null);
@@ -496,9 +506,9 @@ impl<'a> RunBundle<'a> {
             ]),
         );
         put("throttle", throttle_json(r));
-        put("warmup_result", warmup_json(&r.warmup));
-        put("latency_stats", latency_json(&r.harness_metrics));
-        put("extended_metrics", extended_json(&r.harness_metrics));
+        put("warmup_result", warmup_json(&r.harness.warmup));
+        put("latency_stats", latency_json(&r.harness.metrics));
+        put("extended_metrics", extended_json(&r.harness.metrics));
         Value::Map(m)
     }
 
@@ -558,7 +568,7 @@ impl<'a> RunBundle<'a> {
             (
                 "thermal",
                 map([
-                    ("temperature_c", f(r.start_temp_c)),
+                    ("temperature_c", f(r.thermal.start_temp_c)),
                     ("power_limit_w", of(jf(env, "power_limit_w"))),
                     (
                         "default_power_limit_w",
@@ -617,19 +627,19 @@ impl<'a> RunBundle<'a> {
             ("slot", i(r.slot as u64)),
             ("gpu_uuid", s(r.gpu_uuid.clone())),
             ("simulated", Value::Bool(r.simulated)),
-            ("energy_method", s(r.energy_method.clone())),
-            ("energy_integral_j", of(r.energy_integral_j)),
-            ("energy_counter_raw_j", of(r.energy_counter_raw_j)),
-            ("energy_disagreement_pct", of(r.energy_disagreement_pct)),
+            ("energy_method", s(r.energy.method.clone())),
+            ("energy_integral_j", of(r.energy.integral_j)),
+            ("energy_counter_raw_j", of(r.energy.counter_raw_j)),
+            ("energy_disagreement_pct", of(r.energy.disagreement_pct)),
             (
                 "energy_disagreement_flagged",
-                Value::Bool(r.energy_disagreement_flagged),
+                Value::Bool(r.energy.disagreement_flagged),
             ),
             (
                 "energy_adjusted_clamped",
-                Value::Bool(r.energy_adjusted_clamped),
+                Value::Bool(r.energy.adjusted_clamped),
             ),
-            ("short_window", Value::Bool(r.short_window)),
+            ("short_window", Value::Bool(r.window.short)),
             (
                 "flags",
                 Value::Seq(quality::flag_names(r).into_iter().map(s).collect()),
@@ -646,7 +656,7 @@ impl<'a> RunBundle<'a> {
 }
 
 fn reproducibility_note(r: &RunResult) -> String {
-    let method = match r.energy_method.as_str() {
+    let method = match r.energy.method.as_str() {
         "counter_interpolated" => "the NVML energy counter, interpolated at the window edges with sampled power and cross-checked against the power integral",
         "power_integral" => "the integral of sampled NVML power",
         _ => "sampled GPU power",
@@ -670,22 +680,22 @@ fn throttle_json(r: &RunResult) -> Value {
     // The worker reports thermal and power throttling without the hardware/software
     // split; a hardware slowdown counts as hardware for both axes.
     let thermal = axis(
-        r.throttle_thermal && r.hw_slowdown,
-        r.throttle_thermal && !r.hw_slowdown,
+        r.thermal.throttle_thermal && r.thermal.hw_slowdown,
+        r.thermal.throttle_thermal && !r.thermal.hw_slowdown,
     );
     let power = axis(
-        r.throttle_power && r.hw_slowdown,
-        r.throttle_power && !r.hw_slowdown,
+        r.thermal.throttle_power && r.thermal.hw_slowdown,
+        r.thermal.throttle_power && !r.thermal.hw_slowdown,
     );
     map([
         ("thermal", thermal),
         ("power", power),
         ("throttle_duration_sec", f(0.0)),
-        ("max_temperature_c", f(r.max_temp_c)),
+        ("max_temperature_c", f(r.thermal.max_temp_c)),
         ("throttle_timestamps", Value::Seq(Vec::new())),
         (
             "detected",
-            Value::Bool(r.throttle_thermal || r.throttle_power),
+            Value::Bool(r.thermal.throttle_thermal || r.thermal.throttle_power),
         ),
     ])
 }
@@ -927,19 +937,23 @@ fn manifest_entry(row: &RunRow, config: &Value, result_file: Option<String>) -> 
         ),
         (
             "elapsed_seconds",
-            of(res.map(|r| r.lease_to_measure_s + r.duration_s)),
+            of(res.map(|r| r.window.lease_to_measure_s + r.window.duration_s)),
         ),
-        ("inference_seconds", of(res.map(|r| r.duration_s))),
-        ("energy_joules", of(res.map(|r| r.total_energy_j))),
+        ("inference_seconds", of(res.map(|r| r.window.duration_s))),
+        ("energy_joules", of(res.map(|r| r.energy.total_j))),
         (
             "adj_energy_joules",
-            of(res.and_then(|r| r.energy_adjusted_j)),
+            of(res.and_then(|r| r.energy.adjusted_j)),
         ),
-        ("throughput_tok_s", of(res.map(|r| r.avg_tokens_per_second))),
+        (
+            "throughput_tok_s",
+            of(res.map(|r| r.throughput.avg_tokens_per_second)),
+        ),
         (
             "energy_per_token_mj",
-            of(res.filter(|r| r.output_tokens > 0).map(|r| {
-                r.energy_adjusted_j.unwrap_or(r.total_energy_j) * 1000.0 / r.output_tokens as f64
+            of(res.filter(|r| r.throughput.output_tokens > 0).map(|r| {
+                r.energy.adjusted_j.unwrap_or(r.energy.total_j) * 1000.0
+                    / r.throughput.output_tokens as f64
             })),
         ),
     ])

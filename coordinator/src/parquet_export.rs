@@ -247,7 +247,9 @@ pub fn write_atomic_bytes(path: &std::path::Path, bytes: &[u8]) -> std::io::Resu
 mod tests {
     use super::*;
     use arrow_array::Array as _;
-    use lem_common::types::{CampaignId, RunKey, RunResult};
+    use lem_common::types::{
+        CampaignId, EnergyFigures, Isolation, MeasuredWindow, RunKey, RunResult, Throughput,
+    };
 
     fn rows() -> Vec<RunRow> {
         let done = RunRow {
@@ -264,17 +266,29 @@ mod tests {
             result: Some(RunResult {
                 worker: "w1".into(),
                 host: "h".into(),
-                total_energy_j: 12.5,
-                energy_adjusted_j: Some(3.0),
-                input_tokens: 10,
-                output_tokens: 5,
                 simulated: true,
-                short_window: true,
                 warnings: vec!["short window".into()],
-                gpu_foreign_processes: vec![lem_common::types::ForeignProcess {
-                    pid: 31,
+                energy: EnergyFigures {
+                    total_j: 12.5,
+                    adjusted_j: Some(3.0),
                     ..Default::default()
-                }],
+                },
+                throughput: Throughput {
+                    input_tokens: 10,
+                    output_tokens: 5,
+                    ..Default::default()
+                },
+                window: MeasuredWindow {
+                    short: true,
+                    ..Default::default()
+                },
+                isolation: Isolation {
+                    foreign_processes: vec![lem_common::types::ForeignProcess {
+                        pid: 31,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
                 ..Default::default()
             }),
             last_failure: None,

@@ -556,7 +556,7 @@ fn choose_run<'a>(
         .filter(|r| r.config_hash == best.config_hash && r.result.is_some())
         .collect();
     runs.sort_by(|a, b| {
-        let e = |r: &RunRow| r.result.as_ref().map_or(0.0, |x| x.total_energy_j);
+        let e = |r: &RunRow| r.result.as_ref().map_or(0.0, |x| x.energy.total_j);
         e(a).total_cmp(&e(b))
     });
     Ok(runs.get((runs.len().max(1) - 1) / 2).copied())
@@ -573,13 +573,14 @@ fn timeline_figure(row: Option<&RunRow>, labels: &BTreeMap<&str, String>) -> (Pl
         );
     };
     let col = |k: &str| -> Vec<f64> {
-        r.timeseries
+        r.window
+            .timeseries
             .get(k)
             .and_then(|v| v.as_array())
             .map(|a| a.iter().filter_map(|v| v.as_f64()).collect())
             .unwrap_or_default()
     };
-    let hm = &r.harness_metrics;
+    let hm = &r.harness.metrics;
     let batches = hm.get("batches").and_then(|v| v.as_u64());
     let ttft_s = hm
         .get("ttft_ms")
@@ -589,16 +590,15 @@ fn timeline_figure(row: Option<&RunRow>, labels: &BTreeMap<&str, String>) -> (Pl
     let t = Timeline {
         t_s: col("t_s"),
         power_w: col("power_w"),
-        window_s: r.duration_s,
+        window_s: r.window.duration_s,
         prefill_s: ttft_s.filter(|_| batches == Some(1)),
         quiet_s: hm.get("quiet_seconds").and_then(|v| v.as_f64()),
-        quiet_power_w: r.quiet_power_w,
-        prefill_window: r
-            .prefill_window_s
-            .zip(r.prefill_window_energy_j)
-            .and_then(|(s, j)| (s > 0.0).then_some((s, j / s))),
-        device_idle_w: r.baseline.as_ref().map(|b| b.mean_power_w),
-        resident_idle_w: r.resident_baseline.as_ref().map(|b| b.mean_power_w),
+        quiet_power_w: r.energy.quiet_power_w,
+        prefill_window: r.energy.prefill.as_ref().and_then(|p| {
+            (p.window_s > 0.0).then_some((p.window_s, p.window_energy_j / p.window_s))
+        }),
+        device_idle_w: r.baselines.device.as_ref().map(|b| b.mean_power_w),
+        resident_idle_w: r.baselines.resident.as_ref().map(|b| b.mean_power_w),
     };
     let plot = plots::power_timeline(&format!("Power of run {}", row.run), &t);
     let label = labels
@@ -618,9 +618,9 @@ fn timeline_figure(row: Option<&RunRow>, labels: &BTreeMap<&str, String>) -> (Pl
         esc(&label),
         esc(&r.worker),
         esc(&r.gpu_name),
-        num(r.duration_s),
-        num(r.total_energy_j),
-        num(r.mean_power_w),
+        num(r.window.duration_s),
+        num(r.energy.total_j),
+        num(r.energy.mean_power_w),
         t.t_s.len(),
     );
     (plot, caption)
@@ -638,7 +638,11 @@ fn temperature_figure(rows: &[RunRow]) -> (Plot, String) {
     let mut series: Vec<TempSeries> = Vec::new();
     for (_, x, t) in &done {
         let label = format!("{} slot {}", x.worker, x.slot);
-        let point = ((t - t0) as f64 / 60_000.0, x.start_temp_c, x.max_temp_c);
+        let point = (
+            (t - t0) as f64 / 60_000.0,
+            x.thermal.start_temp_c,
+            x.thermal.max_temp_c,
+        );
         match series.iter_mut().find(|s| s.label == label) {
             Some(s) => s.points.push(point),
             None => series.push(TempSeries {
@@ -647,7 +651,7 @@ fn temperature_figure(rows: &[RunRow]) -> (Plot, String) {
             }),
         }
     }
-    let gate: f64 = done.iter().map(|d| d.1.thermal_wait_s).sum();
+    let gate: f64 = done.iter().map(|d| d.1.thermal.wait_s).sum();
     let plot = plots::temperatures("GPU temperature across the campaign", &series);
     let caption = format!(
         "<b>Figure 4.</b> Each run's hottest GPU temperature in its measured window (circles, joined per GPU slot), with a bar down to its temperature as the window began, placed at the run's start. The thermal gate held runs {} s in all before they started.",
@@ -803,12 +807,12 @@ fn runs_table(
             r.cycle,
             esc(&r.state),
             esc(r.result.as_ref().map_or("", |x| x.worker.as_str())),
-            cell(&|x| Some(x.avg_energy_per_token_j)),
-            cell(&|x| x.energy_per_token_adjusted_j),
-            cell(&|x| Some(x.avg_tokens_per_second)),
-            cell(&|x| Some(x.total_energy_j)),
-            cell(&|x| Some(x.duration_s)),
-            cell(&|x| Some(x.max_temp_c)),
+            cell(&|x| Some(x.throughput.avg_energy_per_token_j)),
+            cell(&|x| x.throughput.energy_per_token_adjusted_j),
+            cell(&|x| Some(x.throughput.avg_tokens_per_second)),
+            cell(&|x| Some(x.energy.total_j)),
+            cell(&|x| Some(x.window.duration_s)),
+            cell(&|x| Some(x.thermal.max_temp_c)),
             esc(&flags),
             check.verdict,
         );
@@ -819,7 +823,10 @@ fn runs_table(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lem_common::types::{BaselineRecord, CampaignId, RunKey};
+    use lem_common::types::{
+        BaselineRecord, Baselines, CampaignId, EnergyFigures, HarnessFacts, MeasuredWindow,
+        PrefillSplit, RunKey, Thermal, Throughput,
+    };
     use serde_json::json;
 
     fn config(batch: i64) -> String {
@@ -853,30 +860,19 @@ mod tests {
                     attempts: 1,
                     config_json: config(batch),
                     result: Some(RunResult {
-                        engine: "synthetic".into(),
-                        worker: "w<0>".into(),
-                        simulated: true,
-                        n_prompts: 4,
-                        input_tokens: 100,
-                        output_tokens: 32,
-                        duration_s: 0.5,
-                        total_energy_j: energy,
-                        mean_power_w: energy / 0.5,
-                        avg_energy_per_token_j: jpt,
-                        avg_tokens_per_second: 264.0 * batch as f64,
-                        started_at: format!("2026-01-01T00:0{seq}:00.000Z"),
-                        ended_at: format!("2026-01-01T00:0{seq}:30.000Z"),
-                        start_temp_c: 40.0,
-                        max_temp_c: 45.0 + f64::from(seq),
-                        baseline: Some(baseline("device", 70.0)),
-                        resident_baseline: Some(baseline("resident", 110.0)),
-                        quiet_power_w: Some(110.0),
-                        prefill_window_s: Some(3.0),
-                        prefill_window_energy_j: Some(1200.0),
-                        harness_metrics: json!({"batches": 1, "quiet_seconds": 0.35, "ttft_ms": {"max": 20.0}}),
-                        timeseries: json!({"t_s": [0.05, 0.25, 0.45], "power_w": [300.0, 320.0, 310.0]}),
-                        ..Default::default()
-                    }),
+engine: "synthetic".into(),
+worker: "w<0>".into(),
+simulated: true,
+started_at: format!("2026-01-01T00:0{seq}:00.000Z"),
+ended_at: format!("2026-01-01T00:0{seq}:30.000Z"),
+energy: EnergyFigures { total_j: energy, mean_power_w: energy / 0.5, quiet_power_w: Some(110.0), prefill: Some(PrefillSplit { window_s: 3.0, window_energy_j: 1200.0, ..Default::default() }), ..Default::default() },
+baselines: Baselines { device: Some(baseline("device", 70.0)), resident: Some(baseline("resident", 110.0)), ..Default::default() },
+throughput: Throughput { n_prompts: 4, input_tokens: 100, output_tokens: 32, avg_energy_per_token_j: jpt, avg_tokens_per_second: 264.0 * batch as f64, ..Default::default() },
+thermal: Thermal { start_temp_c: 40.0, max_temp_c: 45.0 + f64::from(seq), ..Default::default() },
+window: MeasuredWindow { duration_s: 0.5, timeseries: json!({"t_s": [0.05, 0.25, 0.45], "power_w": [300.0, 320.0, 310.0]}), ..Default::default() },
+harness: HarnessFacts { metrics: json!({"batches": 1, "quiet_seconds": 0.35, "ttft_ms": {"max": 20.0}}), ..Default::default() },
+..Default::default()
+}),
                     last_failure: None,
                 });
             }

@@ -664,10 +664,15 @@ pub fn name_list(names: &[String], max: usize) -> String {
 impl Coordinator for CoordService {
     async fn register(self, _: Context, req: RegisterRequest) -> Result<RegisterReply, RpcError> {
         if req.protocol_version != PROTOCOL_VERSION {
+            let changes: String =
+                lem_common::protocol_changes(req.protocol_version, PROTOCOL_VERSION)
+                    .iter()
+                    .map(|c| format!(" ({c})"))
+                    .collect();
             return Err(RpcError::new(
                 RpcErrorKind::VersionMismatch,
                 format!(
-                    "worker {} speaks protocol {} (lem-worker {}), this coordinator speaks {} (lem-coord {}); install the same lem fleet version on both",
+                    "worker {} speaks protocol {} (lem-worker {}), this coordinator speaks {} (lem-coord {}); install the same lem fleet version on both{changes}",
                     req.worker, req.protocol_version, req.worker_version, PROTOCOL_VERSION,
                     env!("CARGO_PKG_VERSION")
                 ),
@@ -1404,7 +1409,7 @@ mod tests {
         let b = &blocked_pools(pools.clone(), &[], 3)[0];
         assert_eq!(
             b.cause,
-            "no worker is connected (3 registered worker(s) not heard from in 120 s)"
+            "no worker is connected (3 registered worker(s) stopped or not heard from within the lease TTL)"
         );
         assert!(b.by_reason.is_empty());
         assert_eq!(

@@ -2271,6 +2271,45 @@ mod tests {
         );
     }
 
+    /// A manifest written before the nested result model holds flat results
+    /// (protocol 4): they read back into the nested `RunResult`, figures in place.
+    #[test]
+    fn a_flat_result_in_an_old_manifest_reads_back_nested() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let policy = LeasePolicy::default();
+        let id = store
+            .create_campaign(campaign(), runs(&["synthetic"]))
+            .unwrap();
+        let w = WorkerId("w".into());
+        let eng = vec!["synthetic".to_string()];
+        let r = store.lease_next(&w, 0, &eng, 0, &policy).unwrap().unwrap();
+        let token = r.lease.lease.as_ref().unwrap().token;
+        store
+            .complete(r.key, token, &w, &RunResult::default(), 1, "t")
+            .unwrap();
+        let flat = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../common/tests/fixtures/run-result-flat-v4-full.json"),
+        )
+        .unwrap();
+        let txn = store.db.begin_write().unwrap();
+        txn.open_table(RESULTS)
+            .unwrap()
+            .insert((id.0, 0), flat.as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        let runs = store.runs(id).unwrap();
+        let res = runs[0].1.as_ref().expect("the flat result reads");
+        assert_eq!(res.energy.total_j, 2413.7);
+        assert_eq!(res.baselines.device.as_ref().unwrap().mean_power_w, 61.5);
+        assert_eq!(res.thermal.wait_reason, "timeout");
+        assert_eq!(res.throughput.output_tokens, 811);
+        assert_eq!(res.energy.prefill.as_ref().unwrap().passes, 4);
+        let want: RunResult = serde_json::from_slice(&flat).unwrap();
+        assert_eq!(res, &want);
+    }
+
     #[test]
     fn complete_counts_once_and_keeps_duplicates() {
         let dir = tempfile::tempdir().unwrap();

@@ -10,7 +10,10 @@ use lem_common::pyjson;
 use lem_common::quality::{self, Flag};
 use lem_common::rpc::RunRow;
 use lem_common::study::{plan, PlanOptions, StudySource};
-use lem_common::types::{BaselineRecord, CampaignId, ForeignProcess, RunKey, RunResult};
+use lem_common::types::{
+    BaselineRecord, Baselines, CampaignId, EnergyFigures, ForeignProcess, HarnessFacts,
+    MeasuredWindow, RunKey, RunResult, Thermal, Throughput,
+};
 use lem_common::Value;
 use lem_coord::llem_export::{write_bundle, CampaignInfo};
 
@@ -60,62 +63,79 @@ fn result_for(i: usize, engine: &str, model: &str) -> RunResult {
         model_name: model.into(),
         started_at: format!("2026-11-25T10:{:02}:00.{:03}Z", i % 60, (i * 7) % 1000),
         ended_at: format!("2026-11-25T10:{:02}:13.000Z", i % 60),
-        n_prompts: 16,
-        input_tokens: input,
-        output_tokens: output,
-        duration_s: duration,
-        total_energy_j: energy,
-        energy_method: "counter_interpolated".into(),
-        energy_integral_j: Some(energy * 1.004),
-        energy_counter_raw_j: Some(energy - 0.3),
-        energy_disagreement_pct: Some(0.4),
-        energy_disagreement_flagged: false,
-        short_window: false,
-        mean_power_w: energy / duration,
-        n_power_samples: 125,
-        energy_adjusted_j: adjusted,
-        energy_adjusted_clamped: false,
-        baseline_power_w: baseline.as_ref().map(|b| b.mean_power_w),
-        baseline,
-        avg_tokens_per_second: (input + output) as f64 / duration,
-        output_tokens_per_second: output as f64 / duration,
-        avg_energy_per_token_j: per_tok(energy),
-        energy_per_token_adjusted_j: adjusted.map(per_tok),
-        start_temp_c: 41.0,
-        max_temp_c: 67.5,
-        end_temp_c: 63.0,
-        thermal_wait_s: 4.2,
-        thermal_wait_reason: "cooled".into(),
-        throttle_thermal: i == 4,
-        model_load_seconds: Some(3.25),
-        model_already_loaded: i > 0,
-        lease_to_measure_s: 9.5,
-        harness_metrics: serde_json::json!({
-            "n_prompts": 16, "input_tokens": input, "output_tokens": output,
-            "inference_seconds": duration, "batches": 4, "batch_size": 4,
-            "input_token_lengths": {"min": 17, "max": 63, "mean": 37.2, "p50": 32.0, "p95": 61.25},
-            "output_token_lengths": {"min": 8, "max": 8, "mean": 8.0, "p50": 8.0, "p95": 8.0},
-            "ttft_ms": {"mean": 1.63, "median": 1.7, "p95": 1.77, "p99": 1.77, "min": 1.43, "max": 1.78, "samples": 16},
-            "itl_ms": if i == 1 {
-                serde_json::json!({"mean": null, "median": null, "p95": null, "p99": null, "samples": 0})
-            } else {
-                serde_json::json!({"mean": 2.49, "median": 2.5, "p95": 2.57, "p99": 2.6, "samples": 112})
-            },
-            "itl_measurement_mode": "true_streaming"
-        }),
-        warmup: if i % 2 == 1 {
-            serde_json::Value::Null
-        } else {
-            serde_json::json!({
-                "converged": true, "final_cv": 0.021, "iterations_completed": 5,
-                "target_cv": 0.05, "max_prompts": 5, "latencies_ms": [410.0, 395.5, 392.0, 390.25, 391.0],
-                "thermal_floor_seconds": 60.0, "thermal_floor_requested_seconds": 60.0
-            })
-        },
         warnings: if i == 3 {
             vec!["energy counter and power integral disagree by 6.1%".into()]
         } else {
             Vec::new()
+        },
+        energy: EnergyFigures {
+            total_j: energy,
+            method: "counter_interpolated".into(),
+            integral_j: Some(energy * 1.004),
+            counter_raw_j: Some(energy - 0.3),
+            disagreement_pct: Some(0.4),
+            disagreement_flagged: false,
+            mean_power_w: energy / duration,
+            adjusted_j: adjusted,
+            adjusted_clamped: false,
+            ..Default::default()
+        },
+        baselines: Baselines {
+            device_power_w: baseline.as_ref().map(|b| b.mean_power_w),
+            device: baseline,
+            ..Default::default()
+        },
+        throughput: Throughput {
+            n_prompts: 16,
+            input_tokens: input,
+            output_tokens: output,
+            avg_tokens_per_second: (input + output) as f64 / duration,
+            output_tokens_per_second: output as f64 / duration,
+            avg_energy_per_token_j: per_tok(energy),
+            energy_per_token_adjusted_j: adjusted.map(per_tok),
+        },
+        thermal: Thermal {
+            start_temp_c: 41.0,
+            max_temp_c: 67.5,
+            end_temp_c: 63.0,
+            wait_s: 4.2,
+            wait_reason: "cooled".into(),
+            throttle_thermal: i == 4,
+            ..Default::default()
+        },
+        window: MeasuredWindow {
+            duration_s: duration,
+            short: false,
+            n_power_samples: 125,
+            lease_to_measure_s: 9.5,
+            ..Default::default()
+        },
+        harness: HarnessFacts {
+            model_load_seconds: Some(3.25),
+            model_already_loaded: i > 0,
+            metrics: serde_json::json!({
+                "n_prompts": 16, "input_tokens": input, "output_tokens": output,
+                "inference_seconds": duration, "batches": 4, "batch_size": 4,
+                "input_token_lengths": {"min": 17, "max": 63, "mean": 37.2, "p50": 32.0, "p95": 61.25},
+                "output_token_lengths": {"min": 8, "max": 8, "mean": 8.0, "p50": 8.0, "p95": 8.0},
+                "ttft_ms": {"mean": 1.63, "median": 1.7, "p95": 1.77, "p99": 1.77, "min": 1.43, "max": 1.78, "samples": 16},
+                "itl_ms": if i == 1 {
+                    serde_json::json!({"mean": null, "median": null, "p95": null, "p99": null, "samples": 0})
+                } else {
+                    serde_json::json!({"mean": 2.49, "median": 2.5, "p95": 2.57, "p99": 2.6, "samples": 112})
+                },
+                "itl_measurement_mode": "true_streaming"
+            }),
+            warmup: if i % 2 == 1 {
+                serde_json::Value::Null
+            } else {
+                serde_json::json!({
+                    "converged": true, "final_cv": 0.021, "iterations_completed": 5,
+                    "target_cv": 0.05, "max_prompts": 5, "latencies_ms": [410.0, 395.5, 392.0, 390.25, 391.0],
+                    "thermal_floor_seconds": 60.0, "thermal_floor_requested_seconds": 60.0
+                })
+            },
+            ..Default::default()
         },
         ..Default::default()
     }
@@ -125,31 +145,31 @@ fn result_for(i: usize, engine: &str, model: &str) -> RunResult {
 /// run measured under about every condition that weakens a figure).
 fn raise_every_flag(r: &mut RunResult) {
     r.simulated = true;
-    r.energy_method = "power_integral".into();
-    r.short_window = true;
-    r.energy_disagreement_flagged = true;
-    r.energy_uncertainty_flagged = true;
-    r.energy_uncertainty_j = Some(31.5);
-    r.energy_edge_rule = Some("power_trace".into());
-    r.baseline = None;
-    r.baseline_power_w = None;
-    r.energy_adjusted_j = None;
-    r.energy_per_token_adjusted_j = None;
-    r.energy_adjusted_clamped = true;
-    r.resident_baseline = Some(BaselineRecord {
+    r.energy.method = "power_integral".into();
+    r.window.short = true;
+    r.energy.disagreement_flagged = true;
+    r.energy.uncertainty_flagged = true;
+    r.energy.uncertainty_j = Some(31.5);
+    r.energy.edge_rule = Some("power_trace".into());
+    r.baselines.device = None;
+    r.baselines.device_power_w = None;
+    r.energy.adjusted_j = None;
+    r.throughput.energy_per_token_adjusted_j = None;
+    r.energy.adjusted_clamped = true;
+    r.baselines.resident = Some(BaselineRecord {
         kind: "resident".into(),
         mean_power_w: 120.0,
         ..Default::default()
     });
-    r.quiet_power_w = Some(126.0);
-    r.energy_adjusted_resident_j = Some(12.0);
-    r.energy_adjusted_resident_uncertainty_j = Some(3.0);
-    r.throttle_thermal = true;
-    r.throttle_power = true;
-    r.hw_slowdown = true;
-    r.thermal_wait_reason = "timeout".into();
-    r.gpu_shared = true;
-    r.gpu_foreign_processes = vec![ForeignProcess {
+    r.energy.quiet_power_w = Some(126.0);
+    r.energy.adjusted_resident_j = Some(12.0);
+    r.energy.adjusted_resident_uncertainty_j = Some(3.0);
+    r.thermal.throttle_thermal = true;
+    r.thermal.throttle_power = true;
+    r.thermal.hw_slowdown = true;
+    r.thermal.wait_reason = "timeout".into();
+    r.isolation.gpu_shared = true;
+    r.isolation.foreign_processes = vec![ForeignProcess {
         pid: 4242,
         gpu_index: 0,
         used_memory_mb: Some(1024),
@@ -158,8 +178,8 @@ fn raise_every_flag(r: &mut RunResult) {
     }];
     r.environment =
         serde_json::json!({"gpu": {"name": "NVIDIA H100 80GB HBM3", "mig_enabled": true}});
-    r.harness_metrics["itl_measurement_mode"] = "proportional".into();
-    r.harness_metrics["latency_estimated"] = true.into();
+    r.harness.metrics["itl_measurement_mode"] = "proportional".into();
+    r.harness.metrics["latency_estimated"] = true.into();
     r.warnings
         .push("thermal gate timed out after 300 s: the GPU was still cooling".into());
 }
@@ -260,7 +280,7 @@ fn check_layout(dir: &Path, info: &CampaignInfo, rows: &[RunRow], result_files: 
         let res = row.result.as_ref().unwrap();
         assert_eq!(
             r.get_path("total_energy_j").unwrap().as_f64(),
-            Some(res.total_energy_j)
+            Some(res.energy.total_j)
         );
         // Every flag, explained, then every warning: nothing else, nothing dropped.
         let warnings: Vec<&str> = match r.get_path("measurement_warnings") {

@@ -6,7 +6,10 @@ use std::process::Command;
 
 use lem_common::quality::{self, Flag};
 use lem_common::rpc::RunRow;
-use lem_common::types::{BaselineRecord, CampaignId, ForeignProcess, RunKey, RunResult};
+use lem_common::types::{
+    BaselineRecord, Baselines, CampaignId, EnergyFigures, ForeignProcess, HarnessFacts, Isolation,
+    MeasuredWindow, RunKey, RunResult, Thermal, Throughput,
+};
 use lem_coord::cli::{check_grid_size, GRID_LIMIT_CONFIGS};
 use lem_coord::export::{run_column_names, to_csv, to_jsonl, Table};
 use lem_coord::parquet_export::{table_to_parquet, to_parquet, write_atomic_bytes};
@@ -72,12 +75,18 @@ fn rows() -> Vec<RunRow> {
             result: (i < 2).then(|| RunResult {
                 worker: "w".into(),
                 host: "h".into(),
-                total_energy_j: 100.5 + i as f64,
-                energy_adjusted_j: (i == 0).then_some(50.25),
-                input_tokens: 1000,
-                output_tokens: 500,
                 simulated: true,
                 started_at: "2026-11-25T10:00:00.000Z".into(),
+                energy: EnergyFigures {
+                    total_j: 100.5 + i as f64,
+                    adjusted_j: (i == 0).then_some(50.25),
+                    ..Default::default()
+                },
+                throughput: Throughput {
+                    input_tokens: 1000,
+                    output_tokens: 500,
+                    ..Default::default()
+                },
                 ..Default::default()
             }),
             last_failure: (i == 2).then(|| "configuration: out of memory".into()),
@@ -192,43 +201,60 @@ fn every_flag_result() -> RunResult {
     RunResult {
         worker: "w".into(),
         simulated: true,
-        total_energy_j: 3.25,
-        energy_method: "power_integral".into(),
-        energy_integral_j: Some(3.25),
-        energy_counter_raw_j: Some(2.9),
-        energy_disagreement_pct: Some(12.0),
-        energy_disagreement_flagged: true,
-        short_window: true,
-        energy_uncertainty_j: Some(0.4),
-        energy_uncertainty_flagged: true,
-        energy_edge_rule: Some("power_trace".into()),
-        quiet_power_w: Some(125.5),
-        energy_adjusted_resident_j: Some(12.0),
-        energy_adjusted_resident_uncertainty_j: Some(3.0),
-        resident_baseline: Some(BaselineRecord {
-            kind: "resident".into(),
-            mean_power_w: 120.0,
-            ..Default::default()
-        }),
-        energy_adjusted_clamped: true,
-        throttle_thermal: true,
-        throttle_power: true,
-        hw_slowdown: true,
-        thermal_wait_reason: "timeout".into(),
-        gpu_shared: true,
-        gpu_foreign_processes: vec![
-            foreign(4242, "baseline"),
-            foreign(77, "window"),
-            foreign(4242, "window"),
-        ],
         environment: json!({"gpu": {"name": "H200", "mig_enabled": true}}),
-        harness_metrics: json!({"itl_measurement_mode": "proportional", "latency_estimated": true}),
-        window_start_mono_ns: 1_000_000_000,
-        window_end_mono_ns: 1_250_000_000,
         warnings: vec![
             "short window: fewer than one counter step or two power samples".into(),
             "energy counter and power integral disagree by 12.0%, see the timeseries".into(),
         ],
+        energy: EnergyFigures {
+            total_j: 3.25,
+            method: "power_integral".into(),
+            integral_j: Some(3.25),
+            counter_raw_j: Some(2.9),
+            disagreement_pct: Some(12.0),
+            disagreement_flagged: true,
+            uncertainty_j: Some(0.4),
+            uncertainty_flagged: true,
+            edge_rule: Some("power_trace".into()),
+            quiet_power_w: Some(125.5),
+            adjusted_resident_j: Some(12.0),
+            adjusted_resident_uncertainty_j: Some(3.0),
+            adjusted_clamped: true,
+            ..Default::default()
+        },
+        baselines: Baselines {
+            resident: Some(BaselineRecord {
+                kind: "resident".into(),
+                mean_power_w: 120.0,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        thermal: Thermal {
+            throttle_thermal: true,
+            throttle_power: true,
+            hw_slowdown: true,
+            wait_reason: "timeout".into(),
+            ..Default::default()
+        },
+        window: MeasuredWindow {
+            short: true,
+            start_mono_ns: 1_000_000_000,
+            end_mono_ns: 1_250_000_000,
+            ..Default::default()
+        },
+        harness: HarnessFacts {
+            metrics: json!({"itl_measurement_mode": "proportional", "latency_estimated": true}),
+            ..Default::default()
+        },
+        isolation: Isolation {
+            gpu_shared: true,
+            foreign_processes: vec![
+                foreign(4242, "baseline"),
+                foreign(77, "window"),
+                foreign(4242, "window"),
+            ],
+        },
         ..Default::default()
     }
 }
@@ -237,18 +263,30 @@ fn every_flag_result() -> RunResult {
 fn flag_rows() -> Vec<RunRow> {
     let clean = RunResult {
         worker: "w".into(),
-        total_energy_j: 1000.0,
-        energy_method: "counter_interpolated".into(),
-        energy_adjusted_j: Some(400.0),
-        baseline: Some(BaselineRecord {
-            kind: "device".into(),
-            mean_power_w: 60.0,
+        energy: EnergyFigures {
+            total_j: 1000.0,
+            method: "counter_interpolated".into(),
+            adjusted_j: Some(400.0),
+            edge_rule: Some("quiet".into()),
             ..Default::default()
-        }),
-        baseline_power_w: Some(60.0),
-        energy_edge_rule: Some("quiet".into()),
-        harness_metrics: json!({"itl_measurement_mode": "true_streaming", "latency_estimated": false}),
-        thermal_wait_reason: "cooled".into(),
+        },
+        baselines: Baselines {
+            device: Some(BaselineRecord {
+                kind: "device".into(),
+                mean_power_w: 60.0,
+                ..Default::default()
+            }),
+            device_power_w: Some(60.0),
+            ..Default::default()
+        },
+        thermal: Thermal {
+            wait_reason: "cooled".into(),
+            ..Default::default()
+        },
+        harness: HarnessFacts {
+            metrics: json!({"itl_measurement_mode": "true_streaming", "latency_estimated": false}),
+            ..Default::default()
+        },
         ..Default::default()
     };
     let mut rows = rows();
@@ -451,14 +489,12 @@ fn sweep_rows() -> Vec<RunRow> {
                     r#"{{"task": {{"model": "synthetic/tiny-llama", "max_output_tokens": 64}}, "engine": "synthetic", "synthetic": {{"engine_params": {{"batch_size": {batch}, "dtype": "bfloat16"}}}}}}"#
                 ),
                 result: Some(RunResult {
-                    total_energy_j: 64.0 * jpt,
-                    avg_energy_per_token_j: jpt,
-                    avg_tokens_per_second: 100.0 * batch as f64,
-                    output_tokens: 64,
-                    started_at: "2026-11-25T10:00:00.250Z".into(),
-                    gpu_indices: vec![0],
-                    ..Default::default()
-                }),
+started_at: "2026-11-25T10:00:00.250Z".into(),
+gpu_indices: vec![0],
+energy: EnergyFigures { total_j: 64.0 * jpt, ..Default::default() },
+throughput: Throughput { avg_energy_per_token_j: jpt, avg_tokens_per_second: 100.0 * batch as f64, output_tokens: 64, ..Default::default() },
+..Default::default()
+}),
                 last_failure: None,
             });
         }

@@ -487,6 +487,7 @@ def execute_run(state, request, em, max_floor=None,
             "per_token_timing": timing,
             "request_latency_ms": latency_summary(request_ms) if request_ms else None,
             "quiet_seconds": quiet_s,
+            "engine_warnings": [str(w) for w in engine.warnings(config)],
             "prefill_window": None if window is None else {
                 k: window[k] for k in ("calls", "passes", "batches", "batch_size",
                                        "input_tokens", "seconds", "target_seconds", "capped")},

@@ -49,11 +49,13 @@ import glob, json, os, sys
 print("==", sys.argv[2])
 for f in sorted(glob.glob(os.path.join(sys.argv[1], "*", "fleet.json"))):
     j = json.load(open(f)); r = j["run_result"]
-    b = r.get("baseline") or {}; rb = r.get("resident_baseline") or {}
-    print(j["run"], "attempts", j["attempts"], "gpu_shared", r.get("gpu_shared"),
+    # The stored result, nested since protocol 5 (docs/results.md, "The stored result").
+    bl = r.get("baselines") or {}; iso = r.get("isolation") or {}
+    b = bl.get("device") or {}; rb = bl.get("resident") or {}
+    print(j["run"], "attempts", j["attempts"], "gpu_shared", iso.get("gpu_shared"),
           "device %.1f W (age %.1f s)" % (b.get("mean_power_w", float("nan")), b.get("cache_age_s", float("nan"))),
           "resident %.1f W (age %.1f s)" % (rb.get("mean_power_w", float("nan")), rb.get("cache_age_s", float("nan"))))
-    for p in r.get("gpu_foreign_processes", []):
+    for p in iso.get("foreign_processes", []):
         print("   foreign", p)
     for w in r.get("warnings", []):
         if "isolation" in w or "shared" in w:

@@ -1,18 +1,21 @@
 //! `lem-worker bench dispatch`: what a warm container saves per run.
 //!
-//! Two ways to run the same tiny run of the synthetic engine (one prompt, one output
+//! Three ways to run the same tiny run of the synthetic engine (one prompt, one output
 //! token, no warmup, no prefill window, no quiet spans; a model load of 1 s), taken
-//! in turns so drift on the machine hits both alike:
+//! in turns so drift on the machine hits them alike:
 //!
-//! * **warm**: an `exec` of the harness client into the resident container, whose
-//!   server has the model loaded (what the docker runtime does for every run after a
-//!   model's first);
+//! * **warm** (the worker's default, `--docker-dispatch socket`): the request over the
+//!   resident server's socket in the slot's bind-mounted directory, the model loaded
+//!   (what the docker runtime does for every run after a model's first);
+//! * **warm exec** (`--docker-dispatch exec`): the same, through an `exec` of the
+//!   harness client in the resident container;
 //! * **cold**: a fresh container of the same image created, started, waited for, run
 //!   and removed (what `docker run --rm` per run would cost: a container start and a
 //!   model load every time).
 //!
 //! No GPU is needed. Prints each mode's p50/p95 and, last, `dispatch warm_p50_ms=X
-//! cold_p50_ms=Y ratio=Z`. docs/performance.md has the numbers.
+//! cold_p50_ms=Y ratio=Z` (warm: the default dispatch). docs/performance.md has the
+//! numbers.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -29,7 +32,10 @@ pub const LOAD_SECONDS: f64 = 1.0;
 /// Per-mode timings, in milliseconds, in the order taken.
 #[derive(Debug, Default)]
 pub struct DispatchReport {
+    /// Warm, over the server's socket (the default dispatch).
     pub warm_ms: Vec<f64>,
+    /// Warm, by an exec of the client.
+    pub warm_exec_ms: Vec<f64>,
     pub cold_ms: Vec<f64>,
 }
 
@@ -37,13 +43,21 @@ impl DispatchReport {
     /// The report's lines; the last is `dispatch warm_p50_ms=X cold_p50_ms=Y ratio=Z`.
     pub fn lines(&self) -> Vec<String> {
         let warm = percentiles(&self.warm_ms);
+        let exec = percentiles(&self.warm_exec_ms);
         let cold = percentiles(&self.cold_ms);
         vec![
             format!(
-                "warm: exec into the resident container, model loaded: n={} p50_ms={:.1} p95_ms={:.1}",
+                "warm: over the resident server's socket, model loaded: n={} p50_ms={:.1} p95_ms={:.1}",
                 self.warm_ms.len(),
                 warm.0,
                 warm.1
+            ),
+            format!(
+                "warm exec: exec of the client into the resident container, model loaded: n={} p50_ms={:.1} p95_ms={:.1} (ratio to cold {:.1})",
+                self.warm_exec_ms.len(),
+                exec.0,
+                exec.1,
+                cold.0 / exec.0.max(1e-9)
             ),
             format!(
                 "cold: fresh container created, started, run, removed (model load {LOAD_SECONDS} s): n={} p50_ms={:.1} p95_ms={:.1}",
@@ -164,49 +178,82 @@ pub async fn dispatch(image: &str, runs: usize) -> anyhow::Result<DispatchReport
     outcome
 }
 
-async fn measure(
+/// A warm harness of `factory` in `dir` dispatching by `dispatch`, started, with the
+/// bench's model loaded.
+async fn warm_harness(
     factory: &DockerFactory,
     dir: &Path,
-    runs: usize,
-) -> anyhow::Result<DispatchReport> {
-    let mut warm = factory.harness(&dir.join("warm"), 0, &[], vec![]);
+    slot: u32,
+    dispatch: docker::Dispatch,
+) -> anyhow::Result<DockerHarness> {
+    let mut warm = factory
+        .clone()
+        .with_dispatch(dispatch)
+        .harness(dir, slot, &[], vec![]);
+    if warm.dispatch() != dispatch {
+        bail!(
+            "the bench's directory {} is too deep for a socket path; set TMPDIR to a shorter one",
+            dir.display()
+        );
+    }
     warm.ensure_started().await?;
     let (load_ms, already) = timed_run(&mut warm, "load").await?;
     eprintln!(
-        "warm container {} up; first run (model load) {load_ms:.0} ms",
+        "warm container {} ({dispatch:?}) up; first run (model load) {load_ms:.0} ms",
         warm.container_name()
     );
     if already {
         bail!("the fresh warm container had the model loaded already");
     }
+    Ok(warm)
+}
+
+async fn measure(
+    factory: &DockerFactory,
+    dir: &Path,
+    runs: usize,
+) -> anyhow::Result<DispatchReport> {
+    let mut warm = warm_harness(factory, &dir.join("warm"), 0, docker::Dispatch::Socket).await?;
+    let mut exec = warm_harness(factory, &dir.join("exec"), 2, docker::Dispatch::Exec).await?;
     let mut report = DispatchReport::default();
     for i in 0..runs {
-        // Alternate which mode goes first, so neither always follows the other.
-        for cold_now in [i % 2 == 1, i % 2 == 0] {
-            if cold_now {
-                let mut cold = factory.harness(&dir.join(format!("cold-{i}")), 1, &[], vec![]);
-                let started = Instant::now();
-                let pong = cold.ensure_started().await;
-                let run = match pong {
-                    Ok(_) => timed_run(&mut cold, &format!("cold-{i}")).await,
-                    Err(e) => Err(e.into()),
-                };
-                cold.stop().await;
-                let (_, already) = run?;
-                if already {
-                    bail!("a fresh container had the model loaded already");
+        // Rotate which mode goes first, so none always follows another.
+        for k in 0..3 {
+            match (i + k) % 3 {
+                0 => {
+                    let mut cold = factory.harness(&dir.join(format!("cold-{i}")), 1, &[], vec![]);
+                    let started = Instant::now();
+                    let pong = cold.ensure_started().await;
+                    let run = match pong {
+                        Ok(_) => timed_run(&mut cold, &format!("cold-{i}")).await,
+                        Err(e) => Err(e.into()),
+                    };
+                    cold.stop().await;
+                    let (_, already) = run?;
+                    if already {
+                        bail!("a fresh container had the model loaded already");
+                    }
+                    report.cold_ms.push(started.elapsed().as_secs_f64() * 1e3);
                 }
-                report.cold_ms.push(started.elapsed().as_secs_f64() * 1e3);
-            } else {
-                let (ms, already) = timed_run(&mut warm, &format!("warm-{i}")).await?;
-                if !already {
-                    bail!("the warm container had to load the model again (run {i})");
+                1 => {
+                    let (ms, already) = timed_run(&mut warm, &format!("warm-{i}")).await?;
+                    if !already {
+                        bail!("the warm container had to load the model again (run {i})");
+                    }
+                    report.warm_ms.push(ms);
                 }
-                report.warm_ms.push(ms);
+                _ => {
+                    let (ms, already) = timed_run(&mut exec, &format!("exec-{i}")).await?;
+                    if !already {
+                        bail!("the warm exec container had to load the model again (run {i})");
+                    }
+                    report.warm_exec_ms.push(ms);
+                }
             }
         }
     }
     warm.stop().await;
+    exec.stop().await;
     Ok(report)
 }
 
@@ -218,6 +265,7 @@ mod tests {
     fn report_ends_with_the_summary_line() {
         let r = DispatchReport {
             warm_ms: vec![10.0, 20.0, 30.0],
+            warm_exec_ms: vec![50.0, 60.0, 70.0],
             cold_ms: vec![1000.0, 1200.0, 1100.0],
         };
         let lines = r.lines();

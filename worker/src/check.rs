@@ -310,10 +310,15 @@ async fn docker_runtime(o: &Options) -> Vec<Item> {
             "image",
             Status::Fail,
             e.to_string(),
-            "build it with docker/images.sh (no registry is needed), or pass --image",
+            "build it with docker/images.sh (no registry is needed), or docker/engine-images.sh vllm|tensorrt for an engine image (docs/engines.md), or pass --image",
         )),
         Ok(pinned) => {
-            out.push(Item::ok("image", format!("{} is {}", o.image, pinned.id)));
+            let pin = pinned
+                .engine_pin
+                .as_deref()
+                .map(|p| format!(" ({p})"))
+                .unwrap_or_default();
+            out.push(Item::ok("image", format!("{} is {}{pin}", o.image, pinned.id)));
             match crate::docker::allowed_ids(&docker, &o.allow_images, &o.data_dir).await {
                 Ok(ids) if ids.contains(&pinned.id) => {
                     out.push(Item::ok("allowlist", format!("{} is allowed", pinned.id)));
@@ -359,7 +364,7 @@ async fn container_engines(docker: bollard::Docker, pinned: crate::docker::Pinne
     }
     .await;
     let _ = std::fs::remove_dir_all(&scratch);
-    engines_item(result, "the image of docker/images.sh has the synthetic engine only: measure real models with an image that adds torch and transformers (docs/runtimes.md)")
+    engines_item(result, "the image of docker/images.sh has the synthetic engine only: measure real models with an engine image (docker/engine-images.sh vllm|tensorrt on a GPU host, docs/engines.md) or one that adds torch and transformers (docs/runtimes.md)")
 }
 
 /// The `engines` item from a harness's first pong.

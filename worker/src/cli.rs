@@ -22,7 +22,7 @@ pub struct Args {
     pub data_dir: PathBuf,
     /// Where each slot's resident harness server runs: `process` (a child of the
     /// worker) or `docker` (the main process of a warm container of --image; each
-    /// run is an exec of the harness client in it).
+    /// run is one request to it, as --docker-dispatch says).
     #[arg(long, env = "LEM_RUNTIME", value_enum, default_value_t = Runtime::Process)]
     pub runtime: Runtime,
     /// With --runtime docker: the harness image (built by docker/images.sh). It runs
@@ -34,6 +34,12 @@ pub struct Args {
     /// in DATA_DIR/allowed-images (one per line) are allowed too.
     #[arg(long = "allow-image", value_name = "ID_OR_NAME")]
     pub allow_images: Vec<String>,
+    /// With --runtime docker: how a run reaches the container's harness server:
+    /// `socket` (its Unix socket in the slot's bind-mounted directory; no process
+    /// per run) or `exec` (an exec of the harness client in the container, about
+    /// 60 ms more a run).
+    #[arg(long, env = "LEM_DOCKER_DISPATCH", value_enum, default_value_t = DockerDispatch::Socket)]
+    pub docker_dispatch: DockerDispatch,
     /// Use a labelled simulated GPU (results carry `simulated: true`).
     #[arg(long, env = "LEM_SIMULATE_GPU")]
     pub simulate_gpu: bool,
@@ -115,6 +121,22 @@ pub struct Args {
 pub enum Runtime {
     Process,
     Docker,
+}
+
+/// `--docker-dispatch`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DockerDispatch {
+    Socket,
+    Exec,
+}
+
+impl DockerDispatch {
+    pub fn dispatch(self) -> crate::docker::Dispatch {
+        match self {
+            DockerDispatch::Socket => crate::docker::Dispatch::Socket,
+            DockerDispatch::Exec => crate::docker::Dispatch::Exec,
+        }
+    }
 }
 
 /// `--per-token-timing`.
@@ -202,9 +224,10 @@ pub enum WorkerCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
-    /// Per-run overhead of the docker runtime: an exec into the resident container
-    /// (model loaded) against a fresh container created, started, run and removed,
-    /// in turns; the synthetic engine, no GPU. Prints
+    /// Per-run overhead of the docker runtime: a run into the resident container
+    /// (model loaded) over its server's socket and by exec, against a fresh
+    /// container created, started, run and removed, in turns; the synthetic engine,
+    /// no GPU. Prints
     /// `dispatch warm_p50_ms=X cold_p50_ms=Y ratio=Z` last.
     Dispatch {
         /// Runs of each mode.
@@ -347,6 +370,7 @@ pub fn main_impl() -> std::process::ExitCode {
             Runtime::Docker => crate::RuntimeConfig::Docker {
                 image: args.image,
                 allow_images: args.allow_images,
+                dispatch: args.docker_dispatch.dispatch(),
             },
         },
         http: args

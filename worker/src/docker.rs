@@ -1,5 +1,12 @@
 //! The docker runtime: each slot's resident harness server is the main process of a
-//! warm container, and each run is an `exec` of the harness client in it.
+//! warm container, and each run is one request to it: by default over the server's
+//! Unix socket, which lives in the slot's bind-mounted directory
+//! ([`Dispatch::Socket`]), or as an `exec` of the harness client in the container
+//! ([`Dispatch::Exec`], `lem-worker --docker-dispatch exec`). Both speak the same
+//! harness protocol and see the same events; the socket saves Docker's exec (about
+//! 60 ms a run on the 2-core development machine, docs/performance.md). Where the
+//! socket cannot be used (a path over the kernel's 108-byte limit, a user-namespace
+//! remap that makes it another user's), the worker execs instead.
 //!
 //! Why a container: the image pins the engine's libraries (and the worker pins the
 //! image by id, from its allowlist), and the harness runs with no network, no added
@@ -32,7 +39,7 @@ use futures::future::BoxFuture;
 use futures::StreamExt as _;
 use lem_common::harness::HarnessEvent;
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 use tokio::time::Instant;
 
 use crate::harness_runtime::{EventSink, HarnessFactory, HarnessRuntime, Pong, RunLimits};
@@ -40,6 +47,21 @@ use crate::runtime::HarnessError;
 
 /// The image `lem-worker --runtime docker` runs unless `--image` names another.
 pub const DEFAULT_IMAGE: &str = "lem-fleet/harness:latest";
+
+/// How the worker sends a request to the harness server in a slot's container.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Dispatch {
+    /// Over the server's Unix socket in the slot's bind-mounted directory: no
+    /// process is started per run.
+    #[default]
+    Socket,
+    /// An `exec` of the harness client in the container, the request on its stdin
+    /// and the events on its stdout.
+    Exec,
+}
+
+/// The longest socket path `connect` takes (`sun_path` is 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
 /// `DATA_DIR/allowed-images`: image ids this worker may run, one per line.
 pub const ALLOWED_IMAGES_FILE: &str = "allowed-images";
 
@@ -58,6 +80,7 @@ pub const LABEL_DATA_DIR: &str = "lem.data-dir";
 const IMAGE_LABEL_PROTOCOL: &str = "org.lem-fleet.protocol";
 /// The image label `docker/images.sh` sets to the harness version.
 const IMAGE_LABEL_HARNESS: &str = "org.lem-fleet.harness";
+const IMAGE_LABEL_ENGINE_PIN: &str = "org.lem-fleet.engine-pin";
 /// The harness protocol this worker speaks (docker/harness/README.md).
 const HARNESS_PROTOCOL: &str = "1";
 
@@ -123,6 +146,9 @@ pub struct PinnedImage {
     pub id: String,
     /// The harness version its label names (`docker/images.sh` sets it).
     pub harness_version: Option<String>,
+    /// The engine and exact version an engine image was built for (label
+    /// `org.lem-fleet.engine-pin`, e.g. `vllm==0.19.1`; docker/engine-images.sh).
+    pub engine_pin: Option<String>,
 }
 
 /// Connects to the local Docker daemon (`DOCKER_HOST` or `/var/run/docker.sock`) and
@@ -165,6 +191,7 @@ pub async fn resolve_image(docker: &Docker, name: &str) -> Result<PinnedImage, D
         name: name.to_string(),
         id,
         harness_version: labels.get(IMAGE_LABEL_HARNESS).cloned(),
+        engine_pin: labels.get(IMAGE_LABEL_ENGINE_PIN).cloned(),
     })
 }
 
@@ -290,6 +317,7 @@ pub struct DockerFactory {
     user: String,
     /// Environment every container gets besides its GPUs' (the host's policy).
     env: Vec<(String, String)>,
+    dispatch: Dispatch,
 }
 
 impl DockerFactory {
@@ -305,7 +333,14 @@ impl DockerFactory {
             data_dir: data_dir.to_string_lossy().into_owned(),
             user: own_user(),
             env: Vec::new(),
+            dispatch: Dispatch::default(),
         }
+    }
+
+    /// The factory with its harnesses dispatching runs by `dispatch`.
+    pub fn with_dispatch(mut self, dispatch: Dispatch) -> DockerFactory {
+        self.dispatch = dispatch;
+        self
     }
 
     /// The factory with `env` set in every container (the host's policy,
@@ -380,14 +415,24 @@ impl DockerFactory {
                 .collect(),
             labels,
         };
+        let socket = dir.join("harness.sock");
+        let dispatch = match self.dispatch {
+            Dispatch::Socket if socket.as_os_str().len() > MAX_SOCKET_PATH => {
+                tracing::info!(socket = %socket.display(), "the slot's socket path is too long to connect to; runs go by exec");
+                Dispatch::Exec
+            }
+            d => d,
+        };
         DockerHarness {
             docker: self.docker.clone(),
             name: container_name(&dir, &self.image.id, slot),
             log: dir.join("harness.log"),
+            socket,
             dir,
             spec,
             container: None,
             engines: Vec::new(),
+            dispatch: std::sync::Mutex::new(dispatch),
         }
     }
 }
@@ -589,6 +634,10 @@ pub struct DockerHarness {
     container: Option<Running>,
     /// Engines the server reported as available in its last pong.
     engines: Vec<String>,
+    /// The server's socket as the host sees it (`/run/lem/harness.sock` inside).
+    socket: PathBuf,
+    /// How requests go in; a socket this user may not open turns it to `Exec`.
+    dispatch: std::sync::Mutex<Dispatch>,
 }
 
 /// How an exec of the harness client ended.
@@ -601,6 +650,13 @@ struct ExecEnd {
     /// What the client wrote to stderr (its diagnostics), or why the exec could not
     /// be made; trimmed.
     stderr: String,
+}
+
+/// How a request over the socket ended.
+enum SocketEnd {
+    Ended(ExecEnd),
+    /// The socket is not this worker's to open (permission denied): use exec.
+    NotMine(String),
 }
 
 impl ExecEnd {
@@ -754,7 +810,7 @@ impl DockerHarness {
                 pong = Some(serde_json::Value::Object(e.body.clone()));
             }
         };
-        let exec = self.exec_client(
+        let exec = self.send(
             id,
             r#"{"type":"ping"}"#,
             connect_wait_s,
@@ -784,6 +840,112 @@ impl DockerHarness {
             engines: self.engines.clone(),
             body,
         })
+    }
+
+    /// How this harness sends requests now.
+    pub fn dispatch(&self) -> Dispatch {
+        *self.dispatch.lock().expect("dispatch lock")
+    }
+
+    /// Sends `line` to the server of container `id` by this harness's [`Dispatch`]
+    /// and feeds each event to `on_event` until a final event (or the end of the
+    /// stream); `silence` bounds the gap between two lines.
+    async fn send(
+        &self,
+        id: &str,
+        line: &str,
+        connect_wait_s: f64,
+        silence: Option<Duration>,
+        on_event: &mut (dyn FnMut(&HarnessEvent) + Send),
+    ) -> Result<ExecEnd, HarnessError> {
+        if self.dispatch() == Dispatch::Socket {
+            match self
+                .socket_client(line, connect_wait_s, silence, on_event)
+                .await?
+            {
+                SocketEnd::Ended(end) => return Ok(end),
+                SocketEnd::NotMine(why) => {
+                    tracing::warn!(socket = %self.socket.display(), reason = %why, "the harness socket cannot be opened by this worker (a user-namespace remap?); runs go by exec from now on");
+                    *self.dispatch.lock().expect("dispatch lock") = Dispatch::Exec;
+                }
+            }
+        }
+        self.exec_client(id, line, connect_wait_s, silence, on_event)
+            .await
+    }
+
+    /// Sends `line` over the server's socket (retrying the connection for
+    /// `connect_wait_s` while the server is not listening yet); as
+    /// [`Self::exec_client`], with `unreachable` when no connection could be made.
+    async fn socket_client(
+        &self,
+        line: &str,
+        connect_wait_s: f64,
+        silence: Option<Duration>,
+        on_event: &mut (dyn FnMut(&HarnessEvent) + Send),
+    ) -> Result<SocketEnd, HarnessError> {
+        let deadline = Instant::now() + Duration::from_secs_f64(connect_wait_s.max(0.0));
+        let stream = loop {
+            match tokio::net::UnixStream::connect(&self.socket).await {
+                Ok(s) => break s,
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    return Ok(SocketEnd::NotMine(e.to_string()));
+                }
+                Err(e) if Instant::now() < deadline => {
+                    tracing::trace!(error = %e, "harness socket not ready");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => {
+                    return Ok(SocketEnd::Ended(ExecEnd::not_started(format!(
+                        "cannot reach harness server at {}: {e}",
+                        self.socket.display()
+                    ))))
+                }
+            }
+        };
+        let (read, mut write) = stream.into_split();
+        write
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .map_err(|e| {
+                HarnessError::Io(format!("write the request to the harness socket: {e}"))
+            })?;
+        let mut lines = tokio::io::BufReader::new(read).lines();
+        let mut seen = 0usize;
+        loop {
+            let next = match silence {
+                Some(s) => tokio::time::timeout(s, lines.next_line())
+                    .await
+                    .map_err(|_| HarnessError::Silent(s.as_secs_f64()))?,
+                None => lines.next_line().await,
+            };
+            let l = match next {
+                Ok(Some(l)) => l,
+                // The server went away: a crash or a killed container.
+                Ok(None) | Err(_) => break,
+            };
+            if l.trim().is_empty() {
+                continue;
+            }
+            seen += 1;
+            let ev = HarnessEvent::parse(&l).map_err(|e| HarnessError::Io(e.to_string()))?;
+            let last = is_final(&ev.event);
+            on_event(&ev);
+            if last {
+                return Ok(SocketEnd::Ended(ExecEnd {
+                    finished: true,
+                    unreachable: false,
+                    stderr: String::new(),
+                }));
+            }
+        }
+        Ok(SocketEnd::Ended(ExecEnd {
+            finished: false,
+            unreachable: false,
+            stderr: format!(
+                "the harness server closed its socket after {seen} event line(s) without a final event"
+            ),
+        }))
     }
 
     /// Execs the harness client in container `id` with `line` on its stdin, and feeds
@@ -927,7 +1089,7 @@ impl DockerHarness {
             let outcome = {
                 let exec = tokio::time::timeout(
                     limits.timeout,
-                    self.exec_client(&id, request_line, 2.0, limits.silence, &mut *on_event),
+                    self.send(&id, request_line, 2.0, limits.silence, &mut *on_event),
                 );
                 tokio::select! {
                     r = exec => r.unwrap_or(Err(HarnessError::Timeout(limits.timeout.as_secs_f64()))),

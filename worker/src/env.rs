@@ -4,8 +4,8 @@
 //!
 //! Read once per slot at start-up; only files under /proc and /sys are read.
 
+use lem_common::run::assemble::stable_hash;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 fn read_trim(path: &str) -> Option<String> {
     std::fs::read_to_string(path)
@@ -74,43 +74,12 @@ impl Environment {
             snapshot,
         }
     }
-
-    /// The snapshot with the engine versions one run reported, and its hash.
-    pub fn with_engine(&self, engine_versions: &Value) -> (Value, String) {
-        let mut s = self.snapshot.clone();
-        s["engine_versions"] = engine_versions.clone();
-        let h = stable_hash(&s);
-        (s, h)
-    }
-}
-
-/// SHA-256 (first 16 hex digits) of the snapshot's JSON with sorted keys. Fields that
-/// change on their own (none so far: no clocks, temperatures or times are included)
-/// must stay out of it.
-fn stable_hash(v: &Value) -> String {
-    fn sorted(v: &Value) -> Value {
-        match v {
-            Value::Object(m) => {
-                let mut keys: Vec<&String> = m.keys().collect();
-                keys.sort();
-                let mut out = serde_json::Map::new();
-                for k in keys {
-                    out.insert(k.clone(), sorted(&m[k]));
-                }
-                Value::Object(out)
-            }
-            Value::Array(a) => Value::Array(a.iter().map(sorted).collect()),
-            other => other.clone(),
-        }
-    }
-    let text = sorted(v).to_string();
-    let digest = Sha256::digest(text.as_bytes());
-    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lem_common::run::assemble::with_engine_versions;
 
     #[test]
     fn hash_is_stable_and_order_independent() {
@@ -119,8 +88,9 @@ mod tests {
         assert_eq!(a.hash, b.hash);
         let c = Environment::new(json!({"x": 1, "y": 3}), json!({"name": "g"}));
         assert_ne!(a.hash, c.hash);
-        let (_, h1) = a.with_engine(&json!({"torch": "2.11"}));
-        let (_, h2) = a.with_engine(&json!({"torch": "2.12"}));
+        // Each run's result adds its engine versions (`lem_common::run::assemble`).
+        let (_, h1) = with_engine_versions(&a.snapshot, &json!({"torch": "2.11"}));
+        let (_, h2) = with_engine_versions(&a.snapshot, &json!({"torch": "2.12"}));
         assert_ne!(h1, h2);
     }
 

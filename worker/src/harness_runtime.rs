@@ -31,6 +31,8 @@ pub enum RuntimeConfig {
     Docker {
         image: String,
         allow_images: Vec<String>,
+        /// How runs reach the container's server.
+        dispatch: crate::docker::Dispatch,
     },
 }
 

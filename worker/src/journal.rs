@@ -410,6 +410,44 @@ mod tests {
         assert_eq!(rejected[0].report, fail(2, 6));
     }
 
+    /// A journal left by a worker from before the nested result model holds its
+    /// finished result flat (protocol 4): the next worker reads it, nested, and sends
+    /// it on instead of leaving it undecoded.
+    #[test]
+    fn a_flat_result_journaled_by_an_older_worker_reads_back_nested() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path(), 0).unwrap();
+        let flat: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../common/tests/fixtures/run-result-flat-v4-full.json"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        let run = grant(5, 9).run;
+        let old = serde_json::json!({"complete": {
+            "worker": "w", "run": run, "token": 9, "result": flat.clone()
+        }});
+        let bytes = serde_json::to_vec(&old).unwrap();
+        j.write(|_, reports, _| {
+            reports.insert((7, 5, 9), bytes.as_slice())?;
+            Ok(())
+        })
+        .unwrap();
+        let reports = j.reports().unwrap();
+        let [Report::Complete(c)] = reports.as_slice() else {
+            panic!("{reports:?}")
+        };
+        assert_eq!((c.run, c.token), (run, FencingToken(9)));
+        assert_eq!(c.result.energy.total_j, 2413.7);
+        assert_eq!(c.result.thermal.max_temp_c, 67.5);
+        assert_eq!(
+            c.result,
+            serde_json::from_value::<lem_common::types::RunResult>(flat).unwrap()
+        );
+    }
+
     #[test]
     fn a_second_worker_on_the_same_data_dir_is_refused() {
         let dir = tempfile::tempdir().unwrap();

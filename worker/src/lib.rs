@@ -118,6 +118,33 @@ pub fn nvidia_gpu_present() -> bool {
     std::path::Path::new("/dev/nvidiactl").exists() || std::path::Path::new("/dev/nvidia0").exists()
 }
 
+/// Why a worker cannot run `engine`, for a blocked campaign's status: where its harness
+/// runs and, for the engines with their own image (docs/engines.md), the image and
+/// the command that gives a worker that engine.
+fn unavailable_engine_reason(
+    engine: &str,
+    host: &str,
+    runtime: &lem_common::runner::WorkerRuntime,
+) -> String {
+    let place = match runtime.image.as_deref() {
+        Some(image) => format!("the harness in image {image} on {host}"),
+        None => format!("the harness on {host}"),
+    };
+    let image = match engine {
+        "vllm" => Some(("vLLM 0.19.1", "lem-fleet/vllm:0.19.1", "vllm")),
+        "tensorrt" => Some(("TensorRT-LLM 1.2.1", "lem-fleet/tensorrt:1.2.1", "tensorrt")),
+        _ => None,
+    };
+    match image {
+        Some((what, tag, script_arg)) => format!(
+            "{place} cannot run {engine} ({what} is not importable there with a GPU visible); build the {engine} image with docker/engine-images.sh {script_arg} (docs/engines.md) and start a worker with --runtime docker --image {tag} --allow-image {tag}"
+        ),
+        None => format!(
+            "{place} cannot run {engine} (its Python environment lacks the {engine} engine's libraries)"
+        ),
+    }
+}
+
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
@@ -416,11 +443,13 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
         RuntimeConfig::Docker {
             image,
             allow_images,
+            dispatch,
         } => {
             let factory =
                 docker::DockerFactory::start(&cfg.data_dir, &worker.0, image, allow_images)
                     .await?
-                    .with_env(policy_env(cfg.trust_remote_code));
+                    .with_env(policy_env(cfg.trust_remote_code))
+                    .with_dispatch(*dispatch);
             let pinned = factory.image();
             tracing::info!(image = %pinned.name, id = %pinned.id, harness = ?pinned.harness_version, "docker runtime");
             let image_env = serde_json::json!({
@@ -504,9 +533,7 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
             EngineCapability {
                 engine: e.to_string(),
                 available,
-                reason: (!available).then(|| {
-                    format!("the harness on {host} cannot run {e} (its Python environment lacks the {e} engine's libraries)")
-                }),
+                reason: (!available).then(|| unavailable_engine_reason(e, &host, &worker_runtime)),
                 version: None,
             }
         })
@@ -680,6 +707,29 @@ pub fn policy_env(trust_remote_code: bool) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_engine_with_its_own_image_is_blocked_with_the_image_and_the_command() {
+        let docker =
+            lem_common::runner::WorkerRuntime::docker("lem-fleet/harness:latest", "sha256:ab");
+        let r = unavailable_engine_reason("vllm", "h1", &docker);
+        assert_eq!(
+            r,
+            "the harness in image lem-fleet/harness:latest on h1 cannot run vllm (vLLM 0.19.1 is not importable there with a GPU visible); build the vllm image with docker/engine-images.sh vllm (docs/engines.md) and start a worker with --runtime docker --image lem-fleet/vllm:0.19.1 --allow-image lem-fleet/vllm:0.19.1"
+        );
+        let process = lem_common::runner::WorkerRuntime::process();
+        let r = unavailable_engine_reason("tensorrt", "h1", &process);
+        assert!(
+            r.starts_with("the harness on h1 cannot run tensorrt (TensorRT-LLM 1.2.1"),
+            "{r}"
+        );
+        assert!(
+            r.ends_with("--image lem-fleet/tensorrt:1.2.1 --allow-image lem-fleet/tensorrt:1.2.1"),
+            "{r}"
+        );
+        let r = unavailable_engine_reason("transformers", "h1", &process);
+        assert_eq!(r, "the harness on h1 cannot run transformers (its Python environment lacks the transformers engine's libraries)");
+    }
 
     #[test]
     fn a_harness_that_does_not_see_the_hosts_policy_stops_the_worker() {

@@ -26,7 +26,6 @@ use lem_common::rpc::{
     LeaseRequest, RegisterRequest, RenewRequest, RpcError, RpcErrorKind,
 };
 use lem_common::run::baseline::{BaselineCache, GpuIdle, Idle};
-use lem_common::run::window::metrics_versions;
 use lem_common::run::{
     Collected, Command, Effect, Failure, GpuCollected, Input, Leased, RunLifecycle, Settings, Where,
 };
@@ -1077,6 +1076,7 @@ impl Slot {
                     })
                     .collect(),
                 memory_mark: self.memory_mark.clone(),
+                environment: self.environment.snapshot.clone(),
             },
             self.cache.clone(),
         );
@@ -1088,15 +1088,7 @@ impl Slot {
                 ));
             };
             let input = match command {
-                Command::Finish(outcome) => {
-                    return outcome.map(|result| {
-                        let mut result = *result;
-                        let versions = metrics_versions(&result.harness_metrics);
-                        (result.environment, result.environment_hash) =
-                            self.environment.with_engine(&versions);
-                        result
-                    });
-                }
+                Command::Finish(outcome) => return outcome.map(|result| *result),
                 Command::StopHarness => {
                     self.stop_harness_for_baseline().await;
                     Input::HarnessStopped

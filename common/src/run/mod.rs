@@ -15,11 +15,13 @@
 //! strategy (the harness stopped, the GPUs' processes listed before and after), the
 //! thermal gate, a last look at the GPUs, the run with its quiet spans and counter
 //! bursts, a look at the GPUs as it ended, the window's energy from the samples and the
-//! counter reads, the resident-idle baseline, and the result's assembly. The policies
+//! counter reads, the resident-idle baseline, and the result's assembly
+//! ([`assemble::assemble`], the one constructor of a [`RunResult`]). The policies
 //! live beside it as pure functions: [`baseline`] (when a cached baseline is reused),
 //! [`crate::isolation`] (what another process on a GPU means), [`crate::energy`] (the
 //! edge rule) and [`window`] (the window's telemetry).
 
+pub mod assemble;
 pub mod baseline;
 pub mod sample;
 pub mod window;
@@ -27,16 +29,14 @@ pub mod window;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use crate::energy::{
-    adjusted_energy, sum_windows, window_energy_in, EdgeRule, EnergyMethod, Window, WindowEnergy,
-};
+use crate::energy::{sum_windows, window_energy_in, EdgeRule, Window, WindowEnergy};
 use crate::harness::{Event, HarnessEvent, RunOutcome, RunTranscript};
 use crate::isolation::{
     decide, describe_processes, merge, shared_warnings, CheckPoint, GpuProcess, IsolationPolicy,
     Verdict,
 };
 use crate::thermal::GateReason;
-use crate::types::{FailureClass, ForeignProcess, GpuFigures, RunResult};
+use crate::types::{FailureClass, ForeignProcess, RunResult};
 use crate::Value;
 
 use self::baseline::{
@@ -84,6 +84,9 @@ pub struct Where {
     /// that loaded a model, and that model (`task.model`): the mark memory growth is
     /// measured from.
     pub memory_mark: Option<(String, u64)>,
+    /// The slot's environment snapshot (host and GPUs); the result has it with the
+    /// engine versions the run's harness reported, and its hash.
+    pub environment: serde_json::Value,
 }
 
 /// The run as it was leased.
@@ -389,7 +392,7 @@ impl RunLifecycle {
     }
 
     fn finish(&mut self, outcome: Result<Box<RunResult>, Failure>) {
-        if outcome.as_ref().is_ok_and(|r| r.harness_recycled.is_some()) {
+        if outcome.as_ref().is_ok_and(|r| r.harness.recycled.is_some()) {
             self.stage = Stage::RecyclingAfter { outcome };
             self.pending.push_back(Command::StopHarness);
             return;
@@ -1061,247 +1064,17 @@ impl RunLifecycle {
         }
     }
 
-    /// The run's result from everything gathered (the environment snapshot is the
-    /// driver's to add).
+    /// The run's result from everything gathered ([`assemble::assemble`], the one
+    /// constructor), refused when a figure is not finite.
     fn assemble(&mut self) {
         let got = std::mem::take(&mut self.got);
-        let m = got.window.expect("assembled after the window was measured");
-        let mut warnings = got.warnings;
-        let (metrics, engine_version) = match got.transcript.outcome.clone() {
-            Some(RunOutcome::Result {
-                metrics,
-                engine_version,
-            }) => (metrics, engine_version),
-            _ => unreachable!("assembled only after a result"),
-        };
-        let we = &m.energy;
-        let (t0, t1) = (m.run.t0, m.run.t1);
-        // Temperatures and throttling: the samples inside the window, or for a window
-        // shorter than the sampling interval, the samples nearest its edges; on a
-        // multi-GPU slot the hottest GPU's temperatures and any GPU's throttling.
-        let hottest = |f: &dyn Fn(&[TelemetrySample]) -> Option<f64>| {
-            m.samples
-                .iter()
-                .filter_map(|w| f(w))
-                .fold(None, |acc: Option<f64>, t| {
-                    Some(acc.map_or(t, |a| a.max(t)))
-                })
-        };
-        let gpu_max_temp =
-            |w: &[TelemetrySample]| w.iter().map(|s| s.temp_c).fold(f64::MIN, f64::max).max(0.0);
-        let start_temp = hottest(&|w| w.first().map(|s| s.temp_c));
-        let end_temp = hottest(&|w| w.last().map(|s| s.temp_c));
-        let max_temp = hottest(&|w| Some(gpu_max_temp(w)));
-        let any = |f: &dyn Fn(&TelemetrySample) -> bool| m.samples.iter().flatten().any(f);
-        let throttle = any(&|s| s.throttle_thermal);
-        if throttle {
-            warnings.push("thermal throttling seen during the window".into());
-        }
-        let throttle_power = any(&|s| s.throttle_power);
-        if throttle_power {
-            warnings.push("power-cap throttling seen during the window".into());
-        }
-        let hw_slowdown = any(&|s| s.hw_slowdown);
-        if hw_slowdown {
-            warnings.push("hardware slowdown seen during the window".into());
-        }
-        let clocks: Vec<u32> = m.samples.iter().flatten().map(|s| s.sm_clock_mhz).collect();
-        if let Some(w) =
-            window::engine_version_warning(&self.leased.engine, engine_version.as_deref())
-        {
-            warnings.push(w);
-        }
-        let groups: Vec<&[TelemetrySample]> = m
-            .collected
-            .gpus
-            .iter()
-            .map(|g| g.samples.as_slice())
-            .collect();
-        let timeseries = window::downsample(&groups, &self.place.gpus, t0, t1, TIMESERIES_POINTS);
-        let count = |k: &str| metrics.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
-        let (input_tokens, output_tokens, n_prompts) = (
-            count("input_tokens"),
-            count("output_tokens"),
-            count("n_prompts"),
+        let result = assemble::assemble(
+            &self.leased,
+            &self.place,
+            self.model(),
+            self.baseline_settings.enabled,
+            got,
         );
-        let duration_s = we.duration_s;
-        let baseline = got.baseline;
-        let adjusted = baseline
-            .as_ref()
-            .map(|b| adjusted_energy(we.energy_j, b.record.mean_power_w, duration_s));
-        if adjusted.is_some_and(|a| a.clamped) {
-            warnings.push("baseline-adjusted energy was negative and was clamped to 0".into());
-        }
-        warnings.extend(got.iso.warnings());
-        // The resident idle to subtract for the dynamic energy: the quiet spans' power
-        // beside this very window (the GPU's idle at this temperature; on the H200 the
-        // cached baseline drifted ~1 W over a campaign, 2-15 % of a low-power run's
-        // dynamic energy), else the resident baseline.
-        let enabled = self.baseline_settings.enabled;
-        let resident = got.resident;
-        let resident_idle = match (enabled, we.quiet_power_w, resident.as_ref()) {
-            (true, Some(q), _) => Some((q, "quiet")),
-            (true, None, Some(r)) => Some((r.record.mean_power_w, "resident_baseline")),
-            _ => None,
-        };
-        let per_token = |e: f64| {
-            if output_tokens > 0 {
-                e / output_tokens as f64
-            } else {
-                0.0
-            }
-        };
-        let method_name = |m: EnergyMethod| match m {
-            EnergyMethod::CounterInterpolated => "counter_interpolated".to_string(),
-            EnergyMethod::PowerIntegral => "power_integral".to_string(),
-        };
-        let idle_of =
-            |idle: Option<&Idle>, i: usize| idle.and_then(|b| b.per_gpu.get(i)).map(|g| g.power_w);
-        let desc = |i: usize| {
-            self.place
-                .gpu_descriptions
-                .get(i)
-                .cloned()
-                .unwrap_or_default()
-        };
-        let gpus: Vec<GpuFigures> = m
-            .per_gpu
-            .iter()
-            .enumerate()
-            .map(|(i, e)| GpuFigures {
-                index: self.place.gpus.get(i).copied().unwrap_or(i as u32),
-                name: desc(i).0,
-                uuid: desc(i).1,
-                total_energy_j: e.energy_j,
-                energy_method: method_name(e.method),
-                energy_integral_j: e.integral_j,
-                energy_counter_raw_j: e.counter_delta_raw_j,
-                mean_power_w: e.mean_power_w,
-                baseline_power_w: idle_of(baseline.as_ref(), i),
-                resident_baseline_power_w: idle_of(resident.as_ref(), i),
-                max_temp_c: m.samples.get(i).map_or(0.0, |w| gpu_max_temp(w)),
-            })
-            .collect();
-        let (gate_waited_s, gate_reason) = got.gate.unwrap_or((0.0, GateReason::NoReference));
-        let prefill = m
-            .prefill
-            .as_ref()
-            .zip(got.transcript.prefill_window.as_ref());
-        let baseline_w = baseline.as_ref().map(|b| b.record.mean_power_w);
-        let result = RunResult {
-            worker: self.place.worker.clone(),
-            host: self.place.host.clone(),
-            slot: self.place.slot,
-            gpu_name: desc(0).0,
-            gpu_uuid: desc(0).1,
-            simulated: desc(0).2,
-            engine: self.leased.engine.clone(),
-            engine_version,
-            model_name: self.model(),
-            started_at: crate::types::format_utc_ms(got.started_unix_ms),
-            ended_at: crate::types::format_utc_ms(got.ended_unix_ms),
-            n_prompts,
-            input_tokens,
-            output_tokens,
-            duration_s,
-            total_energy_j: we.energy_j,
-            energy_method: method_name(we.method),
-            energy_integral_j: we.integral_j,
-            energy_counter_raw_j: we.counter_delta_raw_j,
-            energy_disagreement_pct: we.disagreement_pct,
-            energy_disagreement_flagged: we.disagreement_flagged,
-            energy_uncertainty_j: we.uncertainty_j,
-            energy_uncertainty_flagged: we.uncertainty_flagged,
-            energy_edge_rule: we.edge_rule.map(|r| {
-                serde_json::to_value(r)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default()
-            }),
-            energy_edges: we
-                .edges
-                .as_ref()
-                .and_then(|e| serde_json::to_value(e).ok())
-                .unwrap_or(serde_json::Value::Null),
-            quiet_power_w: we.quiet_power_w,
-            window_start_mono_ns: t0,
-            window_end_mono_ns: t1,
-            gpu_shared: !got.iso.foreign.is_empty(),
-            gpu_foreign_processes: got.iso.foreign.clone(),
-            short_window: we.short_window,
-            mean_power_w: we.mean_power_w,
-            n_power_samples: we.n_power_samples,
-            energy_adjusted_j: adjusted.map(|a| a.adjusted_j),
-            energy_adjusted_clamped: adjusted.is_some_and(|a| a.clamped),
-            baseline_power_w: baseline_w,
-            baseline: baseline.as_ref().map(|b| b.record.clone()),
-            avg_tokens_per_second: (input_tokens + output_tokens) as f64 / duration_s,
-            output_tokens_per_second: output_tokens as f64 / duration_s,
-            avg_energy_per_token_j: per_token(we.energy_j),
-            energy_per_token_adjusted_j: adjusted.map(|a| per_token(a.adjusted_j)),
-            start_temp_c: start_temp.unwrap_or(0.0),
-            max_temp_c: max_temp.unwrap_or(0.0),
-            end_temp_c: end_temp.unwrap_or(0.0),
-            thermal_wait_s: gate_waited_s,
-            thermal_wait_reason: gate_reason.as_str().to_string(),
-            throttle_thermal: throttle,
-            model_load_seconds: got.transcript.load_seconds,
-            model_already_loaded: got.transcript.already_loaded.unwrap_or(false),
-            cold_start: self.leased.force_cold_start,
-            gpu_memory_before_mb: m.memory_mb.map(|(b, _)| b),
-            gpu_memory_after_mb: m.memory_mb.map(|(_, a)| a),
-            harness_recycled: m.recycle.clone(),
-            lease_to_measure_s: t0.saturating_sub(self.leased.lease_mono_ns) as f64 / 1e9,
-            harness_metrics: metrics,
-            warmup: got
-                .transcript
-                .warmup
-                .clone()
-                .unwrap_or(serde_json::Value::Null),
-            energy_adjusted_resident_j: resident_idle
-                .map(|(w, _)| adjusted_energy(we.energy_j, w, duration_s).adjusted_j),
-            energy_adjusted_resident_source: resident_idle.map(|(_, source)| source.to_string()),
-            energy_adjusted_resident_uncertainty_j: resident_idle
-                .filter(|(_, source)| *source == "quiet")
-                .and(we.quiet_power_se_w)
-                .map(|se| {
-                    ((se * duration_s).powi(2) + we.uncertainty_j.unwrap_or(0.0).powi(2)).sqrt()
-                }),
-            resident_baseline: resident.as_ref().map(|r| r.record.clone()),
-            prefill_window_energy_j: prefill.map(|(e, _)| e.energy_j),
-            prefill_window_s: prefill.map(|(e, _)| e.duration_s),
-            prefill_calls: prefill.map(|(_, p)| p.calls).unwrap_or(0),
-            prefill_passes: prefill.map(|(_, p)| p.passes).unwrap_or(0),
-            prefill_energy_per_call_j: prefill.map(|(e, p)| e.energy_j / p.calls as f64),
-            prefill_energy_j: prefill.map(|(e, p)| e.energy_j / p.passes as f64),
-            decode_energy_j: prefill
-                .map(|(e, p)| (we.energy_j - e.energy_j / p.passes as f64).max(0.0)),
-            prefill_energy_adjusted_j: prefill.and_then(|(e, p)| {
-                baseline_w.map(|b| {
-                    adjusted_energy(e.energy_j, b, e.duration_s).adjusted_j / p.passes as f64
-                })
-            }),
-            decode_energy_adjusted_j: prefill.and_then(|(e, p)| {
-                let b = baseline_w?;
-                let run_adj = adjusted_energy(we.energy_j, b, duration_s).adjusted_j;
-                let pre_adj =
-                    adjusted_energy(e.energy_j, b, e.duration_s).adjusted_j / p.passes as f64;
-                Some((run_adj - pre_adj).max(0.0))
-            }),
-            environment: serde_json::Value::Null,
-            environment_hash: String::new(),
-            timeseries,
-            sm_clock_min_mhz: clocks.iter().copied().min().unwrap_or(0),
-            sm_clock_max_mhz: clocks.iter().copied().max().unwrap_or(0),
-            throttle_power,
-            hw_slowdown,
-            sample_interval_ms: m.collected.sample_interval_ms,
-            sampler_mean_late_us: m.collected.sampler_mean_late_us,
-            sampler_max_late_us: m.collected.sampler_max_late_us,
-            warnings,
-            gpu_indices: self.place.gpus.clone(),
-            gpus,
-        };
         // JSON has no NaN: a non-finite number would poison the connection, and a
         // wrong number must never be published. Refuse the result instead.
         let bad = result.non_finite_fields();
@@ -1606,6 +1379,7 @@ mod tests {
                 gpus: vec![0],
                 gpu_descriptions: vec![("Simulated".into(), "SIM-0".into(), true)],
                 memory_mark: world.mark.clone(),
+                environment: serde_json::json!({"host": {"os": "test"}, "gpu": {"name": "Simulated"}}),
             },
             world.cache.clone(),
         )
@@ -1641,23 +1415,31 @@ mod tests {
         );
         // 2 s at 200 W between quiet spans at 100 W.
         assert!(
-            (r.total_energy_j - 400.0).abs() < 0.5,
+            (r.energy.total_j - 400.0).abs() < 0.5,
             "{}",
-            r.total_energy_j
+            r.energy.total_j
         );
-        assert_eq!(r.energy_edge_rule.as_deref(), Some("quiet"));
-        assert_eq!(r.baseline_power_w, Some(80.0));
+        assert_eq!(r.energy.edge_rule.as_deref(), Some("quiet"));
+        assert_eq!(r.baselines.device_power_w, Some(80.0));
         assert_eq!(
-            r.resident_baseline.as_ref().map(|b| b.mean_power_w),
+            r.baselines.resident.as_ref().map(|b| b.mean_power_w),
             Some(100.0)
         );
-        assert!((r.energy_adjusted_j.unwrap() - 240.0).abs() < 0.5);
+        assert!((r.energy.adjusted_j.unwrap() - 240.0).abs() < 0.5);
         // The quiet spans' own power is the resident idle subtracted.
-        assert_eq!(r.energy_adjusted_resident_source.as_deref(), Some("quiet"));
-        assert!((r.energy_adjusted_resident_j.unwrap() - 200.0).abs() < 1.0);
-        assert_eq!(r.output_tokens, 40);
-        assert!(r.model_already_loaded);
-        assert!(!r.gpu_shared && r.warnings.is_empty(), "{:?}", r.warnings);
+        assert_eq!(r.energy.adjusted_resident_source.as_deref(), Some("quiet"));
+        assert!((r.energy.adjusted_resident_j.unwrap() - 200.0).abs() < 1.0);
+        assert_eq!(r.throughput.output_tokens, 40);
+        assert!(r.harness.model_already_loaded);
+        // The slot's environment, with the engine versions the harness reported.
+        assert_eq!(r.environment["host"]["os"], "test");
+        assert!(r.environment.get("engine_versions").is_some());
+        assert_eq!(r.environment_hash.len(), 16);
+        assert!(
+            !r.isolation.gpu_shared && r.warnings.is_empty(),
+            "{:?}",
+            r.warnings
+        );
         // Bursts only over the quiet spans, never at the window edges.
         let bursts: Vec<&Effect> = w
             .effects
@@ -1690,7 +1472,7 @@ mod tests {
                 "Finish"
             ]
         );
-        assert!(r.baseline.as_ref().unwrap().cache_age_s > 1.0);
+        assert!(r.baselines.device.as_ref().unwrap().cache_age_s > 1.0);
         assert_eq!(w.cache.runs_since_check, 2);
     }
 
@@ -1720,7 +1502,7 @@ mod tests {
                 "WaitGate"
             ]
         );
-        assert_eq!(r.baseline_power_w, Some(80.0));
+        assert_eq!(r.baselines.device_power_w, Some(80.0));
     }
 
     fn foreign() -> Vec<GpuProcess> {
@@ -1738,10 +1520,10 @@ mod tests {
         w.foreign = foreign();
         let mut lc = lifecycle(&w, CACHED, IsolationPolicy::Warn, 0.35);
         let r = w.drive(&mut lc).unwrap();
-        assert!(r.gpu_shared);
-        assert!(r.gpu_foreign_processes.iter().all(|p| p.pid == 4242));
+        assert!(r.isolation.gpu_shared);
+        assert!(r.isolation.foreign_processes.iter().all(|p| p.pid == 4242));
         assert!(!r.warnings.is_empty());
-        assert_eq!(r.baseline_power_w, Some(80.0));
+        assert_eq!(r.baselines.device_power_w, Some(80.0));
         assert!(
             w.cache.device.is_none() && w.cache.resident.is_none(),
             "{:?}",
@@ -1791,7 +1573,7 @@ mod tests {
             .filter(|e| **e == Effect::CounterBurst(EDGE_BURST))
             .count();
         assert_eq!(bursts, 2);
-        assert_eq!(r.energy_adjusted_j, None);
+        assert_eq!(r.energy.adjusted_j, None);
         assert!(r
             .warnings
             .iter()
@@ -1818,7 +1600,7 @@ mod tests {
                 "list:window"
             ]
         );
-        assert!(r.cold_start);
+        assert!(r.harness.cold_start);
         assert!(lc.request_line().contains(r#""force_cold_start": true"#));
     }
 
@@ -1851,23 +1633,26 @@ mod tests {
         let r = w.drive(&mut lc).unwrap();
         assert_eq!(w.mark, Some(("m".to_string(), 20_000)));
         assert_eq!(
-            (r.gpu_memory_before_mb, r.gpu_memory_after_mb),
+            (
+                r.harness.gpu_memory_before_mb,
+                r.harness.gpu_memory_after_mb
+            ),
             (Some(20_000), Some(20_000))
         );
-        assert_eq!(r.harness_recycled, None);
+        assert_eq!(r.harness.recycled, None);
         // Within the threshold: nothing happens.
         w.loads = false;
         w.memory_mb = 23_000;
         w.commands.clear();
         let mut lc = lifecycle(&w, CACHED, IsolationPolicy::Warn, 0.35);
-        assert_eq!(w.drive(&mut lc).unwrap().harness_recycled, None);
+        assert_eq!(w.drive(&mut lc).unwrap().harness.recycled, None);
         assert_eq!(w.commands.last().map(String::as_str), Some("Finish"));
         // Past it: the harness is stopped after the run, and the result says why.
         w.memory_mb = 25_000;
         w.commands.clear();
         let mut lc = lifecycle(&w, CACHED, IsolationPolicy::Warn, 0.35);
         let r = w.drive(&mut lc).unwrap();
-        let why = r.harness_recycled.expect("recycled");
+        let why = r.harness.recycled.expect("recycled");
         assert!(
             why.contains("5000 MiB above") && why.contains("4096"),
             "{why}"

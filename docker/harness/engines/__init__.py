@@ -1,8 +1,11 @@
 """Engine registry.
 
-`synthetic` is always available. `transformers` is listed once
-engines/transformers.py exists and `import torch, transformers` works
-(checked once, lazily, then cached).
+`synthetic` is always available. `transformers`, `vllm` and `tensorrt` are listed
+once their module exists and their library imports with a CUDA device visible
+(checked once, lazily, then cached): each lives in its own image (docker/vllm/,
+docker/tensorrt/), so a harness normally has one of them. A known engine that is not
+available here is an `infrastructure` error naming the reason (e.g. "vllm is not
+installed in this image ...").
 """
 
 import importlib
@@ -15,10 +18,9 @@ from protocol import ConfigError, InfraError
 KNOWN_ENGINES = {
     "synthetic": ("engines.synthetic", "SyntheticEngine"),
     "transformers": ("engines.transformers", "TransformersEngine"),
+    "vllm": ("engines.vllm", "VLLMEngine"),
+    "tensorrt": ("engines.tensorrt", "TensorRTEngine"),
 }
-
-# llem engines that this harness does not provide (served by other images).
-OTHER_LLEM_ENGINES = ("vllm", "tensorrt")
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _cache = {}
@@ -74,11 +76,6 @@ def engine_class(name):
     if not isinstance(name, str):
         raise ConfigError("config field `engine` must be a string, got %r" % (name,))
     if name not in KNOWN_ENGINES:
-        if name in OTHER_LLEM_ENGINES:
-            raise ConfigError(
-                "engine %r is not provided by this harness (it runs %s); dispatch it to "
-                "the %s backend" % (name, ", ".join(available_engines()), name)
-            )
         raise ConfigError(
             "unknown engine %r; this harness knows %s" % (name, ", ".join(sorted(KNOWN_ENGINES)))
         )

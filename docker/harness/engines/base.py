@@ -136,3 +136,9 @@ class Engine:
     def result_fields(self, config):
         """Extra top-level fields for the `result` event (after the run)."""
         return {}
+
+    def warnings(self, config):
+        """Warnings about this run's configuration (list of str), e.g. keyword arguments
+        the installed library does not accept and that were dropped; the runner puts
+        them in `metrics.engine_warnings`, which the worker keeps in the result."""
+        return []

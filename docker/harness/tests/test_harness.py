@@ -446,6 +446,14 @@ class SharedServerTests(unittest.TestCase):
         r = client(b'{"type": "run", "run_id": "z", "config": {"engine": "vllm", '
                    b'"task": {"model": "m"}}}\n')
         self.assertEqual(r.returncode, 3)
+        # vllm is known but not installed here: the wrong image, not the config's fault
+        error = json.loads(r.stdout)
+        self.assertEqual(error["class"], "infrastructure")
+        self.assertIn("vllm is not installed in this image", error["message"])
+
+        r = client(b'{"type": "run", "run_id": "z", "config": {"engine": "nope", '
+                   b'"task": {"model": "m"}}}\n')
+        self.assertEqual(r.returncode, 3)
         self.assertEqual(json.loads(r.stdout)["class"], "configuration")
 
         r = client(b"garbage\n")

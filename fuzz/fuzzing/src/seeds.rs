@@ -12,7 +12,8 @@ use lem_common::rpc::{
     RenewRequest, RpcError, RpcErrorKind, SlotInfo, SubmitReply, SubmitRequest,
 };
 use lem_common::types::{
-    CampaignId, EngineCapability, FailureClass, FencingToken, RunKey, RunResult, WorkerId,
+    CampaignId, EnergyFigures, EngineCapability, FailureClass, FencingToken, HarnessFacts,
+    MeasuredWindow, RunKey, RunResult, Throughput, WorkerId,
 };
 use lem_worker::frame;
 use tarpc::{ClientMessage, Request, Response};
@@ -183,11 +184,23 @@ fn sample_requests() -> Vec<(&'static str, CoordinatorRequest)> {
                     token: FencingToken(11),
                     result: RunResult {
                         engine: "synthetic".into(),
-                        total_energy_j: 123.456,
-                        energy_adjusted_j: Some(100.5),
-                        duration_s: 2.5,
-                        output_tokens: 64,
-                        harness_metrics: serde_json::json!({"ttft_ms": [1.5, 2.0], "nested": {"k": null}}),
+                        energy: EnergyFigures {
+                            total_j: 123.456,
+                            adjusted_j: Some(100.5),
+                            ..Default::default()
+                        },
+                        throughput: Throughput {
+                            output_tokens: 64,
+                            ..Default::default()
+                        },
+                        window: MeasuredWindow {
+                            duration_s: 2.5,
+                            ..Default::default()
+                        },
+                        harness: HarnessFacts {
+                            metrics: serde_json::json!({"ttft_ms": [1.5, 2.0], "nested": {"k": null}}),
+                            ..Default::default()
+                        },
                         ..RunResult::default()
                     },
                 },

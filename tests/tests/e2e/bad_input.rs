@@ -179,26 +179,30 @@ fn a_worker_of_another_protocol_version_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let (coord, addr) = crate::start_coordinator(tmp.path());
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let reply = rt.block_on(async {
-        let client = lem_worker::transport::connect(&lem_worker::transport::Endpoint::plain(&addr))
-            .await
-            .unwrap();
-        client
-            .register(
-                tarpc::context::current(),
-                RegisterRequest {
-                    worker: WorkerId("from-the-future".into()),
-                    host: "h".into(),
-                    protocol_version: lem_common::PROTOCOL_VERSION + 1,
-                    worker_version: "9.9.9".into(),
-                    slots: vec![],
-                    engines: vec![],
-                    runtime: Default::default(),
-                },
-            )
-            .await
-            .unwrap()
-    });
+    let register = |name: &str, protocol_version: u32, worker_version: &str| {
+        rt.block_on(async {
+            let client =
+                lem_worker::transport::connect(&lem_worker::transport::Endpoint::plain(&addr))
+                    .await
+                    .unwrap();
+            client
+                .register(
+                    tarpc::context::current(),
+                    RegisterRequest {
+                        worker: WorkerId(name.into()),
+                        host: "h".into(),
+                        protocol_version,
+                        worker_version: worker_version.into(),
+                        slots: vec![],
+                        engines: vec![],
+                        runtime: Default::default(),
+                    },
+                )
+                .await
+                .unwrap()
+        })
+    };
+    let reply = register("from-the-future", lem_common::PROTOCOL_VERSION + 1, "9.9.9");
     let err = reply.expect_err("refused");
     assert_eq!(
         err.kind,
@@ -209,6 +213,13 @@ fn a_worker_of_another_protocol_version_is_refused() {
     let want = format!("speaks protocol {}", lem_common::PROTOCOL_VERSION + 1);
     assert!(err.message.contains(&want), "{err}");
     assert!(err.message.contains("9.9.9"), "{err}");
+    // A worker from before the nested result (protocol 4) is told why it must not send.
+    let err = register("from-the-past", 4, "0.0.4").expect_err("refused");
+    assert_eq!(err.kind, RpcErrorKind::VersionMismatch, "{err}");
+    assert!(
+        err.message.contains("speaks protocol 4") && err.message.contains("nested"),
+        "{err}"
+    );
     let out = run(COORD, &["workers", "--json", "--coordinator", &addr]);
     assert!(out.status.success(), "{}", describe(&["workers"], &out));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");

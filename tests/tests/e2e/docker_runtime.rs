@@ -153,12 +153,33 @@ fn docker_runtime_serves_every_run_from_one_warm_container() {
     if skip_docker("docker_runtime_serves_every_run_from_one_warm_container") {
         return;
     }
+    serves_every_run_from_one_warm_container("socket");
+}
+
+#[test]
+fn docker_runtime_by_exec_serves_every_run_from_one_warm_container() {
+    if skip_docker("docker_runtime_by_exec_serves_every_run_from_one_warm_container") {
+        return;
+    }
+    serves_every_run_from_one_warm_container("exec");
+}
+
+/// Six runs of one model through one warm container, each sent by `dispatch`
+/// (`lem-worker --docker-dispatch`).
+fn serves_every_run_from_one_warm_container(dispatch: &str) {
     let image = harness_image();
     let tmp = tempdir();
     let dir = tmp.path();
     let (coord, addr) = start_coordinator(dir);
     let user = unprivileged_docker_user();
-    let mut w = DockerWorker::start(dir, &addr, "wd", &image, &["--allow-image", &image], user);
+    let mut w = DockerWorker::start(
+        dir,
+        &addr,
+        "wd",
+        &image,
+        &["--allow-image", &image, "--docker-dispatch", dispatch],
+        user,
+    );
     let _cleanup = RemoveContainers(vec![w.label.clone()]);
     let container = w.wait_container("the worker's harness container", &[&coord], None);
 
@@ -368,7 +389,7 @@ fn docker_runtime_bench_dispatch_prints_per_mode_percentiles_and_a_summary() {
     assert!(out.status.success(), "{}", describe(&args, &out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
-    for mode in ["warm:", "cold:"] {
+    for mode in ["warm:", "warm exec:", "cold:"] {
         let line = lines
             .iter()
             .find(|l| l.starts_with(mode))

@@ -670,10 +670,10 @@ fn journaled_result_survives(stop: i32, name: &str) {
         .unwrap_or_else(|| fleet.fail(&format!("the journaled run is exported: {rows:?}")));
     // The accepted result is the journaled one, from the first attempt.
     let energy = row["total_energy_j"].as_f64();
-    if row["attempts"] != 1 || energy != Some(journaled.result.total_energy_j) {
+    if row["attempts"] != 1 || energy != Some(journaled.result.energy.total_j) {
         fleet.fail(&format!(
             "the run was not measured again: attempts {} energy {energy:?} vs journaled {}",
-            row["attempts"], journaled.result.total_energy_j
+            row["attempts"], journaled.result.energy.total_j
         ));
     }
     // Delivered, so it left the journal (read after the worker stops).

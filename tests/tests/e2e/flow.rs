@@ -214,6 +214,12 @@ fn runs_of_an_engine_no_worker_has_are_blocked_with_a_reason() {
         reason.contains("synthetic-only") && reason.contains("vllm"),
         "{reason}"
     );
+    // It names the image that has vLLM and the command that gives a worker it.
+    assert!(
+        reason.contains("docker/engine-images.sh vllm")
+            && reason.contains("--image lem-fleet/vllm:0.19.1"),
+        "{reason}"
+    );
     // The human status says it too.
     let args = ["status", &id, "--coordinator", &addr];
     let out = run(COORD, &args);

@@ -112,13 +112,20 @@ fn warn_measures_a_shared_gpu_flags_every_result_and_never_caches_its_baseline()
     let mut measured_at = Vec::new();
     for row in &stored {
         let r = row.result.as_ref().expect("a done run has its result");
-        assert!(r.gpu_shared, "{:?}", r.gpu_foreign_processes);
+        assert!(
+            r.isolation.gpu_shared,
+            "{:?}",
+            r.isolation.foreign_processes
+        );
         for seen in ["baseline", "resident_baseline", "window"] {
             let p = r
-                .gpu_foreign_processes
+                .isolation
+                .foreign_processes
                 .iter()
                 .find(|p| p.seen == seen)
-                .unwrap_or_else(|| panic!("seen at the {seen}: {:?}", r.gpu_foreign_processes));
+                .unwrap_or_else(|| {
+                    panic!("seen at the {seen}: {:?}", r.isolation.foreign_processes)
+                });
             assert_eq!(
                 (p.pid, p.gpu_index, p.used_memory_mb, p.name.as_deref()),
                 (foreign.pid(), 0, Some(512), Some("sleep")),
@@ -126,20 +133,21 @@ fn warn_measures_a_shared_gpu_flags_every_result_and_never_caches_its_baseline()
             );
         }
         assert!(
-            r.gpu_foreign_processes
+            r.isolation
+                .foreign_processes
                 .iter()
                 .all(|p| p.pid == foreign.pid()),
             "the worker's own pid is not foreign: {:?}",
-            r.gpu_foreign_processes
+            r.isolation.foreign_processes
         );
         let named = format!("pid {} (sleep, 512 MiB) on GPU 0", foreign.pid());
         let flagged = r.warnings.iter().filter(|w| w.contains(&named)).count();
         assert_eq!(flagged, 3, "one warning per measurement: {:?}", r.warnings);
         // Measured for this run, not taken from the cache.
-        let b = r.baseline.as_ref().expect("device baseline");
-        let rb = r.resident_baseline.as_ref().expect("resident baseline");
+        let b = r.baselines.device.as_ref().expect("device baseline");
+        let rb = r.baselines.resident.as_ref().expect("resident baseline");
         assert!(b.cache_age_s < 1.0 && rb.cache_age_s < 1.0, "{b:?} {rb:?}");
-        assert!(r.baseline_power_w.is_some() && r.energy_adjusted_j.is_some());
+        assert!(r.baselines.device_power_w.is_some() && r.energy.adjusted_j.is_some());
         measured_at.push(b.measured_at.clone());
     }
     measured_at.dedup();
@@ -217,7 +225,10 @@ fn refuse_measures_nothing_while_a_foreign_process_holds_the_gpu() {
     assert_eq!(once.retried, 1, "only the refused run took two leases");
     for row in runs(&addr, &id) {
         let r = row.result.as_ref().expect("a done run has its result");
-        assert!(!r.gpu_shared && r.gpu_foreign_processes.is_empty(), "{r:?}");
+        assert!(
+            !r.isolation.gpu_shared && r.isolation.foreign_processes.is_empty(),
+            "{r:?}"
+        );
         let want_attempts = if row.run == refused.run { 2 } else { 1 };
         assert_eq!(row.attempts, want_attempts, "{:?}", row.run);
     }
