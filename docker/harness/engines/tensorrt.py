@@ -34,7 +34,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from engines import engine_kwargs as K  # noqa: E402
 from engines import hf_logic  # noqa: E402
 from engines import tensorrt_logic as L  # noqa: E402
-from engines.base import Engine  # noqa: E402
+from engines.library import LibraryEngine  # noqa: E402
 from llem_config import task_settings  # noqa: E402
 from protocol import ConfigError, InfraError  # noqa: E402
 
@@ -143,8 +143,14 @@ def build_objects(value):
     return value
 
 
-class TensorRTEngine(Engine):
+class TensorRTEngine(LibraryEngine):
     name = "tensorrt"
+    library = "tensorrt_llm"
+    pin_key = "tensorrt_llm_pin"
+    pin = L.TENSORRT_LLM_PIN
+    version_modules = ("tensorrt_llm", "tensorrt", "torch", "transformers")
+    logic = L
+    probe = staticmethod(_probe)
     honours_per_token = True
 
     def __init__(self):
@@ -158,56 +164,6 @@ class TensorRTEngine(Engine):
         self._limit = None
         self.loop = None
         self.can_stream = False
-
-    # --- class level ------------------------------------------------------------------
-    @classmethod
-    def available(cls):
-        return _probe() is None
-
-    @classmethod
-    def unavailable_reason(cls):
-        return _probe()
-
-    @classmethod
-    def version(cls):
-        try:
-            import tensorrt_llm
-            return str(tensorrt_llm.__version__)
-        except Exception:
-            return "not installed"
-
-    @classmethod
-    def versions(cls):
-        out = {"tensorrt_llm_pin": L.TENSORRT_LLM_PIN}
-        for name in ("tensorrt_llm", "tensorrt", "torch", "transformers"):
-            try:
-                out[name] = str(__import__(name).__version__)
-            except Exception:
-                pass
-        try:
-            import torch
-            out["cuda"] = torch.version.cuda
-            if torch.cuda.is_available():
-                out["gpu"] = torch.cuda.get_device_name(0)
-        except Exception:
-            pass
-        return out
-
-    @classmethod
-    def validate(cls, config):
-        L.validate(config)
-
-    @classmethod
-    def model_identity(cls, config):
-        return L.model_identity(config)
-
-    @classmethod
-    def batch_size(cls, config):
-        return task_settings(config)["n_prompts"]
-
-    @classmethod
-    def needs_dataset(cls, config):
-        return True
 
     # --- lifecycle --------------------------------------------------------------------
     def _sampling(self, plan):

@@ -32,7 +32,7 @@ os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
 from engines import engine_kwargs as K  # noqa: E402
 from engines import hf_logic  # noqa: E402
 from engines import vllm_logic as L  # noqa: E402
-from engines.base import Engine  # noqa: E402
+from engines.library import LibraryEngine  # noqa: E402
 from llem_config import task_settings  # noqa: E402
 from protocol import ConfigError, InfraError  # noqa: E402
 
@@ -144,8 +144,14 @@ def _beam_class():
     return BeamSearchParams
 
 
-class VLLMEngine(Engine):
+class VLLMEngine(LibraryEngine):
     name = "vllm"
+    library = "vllm"
+    pin_key = "vllm_pin"
+    pin = L.VLLM_PIN
+    version_modules = ("vllm", "torch", "transformers", "flashinfer", "xformers")
+    logic = L
+    probe = staticmethod(_probe)
     honours_per_token = True
 
     def __init__(self):
@@ -158,56 +164,6 @@ class VLLMEngine(Engine):
         self._limit = None
         self._run = 0
         self.sig = None
-
-    # --- class level ------------------------------------------------------------------
-    @classmethod
-    def available(cls):
-        return _probe() is None
-
-    @classmethod
-    def unavailable_reason(cls):
-        return _probe()
-
-    @classmethod
-    def version(cls):
-        try:
-            import vllm
-            return str(vllm.__version__)
-        except Exception:
-            return "not installed"
-
-    @classmethod
-    def versions(cls):
-        out = {"vllm_pin": L.VLLM_PIN}
-        for name in ("vllm", "torch", "transformers", "flashinfer", "xformers"):
-            try:
-                out[name] = str(__import__(name).__version__)
-            except Exception:
-                pass
-        try:
-            import torch
-            out["cuda"] = torch.version.cuda
-            if torch.cuda.is_available():
-                out["gpu"] = torch.cuda.get_device_name(0)
-        except Exception:
-            pass
-        return out
-
-    @classmethod
-    def validate(cls, config):
-        L.validate(config)
-
-    @classmethod
-    def model_identity(cls, config):
-        return L.model_identity(config)
-
-    @classmethod
-    def batch_size(cls, config):
-        return task_settings(config)["n_prompts"]
-
-    @classmethod
-    def needs_dataset(cls, config):
-        return True
 
     # --- lifecycle --------------------------------------------------------------------
     def load(self, config):

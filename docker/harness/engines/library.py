@@ -1,0 +1,69 @@
+"""What the engines of an external inference library (vLLM, TensorRT-LLM) share at
+class level: whether the library imports, its version and its neighbours', and the
+llem section's validation and model identity through the engine's pure logic module.
+
+A subclass names its library (`library`, the module to import), its pin (`pin_key`,
+`pin`), the modules whose versions its results carry (`version_modules`), its logic
+module (`logic`: validate, model_identity) and its import probe (`probe`: None when
+the library imports, else why not).
+"""
+
+from engines.base import Engine
+from llem_config import task_settings
+
+
+class LibraryEngine(Engine):
+    library = None
+    pin_key = None
+    pin = None
+    version_modules = ()
+    logic = None
+    probe = None
+
+    @classmethod
+    def available(cls):
+        return cls.probe() is None
+
+    @classmethod
+    def unavailable_reason(cls):
+        return cls.probe()
+
+    @classmethod
+    def version(cls):
+        try:
+            return str(__import__(cls.library).__version__)
+        except Exception:
+            return "not installed"
+
+    @classmethod
+    def versions(cls):
+        out = {cls.pin_key: cls.pin}
+        for name in cls.version_modules:
+            try:
+                out[name] = str(__import__(name).__version__)
+            except Exception:
+                pass
+        try:
+            import torch
+            out["cuda"] = torch.version.cuda
+            if torch.cuda.is_available():
+                out["gpu"] = torch.cuda.get_device_name(0)
+        except Exception:
+            pass
+        return out
+
+    @classmethod
+    def validate(cls, config):
+        cls.logic.validate(config)
+
+    @classmethod
+    def model_identity(cls, config):
+        return cls.logic.model_identity(config)
+
+    @classmethod
+    def batch_size(cls, config):
+        return task_settings(config)["n_prompts"]
+
+    @classmethod
+    def needs_dataset(cls, config):
+        return True
