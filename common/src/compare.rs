@@ -94,18 +94,17 @@ pub fn difference(metric: Metric, a: &[f64], b: &[f64], seed: u64) -> Option<Dif
 /// resamples of each side.
 fn bootstrap_diff(a: &[f64], b: &[f64], seed: u64) -> (f64, f64) {
     let mut rng = XorShift64::new(seed);
-    let mut resample = |v: &[f64]| -> f64 {
-        (0..v.len()).map(|_| v[rng.below(v.len())]).sum::<f64>() / v.len() as f64
-    };
     let mut diffs: Vec<f64> = (0..RESAMPLES)
         .map(|_| {
-            let mb = resample(b);
-            mb - resample(a)
+            let mb = rng.resample_mean(b);
+            mb - rng.resample_mean(a)
         })
         .collect();
     diffs.sort_by(f64::total_cmp);
-    let at = |q: f64| stats::percentile(&diffs, q).unwrap_or(f64::NAN);
-    (at(0.025), at(0.975))
+    (
+        stats::percentile_sorted(&diffs, 0.025),
+        stats::percentile_sorted(&diffs, 0.975),
+    )
 }
 
 #[cfg(test)]

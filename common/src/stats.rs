@@ -58,6 +58,21 @@ impl XorShift64 {
     pub fn below(&mut self, n: usize) -> usize {
         ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
     }
+
+    /// The mean of one bootstrap resample of `values` (non-empty): `values.len()`
+    /// draws with replacement.
+    pub fn resample_mean(&mut self, values: &[f64]) -> f64 {
+        let n = values.len();
+        (0..n).map(|_| values[self.below(n)]).sum::<f64>() / n as f64
+    }
+}
+
+/// The means of `resamples` bootstrap resamples of `values` (non-empty), sorted.
+fn bootstrap_means(values: &[f64], resamples: usize, seed: u64) -> Vec<f64> {
+    let mut rng = XorShift64::new(seed);
+    let mut means: Vec<f64> = (0..resamples).map(|_| rng.resample_mean(values)).collect();
+    means.sort_by(f64::total_cmp);
+    means
 }
 
 fn usable(values: &[f64]) -> bool {
@@ -71,7 +86,7 @@ fn sorted(values: &[f64]) -> Vec<f64> {
 }
 
 /// Linear-interpolated percentile of already sorted, non-empty, finite values.
-fn percentile_sorted(sorted: &[f64], q: f64) -> f64 {
+pub fn percentile_sorted(sorted: &[f64], q: f64) -> f64 {
     let h = (sorted.len() - 1) as f64 * q;
     let lo = h.floor() as usize;
     let hi = (lo + 1).min(sorted.len() - 1);
@@ -138,12 +153,7 @@ pub fn bootstrap_ci(
     if !usable(values) || resamples == 0 || !(confidence > 0.0 && confidence < 1.0) {
         return None;
     }
-    let n = values.len();
-    let mut rng = XorShift64::new(seed);
-    let mut means: Vec<f64> = (0..resamples)
-        .map(|_| (0..n).map(|_| values[rng.below(n)]).sum::<f64>() / n as f64)
-        .collect();
-    means.sort_by(f64::total_cmp);
+    let means = bootstrap_means(values, resamples, seed);
     let tail = (1.0 - confidence) / 2.0;
     Some((
         percentile_sorted(&means, tail),
@@ -356,11 +366,7 @@ pub fn bootstrap_bca_ci(
     }
     let n = values.len();
     let theta = mean(values)?;
-    let mut rng = XorShift64::new(seed);
-    let mut means: Vec<f64> = (0..resamples)
-        .map(|_| (0..n).map(|_| values[rng.below(n)]).sum::<f64>() / n as f64)
-        .collect();
-    means.sort_by(f64::total_cmp);
+    let means = bootstrap_means(values, resamples, seed);
     let below = means.iter().filter(|m| **m < theta).count() as f64;
     let equal = means.iter().filter(|m| **m == theta).count() as f64;
     let z0 = normal_quantile((below + 0.5 * equal) / resamples as f64)?;

@@ -64,6 +64,33 @@ fn wrong(column: &str, expected: &'static str, v: &Json) -> ParquetExportError {
     }
 }
 
+/// A list column: null for a null value, else a list of the value's items, each put in
+/// by `push` (false: an item of the wrong type, reported with `expected`).
+fn list_column<B: arrow_array::builder::ArrayBuilder>(
+    name: &str,
+    values: &[&Json],
+    expected: &'static str,
+    items: B,
+    mut push: impl FnMut(&mut B, &Json) -> bool,
+) -> Result<ArrayRef, ParquetExportError> {
+    let mut b = ListBuilder::new(items);
+    for v in values {
+        match v {
+            Json::Null => b.append_null(),
+            Json::Array(xs) => {
+                for x in xs {
+                    if !push(b.values(), x) {
+                        return Err(wrong(name, expected, v));
+                    }
+                }
+                b.append(true);
+            }
+            _ => return Err(wrong(name, expected, v)),
+        }
+    }
+    Ok(Arc::new(b.finish()))
+}
+
 fn build_column(name: &str, kind: Kind, values: &[&Json]) -> Result<ArrayRef, ParquetExportError> {
     Ok(match kind {
         Kind::Time => {
@@ -84,28 +111,22 @@ fn build_column(name: &str, kind: Kind, values: &[&Json]) -> Result<ArrayRef, Pa
             }
             Arc::new(b.finish())
         }
-        Kind::ListFloat => {
-            let mut b = ListBuilder::new(Float64Builder::new());
-            for v in values {
-                match v {
+        Kind::ListFloat => list_column(
+            name,
+            values,
+            "a list of numbers",
+            Float64Builder::new(),
+            |b, x| {
+                match x {
                     Json::Null => b.append_null(),
-                    Json::Array(items) => {
-                        for x in items {
-                            match x {
-                                Json::Null => b.values().append_null(),
-                                _ => b.values().append_value(
-                                    x.as_f64()
-                                        .ok_or_else(|| wrong(name, "a list of numbers", v))?,
-                                ),
-                            }
-                        }
-                        b.append(true);
-                    }
-                    _ => return Err(wrong(name, "a list of numbers", v)),
+                    _ => b.append_value(match x.as_f64() {
+                        Some(f) => f,
+                        None => return false,
+                    }),
                 }
-            }
-            Arc::new(b.finish())
-        }
+                true
+            },
+        )?,
         Kind::Float => {
             let mut b = Float64Builder::with_capacity(values.len());
             for v in values {
@@ -140,48 +161,30 @@ fn build_column(name: &str, kind: Kind, values: &[&Json]) -> Result<ArrayRef, Pa
             }
             Arc::new(b.finish())
         }
-        Kind::ListInt => {
-            let mut b = ListBuilder::new(Int64Builder::new());
-            for v in values {
-                match v {
+        Kind::ListInt => list_column(
+            name,
+            values,
+            "a list of integers",
+            Int64Builder::new(),
+            |b, x| {
+                match x {
                     Json::Null => b.append_null(),
-                    Json::Array(items) => {
-                        for x in items {
-                            match x {
-                                Json::Null => b.values().append_null(),
-                                _ => b.values().append_value(
-                                    x.as_i64()
-                                        .ok_or_else(|| wrong(name, "a list of integers", v))?,
-                                ),
-                            }
-                        }
-                        b.append(true);
-                    }
-                    _ => return Err(wrong(name, "a list of integers", v)),
+                    _ => b.append_value(match x.as_i64() {
+                        Some(i) => i,
+                        None => return false,
+                    }),
                 }
+                true
+            },
+        )?,
+        Kind::ListStr => list_column(name, values, "a list", StringBuilder::new(), |b, x| {
+            match x {
+                Json::Null => b.append_null(),
+                Json::String(x) => b.append_value(x),
+                other => b.append_value(other.to_string()),
             }
-            Arc::new(b.finish())
-        }
-        Kind::ListStr => {
-            let mut b = ListBuilder::new(StringBuilder::new());
-            for v in values {
-                match v {
-                    Json::Null => b.append_null(),
-                    Json::Array(items) => {
-                        for x in items {
-                            match x {
-                                Json::Null => b.values().append_null(),
-                                Json::String(x) => b.values().append_value(x),
-                                other => b.values().append_value(other.to_string()),
-                            }
-                        }
-                        b.append(true);
-                    }
-                    _ => return Err(wrong(name, "a list", v)),
-                }
-            }
-            Arc::new(b.finish())
-        }
+            true
+        })?,
         Kind::Str => {
             let mut b = StringBuilder::with_capacity(values.len(), values.len() * 16);
             for v in values {
