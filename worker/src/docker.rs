@@ -778,7 +778,7 @@ impl DockerHarness {
             .and_then(|s| s.pid)
             .and_then(|p| u32::try_from(p).ok())
             .filter(|p| *p > 0);
-        tracing::info!(container = %self.name, id = %short(&created.id), image = %self.spec.image_id, slot = self.spec.slot, "harness container started");
+        tracing::info!(container = %self.name, id = %short(&created.id), image = %self.spec.image_id, slot = self.spec.slot, dispatch = ?self.dispatch(), "harness container started");
         self.container = Some(Running {
             id: created.id.clone(),
             main_pid,

@@ -197,6 +197,17 @@ fn serves_every_run_from_one_warm_container(dispatch: &str) {
         vec![(container.clone(), "running".to_string())],
         "the same container, still running"
     );
+    // The runs went the way asked: the worker says how it sends them.
+    let want = if dispatch == "exec" {
+        "dispatch=Exec"
+    } else {
+        "dispatch=Socket"
+    };
+    assert!(
+        w.proc.logs().contains(want),
+        "{want} not in\n{}",
+        w.proc.logs()
+    );
     let log = w.harness_log();
     assert_eq!(log.matches("listening on").count(), 1, "{log}");
     assert_eq!(log.matches(": start").count(), 6, "{log}");
