@@ -73,6 +73,11 @@ pub struct RunResult {
     pub isolation: Isolation,
     /// Per-GPU figures, one per entry of `gpu_indices`.
     pub gpus: Vec<GpuFigures>,
+    /// The OpenTelemetry trace of the run (32 hex digits): the worker's lease call,
+    /// the coordinator's handling of it and every phase of the run share it, so its
+    /// spans can be found in a trace store (docs/observability.md). `None` from
+    /// workers before traces.
+    pub trace_id: Option<String>,
 }
 
 /// The window's energy and what it rests on (sums over the run's GPUs).

@@ -33,6 +33,10 @@ pub enum RunnerNeed {
     ImageIfContainer { image: String },
 }
 
+/// The harness image a docker-runtime worker runs unless told otherwise
+/// (`lem-worker --image`, `lem-coord run --image`; built by docker/images.sh).
+pub const DEFAULT_HARNESS_IMAGE: &str = "lem-fleet/harness:latest";
+
 /// The runtime a worker runs its harness in, as it registers it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]

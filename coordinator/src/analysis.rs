@@ -11,7 +11,7 @@ use anyhow::anyhow;
 use lem_common::aggregate::{self, ConfigAggregate, Metric};
 use lem_common::compare::{self, Difference};
 use lem_common::rpc::RunRow;
-use lem_worker::transport::Endpoint;
+use lem_wire::transport::Endpoint;
 use serde_json::json;
 
 use crate::cli::{connect, fetch_rows, invalid, CliError};

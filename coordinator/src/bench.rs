@@ -15,11 +15,9 @@
 //! counted must be one accepted result in the manifest.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
-use lem_common::lease::LeasePolicy;
 use lem_common::rpc::{
     CompleteRequest, CompleteStatus, CoordinatorClient, LeaseReply, LeaseRequest, RegisterRequest,
     SlotInfo,
@@ -28,12 +26,12 @@ use lem_common::types::{
     EnergyFigures, EngineCapability, MeasuredWindow, RunResult, Throughput, WorkerId,
 };
 use lem_common::PROTOCOL_VERSION;
-use lem_worker::tls::Credentials;
-use lem_worker::transport::{self, Endpoint};
+use lem_wire::tls::Credentials;
+use lem_wire::transport::{self, Endpoint};
 
+use crate::assemble::Setup;
+use crate::clock::now_ms;
 use crate::pki::Pki;
-use crate::server::{self, Limits, Wire};
-use crate::service::{now_ms, Shared};
 use crate::store::{CampaignRecord, NewRun, Store};
 
 /// Options of `lem-coord bench leases`.
@@ -163,7 +161,7 @@ async fn enrol(
     if !tls {
         return Ok(Endpoint::plain(addr));
     }
-    let joined = lem_worker::join::join(addr, token, dir, Some(name)).await?;
+    let joined = lem_wire::join::join(addr, token, dir, name).await?;
     Endpoint::with_credentials(addr, &Credentials::load(&joined.credentials)?)
 }
 
@@ -275,24 +273,13 @@ pub async fn leases(opts: &LeaseBench) -> anyhow::Result<LeaseReport> {
     );
     let (pki, _) = Pki::load_or_create(&coord_dir)?;
     let token = pki.create_token(3600, now_ms() / 1000);
-    let wire = Wire {
-        tls: opts.tls.then(|| pki.server_config()).transpose()?,
-        plain_refused: None,
-        limits: Limits::default(),
-        http: None,
-    };
-    let shared = Shared::with_max_batch(
-        store,
-        LeasePolicy::default(),
-        Some(Arc::new(pki)),
-        opts.max_batch,
-    )?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?.to_string();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(server::serve(listener, shared.clone(), wire, async move {
-        let _ = stop_rx.await;
-    }));
+    let mut setup = Setup::plain("127.0.0.1:0", store, &coord_dir);
+    setup.pki = Some(pki);
+    setup.tls = opts.tls;
+    setup.max_batch = opts.max_batch;
+    let coordinator = setup.bind().await?.spawn();
+    let shared = coordinator.shared.clone();
+    let addr = coordinator.addr.to_string();
 
     let mut clients = Vec::new();
     for i in 0..opts.workers {
@@ -352,8 +339,7 @@ pub async fn leases(opts: &LeaseBench) -> anyhow::Result<LeaseReport> {
     }
     let measured = end.duration_since(measure_from).as_secs_f64();
     let (b1, o1) = counted();
-    let _ = stop_tx.send(());
-    server.await??;
+    coordinator.stop().await?;
 
     // Every pair the clients counted is one accepted result; nothing else is done.
     let mut done = 0u64;
@@ -412,10 +398,10 @@ pub struct ManifestReport {
 pub fn manifest_study(runs: u64) -> anyhow::Result<String> {
     let cycles = if runs >= 10 && runs % 10 == 0 { 10 } else { 1 };
     let configs = runs / cycles;
-    if configs == 0 || configs > crate::service::MAX_CONFIGS_PER_CAMPAIGN as u64 {
+    if configs == 0 || configs > crate::limits::MAX_CONFIGS_PER_CAMPAIGN as u64 {
         bail!(
             "--runs {runs}: the bench makes configs x {cycles} cycles, and a campaign holds 1 to {} configs",
-            crate::service::MAX_CONFIGS_PER_CAMPAIGN
+            crate::limits::MAX_CONFIGS_PER_CAMPAIGN
         );
     }
     let values: Vec<String> = (1..=configs).map(|i| format!("{i}.0")).collect();

@@ -16,16 +16,19 @@ use lem_common::lease::LeasePolicy;
 use lem_common::rpc::{CampaignStatus, CoordinatorClient, RpcErrorKind, RunRow, SubmitRequest};
 use lem_common::study::{self, CompactPlan, PlanOptions, StudySource};
 use lem_common::types::{format_utc_ms, CampaignId};
-use lem_worker::transport::{self, Endpoint};
+use lem_wire::http::HttpBindError;
+use lem_wire::transport::{self, Endpoint};
 
 use crate::analysis;
+use crate::assemble::{BindError, HttpSetup, PlainTcp, Setup};
+use crate::clock::now_ms;
 use crate::export;
+use crate::limits::Limits;
 use crate::live::{self, Interrupts, LiveView};
 use crate::llem_export;
+use crate::local::{LocalRuntime, LocalWorker, LocalWorkerSpec};
 use crate::parquet_export;
 use crate::pki::Pki;
-use crate::server;
-use crate::service::{now_ms, Shared};
 use crate::store::Store;
 
 pub mod exit {
@@ -81,6 +84,16 @@ fn unreachable_err(e: impl Into<anyhow::Error>) -> CliError {
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Send OpenTelemetry spans (every RPC; with `run`, its local workers' runs and
+    /// their phases too) to this OTLP/HTTP collector, e.g. http://127.0.0.1:4318
+    /// (docs/observability.md). Off unless given.
+    #[arg(
+        long,
+        global = true,
+        env = "OTEL_EXPORTER_OTLP_ENDPOINT",
+        value_name = "URL"
+    )]
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -150,7 +163,7 @@ impl ConnectArgs {
             (None, None) => return Ok(Endpoint::plain(&addr)),
         };
         warn_if_readable_by_others(&path);
-        let creds = lem_worker::tls::Credentials::load(&path).map_err(invalid)?;
+        let creds = lem_wire::tls::Credentials::load(&path).map_err(invalid)?;
         Endpoint::with_credentials(&addr, &creds).map_err(invalid)
     }
 }
@@ -418,7 +431,7 @@ pub enum Command {
         runtime: String,
         /// With --runtime docker: the harness image (docker/images.sh). The local
         /// workers are allowed to run this image (its id, pinned at their start).
-        #[arg(long, default_value = lem_worker::docker::DEFAULT_IMAGE)]
+        #[arg(long, default_value = lem_common::runner::DEFAULT_HARNESS_IMAGE)]
         image: String,
         /// Submit a new campaign even if DATA_DIR holds an unfinished one of this
         /// study (which is then cancelled; by default it is resumed).
@@ -483,6 +496,7 @@ pub enum BenchCommand {
 
 pub fn main_impl(cli: Cli) -> Result<(), CliError> {
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let otlp_endpoint = cli.otlp_endpoint.clone();
     rt.block_on(async move {
         match cli.command {
             Command::Start {
@@ -621,12 +635,8 @@ pub fn main_impl(cli: Cli) -> Result<(), CliError> {
                 http_public,
             } => {
                 let runtime = match runtime.as_str() {
-                    "docker" => lem_worker::RuntimeConfig::Docker {
-                        allow_images: vec![image.clone()],
-                        dispatch: lem_worker::docker::Dispatch::default(),
-                        image,
-                    },
-                    _ => lem_worker::RuntimeConfig::Process,
+                    "docker" => LocalRuntime::Docker { image },
+                    _ => LocalRuntime::Process,
                 };
                 let opts = LocalRun {
                     local_workers,
@@ -638,6 +648,7 @@ pub fn main_impl(cli: Cli) -> Result<(), CliError> {
                     new,
                     http: crate::http_flag(&http),
                     http_public,
+                    otlp_endpoint,
                 };
                 run(&study, &data_dir, opts).await
             }
@@ -773,30 +784,6 @@ pub struct StartOptions {
     pub http_public: bool,
 }
 
-/// Binds `--http ADDR` (a non-loopback address only with `--http-public`, exit 2
-/// without; a taken port exit 1) and writes the bound address to
-/// `data_dir/http.addr`.
-async fn bind_http(
-    addr: &str,
-    public: bool,
-    data_dir: &Path,
-) -> Result<(tokio::net::TcpListener, std::net::SocketAddr), CliError> {
-    let listener = lem_worker::http::bind(&crate::http::HTTP_FLAG, addr, public)
-        .await
-        .map_err(|e| match e {
-            e @ lem_worker::http::HttpBindError::NotLoopback { .. } => invalid(e),
-            e => CliError::from(e),
-        })?;
-    let bound = listener.local_addr()?;
-    lem_worker::http::write_addr_file(data_dir, bound).with_context(|| {
-        format!(
-            "cannot write {}",
-            data_dir.join(lem_worker::http::ADDR_FILE).display()
-        )
-    })?;
-    Ok((listener, bound))
-}
-
 async fn start(listen: &str, data_dir: &Path, opts: &StartOptions) -> Result<(), CliError> {
     // A file-size limit (RLIMIT_FSIZE) is a full disk by another name: let the write
     // fail with an error the store reports, rather than the signal killing us.
@@ -816,10 +803,6 @@ async fn start(listen: &str, data_dir: &Path, opts: &StartOptions) -> Result<(),
             pki.dir.display()
         );
     }
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    let addr = listener.local_addr()?;
     let policy = LeasePolicy {
         ttl_ms: opts.lease_ttl_secs.max(1) * 1000,
         max_attempts: opts.max_attempts.max(1),
@@ -827,48 +810,43 @@ async fn start(listen: &str, data_dir: &Path, opts: &StartOptions) -> Result<(),
     if opts.max_connections < 2 {
         return Err(invalid(anyhow!("--max-connections must be at least 2")));
     }
-    let plain_refused = if addr.ip().is_loopback() {
-        None
-    } else if opts.insecure {
-        eprintln!(
-            "WARNING: --insecure: plain TCP is served on {addr}, which is not loopback; anyone who can reach this port can submit work that GPU hosts run and read every result. Use it only on a network you trust completely."
-        );
-        None
-    } else {
-        Some(format!(
-            "this coordinator requires TLS on {addr} (it does not listen on loopback): pass --credentials FILE (a copy of its DATA_DIR/tls/admin.pem) or, on the head node, --data-dir DATA_DIR; a worker joins first with `lem-worker join --token TOKEN`"
-        ))
-    };
-    let mut limits = server::Limits {
+    let mut limits = Limits {
         max_connections: opts.max_connections,
         ..Default::default()
     };
     limits.max_unauthenticated = limits.max_unauthenticated.min(opts.max_connections / 2);
-    let mut wire = server::Wire {
-        tls: Some(pki.server_config()?),
-        plain_refused,
+    let coordinator = Setup {
+        listen: listen.to_string(),
+        store,
+        policy,
+        max_batch: crate::group_commit::DEFAULT_MAX_BATCH,
+        pki: Some(pki),
+        tls: true,
+        plain: PlainTcp::LoopbackOnly {
+            insecure: opts.insecure,
+        },
         limits,
-        http: None,
-    };
-    let http = match &opts.http {
-        Some(a) => Some(bind_http(a, opts.http_public, data_dir).await?),
-        None => None,
-    };
-    let plain_note = if wire.plain_refused.is_some() {
-        "TLS only"
-    } else {
+        http: opts.http.as_ref().map(|addr| HttpSetup {
+            addr: addr.clone(),
+            public: opts.http_public,
+        }),
+        addr_dir: data_dir.to_path_buf(),
+    }
+    .bind()
+    .await
+    .map_err(bind_error)?;
+    let plain_note = if coordinator.plain_served {
         "TLS, and plain TCP"
+    } else {
+        "TLS only"
     };
-    let shared = Shared::new(store, policy, Some(std::sync::Arc::new(pki)))?;
-    // Tests and scripts read the bound address from here (useful with port 0).
-    write_atomic(&data_dir.join("coordinator.addr"), &addr.to_string())?;
     eprintln!(
-        "lem-coord listening on {addr}, {plain_note} (data dir {})",
+        "lem-coord listening on {}, {plain_note} (data dir {})",
+        coordinator.addr,
         data_dir.display()
     );
-    if let Some((listener, bound)) = http {
+    if let Some(bound) = coordinator.http_addr {
         eprintln!("status page on http://{bound}/ and Prometheus metrics on http://{bound}/metrics (read-only)");
-        wire.http = Some(listener);
     }
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -879,8 +857,17 @@ async fn start(listen: &str, data_dir: &Path, opts: &StartOptions) -> Result<(),
         }
         tracing::info!("stopping: no new leases");
     };
-    server::serve(listener, shared, wire, shutdown).await?;
+    coordinator.serve(shutdown).await?;
     Ok(())
+}
+
+/// Maps why the coordinator could not bind to an exit status: an `--http` address
+/// that is not loopback without `--http-public` is bad input (exit 2).
+fn bind_error(e: BindError) -> CliError {
+    match e {
+        e @ BindError::Http(HttpBindError::NotLoopback { .. }) => invalid(e),
+        e => CliError::from(anyhow::Error::from(e)),
+    }
 }
 
 async fn bench(what: BenchCommand) -> Result<(), CliError> {
@@ -1573,12 +1560,14 @@ pub struct LocalRun {
     pub python: String,
     pub allow_large_grid: bool,
     pub gpu_groups: Option<String>,
-    pub runtime: lem_worker::RuntimeConfig,
+    pub runtime: LocalRuntime,
     /// Submit a new campaign even if an unfinished one of the study is there.
     pub new: bool,
     /// `--http`: where to serve the status page and metrics (`None`: off).
     pub http: Option<String>,
     pub http_public: bool,
+    /// `--otlp-endpoint`: the local workers export their spans there too.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// A campaign of `run`'s data dir, as `run` weighs it.
@@ -1715,7 +1704,7 @@ async fn run(path: &Path, data_dir: &Path, opts: LocalRun) -> Result<(), CliErro
     let simulate = if opts.simulate_gpu {
         eprintln!("using the SIMULATED GPU (--simulate-gpu): results are labelled simulated: true");
         true
-    } else if !lem_worker::nvidia_gpu_present() {
+    } else if !crate::local::nvidia_gpu_present() {
         eprintln!("no NVIDIA GPU found on this machine: using the SIMULATED GPU; results are labelled simulated: true");
         true
     } else {
@@ -1725,20 +1714,18 @@ async fn run(path: &Path, data_dir: &Path, opts: LocalRun) -> Result<(), CliErro
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
     let store = Store::open(&data_dir.join("coordinator"))?;
     let local = plan_local_run(&known_campaigns(&store, &src, &plan)?, opts.new);
-    let shared = Shared::new(store, LeasePolicy::default(), None)?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?.to_string();
-    let ep = Endpoint::plain(&addr);
-    let mut wire = server::Wire::plain_only();
-    if let Some(a) = &opts.http {
-        let (l, bound) = bind_http(a, opts.http_public, &data_dir.join("coordinator")).await?;
+    let mut setup = Setup::plain("127.0.0.1:0", store, &data_dir.join("coordinator"));
+    setup.http = opts.http.as_ref().map(|addr| HttpSetup {
+        addr: addr.clone(),
+        public: opts.http_public,
+    });
+    let coordinator = setup.bind().await.map_err(bind_error)?;
+    if let Some(bound) = coordinator.http_addr {
         eprintln!("status page: http://{bound}/ (metrics at http://{bound}/metrics)");
-        wire.http = Some(l);
     }
-    let (stop_server_tx, stop_server_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(server::serve(listener, shared.clone(), wire, async move {
-        let _ = stop_server_rx.await;
-    }));
+    let ep = Endpoint::plain(&coordinator.addr.to_string());
+    let coordinator = coordinator.spawn();
+    let shared = coordinator.shared.clone();
     // From here on SIGINT and SIGTERM stop the run cleanly instead of ending the
     // process.
     let mut interrupts = Interrupts::new().context("cannot handle SIGINT and SIGTERM")?;
@@ -1756,9 +1743,8 @@ async fn run(path: &Path, data_dir: &Path, opts: LocalRun) -> Result<(), CliErro
         Err(e) => Err(e),
         Ok((client, id, outcome)) => finish_local_run(&client, &ep, id, data_dir, outcome).await,
     };
-    let _ = stop_server_tx.send(());
-    let _ = server.await;
     drop(shared);
+    let _ = coordinator.stop().await;
     result
 }
 
@@ -1844,78 +1830,79 @@ async fn run_local_workers(
         (Some(spec), true) => {
             let n = simulated_gpus_for(spec, opts.local_workers);
             eprintln!("one local worker with {n} simulated GPUs and --gpu-groups {spec}");
-            (1, lem_common::gpus::SlotCount::Auto, Some(n))
+            (1, "auto", Some(n))
         }
-        (None, true) => (
-            opts.local_workers,
-            lem_common::gpus::SlotCount::Fixed(1),
-            None,
-        ),
+        (None, true) => (opts.local_workers, "1", None),
         (_, false) => {
             eprintln!(
                 "real GPUs: one local worker with one slot per visible GPU or group (CUDA_VISIBLE_DEVICES chooses them; --local-workers counts simulated workers only)"
             );
-            (1, lem_common::gpus::SlotCount::Auto, None)
+            (1, "auto", None)
         }
     };
-    let (stop_workers_tx, stop_workers_rx) = tokio::sync::watch::channel(false);
+    let bin = crate::local::worker_binary().map_err(CliError::from)?;
     let mut workers = Vec::new();
     for i in 0..local_workers {
         // The same name and data dir each time: a worker of an earlier `run` that was
         // stopped hard left its leases in its journal, and this one reports them at
-        // start, so their runs are pending again at once.
-        let cfg = lem_worker::WorkerConfig {
+        // start, so their runs are pending again at once. The embedded
+        // coordinator's status page shows them (their power comes with their lease
+        // calls); they serve no endpoint of their own.
+        let spec = LocalWorkerSpec {
             coordinator: ep.addr.clone(),
             data_dir: data_dir.join(format!("worker-{i}")),
-            name: Some(format!("local-{i}")),
-            slots,
+            name: format!("local-{i}"),
+            slots: slots.to_string(),
             gpu_groups: opts.gpu_groups.clone(),
             simulated_gpus,
-            simulate_gpu: simulate,
+            simulate,
             python: opts.python.clone(),
-            sample_interval: lem_worker::SAMPLE_INTERVAL,
-            counter_interval: lem_worker::COUNTER_INTERVAL,
-            prefill_window_s: 3.0,
-            quiet_s: lem_worker::QUIET_S,
-            per_token_timing: "always",
-            trust_remote_code: lem_worker::cli::trust_remote_code_env(),
-            recycle_memory_growth_mb: 4096,
-            // Stopping hands the run in progress back (it is pending again, its
-            // attempt not counted), so a Ctrl-C stops at once and the next `run`
-            // does that run first.
-            drain: true,
-            device_isolation: lem_common::isolation::IsolationPolicy::Warn,
             runtime: opts.runtime.clone(),
-            // The embedded coordinator's status page shows them (their power comes
-            // with their lease calls); they serve no endpoint of their own.
-            http: None,
-            http_public: false,
+            otlp_endpoint: opts.otlp_endpoint.clone(),
         };
-        workers.push(tokio::spawn(lem_worker::run_worker(
-            cfg,
-            stop_workers_rx.clone(),
-        )));
+        match LocalWorker::spawn(&bin, &spec) {
+            Ok(w) => workers.push(w),
+            Err(e) => {
+                stop_local_workers(&mut workers, interrupts).await;
+                return Err(e.into());
+            }
+        }
     }
     eprintln!(
         "campaign {id} on {} local worker(s); data in {}",
         workers.len(),
         data_dir.display()
     );
+    tracing::info!(bin = %bin.display(), "local workers started");
     let outcome = drive_local_run(ep, client, id, &mut workers, interrupts).await;
     if matches!(outcome, Ok(LocalEnd::Interrupted(_))) {
         eprintln!(
             "stopping the local workers: runs in progress are handed back (Ctrl-C again to stop at once)"
         );
     }
-    let _ = stop_workers_tx.send(true);
-    let all = futures::future::join_all(workers);
-    tokio::select! {
-        _ = tokio::time::timeout(LOCAL_WORKERS_STOP, all) => {}
+    stop_local_workers(&mut workers, interrupts).await;
+    outcome
+}
+
+/// Asks every local worker to stop (each hands back the run it has in progress) and
+/// waits for them; a second signal, or [`LOCAL_WORKERS_STOP`], kills them instead.
+async fn stop_local_workers(workers: &mut [LocalWorker], interrupts: &mut Interrupts) {
+    for w in workers.iter() {
+        w.terminate();
+    }
+    let all = futures::future::join_all(workers.iter_mut().map(|w| w.wait()));
+    let killed = tokio::select! {
+        r = tokio::time::timeout(LOCAL_WORKERS_STOP, all) => r.is_err(),
         sig = interrupts.recv() => {
             eprintln!("{sig} again: stopping at once; the runs in progress are in the workers' journals and run again when the same command runs");
+            true
+        }
+    };
+    if killed {
+        for w in workers.iter_mut() {
+            w.kill().await;
         }
     }
-    outcome
 }
 
 /// Watches campaign `id` while the local workers run it: until nothing is left to
@@ -1924,7 +1911,7 @@ async fn drive_local_run(
     ep: &Endpoint,
     client: &CoordinatorClient,
     id: u64,
-    workers: &mut [tokio::task::JoinHandle<anyhow::Result<()>>],
+    workers: &mut [LocalWorker],
     interrupts: &mut Interrupts,
 ) -> Result<LocalEnd, CliError> {
     let mut view = LiveView::new(std::io::stderr().is_terminal());
@@ -1932,12 +1919,14 @@ async fn drive_local_run(
     loop {
         // A worker that failed to start is fatal: say why instead of waiting forever.
         for w in workers.iter_mut() {
-            if w.is_finished() {
-                let res = w.await;
-                let msg = match res {
-                    Ok(Ok(())) => "a local worker stopped unexpectedly".to_string(),
-                    Ok(Err(e)) => format!("a local worker failed: {e:#}"),
-                    Err(e) => format!("a local worker panicked: {e}"),
+            if let Some(status) = w.exited() {
+                let msg = if status.success() {
+                    format!("the local worker {} stopped unexpectedly", w.name)
+                } else {
+                    format!(
+                        "the local worker {} failed ({status}); its error is above",
+                        w.name
+                    )
                 };
                 view.finish();
                 return Err(CliError::from(anyhow!(msg)));
@@ -2076,7 +2065,7 @@ pub fn run_main() -> std::process::ExitCode {
     // A server logs what it does; the one-shot commands (and `run`, which draws a
     // progress bar) only log warnings unless LEM_LOG asks for more.
     let default_filter = match cli.command {
-        Command::Start { .. } => "warn,lem_coord=info,lem_worker=info",
+        Command::Start { .. } => "warn,lem_coord=info",
         _ => "warn",
     };
     // A command whose output goes into a pipe (`lem-coord results 1 | head`) ends
@@ -2091,16 +2080,27 @@ pub fn run_main() -> std::process::ExitCode {
         // is started.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LEM_LOG")
-                .unwrap_or_else(|_| default_filter.into()),
-        )
-        .with_ansi(std::io::stderr().is_terminal())
+    // Before the runtime starts, and dropped after it ends (it flushes the spans).
+    let telemetry = match lem_wire::otel::init(lem_wire::otel::TelemetrySetup {
+        service: "lem-coord",
+        instance: None,
+        otlp_endpoint: cli.otlp_endpoint.as_deref(),
+        default_log: default_filter,
         // Log lines print above a live progress bar, not through it.
-        .with_writer(live::LogWriter)
-        .init();
-    match main_impl(cli) {
+        log_writer: tracing_subscriber::fmt::writer::BoxMakeWriter::new(live::LogWriter),
+    }) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("lem-coord: error: {e:#}");
+            return std::process::ExitCode::from(exit::INVALID_INPUT);
+        }
+    };
+    if let Some(url) = &telemetry.exporting_to {
+        tracing::info!(%url, "exporting OpenTelemetry spans");
+    }
+    let result = main_impl(cli);
+    drop(telemetry);
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) if e.code == exit::INTERRUPTED => {
             eprintln!("lem-coord: {:#}", e.error);

@@ -284,6 +284,7 @@ pub const RUN_COLUMNS: &[Column] = &[
         json!(x.thermal.sm_clock_max_mhz)
     }),
     Column::result("environment_hash", Kind::Str, |x| json!(x.environment_hash)),
+    Column::result("trace_id", Kind::Str, |x| json!(x.trace_id)),
     Column::result("simulated", Kind::Bool, |x| json!(x.simulated)),
     Column::result("gpu_name", Kind::Str, |x| json!(x.gpu_name)),
     Column::result("worker", Kind::Str, |x| json!(x.worker)),

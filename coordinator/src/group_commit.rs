@@ -24,7 +24,7 @@ use lem_common::lease::LeasePolicy;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use tokio::sync::oneshot;
 
-use crate::service::now_ms;
+use crate::clock::now_ms;
 use crate::store::{Store, StoreError, WriteOp, WriteOutcome};
 
 /// Most ops in one transaction: bounds a batch's latency and its memory.

@@ -8,7 +8,7 @@
 //! (`?since=N`: the answer waits until something changed, up to `wait` seconds),
 //! so it follows a campaign without reloading and without asking when nothing moves.
 //! Every handler only reads; axum answers anything but GET with 405. Binding, and
-//! the loopback rule, are `lem_worker::http`'s (docs/security.md).
+//! the loopback rule, are `lem_wire::http`'s (docs/security.md).
 
 use std::future::Future;
 use std::sync::{Arc, LazyLock};
@@ -19,7 +19,7 @@ use axum::http::{header, HeaderValue, StatusCode, Uri};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use lem_worker::http::{error_reply, fresh, metrics_reply};
+use lem_wire::http::{error_reply, fresh, metrics_reply};
 use sha2::Digest as _;
 use tokio::net::TcpListener;
 
@@ -27,7 +27,7 @@ use crate::overview::{overview, Overview};
 use crate::service::Shared;
 
 /// The coordinator's `--http` flag, for messages.
-pub const HTTP_FLAG: lem_worker::http::HttpFlag = lem_worker::http::HttpFlag {
+pub const HTTP_FLAG: lem_wire::http::HttpFlag = lem_wire::http::HttpFlag {
     flag: "--http",
     public_flag: "--http-public",
     what: "the status page and metrics (campaign and worker names, progress, failure messages, GPU power)",

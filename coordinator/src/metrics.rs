@@ -19,7 +19,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use lem_common::rpc::{CoordinatorRequest, CoordinatorResponse};
-use lem_worker::metrics::{counter_family, gauge_family};
+use lem_wire::metrics::{counter_family, gauge_family};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
@@ -350,7 +350,15 @@ where
     async fn serve(self, ctx: Context, req: CoordinatorRequest) -> Result<Self::Resp, ServerError> {
         let method = crate::auth::method_name(&req).to_string();
         let started = std::time::Instant::now();
-        let reply = self.inner.serve(ctx, req).await;
+        // The handling's span, named as OpenTelemetry names RPC spans (tarpc's own
+        // server span above it is named `RPC`); a child of the caller's span.
+        let span = tracing::info_span!(
+            "serve",
+            otel.name = %format_args!("Coordinator/{method}"),
+            rpc.system = "tarpc",
+            rpc.method = %method,
+        );
+        let reply = tracing::Instrument::instrument(self.inner.serve(ctx, req), span).await;
         self.rpc_seconds
             .get_or_create(&MethodLabels { method })
             .observe(started.elapsed().as_secs_f64());

@@ -14,7 +14,8 @@ use lem_common::rpc::{CampaignStatus, GpuReading};
 use lem_common::types::format_utc_ms;
 use serde::Serialize;
 
-use crate::service::{now_ms, CoordService, Shared};
+use crate::clock::now_ms;
+use crate::service::{CoordService, Shared};
 use crate::store::StoreError;
 
 /// Failures kept for the status page (memory only; `status` keeps each failed run's

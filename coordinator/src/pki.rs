@@ -4,7 +4,7 @@
 //! Files, all mode 0600 in a 0700 directory:
 //! * `ca.pem`, `ca.key`: the CA. Its SHA-256 is what join tokens pin.
 //! * `server.pem`, `server.key`: the coordinator's certificate, issued to the fixed
-//!   name `lem-coord` (see `lem_worker::tls`), so it does not depend on addresses.
+//!   name `lem-coord` (see `lem_wire::tls`), so it does not depend on addresses.
 //! * `token.key`: the secret join tokens are signed with.
 //! * `admin.pem`: the admin credential (certificate, key, CA) for the CLI.
 //!
@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use lem_common::token::{hex, unhex, JoinToken, TokenError};
 use lem_common::types::{format_utc_ms, WorkerId};
-use lem_worker::tls::{self, write_private};
+use lem_wire::tls::{self, write_private};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SignatureAlgorithm,
@@ -350,7 +350,7 @@ fn leaf_params(common_name: &str, usage: ExtendedKeyUsagePurpose) -> Certificate
 
 /// Valid from yesterday (the clocks of hosts differ) for [`VALIDITY_YEARS`].
 fn set_validity(params: &mut CertificateParams) {
-    let day = format_utc_ms(crate::service::now_ms().saturating_sub(86_400_000));
+    let day = format_utc_ms(crate::clock::now_ms().saturating_sub(86_400_000));
     let y: i32 = day[0..4].parse().unwrap_or(2026);
     let m: u8 = day[5..7].parse().unwrap_or(1);
     let d: u8 = day[8..10].parse::<u8>().unwrap_or(1).min(28);

@@ -2,8 +2,9 @@
 //! who each one is, serves the RPC service on it within limits, and sweeps expired
 //! leases, until the shutdown future resolves.
 //!
-//! The listener is bound by the caller so tests can bind port 0 and read the port
-//! back; the loop itself never binds or picks addresses.
+//! The listener is bound by the caller ([`crate::assemble`], which puts the
+//! coordinator together for every command that serves); the loop itself never
+//! binds or picks addresses.
 //!
 //! One port speaks both plain TCP and TLS: the first byte of a TLS connection is
 //! 0x16 (a handshake record), which as the first byte of a plain frame's 4-byte
@@ -33,46 +34,17 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::{Guarded, Peer};
+use crate::clock::now_ms;
+use crate::limits::Limits;
 use crate::metrics::Timed;
 use crate::pki::ClientCert;
-use crate::service::{now_ms, CoordService, Shared};
-use lem_worker::transport::{self, FrameDeadline, MAX_FRAME_BYTES};
+use crate::service::{CoordService, Shared};
+use lem_wire::transport::{self, FrameDeadline, MAX_FRAME_BYTES};
 
 /// How often the sweeper looks for expired leases.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 /// The first byte of a TLS connection (a handshake record).
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
-
-/// Limits on what a connection can make the server hold.
-#[derive(Clone, Debug)]
-pub struct Limits {
-    /// Open connections at most; past it new ones are closed at once.
-    pub max_connections: usize,
-    /// Connections not yet authenticated (handshaking, TLS without a certificate,
-    /// refused) at most, so they cannot crowd out workers.
-    pub max_unauthenticated: usize,
-    /// Time from accept to the first byte, and again to a finished TLS handshake.
-    pub handshake: Duration,
-    /// Time a frame may take to arrive once its first byte did.
-    pub frame: Duration,
-    /// Lifetime of an unauthenticated connection (enough to enrol).
-    pub unauthenticated_lifetime: Duration,
-    /// Largest frame an unauthenticated peer may send (an enrolment is ~1 KiB).
-    pub unauthenticated_frame: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_connections: 1024,
-            max_unauthenticated: 128,
-            handshake: Duration::from_secs(10),
-            frame: Duration::from_secs(30),
-            unauthenticated_lifetime: Duration::from_secs(60),
-            unauthenticated_frame: 64 << 10,
-        }
-    }
-}
 
 /// What a listener speaks.
 pub struct Wire {
@@ -84,18 +56,6 @@ pub struct Wire {
     pub limits: Limits,
     /// The read-only HTTP endpoint's listener (`--http`); `None`: not served.
     pub http: Option<TcpListener>,
-}
-
-impl Wire {
-    /// Plain TCP only, for an embedded coordinator on loopback.
-    pub fn plain_only() -> Wire {
-        Wire {
-            tls: None,
-            plain_refused: None,
-            limits: Limits::default(),
-            http: None,
-        }
-    }
 }
 
 /// Serves until `shutdown` resolves; then stops granting leases and returns.

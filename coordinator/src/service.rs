@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use lem_common::lease::{CompleteOutcome, LeasePolicy, RunState};
 use lem_common::rpc::{
@@ -25,22 +25,17 @@ use lem_common::PROTOCOL_VERSION;
 use tarpc::context::Context;
 use tokio::sync::Notify;
 
+use crate::clock::now_ms;
 use crate::group_commit::{GroupCommit, DEFAULT_MAX_BATCH};
+use crate::limits::{
+    MAX_CONFIGS_PER_CAMPAIGN, MAX_RUNS_PER_CAMPAIGN, MAX_STUDY_BYTES, MAX_WORKER_NAME,
+};
 use crate::metrics::CoordMetrics;
 use crate::overview::{RecentFailure, RECENT_FAILURES};
 use crate::pki::Pki;
 use crate::store::{
     pending_pool, CampaignRecord, NewRun, Store, StoreError, WorkerRecord, WriteOp, WriteOutcome,
 };
-
-/// Largest study accepted (its text and its `base:` file's together).
-pub const MAX_STUDY_BYTES: usize = 4 << 20;
-/// Largest grid (configs before validation) the coordinator expands, whatever the
-/// client's `--allow-large-grid` says: counted before expanding, so a runaway
-/// sweep costs nothing.
-pub const MAX_CONFIGS_PER_CAMPAIGN: usize = 100_000;
-/// Largest number of runs one campaign may expand to.
-pub const MAX_RUNS_PER_CAMPAIGN: usize = study::MAX_PLANNED_RUNS;
 
 /// Refuses a plan with a config the fleet would not measure as asked
 /// ([`study::fleet::refusal`]); the error names the file, the config and the key.
@@ -78,13 +73,6 @@ pub fn check_study_size(src: &StudySource) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// State shared by every connection's service instance.
@@ -317,9 +305,6 @@ fn available_engines(w: &WorkerRecord) -> Vec<String> {
         .map(|e| e.engine.clone())
         .collect()
 }
-
-/// Longest worker name; names go into certificates and log lines.
-pub const MAX_WORKER_NAME: usize = 64;
 
 /// A worker name that can be enrolled: 1 to 64 of `A-Z a-z 0-9 . _ -`, not
 /// starting with `.` or `-`.

@@ -48,7 +48,7 @@ impl Proc {
         use std::os::unix::process::CommandExt;
         let stdout = dir.join(format!("{name}.stdout"));
         let stderr = dir.join(format!("{name}.stderr"));
-        let mut cmd = Command::new(bin);
+        let mut cmd = command(bin);
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout).unwrap())
@@ -365,9 +365,23 @@ pub fn url_encode(s: &str) -> String {
         .collect()
 }
 
+/// A command for `bin`. `lem-coord run` starts its local workers from
+/// `$LEM_WORKER_BIN`: here the worker shim beside the coordinator shim.
+pub fn command(bin: &str) -> Command {
+    let mut cmd = Command::new(bin);
+    if let Some(w) = Path::new(bin)
+        .parent()
+        .map(|d| d.join("lem-worker-shim"))
+        .filter(|p| p.is_file())
+    {
+        cmd.env("LEM_WORKER_BIN", w);
+    }
+    cmd
+}
+
 /// Runs a command to completion and returns its output.
 pub fn run(bin: &str, args: &[&str]) -> Output {
-    Command::new(bin)
+    command(bin)
         .args(args)
         .stdin(Stdio::null())
         .output()

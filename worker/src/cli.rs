@@ -114,6 +114,12 @@ pub struct Args {
     /// but unauthenticated; a warning says so).
     #[arg(long)]
     pub http_public: bool,
+    /// Send OpenTelemetry spans (each lease call, each run and its phases: gate,
+    /// baseline, load, warmup, window, prefill window, report; every RPC) to this
+    /// OTLP/HTTP collector, e.g. http://127.0.0.1:4318 (docs/observability.md).
+    /// Off unless given.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// `--runtime`.
@@ -276,8 +282,13 @@ fn join_main(
     data_dir: &std::path::Path,
     name: Option<&str>,
 ) -> std::process::ExitCode {
+    // The default name holds the data dir's own name, so make the dir first.
+    let _ = std::fs::create_dir_all(data_dir);
+    let name = name
+        .map(String::from)
+        .unwrap_or_else(|| crate::default_worker_name(data_dir));
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    match rt.block_on(crate::join::join(coordinator, token, data_dir, name)) {
+    match rt.block_on(lem_wire::join::join(coordinator, token, data_dir, &name)) {
         Ok(j) => {
             if let Some(before) = j.replaced {
                 eprintln!(
@@ -302,15 +313,30 @@ fn join_main(
 
 /// Parses the flags, runs the worker until SIGTERM/SIGINT, returns the exit code.
 pub fn main_impl() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LEM_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
+    // Before any runtime starts, and dropped after it ends (it flushes the spans).
+    let telemetry = match lem_wire::otel::init(lem_wire::otel::TelemetrySetup {
+        service: "lem-worker",
+        instance: args.name.clone(),
+        otlp_endpoint: args.otlp_endpoint.as_deref(),
+        default_log: "info",
+        log_writer: tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr),
+    }) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("lem-worker: error: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if let Some(url) = &telemetry.exporting_to {
+        tracing::info!(%url, "exporting OpenTelemetry spans");
+    }
+    let code = worker_main(args);
+    drop(telemetry);
+    code
+}
+
+fn worker_main(args: Args) -> std::process::ExitCode {
     if let Some(WorkerCommand::Join {
         coordinator,
         token,

@@ -2,8 +2,6 @@
 //! stamps its events with Python's `time.monotonic_ns()`, the same clock on Linux)
 //! and wall-clock Unix milliseconds for human-facing timestamps.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 /// CLOCK_MONOTONIC in nanoseconds.
 pub fn mono_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -16,9 +14,4 @@ pub fn mono_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use lem_wire::clock::unix_ms;

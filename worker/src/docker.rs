@@ -46,7 +46,7 @@ use crate::harness_runtime::{EventSink, HarnessFactory, HarnessRuntime, Pong, Ru
 use crate::runtime::HarnessError;
 
 /// The image `lem-worker --runtime docker` runs unless `--image` names another.
-pub const DEFAULT_IMAGE: &str = "lem-fleet/harness:latest";
+pub const DEFAULT_IMAGE: &str = lem_common::runner::DEFAULT_HARNESS_IMAGE;
 
 /// How the worker sends a request to the harness server in a slot's container.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

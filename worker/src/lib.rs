@@ -4,7 +4,7 @@
 //! resident harness per slot, registers with the coordinator and runs one lease loop
 //! per slot until told to stop. With `--gpu-groups dynamic` the GPUs form one pool
 //! ([`pool`]) and one lease lane per GPU forms each run's group when it is leased. The binary's `main` only parses flags and calls it;
-//! `lem-coord run` calls it in-process for its local workers. A worker whose data
+//! `lem-coord run` starts this binary for its local workers. A worker whose data
 //! dir holds `credentials.pem` (written by `lem-worker join`, [`join`]) speaks
 //! mutual TLS as the worker named there; one without speaks plain TCP, which only
 //! a coordinator on loopback (or started with `--insecure`) answers.
@@ -15,12 +15,10 @@ pub mod cli;
 pub mod clock;
 pub mod docker;
 pub mod env;
-pub mod frame;
 pub mod gpu_claim;
 pub mod harness_runtime;
 pub mod http;
 pub mod isolation;
-pub mod join;
 pub mod journal;
 pub mod metrics;
 pub mod nvml;
@@ -28,10 +26,10 @@ pub mod pool;
 pub mod runtime;
 pub mod slot;
 pub mod telemetry;
-pub mod tls;
-pub mod transport;
 
 use std::path::PathBuf;
+
+pub use lem_wire::{frame, join, tls, transport};
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -8,8 +8,8 @@
 //! Nothing here touches a GPU: a scrape reads the samplers' rings, so it never adds
 //! an NVML call to a measurement. The same readings go to the coordinator with every
 //! lease and renew call ([`WorkerMetrics::readings`]), for its status page. The
-//! encoding helpers ([`gauge_family`], [`counter_family`]) serve `lem-coord`'s
-//! metrics too.
+//! encoding helpers ([`gauge_family`], [`counter_family`]) are the wire crate's,
+//! shared with `lem-coord`'s metrics.
 //!
 //! Names follow Prometheus' conventions: `lem_worker_` first, the base unit last
 //! (`_watts`, `_celsius`, `_hertz`, `_seconds`), `_total` on counters.
@@ -22,10 +22,9 @@ use lem_common::rpc::GpuReading;
 use lem_common::thermal::GateReason;
 use lem_common::types::RunKey;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::MetricType;
@@ -33,37 +32,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::clock::mono_ns;
 use crate::telemetry::{GpuDescription, Sampler, TelemetrySample};
-
-/// Writes one gauge family of `rows` (labels, value); a family without rows is
-/// written as its description alone.
-pub fn gauge_family<L: EncodeLabelSet>(
-    e: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    unit: Option<&Unit>,
-    rows: impl IntoIterator<Item = (L, f64)>,
-) -> Result<(), fmt::Error> {
-    let mut m = e.encode_descriptor(name, help, unit, MetricType::Gauge)?;
-    for (labels, v) in rows {
-        ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
-    }
-    Ok(())
-}
-
-/// [`gauge_family`] for counters read at scrape time (`NAME_total` samples).
-pub fn counter_family<L: EncodeLabelSet>(
-    e: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    unit: Option<&Unit>,
-    rows: impl IntoIterator<Item = (L, f64)>,
-) -> Result<(), fmt::Error> {
-    let mut m = e.encode_descriptor(name, help, unit, MetricType::Counter)?;
-    for (labels, v) in rows {
-        ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
-    }
-    Ok(())
-}
+pub use lem_wire::metrics::{counter_family, gauge_family};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RunLabels {

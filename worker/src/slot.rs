@@ -36,6 +36,7 @@ use lem_common::types::{
 };
 use lem_common::Value;
 use tokio::sync::watch;
+use tracing::{info_span, Instrument as _, Span};
 
 use crate::clock::{mono_ns, unix_ms};
 use crate::env::Environment;
@@ -325,10 +326,18 @@ impl Slot {
                 max_gpus: 0,
                 telemetry: self.metrics.readings(),
             };
-            match self.ask(&client, req, &mut stop).await {
+            let lease_span = info_span!("lease", slot = self.index);
+            let asked = self
+                .ask(&client, req, &mut stop)
+                .instrument(lease_span.clone())
+                .await;
+            match asked {
                 Asked::Stop => break,
                 Asked::Reply(LeaseReply::Granted(grant)) => {
-                    self.handle_grant(&client, *grant, &stop).await
+                    let run_span = run_span(&lease_span, &grant, self.index);
+                    self.handle_grant(&client, *grant, &stop)
+                        .instrument(run_span)
+                        .await
                 }
                 Asked::Reply(LeaseReply::NoWork | LeaseReply::Blocked { .. }) | Asked::Failed => {}
             }
@@ -424,7 +433,12 @@ impl Slot {
                 max_gpus: reserved.len() as u32,
                 telemetry: self.metrics.readings(),
             };
-            let grant = match self.ask(client, req, stop).await {
+            let lease_span = info_span!("lease", slot = self.index);
+            let asked = self
+                .ask(client, req, stop)
+                .instrument(lease_span.clone())
+                .await;
+            let grant = match asked {
                 Asked::Stop => {
                     pool.unreserve(&reserved);
                     return false;
@@ -468,7 +482,10 @@ impl Slot {
             drop(turn);
             tracing::info!(slot = self.index, run = %grant.run, gpus = ?gpus, "GPUs of the run");
             self.bind(pool, &gpus).await;
-            self.handle_grant(client, grant, stop).await;
+            let run_span = run_span(&lease_span, &grant, self.index);
+            self.handle_grant(client, grant, stop)
+                .instrument(run_span)
+                .await;
             self.unbind(pool, model).await;
             return !*stop.borrow();
         }
@@ -655,52 +672,55 @@ impl Slot {
             let (addr, register) = (self.coordinator.clone(), self.register.clone());
             let metrics = self.metrics.clone();
             let ttl = Duration::from_millis(grant.ttl_ms);
-            tokio::spawn(async move {
-                let mut last_ok = tokio::time::Instant::now();
-                loop {
-                    tokio::time::sleep(ttl / 3).await;
-                    let r = client
-                        .renew(
-                            ctx_with(ttl / 3),
-                            RenewRequest {
-                                worker: worker.clone(),
-                                run,
-                                token,
-                                telemetry: metrics.readings(),
-                            },
-                        )
-                        .await;
-                    match r {
-                        Ok(Ok(reply)) if reply.cancelled => {
-                            let _ = cancel_tx.send(Some("the campaign was cancelled".into()));
-                            return;
-                        }
-                        Ok(Ok(_)) => last_ok = tokio::time::Instant::now(),
-                        Ok(Err(e)) if e.kind == RpcErrorKind::LeaseLost => {
-                            let _ = cancel_tx.send(Some(format!("lease lost: {e}")));
-                            return;
-                        }
-                        other => {
-                            if last_ok.elapsed() > ttl * 2 / 3 {
-                                let _ = cancel_tx.send(Some(
-                                    "could not renew the lease within the worker TTL".into(),
-                                ));
+            tokio::spawn(
+                async move {
+                    let mut last_ok = tokio::time::Instant::now();
+                    loop {
+                        tokio::time::sleep(ttl / 3).await;
+                        let r = client
+                            .renew(
+                                ctx_with(ttl / 3),
+                                RenewRequest {
+                                    worker: worker.clone(),
+                                    run,
+                                    token,
+                                    telemetry: metrics.readings(),
+                                },
+                            )
+                            .await;
+                        match r {
+                            Ok(Ok(reply)) if reply.cancelled => {
+                                let _ = cancel_tx.send(Some("the campaign was cancelled".into()));
                                 return;
                             }
-                            if other.is_err() {
-                                if let Ok(Ok(c)) = tokio::time::timeout(
-                                    ttl / 3,
-                                    connect_and_register(&addr, &register),
-                                )
-                                .await
-                                {
-                                    client = c;
+                            Ok(Ok(_)) => last_ok = tokio::time::Instant::now(),
+                            Ok(Err(e)) if e.kind == RpcErrorKind::LeaseLost => {
+                                let _ = cancel_tx.send(Some(format!("lease lost: {e}")));
+                                return;
+                            }
+                            other => {
+                                if last_ok.elapsed() > ttl * 2 / 3 {
+                                    let _ = cancel_tx.send(Some(
+                                        "could not renew the lease within the worker TTL".into(),
+                                    ));
+                                    return;
+                                }
+                                if other.is_err() {
+                                    if let Ok(Ok(c)) = tokio::time::timeout(
+                                        ttl / 3,
+                                        connect_and_register(&addr, &register),
+                                    )
+                                    .await
+                                    {
+                                        client = c;
+                                    }
                                 }
                             }
                         }
                     }
                 }
-            })
+                .instrument(Span::current()),
+            )
         };
         let mut outcome = self.measure(&grant, lease_mono, cancel_rx).await;
         if let Ok(result) = &outcome {
@@ -723,11 +743,16 @@ impl Slot {
         };
         self.metrics.run_ended(self.index, &ended);
         let report = match outcome {
-            Ok(result) => Report::Complete(Box::new(CompleteRequest {
+            Ok(mut result) => Report::Complete(Box::new(CompleteRequest {
+                result: {
+                    // The run's trace (its lease call, the coordinator's handling of
+                    // it, every phase here), for finding its spans later.
+                    result.trace_id = lem_wire::otel::trace_id(&Span::current());
+                    result
+                },
                 worker: self.worker.clone(),
                 run: grant.run,
                 token: grant.token,
-                result,
             })),
             Err((class, message)) => {
                 if class == FailureClass::Handback {
@@ -752,7 +777,9 @@ impl Slot {
             tracing::error!(slot = self.index, run = %grant.run, error = %e, "cannot journal the finished run; delivering it from memory");
             self.journal_broken = true;
         }
-        self.deliver(client, &report).await;
+        self.deliver(client, &report)
+            .instrument(info_span!("report"))
+            .await;
     }
 
     /// Sends `report` until the coordinator answers it, then takes it out of the
@@ -1090,7 +1117,9 @@ impl Slot {
             let input = match command {
                 Command::Finish(outcome) => return outcome.map(|result| *result),
                 Command::StopHarness => {
-                    self.stop_harness_for_baseline().await;
+                    self.stop_harness_for_baseline()
+                        .instrument(info_span!("stop_harness"))
+                        .await;
                     Input::HarnessStopped
                 }
                 Command::ListProcesses(at) => self.list_processes(at).await,
@@ -1098,7 +1127,11 @@ impl Slot {
                     kind,
                     duration_s,
                     strategy,
-                } => Input::Idle(self.measure_idle(duration_s, kind.as_str(), strategy).await),
+                } => Input::Idle(
+                    self.measure_idle(duration_s, kind.as_str(), strategy)
+                        .instrument(info_span!("baseline", kind = kind.as_str(), duration_s))
+                        .await,
+                ),
                 Command::Remember(cache) => {
                     self.cache = *cache;
                     continue;
@@ -1108,7 +1141,10 @@ impl Slot {
                     continue;
                 }
                 Command::WaitGate { gap_s, idle_temps } => {
-                    let gate = self.gate_after_lease(gap_s, &idle_temps).await;
+                    let gate = self
+                        .gate_after_lease(gap_s, &idle_temps)
+                        .instrument(info_span!("gate", gap_s))
+                        .await;
                     Input::GateOpened {
                         waited_s: gate.waited_s,
                         reason: gate.reason,
@@ -1138,6 +1174,8 @@ impl Slot {
                             }
                         }
                     };
+                    let dispatch = info_span!("dispatch");
+                    let mut phases = PhaseSpans::new(&dispatch);
                     let res = self
                         .harness
                         .run(
@@ -1145,12 +1183,15 @@ impl Slot {
                             RunLimits { timeout, silence },
                             Box::pin(cancel_fut),
                             &mut |ev| {
+                                phases.on_event(&ev.kind());
                                 for effect in lc.handle_event(ev) {
                                     apply(&effect, samplers, load.as_ref());
                                 }
                             },
                         )
+                        .instrument(dispatch.clone())
                         .await;
+                    drop(phases);
                     self.load.on_phase("idle", 1, mono_ns());
                     Input::HarnessEnded {
                         result: res.map_err(|e| e.to_string()),
@@ -1158,9 +1199,11 @@ impl Slot {
                         ended_unix_ms: unix_ms(),
                     }
                 }
-                Command::Collect { run, prefill } => {
-                    Input::Collected(self.collect(&run, prefill.as_ref()).await)
-                }
+                Command::Collect { run, prefill } => Input::Collected(
+                    self.collect(&run, prefill.as_ref())
+                        .instrument(info_span!("collect"))
+                        .await,
+                ),
             };
             lc.handle(input, mono_ns());
         }
@@ -1268,4 +1311,67 @@ async fn foreign_now(
     })
     .await
     .unwrap_or_default()
+}
+
+/// The span of a leased run: a child of the lease call that got it, so the run, the
+/// coordinator's grant and every later call about the run share one trace.
+fn run_span(lease: &Span, grant: &LeaseGrant, slot: u32) -> Span {
+    info_span!(
+        parent: lease,
+        "run",
+        run = %grant.run,
+        engine = %grant.engine,
+        slot,
+        gap_before_s = grant.gap_before_s,
+    )
+}
+
+/// The spans of the phases inside the harness's request (load, warmup, the measured
+/// window, the prefill window), opened and closed as its events arrive; a span's
+/// times are the worker's when it saw the event.
+struct PhaseSpans {
+    parent: Span,
+    load: Option<Span>,
+    warmup: Option<Span>,
+    window: Option<Span>,
+    prefill: Option<Span>,
+}
+
+impl PhaseSpans {
+    /// The request begins with the model's load (at once when it is resident).
+    fn new(parent: &Span) -> PhaseSpans {
+        PhaseSpans {
+            parent: parent.clone(),
+            load: Some(info_span!(parent: parent, "load", already_loaded = tracing::field::Empty)),
+            warmup: None,
+            window: None,
+            prefill: None,
+        }
+    }
+
+    fn on_event(&mut self, ev: &lem_common::harness::Event<'_>) {
+        use lem_common::harness::Event;
+        let parent = &self.parent;
+        match ev {
+            Event::Loaded { already_loaded, .. } => {
+                if let (Some(s), Some(a)) = (&self.load, already_loaded) {
+                    s.record("already_loaded", a);
+                }
+                self.load = None;
+                self.warmup = Some(info_span!(parent: parent, "warmup"));
+            }
+            Event::WarmupDone => self.warmup = None,
+            Event::MeasureStart => {
+                self.load = None;
+                self.warmup = None;
+                self.window = Some(info_span!(parent: parent, "window"));
+            }
+            Event::MeasureEnd => self.window = None,
+            Event::PrefillWindowStart => {
+                self.prefill = Some(info_span!(parent: parent, "prefill_window"));
+            }
+            Event::PrefillWindowEnd { .. } => self.prefill = None,
+            _ => {}
+        }
+    }
 }

@@ -156,6 +156,7 @@ pub struct StoredResult {
     environment_hash: String,
     warnings: Vec<String>,
     gpus: Vec<GpuFigures>,
+    trace_id: Option<String>,
     // The nested groups (protocol 5 on).
     energy: Option<EnergyFigures>,
     baselines: Option<Baselines>,
@@ -288,6 +289,7 @@ impl From<StoredResult> for RunResult {
             environment: s.environment,
             environment_hash: s.environment_hash,
             warnings: s.warnings,
+            trace_id: s.trace_id,
             energy,
             baselines: s.baselines.unwrap_or(Baselines {
                 device: s.baseline,
@@ -400,6 +402,8 @@ mod tests {
                         }
                     }
                 }
+                // Added after protocol 4: no flat result has it.
+                _ if group == "trace_id" => {}
                 _ => leaves.push(format!("/{group}")),
             }
         }

@@ -224,6 +224,8 @@ pub(super) fn assemble(
         environment,
         environment_hash,
         warnings,
+        // The worker sets it: the trace is the driver's, not the lifecycle's.
+        trace_id: None,
         energy: EnergyFigures {
             total_j: we.energy_j,
             method: method_name(we.method),

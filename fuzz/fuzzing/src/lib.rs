@@ -18,7 +18,7 @@ pub mod mutate;
 pub mod seeds;
 
 use lem_common::study::{self, PlanOptions, StudyError, StudySource};
-use lem_worker::frame;
+use lem_wire::frame;
 
 /// The run limit [`study_parser`] plans under (`plan_within`'s): a larger grid or run
 /// list is refused before it is built, as `lem-coord` refuses one past its limit;

@@ -15,7 +15,7 @@ use lem_common::types::{
     CampaignId, EnergyFigures, EngineCapability, FailureClass, FencingToken, HarnessFacts,
     MeasuredWindow, RunKey, RunResult, Throughput, WorkerId,
 };
-use lem_worker::frame;
+use lem_wire::frame;
 use tarpc::{ClientMessage, Request, Response};
 
 use crate::bounded::Seed;

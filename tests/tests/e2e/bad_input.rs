@@ -181,10 +181,9 @@ fn a_worker_of_another_protocol_version_is_refused() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let register = |name: &str, protocol_version: u32, worker_version: &str| {
         rt.block_on(async {
-            let client =
-                lem_worker::transport::connect(&lem_worker::transport::Endpoint::plain(&addr))
-                    .await
-                    .unwrap();
+            let client = lem_wire::transport::connect(&lem_wire::transport::Endpoint::plain(&addr))
+                .await
+                .unwrap();
             client
                 .register(
                     tarpc::context::current(),

@@ -14,7 +14,7 @@ use lem_common::rpc::RunRow;
 use lem_common::simgpu::FOREIGN_PROCESSES_ENV;
 use lem_common::types::CampaignId;
 use lem_tests::{check_exactly_once, describe, repo_root, run, wait_for, Proc};
-use lem_worker::transport::{connect, Endpoint};
+use lem_wire::transport::{connect, Endpoint};
 
 use crate::{campaign_id, results_jsonl, start_coordinator, start_worker_env, status_json, COORD};
 

@@ -9,6 +9,7 @@ mod gpus;
 mod isolation;
 mod live;
 mod metrics;
+mod otel;
 mod presence;
 mod report;
 mod security;

@@ -18,8 +18,8 @@ use lem_common::rpc::{
 };
 use lem_common::types::{CampaignId, FailureClass, RunResult, WorkerId};
 use lem_tests::{describe, run, wait_for, Proc};
-use lem_worker::tls::{self, Credentials};
-use lem_worker::transport::{self, Endpoint, Security};
+use lem_wire::tls::{self, Credentials};
+use lem_wire::transport::{self, Endpoint, Security};
 use serde_json::Value;
 
 use crate::{campaign_id, ctx, register_request, results_jsonl, rt, wait_for_addr, COORD, WORKER};

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use lem_common::rpc::{LeaseRequest, RpcErrorKind};
 use lem_common::types::WorkerId;
 use lem_tests::{check_exactly_once, wait_for, Proc};
-use lem_worker::transport::{self, Endpoint};
+use lem_wire::transport::{self, Endpoint};
 use serde_json::Value;
 
 use super::{result_rows, Fleet};

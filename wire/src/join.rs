@@ -31,20 +31,12 @@ pub struct Joined {
 }
 
 /// Enrols with the coordinator at `addr` and writes `data_dir/credentials.pem`.
-pub async fn join(
-    addr: &str,
-    token: &str,
-    data_dir: &Path,
-    name: Option<&str>,
-) -> anyhow::Result<Joined> {
+pub async fn join(addr: &str, token: &str, data_dir: &Path, name: &str) -> anyhow::Result<Joined> {
     let token = token.trim();
     let (parsed, _) = JoinToken::parse(token)?;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
-    let worker = WorkerId(match name {
-        Some(n) => n.to_string(),
-        None => crate::default_worker_name(data_dir),
-    });
+    let worker = WorkerId(name.to_string());
     let path = data_dir.join(tls::CREDENTIALS_FILE);
     let replaced = path
         .exists()
