@@ -10,6 +10,7 @@
 
 pub mod analysis;
 pub mod auth;
+pub mod backup;
 pub mod bench;
 pub mod cli;
 pub mod export;
