@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::anyhow;
 use lem_common::rpc::{BackupReply, BackupRequest};
 
-use crate::cli::{connect, ctx, invalid, rpc, CliError, ConnectArgs};
+use crate::cli::{connect, invalid, rpc, CliError, ConnectArgs};
 use crate::store::{backup_stopped_manifest, StoreError};
 
 /// `lem-coord backup`.
@@ -63,8 +63,15 @@ async fn via_coordinator(out: &Path, connect_args: &ConnectArgs) -> Result<Backu
     let req = BackupRequest {
         path: PathBuf::from(out).display().to_string(),
     };
-    rpc(&ep, client.backup(ctx(), req).await)
+    // The copy takes as long as the manifest is big (a campaign of a million runs is
+    // a file of gigabytes): longer than the other calls' minute.
+    let mut ctx = tarpc::context::current();
+    ctx.deadline = std::time::Instant::now() + BACKUP_DEADLINE;
+    rpc(&ep, client.backup(ctx, req).await)
 }
+
+/// How long the CLI waits for a running coordinator's backup.
+const BACKUP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
 
 /// The summary on stderr, the file alone on stdout (for scripts).
 fn report(b: &BackupReply, how: &str) {

@@ -82,7 +82,11 @@ fn backups_of_a_running_and_a_stopped_coordinator_restore_the_manifest() {
     }
     let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     let cancel = run(COORD, &["cancel", &ids[1], "--coordinator", &addr]);
-    assert!(cancel.status.success(), "{}", describe(&["cancel"], &cancel));
+    assert!(
+        cancel.status.success(),
+        "{}",
+        describe(&["cancel"], &cancel)
+    );
     let want: Vec<Vec<u64>> = ids
         .iter()
         .map(|id| counts(&status_json(&addr, id).unwrap()))
