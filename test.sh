@@ -11,8 +11,11 @@
 # installed on first use (apt-get, through sudo unless root); LEM_SKIP_CHROMIUM=1
 # skips that render instead (never in CI). The metrics test scrapes the coordinator
 # and a worker with a real Prometheus: Debian's `prometheus` is installed the same
-# way; LEM_SKIP_PROMETHEUS=1 skips the scrape instead (never in CI). See
-# docs/testing.md.
+# way; LEM_SKIP_PROMETHEUS=1 skips the scrape instead (never in CI). The Ansible test
+# (tests/ansible/run.sh: ansible/site.yml applied to Debian containers with systemd,
+# a campaign across them, applied again with nothing changed, ansible-lint) runs
+# last; Debian's ansible and ansible-lint are installed the same way, and
+# LEM_SKIP_DOCKER=1 skips it too. See docs/testing.md.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -47,8 +50,9 @@ skip_docker=()
 if [ "${LEM_SKIP_DOCKER:-}" = 1 ]; then
     echo "test: ************************************************************************" >&2
     echo "test: LEM_SKIP_DOCKER=1: SKIPPING the across-hosts test (containers on a Docker" >&2
-    echo "test: network) and the docker runtime's tests (docker_runtime_*). CI never sets" >&2
-    echo "test: this; run them before you push Docker-facing changes." >&2
+    echo "test: network), the docker runtime's tests (docker_runtime_*) and the Ansible" >&2
+    echo "test: test (tests/ansible/run.sh). CI never sets this; run them before you push" >&2
+    echo "test: Docker-facing or Ansible changes." >&2
     echo "test: ************************************************************************" >&2
     skip_docker=(-- --skip containers_across_hosts --skip docker_runtime)
 else
@@ -98,6 +102,22 @@ elif ! command -v prometheus >/dev/null 2>&1; then
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
+# Ansible and ansible-lint for the Ansible test (tests/ansible/run.sh); a no-op once
+# installed. Debian's ansible brings the community.docker collection the test
+# connects to its containers with.
+if [ "${LEM_SKIP_DOCKER:-}" != 1 ] \
+    && ! { command -v ansible-playbook && command -v ansible-lint; } >/dev/null 2>&1; then
+    need apt-get "the Ansible test applies ansible/site.yml; install Debian's ansible and ansible-lint packages, or set LEM_SKIP_DOCKER=1 to skip the tests that need Docker"
+    sudo=()
+    if [ "$(id -u)" != 0 ]; then
+        need sudo "installing ansible needs root: run \`apt-get install ansible ansible-lint\` as root, or set LEM_SKIP_DOCKER=1"
+        sudo=(sudo)
+    fi
+    echo "==> installing ansible and ansible-lint (the Ansible test)"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ansible ansible-lint >/dev/null
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
@@ -106,3 +126,9 @@ echo "==> python harness tests"
 python3 -m unittest discover -s docker/harness/tests
 echo "==> cargo test"
 cargo test --locked --workspace "${skip_docker[@]}"
+if [ "${LEM_SKIP_DOCKER:-}" = 1 ]; then
+    echo "test: LEM_SKIP_DOCKER=1: SKIPPING the Ansible test (tests/ansible/run.sh)" >&2
+else
+    echo "==> ansible test (tests/ansible/run.sh)"
+    tests/ansible/run.sh
+fi

@@ -445,6 +445,36 @@ pub struct EnrolReply {
     pub ca_pem: String,
 }
 
+/// `lem-coord backup`: the coordinator writes a consistent copy of its manifest (one
+/// read transaction's snapshot of every table, in a fresh redb file) to `path` on its
+/// own host, as the user it runs as. The path must be absolute and not exist yet.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackupRequest {
+    pub path: String,
+}
+
+/// What a backup holds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BackupReply {
+    /// The file written (on the coordinator's host).
+    pub path: String,
+    pub bytes: u64,
+    /// Entries per table of the manifest, in the manifest's table order; the copy was
+    /// read back and holds exactly these.
+    pub tables: Vec<(String, u64)>,
+}
+
+impl BackupReply {
+    /// Entries in `table` (0 for a table the manifest does not have).
+    pub fn entries(&self, table: &str) -> u64 {
+        self.tables
+            .iter()
+            .find(|(t, _)| t == table)
+            .map(|(_, n)| *n)
+            .unwrap_or(0)
+    }
+}
+
 #[tarpc::service]
 pub trait Coordinator {
     async fn register(req: RegisterRequest) -> Result<RegisterReply, RpcError>;
@@ -466,4 +496,6 @@ pub trait Coordinator {
     async fn workers() -> Result<Vec<WorkerInfo>, RpcError>;
     /// Issues a client certificate to a worker that presents a valid join token.
     async fn enrol(req: EnrolRequest) -> Result<EnrolReply, RpcError>;
+    /// Writes a consistent copy of the manifest to a file on the coordinator's host.
+    async fn backup(req: BackupRequest) -> Result<BackupReply, RpcError>;
 }

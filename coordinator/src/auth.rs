@@ -9,7 +9,7 @@
 //! * a worker (mutual TLS with its certificate) may call the worker methods, and
 //!   only as itself: a request's `worker` must be the certificate's worker;
 //! * the admin credential may call the admin methods (`submit`, queries, `cancel`,
-//!   `retry`, `workers`);
+//!   `retry`, `workers`, `backup`);
 //! * TLS without a certificate may only `enrol` (the token is its credential);
 //! * plain TCP on a listener that allows it (loopback, or `--insecure`) may call
 //!   anything, as before TLS existed; the lease machine still binds each lease to
@@ -78,7 +78,8 @@ fn role(req: &CoordinatorRequest) -> Role {
         | R::Runs { .. }
         | R::Cancel { .. }
         | R::Retry { .. }
-        | R::Workers {} => Role::Admin,
+        | R::Workers {}
+        | R::Backup { .. } => Role::Admin,
         R::Enrol { .. } => Role::Enrol,
     }
 }
@@ -137,6 +138,7 @@ pub fn refusal(req: &CoordinatorRequest, err: RpcError) -> CoordinatorResponse {
         R::Retry { .. } => P::Retry(Err(err)),
         R::Workers {} => P::Workers(Err(err)),
         R::Enrol { .. } => P::Enrol(Err(err)),
+        R::Backup { .. } => P::Backup(Err(err)),
     }
 }
 
@@ -224,6 +226,14 @@ mod tests {
         }
     }
 
+    fn backup() -> CoordinatorRequest {
+        CoordinatorRequest::Backup {
+            req: lem_common::rpc::BackupRequest {
+                path: "/var/backups/m.redb".into(),
+            },
+        }
+    }
+
     fn kind(r: Result<(), RpcError>) -> Option<RpcErrorKind> {
         r.err().map(|e| e.kind)
     }
@@ -244,6 +254,11 @@ mod tests {
             (&a, status(), Some(Denied)),
             (&a, enrol(), None),
             (&Peer::Admin, status(), None),
+            // A backup writes a file on the coordinator's host: the admin's alone.
+            (&Peer::Admin, backup(), None),
+            (&a, backup(), Some(Denied)),
+            (&Peer::Anonymous, backup(), Some(Unauth)),
+            (&refused, backup(), Some(Unauth)),
             (&Peer::Admin, lease_as("a"), Some(Denied)),
             (&Peer::Anonymous, enrol(), None),
             (&Peer::Anonymous, status(), Some(Unauth)),

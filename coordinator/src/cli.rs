@@ -376,6 +376,17 @@ pub enum Command {
         #[command(flatten)]
         connect: ConnectArgs,
     },
+    /// Write a consistent copy of the manifest to FILE (a redb file that restores as
+    /// DATA_DIR/manifest.redb): made by the running coordinator on its host, or read
+    /// from a stopped one's data dir.
+    Backup {
+        /// The file to write; it must not exist. Without --data-dir, an absolute
+        /// path on the coordinator's host.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
     /// List registered workers.
     Workers {
         #[arg(long)]
@@ -613,6 +624,7 @@ pub fn main_impl(cli: Cli) -> Result<(), CliError> {
                 connect,
             } => retry(campaign, &connect.endpoint()?).await,
             Command::Workers { json, connect } => workers(json, &connect.endpoint()?).await,
+            Command::Backup { out, connect } => crate::backup::backup(&out, &connect).await,
             Command::Grid {
                 study,
                 json,

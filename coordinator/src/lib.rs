@@ -13,6 +13,7 @@
 pub mod analysis;
 pub mod assemble;
 pub mod auth;
+pub mod backup;
 pub mod bench;
 pub mod cli;
 pub mod clock;

@@ -328,7 +328,7 @@ fn store_err(e: StoreError) -> RpcError {
             RpcError::new(RpcErrorKind::NotFound, e.to_string())
         }
         StoreError::Lease(l) => RpcError::new(RpcErrorKind::LeaseLost, l.to_string()),
-        StoreError::CampaignCancelled(_) => {
+        StoreError::CampaignCancelled(_) | StoreError::BackupTarget(_) => {
             RpcError::new(RpcErrorKind::InvalidInput, e.to_string())
         }
         StoreError::Storage(s) => RpcError::new(
@@ -1208,6 +1208,32 @@ impl Coordinator for CoordService {
                 .collect())
         })
         .await
+    }
+
+    async fn backup(
+        self,
+        _: Context,
+        req: lem_common::rpc::BackupRequest,
+    ) -> Result<lem_common::rpc::BackupReply, RpcError> {
+        let path = std::path::PathBuf::from(&req.path);
+        // Relative to what? The coordinator's working directory is nobody's guess.
+        if !path.is_absolute() {
+            return Err(RpcError::new(
+                RpcErrorKind::InvalidInput,
+                format!(
+                    "backup: {} is not an absolute path (the coordinator writes the file on its own host)",
+                    req.path
+                ),
+            ));
+        }
+        let shared = self.shared.clone();
+        let b = blocking(move || shared.store.backup(&path)).await?;
+        tracing::info!(path = %b.path.display(), bytes = b.bytes, "manifest backed up");
+        Ok(lem_common::rpc::BackupReply {
+            path: b.path.display().to_string(),
+            bytes: b.bytes,
+            tables: b.tables,
+        })
     }
 }
 

@@ -51,6 +51,9 @@ use redb::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+mod backup;
+pub use backup::{backup_stopped_manifest, ManifestBackup};
+
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const CAMPAIGNS: TableDefinition<u64, &[u8]> = TableDefinition::new("campaigns");
 const RUNS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("runs");
@@ -106,6 +109,9 @@ pub enum StoreError {
     NoRun(RunKey),
     #[error("campaign {0} was cancelled; its runs are not retried (submit the study again)")]
     CampaignCancelled(CampaignId),
+    /// `lem-coord backup` was given a destination it cannot use.
+    #[error("backup: {0}")]
+    BackupTarget(String),
     #[error("corrupt record in table {table}: {detail}")]
     Corrupt { table: &'static str, detail: String },
     #[error(transparent)]
@@ -1559,7 +1565,7 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn campaign() -> CampaignRecord {
+    pub(super) fn campaign() -> CampaignRecord {
         CampaignRecord {
             id: CampaignId(0),
             study_name: Some("t".into()),
@@ -1579,7 +1585,7 @@ mod tests {
         }
     }
 
-    fn runs(engines: &[&str]) -> Vec<NewRun> {
+    pub(super) fn runs(engines: &[&str]) -> Vec<NewRun> {
         engines
             .iter()
             .enumerate()

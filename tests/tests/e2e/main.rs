@@ -1,6 +1,7 @@
 //! End-to-end tests: real processes on loopback. One binary, one module per area.
 
 mod analysis;
+mod backup;
 mod bad_input;
 mod docker_runtime;
 mod faults;
