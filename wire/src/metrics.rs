@@ -19,11 +19,9 @@ pub fn gauge_family<L: EncodeLabelSet>(
     unit: Option<&Unit>,
     rows: impl IntoIterator<Item = (L, f64)>,
 ) -> Result<(), fmt::Error> {
-    let mut m = e.encode_descriptor(name, help, unit, MetricType::Gauge)?;
-    for (labels, v) in rows {
-        ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
-    }
-    Ok(())
+    family(e, (name, help, unit), MetricType::Gauge, rows, |v, m| {
+        ConstGauge::new(v).encode(m)
+    })
 }
 
 /// [`gauge_family`] for counters read at scrape time (`NAME_total` samples).
@@ -34,9 +32,23 @@ pub fn counter_family<L: EncodeLabelSet>(
     unit: Option<&Unit>,
     rows: impl IntoIterator<Item = (L, f64)>,
 ) -> Result<(), fmt::Error> {
-    let mut m = e.encode_descriptor(name, help, unit, MetricType::Counter)?;
+    family(e, (name, help, unit), MetricType::Counter, rows, |v, m| {
+        ConstCounter::new(v).encode(m)
+    })
+}
+
+/// A family of `kind` described by (name, help, unit), each row's value written by
+/// `value`.
+fn family<L: EncodeLabelSet>(
+    e: &mut DescriptorEncoder,
+    (name, help, unit): (&str, &str, Option<&Unit>),
+    kind: MetricType,
+    rows: impl IntoIterator<Item = (L, f64)>,
+    value: impl Fn(f64, prometheus_client::encoding::MetricEncoder<'_>) -> Result<(), fmt::Error>,
+) -> Result<(), fmt::Error> {
+    let mut m = e.encode_descriptor(name, help, unit, kind)?;
     for (labels, v) in rows {
-        ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+        value(v, m.encode_family(&labels)?)?;
     }
     Ok(())
 }

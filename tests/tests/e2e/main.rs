@@ -29,8 +29,13 @@ use lem_tests::{wait_for, Proc};
 
 /// Starts `lem-coord start` on an ephemeral loopback port; returns it and its address.
 pub fn start_coordinator(dir: &Path) -> (Proc, String) {
+    start_coordinator_env(dir, &[])
+}
+
+/// [`start_coordinator`] with extra environment variables.
+pub fn start_coordinator_env(dir: &Path, env: &[(&str, &str)]) -> (Proc, String) {
     let coord_dir = dir.join("coord");
-    let coord = Proc::spawn(
+    let coord = Proc::spawn_with_env(
         "coord",
         COORD,
         &[
@@ -40,6 +45,7 @@ pub fn start_coordinator(dir: &Path) -> (Proc, String) {
             "--data-dir",
             coord_dir.to_str().unwrap(),
         ],
+        env,
         dir,
     );
     let addr = wait_for_addr(&coord, &coord_dir);

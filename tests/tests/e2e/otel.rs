@@ -17,7 +17,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use prost::Message as _;
 
-use crate::{campaign_id, results_jsonl, status_json, wait_for_addr, COORD, WORKER};
+use crate::{campaign_id, results_jsonl, start_coordinator_env, status_json, COORD, WORKER};
 
 /// A span as received: its service, name, ids and parent.
 #[derive(Clone, Debug)]
@@ -151,21 +151,7 @@ fn a_runs_spans_reach_an_otlp_receiver_as_one_trace() {
         // Export every 200 ms instead of every 5 s (the stop flushes the rest).
         ("OTEL_BSP_SCHEDULE_DELAY", "200"),
     ];
-    let coord_dir = dir.join("coord");
-    let mut coord = Proc::spawn_with_env(
-        "coord",
-        COORD,
-        &[
-            "start",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            coord_dir.to_str().unwrap(),
-        ],
-        &env,
-        dir,
-    );
-    let addr = wait_for_addr(&coord, &coord_dir);
+    let (mut coord, addr) = start_coordinator_env(dir, &env);
     let wdir = dir.join("w1");
     let mut worker = Proc::spawn_with_env(
         "w1",
