@@ -54,8 +54,9 @@ pub struct Args {
     /// tensor-parallel size from the GPUs free when it is leased.
     #[arg(long)]
     pub gpu_groups: Option<String>,
-    /// With --simulate-gpu: how many simulated GPUs the host has (default: one per
-    /// slot asked for).
+    /// With --simulate-gpu: how many simulated GPUs the host has, indices 0..N
+    /// (default: the indices CUDA_VISIBLE_DEVICES lists, as Slurm sets it for a job's
+    /// GPUs; else one per slot asked for).
     #[arg(long)]
     pub gpus: Option<u32>,
     /// Worker name (default: hostname and data dir).

@@ -34,7 +34,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use lem_common::gpus::{cuda_visible_devices, is_dynamic, plan_pool, plan_slots, SlotCount};
+use lem_common::gpus::{
+    cuda_visible_devices, is_dynamic, plan_pool, plan_slots, simulated_visible, visible_indices,
+    SlotCount,
+};
 use lem_common::rpc::{RegisterRequest, RpcErrorKind, SlotInfo};
 use lem_common::types::{EngineCapability, WorkerId, KNOWN_ENGINES};
 use tokio::sync::watch;
@@ -331,11 +334,19 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
         bail!("--sample-interval-ms must be between 10 and 10000");
     }
     let (nvml, visible) = if cfg.simulate_gpu {
-        let n = cfg.simulated_gpus.unwrap_or(match cfg.slots {
-            SlotCount::Fixed(n) => n,
-            SlotCount::Auto => 1,
-        });
-        (None, (0..n).collect::<Vec<u32>>())
+        // `--gpus N`, else the GPUs CUDA_VISIBLE_DEVICES lists (a Slurm job's), else
+        // one per slot asked for.
+        let cuda_visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+        let visible = simulated_visible(cfg.simulated_gpus, cfg.slots, cuda_visible.as_deref());
+        if cfg.simulated_gpus.is_none() {
+            if let Some(v) = cuda_visible
+                .as_deref()
+                .filter(|v| visible_indices(v).is_some())
+            {
+                tracing::info!(gpus = ?visible, "simulated GPUs: the ones CUDA_VISIBLE_DEVICES={v} lists");
+            }
+        }
+        (None, visible)
     } else {
         if cfg.simulated_gpus.is_some() {
             bail!("--gpus sets the number of simulated GPUs and needs --simulate-gpu (real GPUs are discovered through NVML and CUDA_VISIBLE_DEVICES)");
