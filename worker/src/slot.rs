@@ -65,6 +65,11 @@ const UNSHARED_RECHECK: Duration = Duration::from_secs(2);
 /// another worker meanwhile).
 const BLOCKED_RECHECK: Duration = Duration::from_secs(5);
 
+/// Under `--drain`, how long a run that failed as infrastructure waits for the
+/// worker's own stop request before it is reported: a signal sent to every process
+/// of the worker's tree may stop the harness first (`handle_grant`).
+const STOP_RACE: Duration = Duration::from_secs(2);
+
 /// Connects to the coordinator and registers.
 async fn connect_and_register(
     coordinator: &transport::Endpoint,
@@ -784,6 +789,17 @@ impl Slot {
         renewer.abort();
         if let Some(d) = drainer {
             d.abort();
+        }
+        // A signal for the worker's whole process tree (Slurm signals every process
+        // of a job step; a terminal's Ctrl-C, the process group) can stop the harness
+        // a moment before the worker hears it: under --drain, a run that failed so is
+        // handed back too, if the worker's own stop follows within STOP_RACE.
+        if self.drain
+            && !*stop.borrow()
+            && matches!(&outcome, Err((FailureClass::Infrastructure, _)))
+        {
+            let mut stopping = stop.clone();
+            let _ = tokio::time::timeout(STOP_RACE, stopping.wait_for(|s| *s)).await;
         }
         if self.drain && *stop.borrow() {
             if let Err((class, _)) = &mut outcome {
