@@ -4,6 +4,9 @@
 //! result there. Another with no grace leaves after its first full idle long poll,
 //! but not when the coordinator stops under it (a stopping coordinator answers its
 //! long polls at once: that is not "no work").
+//!
+//! And `--drain` when the harness is signalled a moment before the worker, as when
+//! Slurm signals every process of a job step: the run is handed back, not failed.
 
 use std::time::{Duration, Instant};
 
@@ -190,4 +193,85 @@ fn exit_when_idle_waits_for_the_campaign_runs_it_and_leaves() {
     }
     assert_eq!(slots.len(), 2, "both slots ran runs: {slots:?}");
     drop(dead);
+}
+
+/// The pids of `parent`'s children whose command line contains `needle`.
+fn children(parent: u32, needle: &str) -> Vec<i32> {
+    let mut out = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        // pid (comm) state ppid ...: comm may hold spaces, so read after the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if ppid == Some(parent) && String::from_utf8_lossy(&cmdline).contains(needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[test]
+fn drain_hands_back_a_run_whose_harness_was_signalled_just_before_the_worker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let coord = spawn_coord(dir, "coord", "127.0.0.1:0");
+    let addr = wait_for_addr(&coord, &dir.join("coord"));
+    let study = dir.join("long.yaml");
+    std::fs::write(
+        &study,
+        "study_name: long\ntask: {model: synthetic/long, dataset: {n_prompts: 1}, max_input_tokens: 16, max_output_tokens: 4}\nengine: synthetic\nserving_mode: offline\nmeasurement: {baseline: {enabled: false}}\noffline: {warmup: {enabled: false}}\nsynthetic: {engine_params: {load_seconds: 0.2, decode_ms_per_step: 30000.0}}\nsweep: {synthetic.engine_params.batch_size: [1]}\nstudy_execution: {n_cycles: 1}\n",
+    )
+    .unwrap();
+    let args = ["submit", study.to_str().unwrap(), "--coordinator", &addr];
+    let out = run(COORD, &args);
+    assert!(out.status.success(), "{}", describe(&args, &out));
+    let id = campaign_id(&out.stdout);
+    let mut worker = start_worker_with(
+        dir,
+        &addr,
+        "w",
+        &["--drain", "--prefill-window-seconds", "0"],
+    );
+    wait_for(
+        "the run in progress",
+        Duration::from_secs(60),
+        &[&coord, &worker],
+        || (status_json(&addr, &id)?["running"] == 1).then_some(()),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let harness = children(worker.child.id(), "server.py");
+    assert_eq!(harness.len(), 1, "one harness server: {harness:?}");
+    // The harness first, the worker 300 ms later (a signal to the whole step reaches
+    // them in either order).
+    // SAFETY: signalling processes this test started.
+    unsafe { libc::kill(harness[0], libc::SIGTERM) };
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: as above.
+    unsafe { libc::kill(worker.child.id() as i32, libc::SIGTERM) };
+    let exit = worker.wait_exit(Duration::from_secs(60));
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "{exit:?}\n{}",
+        worker.logs()
+    );
+    let s = status_json(&addr, &id).unwrap();
+    assert_eq!(
+        (&s["pending"], &s["failed"]),
+        (&Value::from(1), &Value::from(0)),
+        "{s}"
+    );
+    let rows = results_jsonl(&id, &["--coordinator", &addr]);
+    assert_eq!(
+        rows[0]["attempts"], 0,
+        "handed back, its attempt given back: {}",
+        rows[0]
+    );
+    let log = std::fs::read_to_string(&worker.stderr).unwrap();
+    assert!(log.contains("run handed back"), "{log}");
 }
