@@ -3,7 +3,9 @@
 # end-to-end tests (real processes on loopback), the across-hosts test (containers on
 # a private Docker network, on the base image docker/base-image.sh builds without a
 # registry), the docker runtime's tests (workers with --runtime docker, on the harness
-# image docker/images.sh builds from the base image), the llem differential test
+# image docker/images.sh builds from the base image), the Slurm test (workers as
+# Slurm jobs in a one-node cluster, on the image docker/slurm-image.sh builds from
+# Debian's packages), the llem differential test
 # against llem's own code (installed into .venv-llem from PyPI on first use), and the
 # Python harness tests. Idempotent; CI runs exactly this (.ci/run). LEM_SKIP_DOCKER=1
 # skips the tests that need Docker on a machine without it (never in CI). The report
@@ -50,15 +52,17 @@ skip_docker=()
 if [ "${LEM_SKIP_DOCKER:-}" = 1 ]; then
     echo "test: ************************************************************************" >&2
     echo "test: LEM_SKIP_DOCKER=1: SKIPPING the across-hosts test (containers on a Docker" >&2
-    echo "test: network), the docker runtime's tests (docker_runtime_*) and the Ansible" >&2
-    echo "test: test (tests/ansible/run.sh). CI never sets this; run them before you push" >&2
-    echo "test: Docker-facing or Ansible changes." >&2
+    echo "test: network), the docker runtime's tests (docker_runtime_*), the Slurm test" >&2
+    echo "test: (slurm_jobs_*) and the Ansible test (tests/ansible/run.sh). CI never sets" >&2
+    echo "test: this; run them before you push Docker-facing or Ansible changes." >&2
     echo "test: ************************************************************************" >&2
-    skip_docker=(-- --skip containers_across_hosts --skip docker_runtime)
+    skip_docker=(-- --skip containers_across_hosts --skip docker_runtime --skip slurm_jobs)
 else
-    need docker "the across-hosts and docker runtime tests run containers; install Docker Engine, or set LEM_SKIP_DOCKER=1 to skip those tests on this machine"
+    need docker "the across-hosts, docker runtime and Slurm tests run containers; install Docker Engine, or set LEM_SKIP_DOCKER=1 to skip those tests on this machine"
     echo "==> docker/images.sh (and docker/base-image.sh)"
     docker/images.sh
+    echo "==> docker/slurm-image.sh"
+    docker/slurm-image.sh
 fi
 
 # Headless Chromium for the report test (tests/tests/e2e/report.rs); a no-op once

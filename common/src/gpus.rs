@@ -353,6 +353,45 @@ pub fn pool_grant(head_gpus: u32, free_gpus: u32) -> PoolGrant {
     }
 }
 
+/// The GPU indices a `CUDA_VISIBLE_DEVICES` value lists (`2,3`), in its order;
+/// `None` unless it is a non-empty list of distinct indices (UUIDs, `-1`, Slurm's
+/// `NoDevFiles`, an empty value).
+pub fn visible_indices(cuda_visible: &str) -> Option<Vec<u32>> {
+    let mut out: Vec<u32> = Vec::new();
+    for part in cuda_visible.split(',') {
+        let i = part.trim().parse::<u32>().ok()?;
+        if out.contains(&i) {
+            return None;
+        }
+        out.push(i);
+    }
+    Some(out)
+}
+
+/// The GPUs a worker measuring the simulated GPU sees: `--gpus N` (`gpus`) simulated
+/// GPUs, indices `0..N`; without `--gpus`, the indices `CUDA_VISIBLE_DEVICES` lists
+/// when it lists indices, as a batch scheduler sets it for the GPUs it bound to the
+/// job (Slurm), so a simulated worker follows the binding a real one follows
+/// (its slots and results carry those indices); otherwise as many as `--slots N`
+/// asks for (one for `auto`).
+pub fn simulated_visible(
+    gpus: Option<u32>,
+    slots: SlotCount,
+    cuda_visible: Option<&str>,
+) -> Vec<u32> {
+    if let Some(n) = gpus {
+        return (0..n).collect();
+    }
+    if let Some(listed) = cuda_visible.and_then(visible_indices) {
+        return listed;
+    }
+    let n = match slots {
+        SlotCount::Fixed(n) => n,
+        SlotCount::Auto => 1,
+    };
+    (0..n).collect()
+}
+
 /// The `CUDA_VISIBLE_DEVICES` value for a slot's group: `0,1`.
 pub fn cuda_visible_devices(group: &[u32]) -> String {
     group
@@ -385,6 +424,27 @@ pub fn tp_size(engine: &str, config: &Value) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_simulated_worker_follows_cuda_visible_devices_unless_told_how_many_gpus() {
+        use SlotCount::{Auto, Fixed};
+        assert_eq!(simulated_visible(None, Auto, None), vec![0]);
+        assert_eq!(simulated_visible(None, Fixed(3), None), vec![0, 1, 2]);
+        // Slurm bound GPUs 2 and 3 to the job.
+        assert_eq!(simulated_visible(None, Auto, Some("2,3")), vec![2, 3]);
+        assert_eq!(simulated_visible(None, Fixed(1), Some(" 5 ")), vec![5]);
+        // --gpus says how many the simulated host has: CUDA_VISIBLE_DEVICES is not read.
+        assert_eq!(simulated_visible(Some(2), Auto, Some("2,3")), vec![0, 1]);
+        // Values that are not a list of indices are not a binding.
+        for v in ["", "NoDevFiles", "GPU-8c1f2a", "0,0", "1,,2", "-1"] {
+            assert_eq!(
+                simulated_visible(None, Fixed(2), Some(v)),
+                vec![0, 1],
+                "{v:?}"
+            );
+        }
+        assert_eq!(visible_indices("3,1"), Some(vec![3, 1]));
+    }
 
     #[test]
     fn one_slot_per_visible_gpu_by_default() {

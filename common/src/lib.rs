@@ -12,6 +12,7 @@ pub mod compare;
 pub mod energy;
 pub mod gpus;
 pub mod harness;
+pub mod idle;
 pub mod isolation;
 pub mod lease;
 pub mod policy;

@@ -407,6 +407,10 @@ pub enum Command {
         #[arg(long)]
         allow_large_grid: bool,
     },
+    /// Write an sbatch script that runs lem-worker on the GPU nodes Slurm allocates,
+    /// with the GPUs it binds, until the campaign has no work left for them
+    /// (docs/slurm.md).
+    SlurmScript(crate::slurm::SlurmArgs),
     /// Measure the coordinator on this machine (docs/performance.md).
     Bench {
         #[command(subcommand)]
@@ -631,6 +635,7 @@ pub fn main_impl(cli: Cli) -> Result<(), CliError> {
                 library_defaults,
                 allow_large_grid,
             } => grid(&study, json, library_defaults, allow_large_grid),
+            Command::SlurmScript(args) => crate::slurm::main(&args),
             Command::Bench { what } => bench(what).await,
             Command::Run {
                 study,

@@ -32,6 +32,7 @@ pub mod plots;
 pub mod report;
 pub mod server;
 pub mod service;
+pub mod slurm;
 pub mod store;
 pub mod validation;
 

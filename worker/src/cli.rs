@@ -54,8 +54,9 @@ pub struct Args {
     /// tensor-parallel size from the GPUs free when it is leased.
     #[arg(long)]
     pub gpu_groups: Option<String>,
-    /// With --simulate-gpu: how many simulated GPUs the host has (default: one per
-    /// slot asked for).
+    /// With --simulate-gpu: how many simulated GPUs the host has, indices 0..N
+    /// (default: the indices CUDA_VISIBLE_DEVICES lists, as Slurm sets it for a job's
+    /// GPUs; else one per slot asked for).
     #[arg(long)]
     pub gpus: Option<u32>,
     /// Worker name (default: hostname and data dir).
@@ -102,6 +103,17 @@ pub struct Args {
     /// (it goes back to pending and the attempt does not count) instead of finishing it.
     #[arg(long)]
     pub drain: bool,
+    /// Leave when the coordinator has no work this worker can take: every slot's
+    /// lease call was answered "no work" after its whole 20 s wait, no run is in
+    /// progress, and a run was granted since start or --idle-grace has passed. Then
+    /// deregister and exit 0 (for batch jobs: docs/slurm.md).
+    #[arg(long)]
+    pub exit_when_idle: bool,
+    /// With --exit-when-idle: how long a worker that has not been granted a run yet
+    /// stays (so one started before the campaign is submitted waits for it): `0`, or
+    /// a number with s, m, h or d.
+    #[arg(long, default_value = "5m", value_parser = crate::idle::parse_grace, requires = "exit_when_idle")]
+    pub idle_grace: std::time::Duration,
     /// Python interpreter for the harness.
     #[arg(long, env = "LEM_PYTHON", default_value = "python3")]
     pub python: String,
@@ -407,6 +419,7 @@ fn worker_main(args: Args) -> std::process::ExitCode {
         http_public: args.http_public,
     };
     let drain = args.drain;
+    let exit_when_idle = args.exit_when_idle.then_some(args.idle_grace);
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = rt.block_on(async {
         let (tx, rx) = tokio::sync::watch::channel(false);
@@ -424,7 +437,7 @@ fn worker_main(args: Args) -> std::process::ExitCode {
             );
             let _ = tx.send(true);
         });
-        crate::run_worker(cfg, rx).await
+        crate::run_worker_with(cfg, rx, exit_when_idle).await
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

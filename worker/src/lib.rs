@@ -18,6 +18,7 @@ pub mod env;
 pub mod gpu_claim;
 pub mod harness_runtime;
 pub mod http;
+pub mod idle;
 pub mod isolation;
 pub mod journal;
 pub mod metrics;
@@ -34,7 +35,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use lem_common::gpus::{cuda_visible_devices, is_dynamic, plan_pool, plan_slots, SlotCount};
+use lem_common::gpus::{
+    cuda_visible_devices, is_dynamic, plan_pool, plan_slots, simulated_visible, visible_indices,
+    SlotCount,
+};
 use lem_common::rpc::{RegisterRequest, RpcErrorKind, SlotInfo};
 use lem_common::types::{EngineCapability, WorkerId, KNOWN_ENGINES};
 use tokio::sync::watch;
@@ -325,17 +329,36 @@ pub(crate) fn harness_gpu_env(group: &[u32]) -> Vec<(String, String)> {
 
 /// Runs the worker until `stop` turns true; each slot finishes its current run first.
 pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    run_worker_with(cfg, stop, None).await
+}
+
+/// [`run_worker`], and with `exit_when_idle` (`--exit-when-idle`, its value the
+/// `--idle-grace`) also until the coordinator has no work this worker can take
+/// ([`idle`]); either way it deregisters and returns `Ok`.
+pub async fn run_worker_with(
+    cfg: WorkerConfig,
+    stop: watch::Receiver<bool>,
+    exit_when_idle: Option<Duration>,
+) -> anyhow::Result<()> {
     if cfg.sample_interval < Duration::from_millis(10)
         || cfg.sample_interval > Duration::from_secs(10)
     {
         bail!("--sample-interval-ms must be between 10 and 10000");
     }
     let (nvml, visible) = if cfg.simulate_gpu {
-        let n = cfg.simulated_gpus.unwrap_or(match cfg.slots {
-            SlotCount::Fixed(n) => n,
-            SlotCount::Auto => 1,
-        });
-        (None, (0..n).collect::<Vec<u32>>())
+        // `--gpus N`, else the GPUs CUDA_VISIBLE_DEVICES lists (a Slurm job's), else
+        // one per slot asked for.
+        let cuda_visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+        let visible = simulated_visible(cfg.simulated_gpus, cfg.slots, cuda_visible.as_deref());
+        if cfg.simulated_gpus.is_none() {
+            if let Some(v) = cuda_visible
+                .as_deref()
+                .filter(|v| visible_indices(v).is_some())
+            {
+                tracing::info!(gpus = ?visible, "simulated GPUs: the ones CUDA_VISIBLE_DEVICES={v} lists");
+            }
+        }
+        (None, visible)
     } else {
         if cfg.simulated_gpus.is_some() {
             bail!("--gpus sets the number of simulated GPUs and needs --simulate-gpu (real GPUs are discovered through NVML and CUDA_VISIBLE_DEVICES)");
@@ -630,6 +653,22 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
             lanes.push(new_slot(p.index, p, environment));
         }
     }
+    // `--exit-when-idle`: the slots share one view of whether the worker leaves, and
+    // leaving stops them as `stop` does (no slot is running a run or asking then).
+    let (stop, idle_exit) = match exit_when_idle {
+        None => (stop, None),
+        Some(grace) => {
+            let idle_exit = Arc::new(idle::IdleExit::new(lanes.len(), grace));
+            for slot in &mut lanes {
+                slot.idle = Some(idle_exit.clone());
+            }
+            tracing::info!(
+                grace_s = grace.as_secs(),
+                "--exit-when-idle: leaving once no slot can lease a run (after the first run, or --idle-grace after start)"
+            );
+            (either_stop(stop, idle_exit.subscribe()), Some(idle_exit))
+        }
+    };
     let tasks: Vec<_> = lanes
         .into_iter()
         .map(|slot| tokio::spawn(slot.lease_loop(stop.clone())))
@@ -644,12 +683,35 @@ pub async fn run_worker(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> anyho
         pool.stop_all().await;
     }
     if fatal.is_none() && *stop.borrow() {
+        if idle_exit.is_some_and(|i| *i.subscribe().borrow()) {
+            tracing::info!(worker = %worker, "no work this worker can take: leaving (--exit-when-idle)");
+        }
         deregister(&endpoint, &worker).await;
     }
     match fatal {
         Some(e) => bail!("{e}"),
         None => Ok(()),
     }
+}
+
+/// A stop signal that turns true when either `a` or `b` does.
+fn either_stop(a: watch::Receiver<bool>, b: watch::Receiver<bool>) -> watch::Receiver<bool> {
+    async fn turned_true(mut r: watch::Receiver<bool>) {
+        if r.wait_for(|v| *v).await.is_err() {
+            // Its sender is gone without saying stop: only the other one can.
+            std::future::pending::<()>().await
+        }
+    }
+    let (tx, rx) = watch::channel(*a.borrow() || *b.borrow());
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = turned_true(a) => {}
+            _ = turned_true(b) => {}
+            _ = tx.closed() => return,
+        }
+        let _ = tx.send(true);
+    });
+    rx
 }
 
 /// Aborts a task when dropped.

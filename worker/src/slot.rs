@@ -41,6 +41,7 @@ use tracing::{info_span, Instrument as _, Span};
 use crate::clock::{mono_ns, unix_ms};
 use crate::env::Environment;
 use crate::harness_runtime::{HarnessRuntime, RunLimits};
+use crate::idle::{self, IdleExit};
 use crate::isolation;
 use crate::journal::{Journal, JournalLease, Report};
 use crate::metrics::WorkerMetrics;
@@ -63,6 +64,11 @@ const UNSHARED_RECHECK: Duration = Duration::from_secs(2);
 /// when one of its runs frees GPUs, or after this long (the run may have gone to
 /// another worker meanwhile).
 const BLOCKED_RECHECK: Duration = Duration::from_secs(5);
+
+/// Under `--drain`, how long a run that failed as infrastructure waits for the
+/// worker's own stop request before it is reported: a signal sent to every process
+/// of the worker's tree may stop the harness first (`handle_grant`).
+const STOP_RACE: Duration = Duration::from_secs(2);
 
 /// Connects to the coordinator and registers.
 async fn connect_and_register(
@@ -141,6 +147,9 @@ pub struct Slot {
     /// The worker's metrics: this slot's runs and gate waits count into them, and
     /// every lease and renew call carries their GPU readings.
     pub metrics: Arc<WorkerMetrics>,
+    /// `--exit-when-idle`: the slots' shared view of whether the worker leaves
+    /// ([`crate::idle`]).
+    pub idle: Option<Arc<IdleExit>>,
 }
 
 fn ctx_with(timeout: Duration) -> tarpc::context::Context {
@@ -213,6 +222,7 @@ impl Slot {
             stopping: None,
             warm: None,
             metrics: Arc::new(WorkerMetrics::default()),
+            idle: None,
         }
     }
 
@@ -327,6 +337,7 @@ impl Slot {
                 telemetry: self.metrics.readings(),
             };
             let lease_span = info_span!("lease", slot = self.index);
+            let asked_at = tokio::time::Instant::now();
             let asked = self
                 .ask(&client, req, &mut stop)
                 .instrument(lease_span.clone())
@@ -335,9 +346,16 @@ impl Slot {
                 Asked::Stop => break,
                 Asked::Reply(LeaseReply::Granted(grant)) => {
                     let run_span = run_span(&lease_span, &grant, self.index);
+                    self.idle_mark(true);
                     self.handle_grant(&client, *grant, &stop)
                         .instrument(run_span)
-                        .await
+                        .await;
+                    self.idle_mark(false);
+                }
+                Asked::Reply(LeaseReply::NoWork) if self.idle_full_poll(asked_at) => {
+                    if self.idle_leaves(&stop).await {
+                        break;
+                    }
                 }
                 Asked::Reply(LeaseReply::NoWork | LeaseReply::Blocked { .. }) | Asked::Failed => {}
             }
@@ -347,6 +365,36 @@ impl Slot {
         }
         self.harness.stop().await;
         self.fatal
+    }
+
+    /// `--exit-when-idle`: a run was granted to this slot (`true`) or it ended.
+    fn idle_mark(&self, granted: bool) {
+        match &self.idle {
+            Some(idle) if granted => idle.granted(self.index),
+            Some(idle) => idle.run_ended(self.index),
+            None => {}
+        }
+    }
+
+    /// `--exit-when-idle`: whether a `no_work` answer to a lease call made at `asked`
+    /// counts as idle (the coordinator held the call for its whole wait).
+    fn idle_full_poll(&self, asked: tokio::time::Instant) -> bool {
+        self.idle.is_some()
+            && idle::full_poll(asked.elapsed(), Duration::from_millis(LEASE_WAIT_MS))
+    }
+
+    /// `--exit-when-idle`, after a full long poll answered `no_work`: true when the
+    /// slot leaves (every slot is idle, or the worker stops), false when it asks again
+    /// ([`crate::idle`]).
+    async fn idle_leaves(&self, stop: &watch::Receiver<bool>) -> bool {
+        let Some(idle) = &self.idle else {
+            return false;
+        };
+        match idle.no_work(self.index) {
+            idle::Next::Lease => false,
+            idle::Next::Leave => true,
+            idle::Next::Wait => idle.wait(self.index, stop).await,
+        }
     }
 
     /// One lease call; errors are handled here (reconnect, back off).
@@ -434,12 +482,22 @@ impl Slot {
                 telemetry: self.metrics.readings(),
             };
             let lease_span = info_span!("lease", slot = self.index);
+            let asked_at = tokio::time::Instant::now();
             let asked = self
                 .ask(client, req, stop)
                 .instrument(lease_span.clone())
                 .await;
             let grant = match asked {
                 Asked::Stop => {
+                    pool.unreserve(&reserved);
+                    return false;
+                }
+                // `--exit-when-idle`: nothing pending, every GPU of the pool free.
+                Asked::Reply(LeaseReply::NoWork)
+                    if self.idle_full_poll(asked_at)
+                        && reserved.len() as u32 == pool.size()
+                        && self.idle.as_ref().is_some_and(|i| i.pool_idle()) =>
+                {
                     pool.unreserve(&reserved);
                     return false;
                 }
@@ -483,9 +541,11 @@ impl Slot {
             tracing::info!(slot = self.index, run = %grant.run, gpus = ?gpus, "GPUs of the run");
             self.bind(pool, &gpus).await;
             let run_span = run_span(&lease_span, &grant, self.index);
+            self.idle_mark(true);
             self.handle_grant(client, grant, stop)
                 .instrument(run_span)
                 .await;
+            self.idle_mark(false);
             self.unbind(pool, model).await;
             return !*stop.borrow();
         }
@@ -729,6 +789,17 @@ impl Slot {
         renewer.abort();
         if let Some(d) = drainer {
             d.abort();
+        }
+        // A signal for the worker's whole process tree (Slurm signals every process
+        // of a job step; a terminal's Ctrl-C, the process group) can stop the harness
+        // a moment before the worker hears it: under --drain, a run that failed so is
+        // handed back too, if the worker's own stop follows within STOP_RACE.
+        if self.drain
+            && !*stop.borrow()
+            && matches!(&outcome, Err((FailureClass::Infrastructure, _)))
+        {
+            let mut stopping = stop.clone();
+            let _ = tokio::time::timeout(STOP_RACE, stopping.wait_for(|s| *s)).await;
         }
         if self.drain && *stop.borrow() {
             if let Err((class, _)) = &mut outcome {

@@ -7,6 +7,7 @@ mod docker_runtime;
 mod faults;
 mod flow;
 mod gpus;
+mod idle;
 mod isolation;
 mod live;
 mod metrics;
