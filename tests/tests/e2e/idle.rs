@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use lem_tests::{describe, repo_root, run, wait_for, Proc};
 use serde_json::Value;
 
-use crate::{campaign_id, results_jsonl, start_worker_with, status_json, wait_for_addr, COORD};
+use crate::{
+    campaign_id, connected, results_jsonl, start_worker_with, status_json, wait_for_addr, COORD,
+};
 
 /// The worker's lease long poll (worker/src/slot.rs LEASE_WAIT_MS): an idle worker
 /// leaves at the end of one.
@@ -33,22 +35,6 @@ fn spawn_coord(dir: &std::path::Path, name: &str, listen: &str) -> Proc {
         ],
         dir,
     )
-}
-
-fn workers(addr: &str) -> Option<Vec<Value>> {
-    let out = run(COORD, &["workers", "--json", "--coordinator", addr]);
-    out.status.success().then_some(())?;
-    serde_json::from_slice::<Value>(&out.stdout)
-        .ok()?
-        .as_array()
-        .cloned()
-}
-
-fn connected(addr: &str, name: &str) -> Option<bool> {
-    workers(addr)?
-        .iter()
-        .find(|w| w["worker"] == name)
-        .and_then(|w| w["connected"].as_bool())
 }
 
 #[test]

@@ -67,6 +67,25 @@ pub fn wait_for_addr(coord: &Proc, coord_dir: &Path) -> String {
     )
 }
 
+/// `lem-coord workers --json`, parsed; `None` while the coordinator does not answer.
+pub fn workers_json(addr: &str) -> Option<Vec<serde_json::Value>> {
+    let out = lem_tests::run(COORD, &["workers", "--json", "--coordinator", addr]);
+    out.status.success().then_some(())?;
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()?
+        .as_array()
+        .cloned()
+}
+
+/// Whether worker `name` is shown connected by `lem-coord workers`; `None` if it is
+/// not listed (or the coordinator does not answer).
+pub fn connected(addr: &str, name: &str) -> Option<bool> {
+    workers_json(addr)?
+        .iter()
+        .find(|w| w["worker"] == name)
+        .and_then(|w| w["connected"].as_bool())
+}
+
 /// `lem-coord status ID --json`, parsed; `None` while the coordinator does not answer.
 pub fn status_json(addr: &str, id: &str) -> Option<serde_json::Value> {
     let out = lem_tests::run(COORD, &["status", id, "--json", "--coordinator", addr]);

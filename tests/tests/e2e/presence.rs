@@ -6,27 +6,10 @@
 use std::time::{Duration, Instant};
 
 use lem_tests::{describe, run, wait_for, Proc};
-use serde_json::Value;
 
-use crate::{campaign_id, start_worker, status_json, wait_for_addr, COORD};
+use crate::{campaign_id, connected, start_worker, status_json, wait_for_addr, COORD};
 
 const TTL_S: u64 = 6;
-
-fn workers(addr: &str) -> Option<Vec<Value>> {
-    let out = run(COORD, &["workers", "--json", "--coordinator", addr]);
-    out.status.success().then_some(())?;
-    serde_json::from_slice::<Value>(&out.stdout)
-        .ok()?
-        .as_array()
-        .cloned()
-}
-
-fn connected(addr: &str, name: &str) -> Option<bool> {
-    workers(addr)?
-        .iter()
-        .find(|w| w["worker"] == name)
-        .and_then(|w| w["connected"].as_bool())
-}
 
 #[test]
 fn stopped_and_killed_workers_are_shown_disconnected_within_the_ttl() {
