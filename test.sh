@@ -61,8 +61,6 @@ else
     need docker "the across-hosts, docker runtime and Slurm tests run containers; install Docker Engine, or set LEM_SKIP_DOCKER=1 to skip those tests on this machine"
     echo "==> docker/images.sh (and docker/base-image.sh)"
     docker/images.sh
-    echo "==> docker/slurm-image.sh"
-    docker/slurm-image.sh
 fi
 
 # Headless Chromium for the report test (tests/tests/e2e/report.rs); a no-op once
@@ -122,12 +120,36 @@ if [ "${LEM_SKIP_DOCKER:-}" != 1 ] \
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ansible ansible-lint >/dev/null
 fi
 
+# The Slurm and Ansible tests' images (docker/slurm-image.sh, docker/systemd-image.sh)
+# build in the background while formatting, clippy and the harness tests run: a cold
+# build is mostly downloading and unpacking packages (about 5 and 3 minutes here),
+# which would otherwise add to the run. Started after the apt-get installs above
+# (the scripts install debootstrap with apt-get if it is missing); `cargo test`
+# waits for them. Cached, so a no-op once built.
+images_pid=
+if [ "${LEM_SKIP_DOCKER:-}" != 1 ]; then
+    images_log=$(mktemp)
+    echo "==> docker/slurm-image.sh and docker/systemd-image.sh, in the background (log: $images_log)"
+    (docker/slurm-image.sh && docker/systemd-image.sh) >"$images_log" 2>&1 &
+    images_pid=$!
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 echo "==> python harness tests"
 python3 -m unittest discover -s docker/harness/tests
+if [ -n "$images_pid" ]; then
+    echo "==> waiting for docker/slurm-image.sh and docker/systemd-image.sh"
+    if ! wait "$images_pid"; then
+        cat "$images_log" >&2
+        echo "test: building the Slurm or the Ansible test's image failed (its log is above)" >&2
+        exit 1
+    fi
+    grep -E '^(slurm|systemd)-image: ' "$images_log" | tail -n 4 >&2 || true
+    rm -f "$images_log"
+fi
 echo "==> cargo test"
 cargo test --locked --workspace "${skip_docker[@]}"
 if [ "${LEM_SKIP_DOCKER:-}" = 1 ]; then
