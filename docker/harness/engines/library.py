@@ -5,11 +5,14 @@ llem section's validation and model identity through the engine's pure logic mod
 A subclass names its library (`library`, the module to import), its pin (`pin_key`,
 `pin`), the modules whose versions its results carry (`version_modules`), its logic
 module (`logic`: validate, model_identity) and its import probe (`probe`: None when
-the library imports, else why not).
+the library imports, else why not). Instances share the prompts' tokenisation
+(`prepare_prompts`: through the byte tokenizer of a random-weight model, else the
+model's tokenizer), kept as `self.ids` for the engine's generate call.
 """
 
 from engines.base import Engine
 from llem_config import task_settings
+from protocol import ConfigError
 
 
 class LibraryEngine(Engine):
@@ -67,3 +70,25 @@ class LibraryEngine(Engine):
     @classmethod
     def needs_dataset(cls, config):
         return True
+
+    # --- prompts (instances with `tokenizer` or `byte_tok` set by load) ---------------
+    def prepare_prompts(self, config, texts):
+        if texts is None:
+            raise ConfigError("the %s engine needs the prompt texts (dataset_path)" % self.name)
+        limit = task_settings(config)["max_input_tokens"]
+        counts = []
+        self.ids = {}
+        for text in texts:
+            if self.byte_tok is not None:
+                ids = self.byte_tok.encode(text, limit)
+            else:
+                try:
+                    ids = list(self.tokenizer.encode(text, truncation=True, max_length=limit))
+                except TypeError:
+                    ids = list(self.tokenizer.encode(text))[:limit]
+            if not ids:
+                raise ConfigError("a prompt tokenised to 0 tokens: %r" % text[:80])
+            self.ids[text] = ids
+            counts.append(len(ids))
+        self._limit = limit
+        return counts

@@ -271,28 +271,6 @@ class TensorRTEngine(LibraryEngine):
                          latency_estimated=plan["latency_estimated"],
                          max_tokens=plan["max_tokens"])
 
-    # --- prompts ----------------------------------------------------------------------
-    def prepare_prompts(self, config, texts):
-        if texts is None:
-            raise ConfigError("the tensorrt engine needs the prompt texts (dataset_path)")
-        limit = task_settings(config)["max_input_tokens"]
-        counts = []
-        self.ids = {}
-        for text in texts:
-            if self.byte_tok is not None:
-                ids = self.byte_tok.encode(text, limit)
-            else:
-                try:
-                    ids = list(self.tokenizer.encode(text, truncation=True, max_length=limit))
-                except TypeError:
-                    ids = list(self.tokenizer.encode(text))[:limit]
-            if not ids:
-                raise ConfigError("a prompt tokenised to 0 tokens: %r" % text[:80])
-            self.ids[text] = ids
-            counts.append(len(ids))
-        self._limit = limit
-        return counts
-
     # --- generation -------------------------------------------------------------------
     @staticmethod
     def _count(output):

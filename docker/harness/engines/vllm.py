@@ -259,28 +259,6 @@ class VLLMEngine(LibraryEngine):
                              latency_estimated=sig_plan["latency_estimated"],
                              max_tokens=sig_plan["max_tokens"])
 
-    # --- prompts ----------------------------------------------------------------------
-    def prepare_prompts(self, config, texts):
-        if texts is None:
-            raise ConfigError("the vllm engine needs the prompt texts (dataset_path)")
-        limit = task_settings(config)["max_input_tokens"]
-        counts = []
-        self.ids = {}
-        for text in texts:
-            if self.byte_tok is not None:
-                ids = self.byte_tok.encode(text, limit)
-            else:
-                try:
-                    ids = list(self.tokenizer.encode(text, truncation=True, max_length=limit))
-                except TypeError:
-                    ids = list(self.tokenizer.encode(text))[:limit]
-            if not ids:
-                raise ConfigError("a prompt tokenised to 0 tokens: %r" % text[:80])
-            self.ids[text] = ids
-            counts.append(len(ids))
-        self._limit = limit
-        return counts
-
     def _prompts(self, texts):
         return [{"prompt_token_ids": self.ids[t]} for t in texts]
 
