@@ -140,3 +140,22 @@ def warmup_settings(config):
         "window_size": get_int(w, "window_size", 3, p + "window_size", 3),
         "min_prompts": get_int(w, "min_prompts", 5, p + "min_prompts", 1),
     }
+
+
+def library_sections(config, name):
+    """(engine_params, sampling_params) of an external library's section (`vllm`,
+    `tensorrt`), each None when null or absent; any other key, or a value that is not
+    an object, is a ConfigError naming it (llem 0.7.0 has no llem_execution there)."""
+    sec = section(config, name, name)
+    for key in sec:
+        if key not in ("engine_params", "sampling_params"):
+            raise ConfigError(
+                "unknown key %s.%s; the %s section has engine_params and sampling_params "
+                "(llem 0.7.0 has no llem_execution for %s)" % (name, key, name, name))
+    out = []
+    for part in ("engine_params", "sampling_params"):
+        value = sec.get(part)
+        if value is not None and not isinstance(value, dict):
+            raise ConfigError("%s.%s must be an object or null, got %r" % (name, part, value))
+        out.append(value)
+    return tuple(out)

@@ -18,7 +18,7 @@ import os
 
 from engines import engine_kwargs as K
 from engines import hf_logic
-from llem_config import section, task_settings
+from llem_config import library_sections, section, task_settings
 from protocol import ConfigError
 
 TENSORRT_LLM_PIN = "1.2.1"  # llem 0.7.0's rule corpus; docker/tensorrt/Dockerfile pins it
@@ -89,19 +89,8 @@ def signature_from_fixture(fixture=None):
 
 # --- the config sections --------------------------------------------------------------
 def sections(config):
-    sec = section(config, SECTION, SECTION)
-    for key in sec:
-        if key not in ("engine_params", "sampling_params"):
-            raise ConfigError(
-                "unknown key tensorrt.%s; the tensorrt section has engine_params and "
-                "sampling_params (llem 0.7.0 has no llem_execution for tensorrt)" % key)
-    out = []
-    for name in ("engine_params", "sampling_params"):
-        value = sec.get(name)
-        if value is not None and not isinstance(value, dict):
-            raise ConfigError("tensorrt.%s must be an object or null, got %r" % (name, value))
-        out.append(value)
-    return tuple(out)
+    """(engine_params, sampling_params) of the tensorrt section; each None when null/absent."""
+    return library_sections(config, SECTION)
 
 
 def passthrough_kwargs(config):

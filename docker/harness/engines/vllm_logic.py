@@ -14,7 +14,7 @@ engines/vllm.py turns the plan into vLLM objects and runs it.
 
 from engines import engine_kwargs as K
 from engines import hf_logic
-from llem_config import section, task_settings
+from llem_config import library_sections, section, task_settings
 from protocol import ConfigError
 
 VLLM_PIN = "0.19.1"  # llem 0.7.0's rule corpus; docker/vllm/Dockerfile installs exactly this
@@ -97,19 +97,7 @@ def signature_from_fixture(fixture=None):
 # --- the config sections --------------------------------------------------------------
 def sections(config):
     """(engine_params, sampling_params) of the vllm section; each None when null/absent."""
-    sec = section(config, SECTION, SECTION)
-    for key in sec:
-        if key not in ("engine_params", "sampling_params"):
-            raise ConfigError(
-                "unknown key vllm.%s; the vllm section has engine_params and sampling_params "
-                "(llem 0.7.0 has no llem_execution for vllm)" % key)
-    out = []
-    for name in ("engine_params", "sampling_params"):
-        value = sec.get(name)
-        if value is not None and not isinstance(value, dict):
-            raise ConfigError("vllm.%s must be an object or null, got %r" % (name, value))
-        out.append(value)
-    return tuple(out)
+    return library_sections(config, SECTION)
 
 
 def passthrough_kwargs(config):
