@@ -10,6 +10,8 @@ the library imports, else why not). Instances share the prompts' tokenisation
 model's tokenizer), kept as `self.ids` for the engine's generate call.
 """
 
+import os
+
 from engines.base import Engine
 from llem_config import task_settings
 from protocol import ConfigError
@@ -92,3 +94,36 @@ class LibraryEngine(Engine):
             counts.append(len(ids))
         self._limit = limit
         return counts
+
+
+_PROBED = {}
+
+
+def probe_library(module, image_hint):
+    """None when `module` imports and torch sees a CUDA device, else why not (the
+    image hint says which image has it); asked once per process."""
+    if module not in _PROBED:
+        reason = None
+        try:
+            mod = __import__(module)
+        except Exception as exc:
+            reason = ("%s is not installed in this image (%s: %s); %s"
+                      % (module, type(exc).__name__, exc, image_hint))
+        else:
+            try:
+                import torch
+                if not torch.cuda.is_available():
+                    reason = ("%s %s is installed but torch %s sees no CUDA device "
+                              "(CUDA_VISIBLE_DEVICES=%r)"
+                              % (module, getattr(mod, "__version__", "?"), torch.__version__,
+                                 os.environ.get("CUDA_VISIBLE_DEVICES")))
+            except Exception as exc:
+                reason = "%s is installed but CUDA cannot be checked: %s: %s" % (
+                    module, type(exc).__name__, exc)
+        _PROBED[module] = reason
+    return _PROBED[module]
+
+
+def is_oom(exc):
+    """Whether `exc` is the GPU running out of memory (torch's or a library's)."""
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()

@@ -34,7 +34,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from engines import engine_kwargs as K  # noqa: E402
 from engines import hf_logic  # noqa: E402
 from engines import tensorrt_logic as L  # noqa: E402
-from engines.library import LibraryEngine  # noqa: E402
+from engines.library import LibraryEngine, is_oom, probe_library  # noqa: E402
 from llem_config import task_settings  # noqa: E402
 from protocol import ConfigError, InfraError  # noqa: E402
 
@@ -42,34 +42,10 @@ IMAGE_HINT = ("run tensorrt runs on a worker started with the TensorRT-LLM image
               "(docker/tensorrt/, TensorRT-LLM %s: lem-worker --runtime docker --image "
               "lem-fleet/tensorrt:%s)" % (L.TENSORRT_LLM_PIN, L.TENSORRT_LLM_PIN))
 
-_PROBE = {}
-
 
 def _probe():
-    if "reason" not in _PROBE:
-        reason = None
-        try:
-            import tensorrt_llm  # noqa: F401
-        except Exception as exc:
-            reason = ("tensorrt_llm is not installed in this image (%s: %s); %s"
-                      % (type(exc).__name__, exc, IMAGE_HINT))
-        else:
-            try:
-                import torch
-                if not torch.cuda.is_available():
-                    reason = ("tensorrt_llm %s is installed but torch sees no CUDA device "
-                              "(CUDA_VISIBLE_DEVICES=%r)"
-                              % (getattr(tensorrt_llm, "__version__", "?"),
-                                 os.environ.get("CUDA_VISIBLE_DEVICES")))
-            except Exception as exc:
-                reason = "tensorrt_llm is installed but CUDA cannot be checked: %s: %s" % (
-                    type(exc).__name__, exc)
-        _PROBE["reason"] = reason
-    return _PROBE["reason"]
-
-
-def _is_oom(exc):
-    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+    """None when tensorrt_llm imports and a CUDA device is visible, else why not."""
+    return probe_library("tensorrt_llm", IMAGE_HINT)
 
 
 def _field_names(cls):
@@ -215,7 +191,7 @@ class TensorRTEngine(LibraryEngine):
         try:
             self.llm = cls(**kwargs)
         except Exception as exc:
-            if _is_oom(exc):
+            if is_oom(exc):
                 raise ConfigError("out of memory building/loading %r with TensorRT-LLM: %s: %s"
                                   % (ts["model"], type(exc).__name__, exc))
             if isinstance(exc, (TypeError, ValueError)) or type(exc).__name__ == "ValidationError":
@@ -280,7 +256,7 @@ class TensorRTEngine(LibraryEngine):
         try:
             return self.llm.generate(prompt_ids, params, use_tqdm=False)
         except Exception as exc:
-            if _is_oom(exc):
+            if is_oom(exc):
                 raise ConfigError("out of memory in TensorRT-LLM generate(): %s: %s"
                                   % (type(exc).__name__, exc))
             raise
@@ -352,7 +328,7 @@ class TensorRTEngine(LibraryEngine):
         try:
             self.loop.run_until_complete(run_all())
         except Exception as exc:
-            if _is_oom(exc):
+            if is_oom(exc):
                 raise ConfigError("out of memory in TensorRT-LLM generate_async(): %s: %s"
                                   % (type(exc).__name__, exc))
             raise

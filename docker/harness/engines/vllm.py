@@ -32,42 +32,17 @@ os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
 from engines import engine_kwargs as K  # noqa: E402
 from engines import hf_logic  # noqa: E402
 from engines import vllm_logic as L  # noqa: E402
-from engines.library import LibraryEngine  # noqa: E402
+from engines.library import LibraryEngine, is_oom, probe_library  # noqa: E402
 from llem_config import task_settings  # noqa: E402
 from protocol import ConfigError, InfraError  # noqa: E402
 
 IMAGE_HINT = ("run vllm runs on a worker started with the vLLM image (docker/vllm/, vLLM %s: "
               "lem-worker --runtime docker --image lem-fleet/vllm:%s)" % (L.VLLM_PIN, L.VLLM_PIN))
 
-_PROBE = {}
-
 
 def _probe():
     """None when vllm imports and a CUDA device is visible, else why not."""
-    if "reason" not in _PROBE:
-        reason = None
-        try:
-            import vllm  # noqa: F401
-        except Exception as exc:
-            reason = ("vllm is not installed in this image (%s: %s); %s"
-                      % (type(exc).__name__, exc, IMAGE_HINT))
-        else:
-            try:
-                import torch
-                if not torch.cuda.is_available():
-                    reason = ("vllm %s is installed but torch %s sees no CUDA device "
-                              "(CUDA_VISIBLE_DEVICES=%r)"
-                              % (getattr(vllm, "__version__", "?"), torch.__version__,
-                                 os.environ.get("CUDA_VISIBLE_DEVICES")))
-            except Exception as exc:
-                reason = "vllm is installed but CUDA cannot be checked: %s: %s" % (
-                    type(exc).__name__, exc)
-        _PROBE["reason"] = reason
-    return _PROBE["reason"]
-
-
-def _is_oom(exc):
-    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+    return probe_library("vllm", IMAGE_HINT)
 
 
 def live_signature():
@@ -190,7 +165,7 @@ class VLLMEngine(LibraryEngine):
         try:
             self.llm = vllm.LLM(**kwargs)
         except Exception as exc:
-            if _is_oom(exc):
+            if is_oom(exc):
                 raise ConfigError("out of memory loading %r with vLLM: %s: %s; lower "
                                   "gpu_memory_utilization, max_model_len or max_num_seqs"
                                   % (ts["model"], type(exc).__name__, exc))
@@ -269,7 +244,7 @@ class VLLMEngine(LibraryEngine):
                 return self.llm.beam_search(prompts, params)
             return self.llm.generate(prompts, params, use_tqdm=False)
         except Exception as exc:
-            if _is_oom(exc):
+            if is_oom(exc):
                 raise ConfigError("out of memory in vLLM generate(): %s: %s" % (
                     type(exc).__name__, exc))
             raise
